@@ -1,0 +1,41 @@
+"""fmgguf: a local, offline-capable home for open code models (GGUF on llama.cpp).
+
+Public API (imported lazily, so `import fmgguf` stays cheap)::
+
+    from fmgguf import Catalog, get_model_downloader, get_model_manager, get_model_benchmarker
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "Catalog": "fmgguf.catalog:Catalog",
+    "ModelCard": "fmgguf.catalog:ModelCard",
+    "ModelConfig": "fmgguf.catalog:ModelConfig",
+    "ModelProvider": "fmgguf.catalog:ModelProvider",
+    "Settings": "fmgguf.settings:Settings",
+    "load_settings": "fmgguf.settings:load_settings",
+    "ModelDownloader": "fmgguf.download:ModelDownloader",
+    "get_model_downloader": "fmgguf.download:get_model_downloader",
+    "ModelManager": "fmgguf.runtime:ModelManager",
+    "get_model_manager": "fmgguf.runtime:get_model_manager",
+    "ModelBenchmarker": "fmgguf.bench:ModelBenchmarker",
+    "get_model_benchmarker": "fmgguf.bench:get_model_benchmarker",
+    "errors": "fmgguf.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'fmgguf' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    mod = importlib.import_module(module)
+    return getattr(mod, attr) if attr else mod

@@ -1,0 +1,111 @@
+"""What every command shares: the lazily built settings/catalog, JSON output, size formatting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog
+    from fmgguf.settings import Settings
+
+
+@dataclass
+class AppContext:
+    offline: bool = False
+    verbose: int = 0
+    _settings: "Settings | None" = field(default=None, repr=False)
+    _catalog: "Catalog | None" = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> "Settings":
+        if self._settings is None:
+            from fmgguf.settings import load_settings
+
+            self._settings = load_settings(offline=True if self.offline else None)
+            _setup_logging(self._settings.log_level, self.verbose)
+        return self._settings
+
+    @property
+    def catalog(self) -> "Catalog":
+        if self._catalog is None:
+            from fmgguf.catalog import Catalog
+
+            self._catalog = Catalog.load(self.settings)
+        return self._catalog
+
+
+def _setup_logging(level: str, verbose: int) -> None:
+    import logging
+
+    lvl = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else getattr(logging, level.upper(), 30)
+    logging.basicConfig(level=lvl, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+pass_app = click.make_pass_decorator(AppContext, ensure=True)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=_default, ensure_ascii=False))
+
+
+def _default(obj: Any) -> Any:
+    from pathlib import Path
+
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "as_dict"):
+        return obj.as_dict()
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
+def output(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """JSON when asked, otherwise the human rendering."""
+    if as_json:
+        emit_json(data)
+    else:
+        render(data)
+
+
+def human_bytes(n: int | float | None, unknown: str = "?") -> str:
+    if n is None:
+        return unknown
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            value = n / div
+            return f"{value:.1f}{unit}" if value < 10 and value != int(value) else f"{value:.0f}{unit}"
+    return str(n)
+
+
+def console():
+    """A rich console for tables (imported lazily: rich costs import time)."""
+    import shutil
+
+    from rich.console import Console
+
+    # When piped, rich assumes 80 columns; tables of 20 models read better a little wider.
+    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((140, 24)).columns, 140)
+    return Console(soft_wrap=False, highlight=False, width=width)

@@ -1,0 +1,229 @@
+"""`fmgguf list`, `search`, `info` and `catalog add|path|lock`: the catalog from the command line.
+
+Cold start matters here (`fmgguf list` is benchmarked): nothing heavy is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from fmgguf.cli._common import AppContext, console, human_bytes, human_count, json_option, output, pass_app
+
+CTX_TABLE = (4096, 16384, 32768)
+
+
+def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
+    """(id, quant) -> downloaded, from the store's records (cheap: no hub import)."""
+    try:
+        from fmgguf.download.records import downloaded_quants
+    except ImportError:
+        return {}
+    return downloaded_quants(app.settings)
+
+
+def _row(card: Any, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
+    return {
+        "id": card.id,
+        "family": card.family,
+        "display_name": card.title,
+        "parameters": card.parameters.total if card.parameters else None,
+        "active_parameters": card.parameters.active if card.parameters else None,
+        "context_length": card.context_length,
+        "fim": card.fim_supported,
+        "license": card.license,
+        "chat": card.chat_template is not None,
+        "builtin": card.builtin,
+        "quants": {q: {"repo": v.repo, "size": v.size, "approx_size": v.approx_size,
+                       "downloaded": bool(local.get((card.id, q)))} for q, v in card.variants.items()},
+    }
+
+
+def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, box=None, header_style="bold", pad_edge=False, title_justify="left")
+    for col, kw in (("id", {}), ("family", {}), ("params", {"justify": "right"}),
+                    ("Q4_K_M", {"justify": "right"}), ("Q8_0", {"justify": "right"}), ("ctx", {"justify": "right"}),
+                    ("FIM", {}), ("licence", {}), ("local", {})):
+        table.add_column(col, no_wrap=True, **kw)
+    for r in rows:
+        def size(q: str) -> str:
+            info = r["quants"].get(q)
+            if not info:
+                return "-"
+            exact = info["size"] is not None
+            return human_bytes(info["approx_size"], unknown="?") if exact else "~" + human_bytes(info["approx_size"])
+        local = ",".join(q for q, info in r["quants"].items() if info["downloaded"]) or "-"
+        params = human_count(r["parameters"])
+        if r["active_parameters"] and r["parameters"] and r["active_parameters"] != r["parameters"]:
+            params += f" ({human_count(r['active_parameters'])} act.)"
+        others = [q for q in r["quants"] if q not in ("Q4_K_M", "Q8_0")]
+        table.add_row(r["id"] + (f" [+{','.join(others)}]" if others else ""), r["family"], params, size("Q4_K_M"),
+                      size("Q8_0"), human_count(r["context_length"]), "yes" if r["fim"] else "no", r["license"], local)
+    console().print(table)
+
+
+@click.command("list")
+@json_option
+@pass_app
+def list_cmd(app: AppContext, as_json: bool) -> None:
+    """Every model in the catalog: sizes of each quant, context, FIM, licence, local state."""
+    local = _downloaded(app)
+    rows = [_row(c, local) for c in app.catalog.models()]
+    output(rows, as_json, lambda r: _table(r, f"{len(r)} models (~ = size rounded by the hub)"))
+
+
+@click.command("search")
+@click.argument("text", required=False)
+@click.option("--family", help="Family name, e.g. qwen2.5-coder.")
+@click.option("--max-params", type=float, help="At most this many billion parameters.")
+@click.option("--max-vram", "max_vram_gb", type=float, help="Fits in this many GB (weights + 4K context).")
+@click.option("--quant", help="Has this quantization (Q4_K_M, Q8_0, 4bit, 8bit).")
+@click.option("--fim/--no-fim", default=None, help="Really supports fill-in-the-middle (or not).")
+@click.option("--min-context", type=int, help="Context length at least this many tokens.")
+@click.option("--capability", help="A capability tag, e.g. chat, fim, moe, lightweight.")
+@json_option
+@pass_app
+def search_cmd(app: AppContext, text: str | None, family: str | None, max_params: float | None,
+               max_vram_gb: float | None, quant: str | None, fim: bool | None, min_context: int | None,
+               capability: str | None, as_json: bool) -> None:
+    """Find models by text and filters."""
+    cards = app.catalog.search(text=text, family=family, max_params=max_params, max_vram_gb=max_vram_gb, quant=quant,
+                               fim=fim, min_context=min_context, capability=capability)
+    local = _downloaded(app)
+    rows = [_row(c, local) for c in cards]
+    output(rows, as_json, lambda r: _table(r, f"{len(r)} matching") if r else click.echo("no model matches"))
+
+
+def card_details(card: Any, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
+    from fmgguf.catalog.sizing import estimate_card
+
+    data = card.model_dump(mode="json")
+    data["memory"] = {q: {str(n): estimate_card(card, q, n).as_dict() for n in CTX_TABLE} for q in card.variants}
+    data["downloaded"] = {q: bool(local.get((card.id, q))) for q in card.variants}
+    return data
+
+
+def _render_info(data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    c = console()
+    c.print(f"[bold]{data['display_name'] or data['id']}[/bold]  ({data['id']})")
+    arch = data.get("arch") or {}
+    params = data.get("parameters") or {}
+    lines = [
+        ("family", data["family"]), ("licence", data["license"]), ("source", data.get("source_repo") or "-"),
+        ("parameters", f"{human_count(params.get('total'))} total, {human_count(params.get('active'))} active" if params else "?"),
+        ("architecture", f"{arch.get('name')}: {arch.get('n_layer')} layers, {arch.get('n_embd')} wide, "
+                         f"{arch.get('n_head')} heads / {arch.get('n_head_kv')} KV, head dim {arch.get('head_dim')}, "
+                         f"vocab {arch.get('vocab')}" if arch else "? (read from the GGUF once downloaded)"),
+        ("context", str(arch.get("context_length", "?"))),
+        ("chat template", data.get("chat_template") or "none (completion model)"),
+        ("FIM", ("yes" if data["fim"]["supported"] else "tokens present, not supported") + f" ({data['fim']['order']})"
+         if data.get("fim") else "no"),
+        ("specialization", data.get("specialization") or "-"),
+        ("capabilities", ", ".join(data.get("capabilities") or []) or "-"),
+    ]
+    for key, value in lines:
+        c.print(f"  {key:<15} {value}", highlight=False)
+    for quant, v in data["variants"].items():
+        local = "downloaded" if data["downloaded"].get(quant) else "not downloaded"
+        c.print(f"\n[bold]{quant}[/bold]  {v['repo']}" + (f" @ {v['revision']}" if v.get("revision") else "") + f"  ({local})")
+        for f in v["files"]:
+            size = human_bytes(f["size"]) if f.get("size") else (f"~{f['size_approx']}" if f.get("size_approx") else "size ?")
+            c.print(f"  {f['name']}  {size}\n    sha256 {f['sha256'] or 'not pinned (verified against the hub or recorded on first use)'}",
+                    highlight=False)
+    table = Table(title="memory to run fully on one device (estimate from catalog numbers)", box=None, header_style="bold")
+    table.add_column("quant")
+    for n in CTX_TABLE:
+        table.add_column(f"{n // 1024}K ctx", justify="right")
+    for quant, by_ctx in data["memory"].items():
+        table.add_row(quant, *[human_bytes(by_ctx[str(n)]["total"]) for n in CTX_TABLE])
+    c.print()
+    c.print(table)
+    for note in data.get("notes") or []:
+        c.print(f"  note: {note}", highlight=False)
+
+
+@click.command("info")
+@click.argument("model_id")
+@json_option
+@pass_app
+def info_cmd(app: AppContext, model_id: str, as_json: bool) -> None:
+    """The whole card of one model: architecture, files with sha256, memory per quant and context."""
+    card = app.catalog.get(model_id)
+    output(card_details(card, _downloaded(app)), as_json, _render_info)
+
+
+@click.group("catalog")
+def catalog_group() -> None:
+    """Manage the user catalog (merged over the built-in one)."""
+
+
+@catalog_group.command("add")
+@click.argument("model_id")
+@click.option("--repo", required=True, help="Hub repository holding the GGUF, e.g. owner/Name-GGUF.")
+@click.option("--file", "files", required=True, multiple=True, help="GGUF file name in the repo (repeat for split parts).")
+@click.option("--quant", required=True, help="llama.cpp quant name of the file(s), e.g. Q4_K_M, Q6_K.")
+@click.option("--sha256", "shas", multiple=True, help="Pinned SHA256 of each file, in --file order.")
+@click.option("--revision", help="Pin a commit hash (recommended) or branch.")
+@json_option
+@pass_app
+def catalog_add_cmd(app: AppContext, model_id: str, repo: str, files: tuple[str, ...], quant: str,
+                    shas: tuple[str, ...], revision: str | None, as_json: bool) -> None:
+    """Add (or extend) a model in the user catalog."""
+    from fmgguf.catalog.user import add_user_entry, simple_entry
+
+    base = app.catalog.get(model_id) if model_id in app.catalog else None
+    entry = simple_entry(model_id, repo, list(files), quant, list(shas) or None, revision, base=base)
+    card = add_user_entry(app.settings, entry)
+    data = {"id": card.id, "quants": card.quants, "catalog_file": str(app.settings.catalog_file)}
+    output(data, as_json, lambda d: click.echo(f"added {d['id']} ({', '.join(d['quants'])}) to {d['catalog_file']}"))
+
+
+@catalog_group.command("remove")
+@click.argument("model_id")
+@pass_app
+def catalog_remove_cmd(app: AppContext, model_id: str) -> None:
+    """Remove a model from the user catalog (built-in entries come back as they were)."""
+    from fmgguf.catalog.user import remove_user_entry
+    from fmgguf.errors import UnknownModelError
+
+    if not remove_user_entry(app.settings, model_id):
+        raise UnknownModelError(f"{model_id} is not in the user catalog {app.settings.catalog_file}",
+                                fix="see `fmgguf list` for ids; built-in entries cannot be removed")
+    click.echo(f"removed {model_id} from {app.settings.catalog_file}")
+
+
+@catalog_group.command("path")
+@json_option
+@pass_app
+def catalog_path_cmd(app: AppContext, as_json: bool) -> None:
+    """Where the built-in and user catalogs are."""
+    from fmgguf.catalog.loader import builtin_catalog_path
+
+    data = {"builtin": str(builtin_catalog_path()), "user": str(app.settings.catalog_file),
+            "user_exists": app.settings.catalog_file.is_file()}
+    output(data, as_json, lambda d: click.echo(f"built-in: {d['builtin']}\nuser:     {d['user']}"
+                                               + ("" if d["user_exists"] else " (not created yet)")))
+
+
+def _attach_lock() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("fmgguf.cli.store_cmds") is None:
+        return
+
+    @catalog_group.command("lock", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                           add_help_option=False)
+    @click.pass_context
+    def catalog_lock_cmd(ctx: click.Context) -> None:
+        """Pin SHA256 for catalog models from the hub without downloading (fmgguf catalog lock [ID…])."""
+        from fmgguf.cli.store_cmds import catalog_lock_cmd as real
+
+        real.main(args=ctx.args, prog_name="fmgguf catalog lock", standalone_mode=False, obj=ctx.obj)
+
+
+_attach_lock()

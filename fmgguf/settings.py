@@ -1,0 +1,253 @@
+"""The one settings object, and the only module that reads environment variables.
+
+Precedence: explicit keyword arguments > environment (``FMGGUF_*``, plus the standard ``HF_*``
+variables) > the YAML config file > defaults. Nothing is read at import time: call
+:func:`load_settings` (or :meth:`Settings.load`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fmgguf.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean", fix=f"set {name} to 1 or 0")
+
+
+def parse_size(text: str | int | float | None, name: str = "size") -> int | None:
+    """'8GB', '512MiB', '1.5G', '2000000' -> bytes. GB/MB are decimal, GiB/MiB binary; 'G' alone is binary."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    s = str(text).strip().replace(" ", "")
+    units = {
+        "": 1, "b": 1,
+        "k": 1024, "kb": 1000, "kib": 1024,
+        "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+        "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+        "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+    }
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ/s")
+    unit = s[len(num):].lower().removesuffix("/s")
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1.0
+    if unit not in units or value < 0:
+        raise ConfigError(f"{name} {text!r} is not a size", fix="write it like 8GB, 512MiB or 1.5G")
+    return int(value * units[unit])
+
+
+def _default_home() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("fmgguf", appauthor=False))
+
+
+def _default_config_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("fmgguf", appauthor=False))
+
+
+def _default_cache() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("fmgguf", appauthor=False))
+
+
+def _default_hub_cache(env: Mapping[str, str]) -> Path:
+    # The standard huggingface_hub layout, computed without importing huggingface_hub.
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(env["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything fmgguf can be configured with. Build it with :meth:`load`."""
+
+    #: where fmgguf keeps its own state: locks, manifests, benchmark runs, tiny models
+    home: Path
+    #: the YAML config file (may not exist)
+    config_file: Path
+    #: the user catalog merged over the built-in one (may not exist)
+    catalog_file: Path
+    #: the huggingface_hub cache the GGUF files live in (standard layout, so `hf cache` sees them)
+    hub_cache: Path
+    #: rebuildable downloads shared by every FMGGUF_HOME: vocab files, the llama-cpp-python sdist,
+    #: tiny test models, converter scripts (FMGGUF_CACHE; default: the platform's cache dir)
+    shared_cache: Path = Path(".")
+    #: the hub or mirror endpoint (HF_ENDPOINT)
+    hf_endpoint: str = "https://huggingface.co"
+    hf_token: str | None = field(default=None, repr=False)
+    #: nothing touches the network (HF_HUB_OFFLINE / FMGGUF_OFFLINE / --offline)
+    offline: bool = False
+    #: bandwidth cap for pulls in bytes/s (None = unlimited)
+    max_rate: int | None = None
+    #: transient-error retries per file
+    download_retries: int = 5
+    #: memory left free on each GPU when planning offload (llama.cpp's default is 1 GiB)
+    vram_margin: int = 1024**3
+    #: memory left free in RAM when planning
+    ram_margin: int = 512 * 1024**2
+    #: VRAM to assume instead of probing (for planning on another machine), bytes
+    vram_override: int | None = None
+    #: seconds a loaded model stays loaded without use (0 = forever)
+    keep_alive: float = 300.0
+    #: default context length when the caller gives none
+    default_ctx: int = 4096
+    #: the model `fmgguf run`/`serve` use when none is named
+    default_model: str | None = None
+    default_quant: str = "Q4_K_M"
+    #: threads for llama.cpp (None = llama.cpp's choice)
+    n_threads: int | None = None
+    #: benchmark sandbox defaults
+    bench_timeout: float = 10.0
+    bench_memory: int = 1024**3
+    bench_workers: int = 2
+    log_level: str = "WARNING"
+    #: the raw config file content, for sections other modules own (e.g. the seed `models:` block)
+    raw_config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    # --- derived paths -----------------------------------------------------------------------
+    @property
+    def store_dir(self) -> Path:
+        """fmgguf's own records about downloaded models (locks, verification records)."""
+        return self.home / "store"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.home / "bench"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    # --- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        config_dir = Path(env["FMGGUF_CONFIG_DIR"]).expanduser() if env.get("FMGGUF_CONFIG_DIR") else None
+        home = Path(env["FMGGUF_HOME"]).expanduser() if env.get("FMGGUF_HOME") else None
+        if overrides.get("home") is not None:
+            home = Path(overrides["home"])
+        if config_dir is None:
+            # With FMGGUF_HOME set, keep everything in one place (tests and portable installs).
+            config_dir = home if home is not None else _default_config_dir()
+        config_file = Path(env["FMGGUF_CONFIG"]).expanduser() if env.get("FMGGUF_CONFIG") else config_dir / "config.yaml"
+        if overrides.get("config_file") is not None:
+            config_file = Path(overrides["config_file"])
+        raw = _read_config(config_file)
+
+        values: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in raw.items():
+            if key in known and key not in ("raw_config", "config_file"):
+                values[key] = value
+        # The seed's config.yaml names its default model under `models:`.
+        models_block = raw.get("models")
+        if isinstance(models_block, dict) and models_block.get("default_model") and "default_model" not in values:
+            values["default_model"] = models_block["default_model"]
+
+        def env_str(name: str, key: str) -> None:
+            if env.get(name):
+                values[key] = env[name]
+
+        env_str("FMGGUF_CATALOG", "catalog_file")
+        env_str("HF_ENDPOINT", "hf_endpoint")
+        env_str("FMGGUF_DEFAULT_MODEL", "default_model")
+        env_str("FMGGUF_DEFAULT_QUANT", "default_quant")
+        env_str("FMGGUF_LOG_LEVEL", "log_level")
+        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+        if token:
+            values["hf_token"] = token
+        for name in ("HF_HUB_OFFLINE", "FMGGUF_OFFLINE"):
+            if env.get(name) is not None and env.get(name) != "":
+                values["offline"] = values.get("offline") is True or _bool(name, env[name])
+        if env.get("FMGGUF_MAX_RATE"):
+            values["max_rate"] = env["FMGGUF_MAX_RATE"]
+        if env.get("FMGGUF_VRAM"):
+            values["vram_override"] = env["FMGGUF_VRAM"]
+        for name, key in (("FMGGUF_KEEP_ALIVE", "keep_alive"), ("FMGGUF_THREADS", "n_threads"),
+                          ("FMGGUF_CTX", "default_ctx"), ("FMGGUF_VRAM_MARGIN", "vram_margin"),
+                          ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers")):
+            if env.get(name):
+                values[key] = env[name]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+
+        values["home"] = Path(values.get("home") or home or _default_home()).expanduser()
+        values["config_file"] = config_file
+        values["catalog_file"] = Path(values.get("catalog_file") or config_dir / "catalog.yaml").expanduser()
+        values["hub_cache"] = Path(values.get("hub_cache") or _default_hub_cache(env)).expanduser()
+        values["shared_cache"] = Path(values.get("shared_cache") or env.get("FMGGUF_CACHE") or _default_cache()).expanduser()
+        values["raw_config"] = raw
+        return cls(**_coerce(values))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path}{line} is not valid YAML", fix="fix the file or move it away") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level", fix="write it as `key: value` lines")
+    return data
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    try:
+        for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory"):
+            if key in out and out[key] is not None:
+                out[key] = parse_size(out[key], key)
+        for key in ("download_retries", "default_ctx", "bench_workers", "n_threads"):
+            if key in out and out[key] is not None:
+                out[key] = int(out[key])
+        for key in ("keep_alive", "bench_timeout"):
+            if key in out and out[key] is not None:
+                out[key] = float(out[key])
+        if "offline" in out and isinstance(out["offline"], str):
+            out["offline"] = _bool("offline", out["offline"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad setting value: {exc}", fix="check the config file and FMGGUF_* variables") from None
+    if out.get("hf_endpoint"):
+        out["hf_endpoint"] = str(out["hf_endpoint"]).rstrip("/")
+    return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and config file, with ``overrides`` on top."""
+    return Settings.load(**overrides)
