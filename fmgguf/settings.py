@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fmgguf.errors import ConfigError
 
@@ -42,8 +44,8 @@ def parse_size(text: str | int | float | None, name: str = "size") -> int | None
         "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
         "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
     }
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ/s")
-    unit = s[len(num):].lower().removesuffix("/s")
+    m = re.match(r"^([0-9.]*)([A-Za-z/]*)$", s)
+    num, unit = (m.group(1), m.group(2).lower().removesuffix("/s")) if m else ("", "?")
     try:
         value = float(num)
     except ValueError:

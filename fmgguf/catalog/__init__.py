@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from fmgguf.catalog.loader import builtin_catalog_path, load_cards, parse_card, raw_entries, read_yaml
 from fmgguf.catalog.schema import (
     BUILTIN_QUANTS,
-    LLAMA_CPP_QUANTS,
     FIM,
+    LLAMA_CPP_QUANTS,
     Architecture,
     GGUFFile,
     ModelCard,

@@ -49,7 +49,7 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
                     ("FIM", {}), ("licence", {}), ("local", {})):
         table.add_column(col, no_wrap=True, **kw)
     for r in rows:
-        def size(q: str) -> str:
+        def size(q: str, r: dict[str, Any] = r) -> str:
             info = r["quants"].get(q)
             if not info:
                 return "-"
