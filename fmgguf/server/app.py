@@ -1,0 +1,146 @@
+"""The app factory: one FastAPI app from explicit settings and components, and its one error handler."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fmgguf import __version__
+from fmgguf.errors import FmggufError, http_status_for
+from fmgguf.server.state import ServerState
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog
+    from fmgguf.settings import Settings
+
+log = logging.getLogger("fmgguf.server")
+STATIC_DIR = Path(__file__).parent / "static"
+#: paths anyone may read without the API key: the page, its assets, the schema
+_PUBLIC_PREFIXES = ("/static/", "/openapi.json", "/docs", "/redoc", "/healthz")
+
+
+def create_app(settings: "Settings", manager: Any = None, downloader: Any = None, benchmarker: Any = None,
+               catalog: "Catalog | None" = None, *, api_key: str | None = None, max_queue: int = 64) -> FastAPI:
+    """Build the server app. Components left out are built from ``settings`` when first needed.
+
+    ``api_key``: when set, every /api and /v1 request needs ``Authorization: Bearer <key>``.
+    ``max_queue``: generation requests allowed to wait behind the running one (more get 429).
+    """
+    state = ServerState(settings, manager=manager, downloader=downloader, benchmarker=benchmarker,
+                        catalog=catalog, api_key=api_key, max_queue=max_queue)
+    app = FastAPI(
+        title="fmgguf", version=__version__,
+        description="Model management for open code models (GGUF on llama.cpp) and an OpenAI-compatible API.",
+    )
+    app.state.fmgguf = state
+
+    _install_error_handlers(app)
+    _install_auth(app, state)
+
+    from fmgguf.server.routes_bench import router as bench_router
+    from fmgguf.server.routes_models import router as models_router
+    from fmgguf.server.routes_openai import router as openai_router
+
+    app.include_router(models_router)
+    app.include_router(bench_router)
+    app.include_router(openai_router)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/models")
+
+    @app.get("/models", include_in_schema=False)
+    def models_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/healthz", tags=["server"])
+    def healthz() -> dict:
+        """Liveness: answers while generations run."""
+        return {"ok": True, "version": __version__, "auth": state.api_key is not None}
+
+    return app
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.fmgguf
+
+
+# --- errors: the one table, one handler -----------------------------------------------------------
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def error_response(request: Request, status: int, payload: dict, headers: dict | None = None) -> JSONResponse:
+    """Our errors as JSON: ``{"error", "message", "fix", ...}``; on /v1 the OpenAI shape as well."""
+    if _is_openai(request):
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {"error": {"message": payload.get("message", ""), "type": kind, "code": payload.get("error"),
+                          "param": payload.get("param"), "fix": payload.get("fix")}}
+    else:
+        body = payload
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FmggufError)
+    async def fmgguf_error(request: Request, exc: FmggufError) -> JSONResponse:
+        status = http_status_for(exc)
+        if status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc.one_line())
+        headers = {"Retry-After": str(exc.details.get("retry_after", 1))} if status in (429, 503) else None
+        return error_response(request, status, exc.to_dict(), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        first = exc.errors()[0] if exc.errors() else {}
+        payload = {"error": "InvalidRequestError", "message": "invalid request: " + "; ".join(problems),
+                   "fix": "correct the request (the schema is at /openapi.json)",
+                   "param": ".".join(str(p) for p in first.get("loc", ())[1:]) or None}
+        return error_response(request, 422, payload)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        names = {401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed"}
+        payload = {"error": names.get(exc.status_code, "HTTPError"), "message": str(exc.detail),
+                   "fix": "see /openapi.json for the endpoints" if exc.status_code in (404, 405) else None}
+        return error_response(request, exc.status_code, payload, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: log it, answer one line
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        payload = {"error": type(exc).__name__, "message": f"internal error: {' '.join(str(exc).split())[:300]}",
+                   "fix": "see the server log and report the bug"}
+        return error_response(request, 500, payload)
+
+
+# --- auth ------------------------------------------------------------------------------------------
+def _install_auth(app: FastAPI, state: ServerState) -> None:
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Any:
+        key = state.api_key
+        path = request.url.path
+        if key is None or request.method == "OPTIONS" or path in ("/", "/models") \
+                or path.startswith(_PUBLIC_PREFIXES):
+            return await call_next(request)
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
+        if not token or not secrets.compare_digest(token.encode(), key.encode()):
+            payload = {"error": "Unauthorized", "message": "this server needs an API key",
+                       "fix": "send the header 'Authorization: Bearer <key>' with the key given to `fmgguf serve --api-key`"}
+            return error_response(request, 401, payload, {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)

@@ -1,0 +1,185 @@
+"""Background download jobs: started by a request, owned by the server, independent of any client.
+
+A job runs ``downloader.download_model`` in its own thread; its progress is kept on the job and read
+by the polling endpoint and the Server-Sent Events stream. A client that goes away changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmgguf.errors import CancelledError, FmggufError
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class DownloadJob:
+    id: str
+    model_id: str
+    quant: str
+    revision: str | None = None
+    state: str = "queued"  # queued | running | done | failed | cancelled
+    downloaded: int = 0
+    total: int | None = None
+    file: str | None = None
+    path: str | None = None
+    error: dict | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    version: int = 0
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _rate: list = field(default_factory=list, repr=False)  # (monotonic time, bytes) samples
+    _files: dict = field(default_factory=dict, repr=False)  # file name -> (done, total)
+
+    @property
+    def percent(self) -> float | None:
+        if self.state == "done":
+            return 100.0
+        if not self.total:
+            return None
+        return round(min(100.0, 100.0 * self.downloaded / self.total), 1)
+
+    @property
+    def speed(self) -> float | None:
+        """Bytes per second over the last few seconds."""
+        if len(self._rate) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._rate[0], self._rate[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+
+    def as_dict(self) -> dict:
+        speed = self.speed
+        eta = None
+        if speed and self.total and self.state == "running":
+            eta = round(max(0.0, (self.total - self.downloaded) / speed), 1)
+        return {
+            "job_id": self.id, "model_id": self.model_id, "quant": self.quant, "state": self.state,
+            "downloaded": self.downloaded, "total": self.total, "percent": self.percent,
+            "speed": round(speed) if speed else None, "eta_s": eta, "file": self.file, "path": self.path,
+            "error": self.error, "created_at": self.created_at, "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+    def _touch(self) -> None:
+        self.version += 1
+
+
+class DownloadJobs:
+    """All download jobs of one server (finished ones are kept for a while so late pollers see the end)."""
+
+    def __init__(self, downloader: Callable[[], Any], keep: int = 200) -> None:
+        self._get_downloader = downloader
+        self._jobs: dict[str, DownloadJob] = {}
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def start(self, model_id: str, quant: str, revision: str | None = None, total: int | None = None) -> tuple[DownloadJob, bool]:
+        """A new job, or the one already fetching the same model and quant: (job, created)."""
+        with self._lock:
+            for job in self._jobs.values():
+                if job.model_id == model_id and job.quant == quant and job.state in ACTIVE:
+                    return job, False
+            job = DownloadJob(id=uuid.uuid4().hex[:16], model_id=model_id, quant=quant, revision=revision, total=total)
+            self._jobs[job.id] = job
+            self._trim()
+        thread = threading.Thread(target=self._run, args=(job,), name=f"fmgguf-download-{job.id}", daemon=True)
+        thread.start()
+        return job, True
+
+    def get(self, job_id: str) -> DownloadJob | None:
+        return self._jobs.get(job_id)
+
+    def all(self) -> list[DownloadJob]:
+        return list(self._jobs.values())
+
+    def active_for(self, model_id: str) -> list[DownloadJob]:
+        return [j for j in self._jobs.values() if j.model_id == model_id and j.state in ACTIVE]
+
+    def cancel(self, job_id: str) -> DownloadJob | None:
+        job = self._jobs.get(job_id)
+        if job is not None and job.state in ACTIVE:
+            job._cancel.set()
+        return job
+
+    def _trim(self) -> None:
+        done = [j for j in self._jobs.values() if j.state not in ACTIVE]
+        for job in sorted(done, key=lambda j: j.created_at)[: max(0, len(self._jobs) - self._keep)]:
+            self._jobs.pop(job.id, None)
+
+    # --- the worker ----------------------------------------------------------------------------
+    def _run(self, job: DownloadJob) -> None:
+        job.state, job.started_at = "running", time.time()
+        job._touch()
+        try:
+            downloader = self._get_downloader()
+            kwargs: dict[str, Any] = {"progress": lambda *a, **k: self._progress(job, *a, **k)}
+            if job.revision:
+                kwargs["revision"] = job.revision
+            path = downloader.download_model(job.model_id, job.quant, **kwargs)
+            job.path = str(path)
+            if job.total:
+                job.downloaded = job.total
+            job.state = "done"
+        except CancelledError as exc:
+            job.state, job.error = "cancelled", exc.to_dict()
+        except FmggufError as exc:
+            job.state, job.error = ("cancelled" if job._cancel.is_set() else "failed"), exc.to_dict()
+        except Exception as exc:  # a bug or an OS error: report it on the job, never kill the server
+            job.state = "failed"
+            job.error = {"error": type(exc).__name__, "message": " ".join(str(exc).split()) or type(exc).__name__,
+                         "fix": "see the server log, then retry the download"}
+        finally:
+            job.finished_at = time.time()
+            job._touch()
+
+    def _progress(self, job: DownloadJob, *args: Any, **kwargs: Any) -> None:
+        """The downloader's callback, ``progress(file name, bytes done, total or None)`` per file (an event
+        object, a dict or ``(done, total)`` are read too). Raising here is how a job is cancelled."""
+        if job._cancel.is_set():
+            raise CancelledError(f"download of {job.model_id} {job.quant} was cancelled", fix="start it again to resume")
+        done, total, name = _read_progress(args, kwargs)
+        key = str(name) if name else ""
+        old_done, old_total = job._files.get(key, (0, None))
+        job._files[key] = (old_done if done is None else max(0, int(done)), total if total else old_total)
+        job.downloaded = sum(d for d, _ in job._files.values())
+        seen_total = sum(t or 0 for _, t in job._files.values())
+        if job.total is None or seen_total > job.total:
+            job.total = seen_total or None
+        if name:
+            job.file = key
+        now = time.monotonic()
+        job._rate.append((now, job.downloaded))
+        while len(job._rate) > 2 and now - job._rate[0][0] > 5.0:
+            job._rate.pop(0)
+        job._touch()
+
+
+_DONE_KEYS = ("downloaded", "done", "completed", "bytes_done", "bytes_downloaded", "n")
+_TOTAL_KEYS = ("total", "total_bytes", "size", "bytes_total")
+_NAME_KEYS = ("file", "filename", "name", "current_file")
+
+
+def _read_progress(args: tuple, kwargs: dict) -> tuple[int | None, int | None, str | None]:
+    def pick(source: Any, keys: tuple[str, ...]) -> Any:
+        for key in keys:
+            value = source.get(key) if isinstance(source, dict) else getattr(source, key, None)
+            if value is not None:
+                return value
+        return None
+
+    if kwargs:
+        return pick(kwargs, _DONE_KEYS), pick(kwargs, _TOTAL_KEYS), pick(kwargs, _NAME_KEYS)
+    if len(args) == 3 and isinstance(args[0], str):  # (file name, done, total)
+        return args[1], args[2], args[0]
+    if len(args) >= 2 and all(isinstance(a, (int, float)) or a is None for a in args[:2]):
+        return args[0], args[1], (args[2] if len(args) > 2 and isinstance(args[2], str) else None)
+    if len(args) == 1:
+        return pick(args[0], _DONE_KEYS), pick(args[0], _TOTAL_KEYS), pick(args[0], _NAME_KEYS)
+    return None, None, None

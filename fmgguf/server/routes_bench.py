@@ -1,0 +1,173 @@
+"""Benchmarks over HTTP: start a run in the background, poll its status, read its report.
+
+A run holds the server's generation turn for its whole length (it switches models), then puts the
+selected model back; other generation requests wait in the queue (or get 429) meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+
+from fmgguf.errors import FmggufError
+from fmgguf.server.convert import jsonable
+from fmgguf.server.schemas import BenchmarkRequest
+from fmgguf.server.state import ServerState
+
+router = APIRouter(prefix="/api/models/benchmark", tags=["benchmark"])
+
+
+@dataclass
+class BenchRun:
+    id: str
+    models: list[tuple[str, str]]
+    options: dict
+    state: str = "running"  # running | done | failed
+    progress: dict = field(default_factory=dict)
+    summaries: dict = field(default_factory=dict)
+    report: Any = None
+    error: dict | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.id, "models": [{"model_id": m, "quant": q} for m, q in self.models],
+                "options": self.options, "state": self.state, "progress": self.progress, "error": self.error,
+                "results": {k: compact(v) for k, v in self.summaries.items()},
+                "started_at": self.started_at, "finished_at": self.finished_at,
+                "report_url": f"/api/models/benchmark/{self.id}/report"}
+
+
+def compact(summary: dict) -> dict:
+    """The headline numbers of a benchmark summary."""
+    overall = summary.get("overall") or {}
+    speed = (summary.get("speed") or {}).get("decode_tokens_per_s") or {}
+    return {"status": summary.get("status"), "reason": summary.get("reason"), "quant": summary.get("quant"),
+            "suite": summary.get("suite"), "samples": summary.get("samples"), "pass_at_1": overall.get("pass@1"),
+            "ci95": overall.get("ci95"), "tasks": overall.get("tasks"), "solved": overall.get("solved"),
+            "decode_tokens_per_s": speed.get("median"), "finished": summary.get("finished")}
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.fmgguf
+
+
+def _run(state: ServerState, run: BenchRun) -> None:
+    outcome: tuple[str, dict | None] = ("failed", None)
+    try:
+        bench = state.benchmarker
+        for i, (model_id, quant) in enumerate(run.models):
+            def progress(done: int, total: int, task: str, i: int = i, model_id: str = model_id) -> None:
+                run.progress = {"model": model_id, "model_index": i, "models": len(run.models), "done": done,
+                                "total": total, "task": task}
+
+            progress(0, 0, "")
+            run.summaries[model_id] = bench.benchmark_model(model_id, quant, progress=progress, **run.options)
+        run.report = bench.generate_comparison_report(run.summaries)
+        outcome = ("done", None)
+    except FmggufError as exc:
+        outcome = ("failed", exc.to_dict())
+    except Exception as exc:  # report on the run; the server keeps serving
+        outcome = ("failed", {"error": type(exc).__name__, "message": " ".join(str(exc).split()),
+                              "fix": "see the server log"})
+    finally:
+        try:
+            _restore(state)
+        finally:  # "done" only once the user's model is back
+            run.error = outcome[1]
+            run.finished_at = time.time()
+            run.state = outcome[0]
+            state.gate.release()
+
+
+def _restore(state: ServerState) -> None:
+    """Put the user's selected model back after a benchmark switched models."""
+    if state.selected is None or state.manager_if_built is None:
+        return
+    manager = state.manager
+    cur = manager.current_model() or {}
+    model_id, quant, path = state.selected
+    if cur.get("id") != model_id or (quant and cur.get("quant") != quant):
+        try:
+            if path:
+                manager.load_file(path, model_id=model_id)
+            else:
+                manager.switch_model(model_id, quant)
+        except FmggufError:
+            state.selected = None
+
+
+@router.post("", status_code=202)
+async def start(request: Request, body: BenchmarkRequest) -> dict:
+    """Benchmark downloaded models on a task suite (executed tests, sandboxed); returns a run id."""
+    state = _state(request)
+    models = []
+    for spec in body.model_ids:
+        card, quant = state.catalog.resolve(spec if body.quant is None else f"{spec.partition(':')[0]}:{body.quant}")
+        models.append((card.id, quant))
+    options: dict[str, Any] = {"suite": body.suite, "samples": body.samples, "max_tokens": body.max_tokens}
+    if body.tasks:
+        options["tasks"] = body.tasks
+    if body.languages:
+        options["languages"] = body.languages
+    run = BenchRun(id=uuid.uuid4().hex[:16], models=models, options=options)
+    await state.gate.acquire("benchmark")
+    state.bench_runs[run.id] = run
+    try:
+        threading.Thread(target=_run, args=(state, run), name=f"fmgguf-bench-{run.id}", daemon=True).start()
+    except BaseException:
+        state.gate.release()
+        raise
+    return run.as_dict()
+
+
+@router.get("")
+def runs(request: Request) -> dict:
+    return {"runs": [r.as_dict() for r in _state(request).bench_runs.values()]}
+
+
+def _get(state: ServerState, run_id: str) -> BenchRun:
+    run = state.bench_runs.get(run_id)
+    if run is None:
+        raise HTTPException(404, f"no benchmark run {run_id!r}; use the run_id returned by POST /api/models/benchmark")
+    return run
+
+
+@router.get("/{run_id}")
+def run_status(request: Request, run_id: str) -> dict:
+    return _get(_state(request), run_id).as_dict()
+
+
+@router.get("/{run_id}/report")
+def run_report(request: Request, run_id: str) -> dict:
+    """The comparison report (markdown, rows, a self-contained HTML page) and the full summaries."""
+    run = _get(_state(request), run_id)
+    if run.state == "running":
+        raise HTTPException(409, "the benchmark is still running; poll GET /api/models/benchmark/{run_id} until done")
+    return {**run.as_dict(), "summaries": jsonable(run.summaries), "report": jsonable(run.report)}
+
+
+def stored_results(state: ServerState, model_id: str) -> dict | None:
+    """The latest finished benchmark of ``model_id``: this server's runs first, then the run folders."""
+    for run in sorted(state.bench_runs.values(), key=lambda r: r.started_at, reverse=True):
+        if model_id in run.summaries and run.summaries[model_id].get("status") == "done":
+            return compact(run.summaries[model_id])
+    best: dict | None = None
+    root = state.settings.bench_dir
+    if not root.is_dir():
+        return None
+    for path in root.glob("*/summary.json"):
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if summary.get("model") == model_id and summary.get("status") == "done" and summary.get("kind", "model") == "model":
+            if best is None or str(summary.get("finished") or "") > str(best.get("finished") or ""):
+                best = summary
+    return compact(best) if best else None

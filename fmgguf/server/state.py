@@ -1,0 +1,175 @@
+"""What one running server owns: its settings, catalog, manager, downloader, benchmarker and jobs.
+
+One :class:`ServerState` per app (``app.state.fmgguf``); nothing lives in module globals. The heavy
+parts (the manager imports llama.cpp) are built on first use, so the catalog endpoints and the page
+answer without them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from fmgguf.server.gate import GenerationGate
+from fmgguf.server.jobs import DownloadJobs
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog
+    from fmgguf.settings import Settings
+
+#: seconds a computed fit plan is reused (device probing is not free)
+FIT_CACHE_S = 30.0
+
+
+class ServerState:
+    def __init__(self, settings: "Settings", manager: Any = None, downloader: Any = None,
+                 benchmarker: Any = None, catalog: "Catalog | None" = None, api_key: str | None = None,
+                 max_queue: int = 64) -> None:
+        self.settings = settings
+        self.api_key = api_key or None
+        self._catalog = catalog
+        self._manager = manager
+        self._downloader = downloader
+        self._benchmarker = benchmarker
+        self._build_lock = threading.RLock()
+        self.gate = GenerationGate(max_queue)
+        self.jobs = DownloadJobs(lambda: self.downloader)
+        #: model id being loaded right now (for the "loading" status), and when it started
+        self.loading: tuple[str, str, float] | None = None
+        #: the model the user last selected (reloaded on demand after an idle unload)
+        self.selected: tuple[str, str | None, str | None] | None = None
+        #: the last finished generation (finish reason, token counts), for status and tests
+        self.last_generation: dict[str, Any] | None = None
+        self._fit_cache: dict[tuple[str, str, int], tuple[float, dict]] = {}
+        self.bench_runs: dict[str, Any] = {}
+        self.started_at = time.time()
+
+    # --- components, built on first use ------------------------------------------------------
+    @property
+    def catalog(self) -> "Catalog":
+        if self._catalog is None:
+            with self._build_lock:
+                if self._catalog is None:
+                    from fmgguf.catalog import Catalog
+
+                    self._catalog = Catalog.load(self.settings)
+        return self._catalog
+
+    @property
+    def downloader(self) -> Any:
+        if self._downloader is None:
+            with self._build_lock:
+                if self._downloader is None:
+                    from fmgguf.download import ModelDownloader
+
+                    self._downloader = ModelDownloader(settings=self.settings, catalog=self.catalog)
+        return self._downloader
+
+    @property
+    def manager(self) -> Any:
+        if self._manager is None:
+            with self._build_lock:
+                if self._manager is None:
+                    from fmgguf.runtime import ModelManager
+
+                    # the server's gate does the queueing; the manager's own queue only has to hold
+                    # the server plus a benchmark run
+                    self._manager = ModelManager(settings=self.settings, catalog=self.catalog,
+                                                 downloader=self.downloader, max_queue=max(8, self.gate.max_queue))
+        return self._manager
+
+    @property
+    def manager_if_built(self) -> Any:
+        """The manager if something already needed it (status pages must not load llama.cpp)."""
+        return self._manager
+
+    @property
+    def benchmarker(self) -> Any:
+        if self._benchmarker is None:
+            with self._build_lock:
+                if self._benchmarker is None:
+                    from fmgguf.bench import ModelBenchmarker
+
+                    self._benchmarker = _build_benchmarker(ModelBenchmarker, self)
+        return self._benchmarker
+
+    def reload_catalog(self) -> None:
+        """Pick up user-catalog edits (e.g. `fmgguf catalog add` while the server runs)."""
+        from fmgguf.catalog import Catalog
+
+        with self._build_lock:
+            self._catalog = Catalog.load(self.settings)
+            self._fit_cache.clear()
+
+    # --- fit plans, cached briefly ------------------------------------------------------------
+    def fit_for(self, card: Any, quant: str, n_ctx: int | None = None, *, path: Any = None, remote: bool = False,
+                mem: Any = None) -> dict:
+        """The fit plan as a dict: from the local file when ``path`` is given, else the catalog numbers
+        (``remote=True`` reads the GGUF header from the hub first; listings never do)."""
+        n_ctx = int(n_ctx or self.settings.default_ctx)
+        key = (card.id, quant, n_ctx, str(path) if path else ("remote" if remote else ""))
+        hit = self._fit_cache.get(key)
+        now = time.monotonic()
+        if hit and now - hit[0] < FIT_CACHE_S:
+            return hit[1]
+        from fmgguf.runtime.fit import plan_for_card
+
+        plan = plan_for_card(card, quant, n_ctx=n_ctx, settings=self.settings, path=path, remote=remote, mem=mem)
+        data = plan.as_dict() if hasattr(plan, "as_dict") else dict(vars(plan))
+        self._fit_cache[key] = (now, data)
+        return data
+
+    def memory_snapshot(self) -> Any:
+        """Free RAM/VRAM probed once for a whole listing (None if the runtime is not available)."""
+        try:
+            from fmgguf.runtime.devices import system_memory
+        except ImportError:
+            return None
+        return system_memory(vram_override=self.settings.vram_override)
+
+    def local_path(self, model_id: str, quant: str) -> Any:
+        """The verified local file of a downloaded variant, or None."""
+        from fmgguf.errors import FmggufError
+
+        try:
+            return self.downloader.model_path(model_id, quant)
+        except FmggufError:
+            return None
+
+    # --- what is loaded --------------------------------------------------------------------------
+    def reload_selected(self, manager: Any) -> dict | None:
+        """Load the last selected model again if the manager unloaded it (keep-alive); call under the gate."""
+        cur = manager.current_model()
+        if cur or self.selected is None:
+            return cur
+        model_id, quant, path = self.selected
+        self.loading = (model_id, quant or "", time.time())
+        try:
+            if path:
+                manager.load_file(path, model_id=model_id, card=self.catalog.get(model_id) if model_id in self.catalog else None)
+            else:
+                manager.switch_model(model_id, quant)
+        finally:
+            self.loading = None
+        return manager.current_model()
+
+    def current(self) -> dict | None:
+        manager = self._manager
+        if manager is None:
+            return None
+        info = manager.current_model()
+        return info or None
+
+
+def _build_benchmarker(cls: Any, state: ServerState) -> Any:
+    """The benchmarker shares this server's manager, so a benchmark cannot load a second model."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {}
+    for name, value in (("settings", state.settings), ("catalog", state.catalog), ("manager", state.manager),
+                        ("downloader", state.downloader)):
+        if name in params:
+            kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,216 @@
+"""The model-management API in-process (FastAPI's TestClient): catalog, downloads, verify, delete,
+select, generate (plain, streamed, FIM), compare, fit, errors and auth."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+GEN_QUANT = "F16"
+
+
+@pytest.fixture
+def client(settings: Any) -> Any:
+    from fmgguf.server.app import create_app
+
+    app = create_app(settings)
+    with TestClient(app) as c:
+        yield c
+    manager = app.state.fmgguf.manager_if_built
+    if manager is not None:
+        manager.close()
+
+
+def _wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/models/downloads/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"download job {job_id} did not finish")
+
+
+def _sse_events(text: str) -> list[tuple[str, Any]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        event, data = "message", []
+        for line in block.splitlines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+        if data:
+            out.append((event, json.loads("\n".join(data))))
+    return out
+
+
+def test_page_and_assets_are_served_offline(client: TestClient) -> None:
+    page = client.get("/models")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in page.text and "http://" not in page.text and "https://" not in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        r = client.get(asset)
+        assert r.status_code == 200 and "https://" not in r.text
+    assert client.get("/", follow_redirects=False).headers["location"] == "/models"
+
+
+def test_available_lists_catalog_local_state_and_fit(client: TestClient) -> None:
+    data = client.get("/api/models/available").json()
+    ids = [m["id"] for m in data["models"]]
+    assert "tiny-qwen" in ids and "tiny-llama" in ids
+    assert len(ids) >= 20, "the built-in catalog should be listed too"
+    tiny = next(m for m in data["models"] if m["id"] == "tiny-qwen")
+    assert tiny["status"] == "not_downloaded" and tiny["fim"] is True and tiny["family"] == "tiny"
+    assert {q["quant"] for q in tiny["quants"]} == {"Q4_K_M", GEN_QUANT}
+    for q in tiny["quants"]:
+        assert q["size"] > 0 and q["downloaded"] is False
+        assert q["fit"]["label"] in ("Full GPU", "CPU only", "Won't fit") or q["fit"]["label"].startswith("Partial")
+    assert tiny["fit_label"] == "CPU only" or tiny["fit_label"] == "Full GPU"
+    assert "tiny" in data["families"]
+
+
+def test_download_job_poll_sse_verify_fit_delete(client: TestClient, hub: Any) -> None:
+    r = client.post("/api/models/download/tiny-llama", json={"quant": "q4_k_m"})
+    assert r.status_code == 202
+    job = r.json()
+    assert job["quant"] == "Q4_K_M" and job["job_id"]
+    again = client.post("/api/models/download/tiny-llama", json={"quant": "Q4_K_M"}).json()
+    if again["state"] in ("queued", "running"):
+        assert again["job_id"] == job["job_id"] and again["created"] is False
+    done = _wait_job(client, job["job_id"])
+    assert done["state"] == "done", done
+    assert done["percent"] == 100.0 and done["downloaded"] == done["total"] > 0
+    # the SSE stream of a finished job says so at once
+    events = _sse_events(client.get(f"/api/models/downloads/{job['job_id']}/events").text)
+    assert events[-1][0] == "done" and events[-1][1]["percent"] == 100.0
+
+    tiny = next(m for m in client.get("/api/models/available").json()["models"] if m["id"] == "tiny-llama")
+    assert tiny["status"] == "ready"
+    assert next(q for q in tiny["quants"] if q["quant"] == "Q4_K_M")["downloaded"] is True
+
+    verify = client.post("/api/models/verify/tiny-llama?quant=Q4_K_M").json()
+    assert verify["ok"] is True and verify["report"]["files"][0]["ok"] is True
+
+    fit = client.get("/api/models/fit/tiny-llama?quant=Q4_K_M&n_ctx=2048").json()
+    assert fit["source"] == "file" and fit["plan"]["n_ctx"] == 2048 and fit["plan"]["fits"] is True
+
+    assert client.delete("/api/models/delete/tiny-llama?quant=Q4_K_M").status_code == 200
+    tiny = next(m for m in client.get("/api/models/available").json()["models"] if m["id"] == "tiny-llama")
+    assert tiny["status"] == "not_downloaded"
+    assert client.post("/api/models/verify/tiny-llama?quant=Q4_K_M").status_code == 409
+
+
+def test_failed_download_is_reported_on_the_job(client: TestClient, hub: Any) -> None:
+    from fmgguf.testing.hub_server import Fault
+
+    hub.add_fault(Fault(file="tiny-qwen-Q4_K_M.gguf", method="*", status=404, times=None))
+    try:
+        job = client.post("/api/models/download/tiny-qwen", json={"quant": "Q4_K_M"}).json()
+        done = _wait_job(client, job["job_id"])
+    finally:
+        hub.clear()
+    assert done["state"] == "failed"
+    assert done["error"]["message"] and done["error"]["error"].endswith("Error")
+    assert client.get("/healthz").json()["ok"] is True
+
+
+def test_select_generate_stream_fim_and_compare(client: TestClient) -> None:
+    for model_id in ("tiny-qwen", "tiny-llama"):
+        job = client.post(f"/api/models/download/{model_id}", json={"quant": GEN_QUANT}).json()
+        assert _wait_job(client, job["job_id"])["state"] == "done"
+    assert client.get("/api/models/current").json() == {"loaded": False, "model": None}
+    assert client.post("/api/models/generate", json={"prompt": "x", "max_tokens": 2}).status_code == 409
+
+    sel = client.post("/api/models/select", json={"model_id": "tiny-qwen", "quant": GEN_QUANT, "n_ctx": 1024})
+    assert sel.status_code == 200, sel.text
+    assert sel.json()["success"] is True and sel.json()["n_ctx"] == 1024
+    cur = client.get("/api/models/current").json()
+    assert cur["loaded"] and cur["model"]["id"] == "tiny-qwen" and cur["model"]["memory"] > 0
+    status = client.get("/api/models/status").json()
+    assert status["status"] == "loaded" and status["queue"]["queue_depth"] == 0
+
+    out = client.post("/api/models/generate", json={"prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0})
+    res = out.json()
+    assert out.status_code == 200 and 1 <= res["completion_tokens"] <= 6 and res["model_id"] == "tiny-qwen"
+    assert res["prompt_tokens"] >= 3 and res["finish_reason"] in ("stop", "length")
+
+    streamed = client.post("/api/models/generate", json={"prompt": "def add(a, b):", "max_tokens": 6,
+                                                         "temperature": 0, "stream": True})
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = _sse_events(streamed.text)
+    assert events[-1][0] == "done"
+    text = "".join(d["text"] for e, d in events if e == "message")
+    assert text == events[-1][1]["text"] == res["text"], "greedy streamed and plain output should agree"
+
+    fim = client.post("/api/models/generate", json={"prompt": "def f(x):\n    ", "suffix": "\n    return y\n",
+                                                    "max_tokens": 5})
+    assert fim.status_code == 200 and fim.json()["completion_tokens"] >= 1
+
+    cmp = client.post("/api/models/compare", json={"model_ids": ["tiny-qwen", "tiny-llama"]}).json()
+    assert [m["id"] for m in cmp["models"]] == ["tiny-qwen", "tiny-llama"]
+    assert cmp["models"][0]["status"] == "loaded" and cmp["models"][1]["status"] == "ready"
+    assert cmp["models"][0]["parameters"] != cmp["models"][1]["parameters"]
+    assert all(q["fit"] for m in cmp["models"] for q in m["quants"])
+
+    # after an idle unload (keep-alive) the selected model comes back on the next request
+    client.app.state.fmgguf.manager.unload()
+    assert client.get("/api/models/current").json()["loaded"] is False
+    again = client.post("/api/models/generate", json={"prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0})
+    assert again.status_code == 200 and again.json()["text"] == res["text"]
+    assert client.get("/api/models/current").json()["model"]["id"] == "tiny-qwen"
+
+    # deleting the loaded model unloads it first
+    assert client.delete(f"/api/models/delete/tiny-qwen?quant={GEN_QUANT}").status_code == 200
+    assert client.get("/api/models/current").json()["loaded"] is False
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "needle"), [
+    ("get", "/api/models/fit/no-such-model", None, 404, "unknown model id"),
+    ("post", "/api/models/download/tiny-qwen", {"quant": "Q2_K"}, 404, "has no Q2_K variant"),
+    ("post", "/api/models/download/tiny-qwen", {"quant": "Q4_K_M", "colour": "red"}, 422, "colour"),
+    ("post", "/api/models/select", {"model_id": "tiny-qwen"}, 409, "is not downloaded"),
+    ("post", "/api/models/select", {"quant": "Q4_K_M"}, 422, "model_id: Field required"),
+    ("post", "/api/models/select", {"model_id": "tiny-qwen", "n_ctx": 3}, 422, "n_ctx"),
+    ("post", "/api/models/generate", {"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+    ("post", "/api/models/generate", {"prompt": "x", "temperature": 9}, 422, "temperature"),
+    ("post", "/api/models/generate", {"prompt": "x"}, 409, "no model is loaded"),
+    ("post", "/api/models/compare", {"model_ids": []}, 422, "model_ids"),
+    ("get", "/api/models/downloads/nope", None, 404, "no download job"),
+    ("delete", "/api/models/delete/no-such-model", None, 404, "unknown model id"),
+    ("post", "/v1/completions", {"prompt": "x", "n": 3}, 422, "n"),
+    ("post", "/v1/completions", {"prompt": "x"}, 409, "no model is loaded"),
+])
+def test_errors_are_clear_4xx(client: TestClient, method: str, path: str, body: Any, status: int, needle: str) -> None:
+    r = getattr(client, method)(path, **({"json": body} if body is not None else {}))
+    assert r.status_code == status, r.text
+    data = r.json()
+    err = data["error"] if isinstance(data.get("error"), dict) else data
+    assert needle in err["message"], err
+    if status != 404 or "unknown" in needle:
+        assert err.get("fix"), "every error names the fix"
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    r = client.post("/api/models/select", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "invalid request" in r.json()["message"]
+
+
+def test_api_key_guards_api_but_not_the_page(settings: Any) -> None:
+    from fmgguf.server.app import create_app
+
+    key = "s3cret-key-123"
+    with TestClient(create_app(settings, api_key=key)) as c:
+        assert c.get("/models").status_code == 200
+        assert c.get("/static/app.js").status_code == 200
+        for path in ("/api/models/status", "/v1/models"):
+            r = c.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in c.get("/api/models/status").json()["fix"]
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong-key-000"}).status_code == 401
+        assert c.get("/api/models/status", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["object"] == "list"
