@@ -29,16 +29,28 @@ help:
 
 install: $(STAMP)
 
+# llama-cpp-python is built once per GPU flavour into a wheelhouse outside the checkout, so a
+# fresh clone (and CI) reuses it; the flags are ours, not whatever pip's cache happens to hold.
+# On x86-64 the CPU build leaves out AMX: CPUs that report it inside VMs that do not enable it
+# (seen here) die with SIGILL in the AMX matmul as soon as a quantized model sees a prompt.
+LLAMA_CPP_VERSION := 0.3.36
+WHEELHOUSE ?= $(HOME)/.cache/fmgguf/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(GPU)
+ifeq ($(shell uname -m),x86_64)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-ifeq ($(GPU),cpu)
+	@if ! ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) ($(GPU)); the first time takes ~9 min on 2 cores"; \
+	  rm -rf $(WHEELHOUSE).tmp && mkdir -p $(WHEELHOUSE).tmp && \
+	  CMAKE_ARGS="$(GPU_CMAKE)" CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(BIN)/python -m pip wheel --quiet --no-deps \
+	    --no-cache-dir --no-binary llama-cpp-python -w $(WHEELHOUSE).tmp "llama-cpp-python==$(LLAMA_CPP_VERSION)" && \
+	  rm -rf $(WHEELHOUSE) && mv $(WHEELHOUSE).tmp $(WHEELHOUSE); \
+	fi
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-else
-	CMAKE_ARGS="$(GPU_CMAKE)" FORCE_CMAKE=1 $(BIN)/python -m pip install --quiet --no-cache-dir \
-	    --force-reinstall --no-deps --no-binary llama-cpp-python "llama-cpp-python>=0.3.36,<0.4"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-endif
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

@@ -1,0 +1,138 @@
+"""Catalog entries for tiny models: real sizes, sha256s and architecture numbers of the built files.
+
+``tiny_card("tiny-qwen2")`` is a user-catalog entry (a raw dict, valid against
+:class:`fmgguf.catalog.schema.ModelCard`); ``tiny_repo_files("tiny-qwen2", ...)`` maps the file
+names that entry lists to the local built files, ready for a loopback hub to serve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from fmgguf.testing.tiny_models import build_tiny_model
+from fmgguf.testing.tiny_specs import TinySpec, tiny_spec
+from fmgguf.testing.tiny_writer import tensor_shapes
+from fmgguf.testing.vocab import read_kv
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a (cached, immutable) file, remembered in a ``.sha256`` sidecar keyed by size and mtime."""
+    st = path.stat()
+    stamp = f"{st.st_size} {st.st_mtime_ns}"
+    side = path.with_name(path.name + ".sha256")
+    try:
+        digest, recorded = side.read_text().split(" ", 1)
+        if recorded.strip() == stamp and len(digest) == 64:
+            return digest
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    tmp = side.with_name(f".{side.name}.{os.getpid()}")
+    try:
+        tmp.write_text(f"{digest} {stamp}\n")
+        os.replace(tmp, side)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def parameter_counts(spec: TinySpec, n_vocab: int) -> tuple[int, int]:
+    """(total, active per token) parameters: every tensor element; MoE counts only the used experts."""
+    total = 0
+    inactive = 0
+    for name, shape in tensor_shapes(spec, n_vocab):
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+        if "_exps." in name:
+            inactive += n // spec.n_expert * (spec.n_expert - spec.n_expert_used)
+    return total, total - inactive
+
+
+def arch_from_file(path: Path, spec: TinySpec) -> dict:
+    """The catalog ``arch`` block, read from the GGUF's own metadata."""
+    kv = {k: v[0] for k, v in read_kv(path).items() if not k.startswith("tokenizer.ggml.") or k.endswith("tokens")}
+    a = str(kv["general.architecture"])
+
+    def get(key: str, default: object = None):
+        return kv.get(f"{a}.{key}", default)
+
+    head_dim = get("attention.key_length_mla") or get("attention.key_length")
+    head_dim_v = get("attention.value_length_mla") or get("attention.value_length")
+    arch: dict = {
+        "name": a,
+        "n_layer": int(get("block_count")),
+        "n_embd": int(get("embedding_length")),
+        "n_head": int(get("attention.head_count")),
+        "n_head_kv": int(get("attention.head_count_kv")),
+        "head_dim": int(head_dim),
+        "head_dim_v": int(head_dim_v) if head_dim_v != head_dim else None,
+        "n_ff": int(get("feed_forward_length")),
+        "vocab": len(kv["tokenizer.ggml.tokens"]),  # type: ignore[arg-type]
+        "context_length": int(get("context_length")),
+        "tied_embeddings": spec.tied,
+        "rope_dim": int(get("rope.dimension_count")),
+    }
+    if get("attention.kv_lora_rank"):
+        arch["kv_lora_rank"] = int(get("attention.kv_lora_rank"))
+    if get("attention.sliding_window"):
+        arch["sliding_window"] = int(get("attention.sliding_window"))
+    if get("expert_count"):
+        arch["moe"] = {"n_expert": int(get("expert_count")), "n_expert_used": int(get("expert_used_count")),
+                       "n_expert_shared": int(get("expert_shared_count", 0)),
+                       "expert_ff": int(get("expert_feed_forward_length"))}
+    return arch
+
+
+def tiny_repo_files(model_id: str, arch: str = "qwen2", size: str = "unit",
+                    quants: Sequence[str] = ("Q4_K_M", "Q8_0"), seed: int = 0) -> dict[str, Path]:
+    """``{f"{model_id}-{quant}.gguf": built file}`` for each quant (building what is missing)."""
+    return {f"{model_id}-{q}.gguf": build_tiny_model(arch, size, q, seed) for q in quants}
+
+
+def tiny_card(model_id: str, arch: str = "qwen2", size: str = "unit", repo: str | None = None,
+              quants: Sequence[str] = ("Q4_K_M", "Q8_0"), seed: int = 0) -> dict:
+    """A user-catalog entry for a tiny model whose files really exist (sizes and sha256s are real)."""
+    spec = tiny_spec(arch, size)
+    repo = repo or f"fmgguf-test/tiny-{arch}-GGUF"
+    files = tiny_repo_files(model_id, arch, size, quants, seed)
+    first = next(iter(files.values()))
+    arch_block = arch_from_file(first, spec)
+    total, active = parameter_counts(spec, arch_block["vocab"])
+    variants = {
+        name.removeprefix(f"{model_id}-").removesuffix(".gguf"): {
+            "repo": repo,
+            "revision": None,
+            "files": [{"name": name, "size": path.stat().st_size, "sha256": file_sha256(path)}],
+        }
+        for name, path in files.items()
+    }
+    card: dict = {
+        "id": model_id,
+        "family": "tiny",
+        "display_name": f"Tiny {arch} ({size}, random weights)",
+        "parameters": {"total": total, "active": active},
+        "arch": arch_block,
+        "license": "apache-2.0",
+        "chat_template": spec.chat_template,
+        "specialization": "test model: real tokenizer and architecture, random weights (gibberish output)",
+        "capabilities": ["test"],
+        "variants": variants,
+        "notes": [f"built locally by fmgguf.testing (seed {seed}); not a real model"],
+        "builtin": False,
+    }
+    if spec.fim:
+        card["fim"] = {"prefix": spec.fim["pre"], "suffix": spec.fim["suf"], "middle": spec.fim["mid"],
+                       "order": "PSM", "supported": True}
+    from fmgguf.catalog.schema import ModelCard
+
+    ModelCard.model_validate(card)  # fail here, not in the test that uses it
+    return card
