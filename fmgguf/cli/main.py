@@ -31,9 +31,9 @@ COMMANDS: dict[str, str] = {
     "import": "fmgguf.cli.store_cmds:import_cmd",
     "import-gguf": "fmgguf.cli.store_cmds:import_gguf_cmd",
     # runtime
-    "inspect": "fmgguf.cli.runtime_cmds:inspect_cmd",
-    "fit": "fmgguf.cli.runtime_cmds:fit_cmd",
-    "doctor": "fmgguf.cli.runtime_cmds:doctor_cmd",
+    "inspect": "fmgguf.cli.runtime_fit_cmds:inspect_cmd",
+    "fit": "fmgguf.cli.runtime_fit_cmds:fit_cmd",
+    "doctor": "fmgguf.cli.runtime_fit_cmds:doctor_cmd",
     "run": "fmgguf.cli.runtime_cmds:run_cmd",
     "chat": "fmgguf.cli.runtime_cmds:chat_cmd",
     "fim": "fmgguf.cli.runtime_cmds:fim_cmd",

@@ -1,0 +1,236 @@
+"""`fmgguf fit`, `fmgguf inspect`, `fmgguf doctor`: memory plans, GGUF headers, the machine.
+
+Nothing here imports llama_cpp: devices come from ggml through ctypes, headers from our parser,
+and the compute buffer from llama.cpp's dry run in a child process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fmgguf.cli._common import AppContext, console, emit_json, human_bytes, human_count, json_option, pass_app
+
+
+def _is_file(target: str) -> bool:
+    return target.endswith(".gguf") or Path(target).is_file()
+
+
+def _local_path(app: AppContext, card_id: str, quant: str) -> Path | None:
+    """The verified local file of a catalog model, or None when it is not downloaded."""
+    from fmgguf.errors import FmggufError
+
+    try:
+        from fmgguf.download import ModelDownloader
+    except ImportError:
+        return None
+    try:
+        return ModelDownloader(settings=app.settings, catalog=app.catalog).model_path(card_id, quant)
+    except FmggufError:
+        return None
+
+
+def _parse_ctx(ctx: str | None) -> int | str | None:
+    from fmgguf.errors import InvalidRequestError
+
+    if ctx is None or ctx == "auto":
+        return ctx
+    text = ctx.strip().lower()
+    try:
+        value = int(text[:-1]) * 1024 if text.endswith("k") else int(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise InvalidRequestError(f"--ctx {ctx!r} is not a context length", fix="give a number like 16384, or auto")
+    return value
+
+
+# --- fit -----------------------------------------------------------------------------------------------
+@click.command("fit")
+@click.argument("target")
+@click.option("--quant", "-q", help="Only this quantization (default: every quant the model has).")
+@click.option("--vram", help="Plan for this much free GPU memory (e.g. 8GB, 0 for none) instead of probing.")
+@click.option("--ctx", "ctx", help="Context length, or `auto` to shrink it until the model fits the GPU.")
+@click.option("--kv-quant", is_flag=True, help="Allow a q8_0/q4_0 KV cache (with flash attention) to fit.")
+@click.option("--flash-attn", is_flag=True, help="Plan with flash attention on.")
+@click.option("--type-k", default="f16", show_default=True, help="KV cache K type (f16, q8_0, q4_0).")
+@click.option("--type-v", default="f16", show_default=True, help="KV cache V type (needs --flash-attn if quantized).")
+@click.option("--no-measure", is_flag=True, help="Skip llama.cpp's dry run (compute buffer from a formula).")
+@json_option
+@pass_app
+def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, ctx: str | None, kv_quant: bool,
+            flash_attn: bool, type_k: str, type_v: str, no_measure: bool, as_json: bool) -> None:
+    """Will TARGET (a catalog id or a .gguf file) fit this machine, and how: GPU layers, context, KV type."""
+    from fmgguf.runtime.fit import plan_for_card, plan_for_file
+    from fmgguf.settings import parse_size
+
+    settings = app.settings
+    vram_bytes = parse_size(vram, "--vram") if vram is not None else None
+    n_ctx = _parse_ctx(ctx) or settings.default_ctx
+    common = dict(n_ctx=n_ctx, settings=settings, vram=vram_bytes, type_k=type_k.lower(), type_v=type_v.lower(),
+                  flash_attn=flash_attn or type_v.lower() not in ("f16", "f32", "bf16"), kv_quant=kv_quant)
+    plans: dict[str, Any] = {}
+    if _is_file(target):
+        plans[Path(target).name] = plan_for_file(target, measure=not no_measure, **common)
+        title = Path(target).name
+    else:
+        card, q = app.catalog.resolve(target)
+        quants = [quant] if quant else ([q] if ":" in target else list(card.variants))
+        for qq in quants:
+            local = _local_path(app, card.id, qq)
+            if local is not None:
+                plans[qq] = plan_for_file(local, measure=not no_measure, **common)
+            else:
+                plans[qq] = plan_for_card(card, qq, **common)
+        title = card.id
+    if as_json:
+        emit_json({"target": title, "plans": {k: p.as_dict() for k, p in plans.items()}})
+        return
+    _render_plans(title, plans)
+
+
+def _render_plans(title: str, plans: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"fit: {title}", box=None, header_style="bold", title_justify="left")
+    table.add_column("")
+    for name in plans:
+        table.add_column(name, justify="right")
+
+    def row(label: str, fn: Any) -> None:
+        table.add_row(label, *[fn(p) for p in plans.values()])
+
+    row("plan", lambda p: f"[bold]{p.label}[/bold]")
+    row("GPU layers", lambda p: f"{p.n_gpu_layers} of {p.n_layers}")
+    row("context", lambda p: str(p.n_ctx))
+    row("KV cache type", lambda p: p.type_k if p.type_k == p.type_v else f"{p.type_k}/{p.type_v}")
+    row("flash attention", lambda p: "on" if p.flash_attn else "off")
+    row("weights", lambda p: human_bytes(p.estimate.weights_total))
+    row("KV cache", lambda p: human_bytes(p.estimate.kv_total))
+    row("compute buffer", lambda p: f"{human_bytes(p.estimate.compute)}"
+        + (" (measured)" if p.estimate.compute_source == "dry-run" else " (formula)"))
+    row("VRAM needed / free", lambda p: f"{human_bytes(p.vram_needed)} / {human_bytes(p.vram_free)}")
+    row("RAM needed / free", lambda p: f"{human_bytes(p.ram_needed)} / {human_bytes(p.ram_free)}")
+    row("tensor split", lambda p: ",".join(f"{x:g}" for x in p.tensor_split) if p.tensor_split else "-")
+    row("from", lambda p: {"file": "the local file", "header": "the hub header (Range)",
+                           "catalog": "catalog numbers"}.get(p.source, p.source))
+    con = console()
+    con.print(table)
+    for name, p in plans.items():
+        for note in p.notes:
+            con.print(f"  {name}: {note}")
+
+
+# --- inspect -------------------------------------------------------------------------------------------
+@click.command("inspect")
+@click.argument("target")
+@click.option("--quant", "-q", help="Which quantization of a catalog model.")
+@json_option
+@pass_app
+def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) -> None:
+    """The GGUF header of TARGET (a file, or a catalog id: local file, else the hub header by Range)."""
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    if _is_file(target):
+        info = read_gguf(target)
+    else:
+        card, q = app.catalog.resolve(target)
+        q = quant or q
+        local = _local_path(app, card.id, q)
+        if local is not None:
+            info = read_gguf(local)
+        else:
+            from fmgguf.runtime.remote_header import read_remote_gguf
+
+            v = card.variant(q)
+            info = read_remote_gguf(app.settings, v.repo, v.files[0].name, v.revision)
+    summary = info.summary()
+    if as_json:
+        emit_json(summary)
+        return
+    con = console()
+    con.print(f"[bold]{summary['path']}[/bold]  GGUF v{summary['gguf_version']}, {human_bytes(summary['file_size'])}")
+    pairs = [("architecture", summary["architecture"]), ("name", summary["name"] or "-"),
+             ("parameters", human_count(summary["n_params"])), ("layers", summary["n_layer"]),
+             ("embedding", summary["n_embd"]), ("heads", summary["n_head"]), ("vocabulary", summary["n_vocab"]),
+             ("context (trained)", summary["context_length"]), ("tensors", summary["n_tensors"]),
+             ("weights", human_bytes(summary["tensor_bytes"])),
+             ("chat template", "yes" if summary["chat_template"] else "no"),
+             ("FIM tokens", ", ".join(f"{k}={v}" for k, v in summary["fim_tokens"].items()) or "none")]
+    for k, v in pairs:
+        con.print(f"  {k:<18} {v}")
+    con.print("  quant mix:")
+    for t, row in summary["quant_mix"].items():
+        con.print(f"    {t:<8} {row['tensors']:>5} tensors  {human_bytes(row['bytes']):>10}")
+
+
+# --- doctor --------------------------------------------------------------------------------------------
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _free_disk(path: Path) -> tuple[str, int | None]:
+    import shutil
+
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return str(p), shutil.disk_usage(p).free
+    except OSError:
+        return str(p), None
+
+
+@click.command("doctor")
+@json_option
+@pass_app
+def doctor_cmd(app: AppContext, as_json: bool) -> None:
+    """This machine as fmgguf sees it: devices and free memory, llama.cpp backends, versions, store, disk."""
+    import platform
+    import sys
+
+    from fmgguf import __version__
+    from fmgguf.runtime.devices import ggml_devices, llama_cpp_lib_dir, system_memory
+
+    s = app.settings
+    devices = ggml_devices()
+    mem = system_memory(vram_override=s.vram_override)
+    backends = mem.backends
+    gpu_backends = [b for b in backends if b not in ("CPU", "BLAS", "RPC")]
+    store = s.hub_cache
+    disk_at, disk_free = _free_disk(store)
+    report = {
+        "fmgguf": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "llama_cpp_python": _version("llama_cpp_python") or _version("llama-cpp-python"), "gguf": _version("gguf"),
+        "llama_cpp_lib": str(llama_cpp_lib_dir()) if llama_cpp_lib_dir() else None,
+        "backends": backends, "gpu_offload": bool(gpu_backends),
+        "devices": [d.as_dict() for d in devices], "planning_gpus": [g.as_dict() for g in mem.gpus],
+        "vram_override": s.vram_override, "vram_margin": s.vram_margin,
+        "ram_free": mem.ram_free, "ram_total": mem.ram_total,
+        "home": str(s.home), "store": str(store), "disk_free": disk_free, "disk_checked_at": disk_at,
+        "hf_endpoint": s.hf_endpoint, "offline": s.offline,
+    }
+    if as_json:
+        emit_json(report)
+        return
+    con = console()
+    con.print(f"fmgguf {report['fmgguf']}  python {report['python']}  llama-cpp-python "
+              f"{report['llama_cpp_python'] or 'NOT INSTALLED'}  gguf {report['gguf'] or '-'}")
+    con.print(f"llama.cpp backends: {', '.join(backends) or 'none found'}"
+              + ("" if gpu_backends else "  (CPU-only build: no GPU offload)"))
+    for d in devices:
+        con.print(f"  {d.name:<10} {d.kind:<5} {d.description[:40]:<40} free {human_bytes(d.free)} of "
+                  f"{human_bytes(d.total)}")
+    if s.vram_override is not None:
+        con.print(f"planning for {human_bytes(s.vram_override)} of VRAM (--vram / FMGGUF_VRAM)")
+    con.print(f"RAM: {human_bytes(mem.ram_free)} available of {human_bytes(mem.ram_total)};"
+              f" VRAM margin {human_bytes(s.vram_margin)}")
+    con.print(f"store: {store}  ({human_bytes(disk_free)} free)")
+    con.print(f"hub: {s.hf_endpoint}{'  (offline)' if s.offline else ''}")

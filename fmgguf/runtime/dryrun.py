@@ -1,0 +1,152 @@
+"""llama.cpp's own measurement of a model's memory, taken in a child process.
+
+llama.cpp can load a model and create a context with ``no_alloc=True``: nothing is allocated, but
+its log then states the exact KV-cache size and every compute/output buffer it would create
+(offload.md §1.4). Misused, that path aborts the process (GGML_ASSERT), so it always runs in a
+child: ``python -m fmgguf.runtime.engine --dry-run JSON`` (the handler lives at the end of
+engine.py, the only module that imports llama_cpp). The same child with ``alloc=True`` really
+loads the model, which is how tests check our estimates against what llama.cpp allocates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmgguf.errors import EngineError, GGUFError
+
+MIB = 1024 * 1024
+_MARK = "DRYRUN_RESULT:"
+#: `<func>:  <buffer> <kind> buffer size = X MiB` (the same lines Ollama parses)
+BUFFER_RE = re.compile(r"(\w+):\s+(\S+)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*([\d.]+)\s*MiB")
+#: `llama_kv_cache: size = X MiB (N cells, L layers, s/S seqs), K (f16): a MiB, V (f16): b MiB`
+KV_SIZE_RE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\),"
+                        r" K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB")
+OFFLOADED_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+DEVICE_FREE_RE = re.compile(r"using device (\S+) \((.*?)\).* - (\d+) MiB free")
+
+
+@dataclass
+class Measurement:
+    """What llama.cpp reported (sizes in bytes; from MiB with two decimals, so ±5 KiB each)."""
+
+    ok: bool
+    n_ctx: int | None
+    model_size: int | None  # llama_model_size(): exact weight bytes
+    model_buffers: dict[str, int] = field(default_factory=dict)  # buffer name -> bytes (0 in no_alloc)
+    kv_buffers: dict[str, int] = field(default_factory=dict)
+    compute_buffers: dict[str, int] = field(default_factory=dict)
+    output_buffers: dict[str, int] = field(default_factory=dict)
+    kv_caches: list[dict[str, Any]] = field(default_factory=list)  # one per `llama_kv_cache: size` line
+    offloaded: tuple[int, int] | None = None
+    #: with devices=True: [name, free, total] per ggml device before loading and once loaded
+    devices_before: list[list[Any]] = field(default_factory=list)
+    devices_loaded: list[list[Any]] = field(default_factory=list)
+    error: str | None = None
+    log: str = field(default="", repr=False)
+
+    @property
+    def kv_total(self) -> int:
+        return sum(c["bytes"] for c in self.kv_caches)
+
+    @property
+    def compute_total(self) -> int:
+        return sum(self.compute_buffers.values())
+
+    @property
+    def output_total(self) -> int:
+        return sum(self.output_buffers.values())
+
+    @property
+    def model_total(self) -> int:
+        return sum(self.model_buffers.values())
+
+    @property
+    def allocated_total(self) -> int:
+        """Everything the buffers hold (a real load): model + KV + compute + output."""
+        return self.model_total + sum(self.kv_buffers.values()) + self.compute_total + self.output_total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "n_ctx": self.n_ctx, "model_size": self.model_size, "model_buffers": self.model_buffers,
+                "kv_buffers": self.kv_buffers, "compute_buffers": self.compute_buffers,
+                "output_buffers": self.output_buffers, "kv_caches": self.kv_caches, "kv_total": self.kv_total,
+                "compute_total": self.compute_total, "offloaded": self.offloaded, "error": self.error}
+
+
+def _mib(text: str) -> int:
+    return round(float(text) * MIB)
+
+
+def parse_log(log: str) -> dict[str, Any]:
+    """The buffer sizes, KV caches and offload count stated in a llama.cpp load log."""
+    out: dict[str, Any] = {"model": {}, "KV": {}, "compute": {}, "output": {}, "RS": {}, "kv_caches": [],
+                           "offloaded": None}
+    for m in BUFFER_RE.finditer(log):
+        _, buf, kind, size = m.groups()
+        out[kind][buf] = out[kind].get(buf, 0) + _mib(size)
+    for m in KV_SIZE_RE.finditer(log):
+        out["kv_caches"].append({"bytes": _mib(m.group(1)), "cells": int(m.group(2)), "layers": int(m.group(3)),
+                                 "type_k": m.group(6), "k_bytes": _mib(m.group(7)),
+                                 "type_v": m.group(8), "v_bytes": _mib(m.group(9))})
+    m = OFFLOADED_RE.search(log)
+    if m:
+        out["offloaded"] = (int(m.group(1)), int(m.group(2)))
+    return out
+
+
+def measure(path: str | Path, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch: int = 512, n_gpu_layers: int = 0,
+            type_k: str = "f16", type_v: str = "f16", flash_attn: bool | None = False, swa_full: bool = True,
+            n_seq_max: int = 1, offload_kqv: bool = True, tensor_split: list[float] | None = None,
+            main_gpu: int = 0, alloc: bool = False, use_mmap: bool = True,
+            use_extra_bufts: bool | None = None, devices: bool = False, timeout: float = 120.0,
+            module: str = "fmgguf.runtime.engine") -> Measurement:
+    """Ask llama.cpp (in a child process) what loading ``path`` with these parameters takes.
+
+    ``alloc=False`` (default) is the no-alloc dry run: fast, allocates nothing. ``flash_attn=None``
+    lets llama.cpp decide (AUTO). Defaults match what the engine passes llama_cpp.Llama.
+    """
+    n_batch = min(n_batch, n_ctx)
+    request = {"path": str(path), "n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": min(n_ubatch, n_batch),
+               "n_gpu_layers": n_gpu_layers, "type_k": type_k, "type_v": type_v, "flash_attn": flash_attn,
+               "swa_full": swa_full, "n_seq_max": n_seq_max, "offload_kqv": offload_kqv,
+               "tensor_split": tensor_split, "main_gpu": main_gpu, "alloc": alloc, "use_mmap": use_mmap,
+               "devices": devices}
+    if use_extra_bufts is not None:  # False: no CPU repack/AMX buffers (AMX + MoE aborts in this llama.cpp)
+        request["use_extra_bufts"] = use_extra_bufts
+    cmd = [sys.executable, "-m", module, "--dry-run", json.dumps(request)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"llama.cpp's dry run of {path} took more than {timeout:.0f}s",
+                          fix="check the file with `fmgguf inspect`; plan without measuring (--no-measure)") from None
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(_MARK)), None)
+    if line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        why = f"exit code {proc.returncode}" if proc.returncode >= 0 else f"signal {-proc.returncode}"
+        raise EngineError(f"llama.cpp's dry run of {path} died ({why}): {' | '.join(tail)[-300:]}",
+                          fix="check the file with `fmgguf inspect` and the parameters (type_v needs flash_attn)")
+    data = json.loads(line[len(_MARK):])
+    parsed = parse_log(data.get("log", ""))
+    meas = Measurement(ok=bool(data.get("ok")), n_ctx=data.get("n_ctx"), model_size=data.get("model_size"),
+                       model_buffers=parsed["model"], kv_buffers={**parsed["KV"], **parsed["RS"]},
+                       compute_buffers=parsed["compute"], output_buffers=parsed["output"],
+                       kv_caches=parsed["kv_caches"], offloaded=parsed["offloaded"], error=data.get("error"),
+                       devices_before=data.get("devices_before", []), devices_loaded=data.get("devices_loaded", []),
+                       log=data.get("log", ""))
+    if not meas.ok and meas.model_size is None:
+        reason = _log_reason(meas.log)
+        raise GGUFError(f"llama.cpp could not load {path}: {reason}",
+                        fix="check the file with `fmgguf inspect`, or download it again")
+    return meas
+
+
+def _log_reason(log: str) -> str:
+    for ln in log.splitlines():
+        if "error" in ln.lower() or "failed" in ln.lower():
+            return ln.strip()[:200]
+    return "no reason in its log"

@@ -1,0 +1,313 @@
+"""Read and validate a GGUF header (metadata + tensor table) without loading weights.
+
+Our own bounded parser, not ``gguf.GGUFReader``: GGUFReader memory-maps the file and builds numpy
+views from counts it has not checked, so a hostile count can make it allocate without bound or
+spin. Here every count is checked against the bytes that remain before anything is read, every
+string and array is bounded, and any problem becomes :class:`GGUFError` with the reason. The
+checks mirror what llama.cpp's loader (ggml/src/gguf.cpp, llama-model-loader.cpp) refuses, so a
+file that passes here is one llama.cpp will open.
+
+The byte source is pluggable (a local file, or HTTP Range reads of a remote file: see
+``fmgguf.runtime.remote_header``): only the header is ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from fmgguf.errors import GGUFError
+from fmgguf.runtime.gguf_info import GGUFArray, GGUFInfo, TensorInfo
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+GGML_MAX_DIMS = 4
+GGML_MAX_NAME = 64
+#: arrays longer than this are kept as a summary (type + count), not their values
+MAX_KEPT_ARRAY = 4096
+#: architectures in gguf's table that are not language models llama.cpp can load as one
+_NOT_LOADABLE = {"clip", "wavtokenizer-dec"}
+#: names in llama-cpp-python 0.3.36's src/llama-arch.cpp that the gguf package's table lacks
+_LLAMA_CPP_EXTRA_ARCHES = frozenset({
+    "bailingmoe3", "cohere2moe", "deepseek32", "deepseek4", "dflash", "dots3note", "eagle3", "gemma4-assistant", "glm5-next", "granite_swa", "graniteswitch", "hrm_text", "hy_v3", "hy_v4", "kimi-k3", "laguna", "maple", "mellum", "minimax-01", "minimax-m3", "muse-glimmer", "nanbeige", "pockettts", "qwen3tts", "qwen4exp", "spark2_5", "talkie"})
+
+# GGUF metadata value types: id -> (name, struct format or None, size)
+_SCALARS: dict[int, tuple[str, str, int]] = {
+    0: ("u8", "<B", 1), 1: ("i8", "<b", 1), 2: ("u16", "<H", 2), 3: ("i16", "<h", 2),
+    4: ("u32", "<I", 4), 5: ("i32", "<i", 4), 6: ("f32", "<f", 4), 7: ("bool", "<?", 1),
+    10: ("u64", "<Q", 8), 11: ("i64", "<q", 8), 12: ("f64", "<d", 8),
+}
+_STRING, _ARRAY = 8, 9
+
+
+@lru_cache(maxsize=1)
+def ggml_types() -> dict[int, tuple[str, int, int]]:
+    """ggml type id -> (name, block size, bytes per block), from the gguf package's tables."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return {int(t): (t.name, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
+
+
+@lru_cache(maxsize=1)
+def supported_architectures() -> frozenset[str]:
+    from gguf.constants import MODEL_ARCH_NAMES
+
+    return (frozenset(MODEL_ARCH_NAMES.values()) | _LLAMA_CPP_EXTRA_ARCHES) - _NOT_LOADABLE
+
+
+def type_name(type_id: int) -> str:
+    return ggml_types().get(type_id, (f"type{type_id}", 0, 0))[0]
+
+
+def row_bytes(type_name_or_id: str | int, n: int) -> int:
+    """Bytes of a row of ``n`` elements of a ggml type (ggml_row_size)."""
+    types = ggml_types()
+    if isinstance(type_name_or_id, str):
+        match = [k for k, v in types.items() if v[0] == type_name_or_id.upper()]
+        if not match:
+            raise GGUFError(f"unknown ggml type {type_name_or_id!r}", fix="use f16, q8_0 or q4_0")
+        type_name_or_id = match[0]
+    _, blck, size = types[type_name_or_id]
+    return n // blck * size
+
+
+# --- byte sources --------------------------------------------------------------------------------
+class ByteSource(Protocol):
+    size: int
+    where: str
+
+    def read_at(self, offset: int, n: int) -> bytes: ...
+
+
+class FileSource:
+    def __init__(self, path: Path) -> None:
+        try:
+            self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise GGUFError(f"cannot open {path}: {exc.strerror or exc}", fix="check the path and its permissions") from None
+        self.size = os.fstat(self._f.fileno()).st_size
+        self.where = str(path)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        self._f.seek(offset)
+        return self._f.read(n)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _Cursor:
+    """Sequential reads over a ByteSource through a block cache; every read is bounds-checked."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, src: ByteSource, fail: Callable[[str], GGUFError]) -> None:
+        self.src, self.fail, self.pos = src, fail, 0
+        self._buf, self._buf_start = b"", 0
+
+    @property
+    def remaining(self) -> int:
+        return self.src.size - self.pos
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or n > self.remaining:
+            raise self.fail(f"truncated: {what} at byte {self.pos} needs {n} bytes, {self.remaining} left")
+        rel = self.pos - self._buf_start
+        if rel < 0 or rel + n > len(self._buf):
+            want = max(n, self.BLOCK)
+            self._buf = self.src.read_at(self.pos, min(want, self.remaining))
+            self._buf_start, rel = self.pos, 0
+            if len(self._buf) < n:
+                raise self.fail(f"truncated: could read only {len(self._buf)} of {n} bytes at {self.pos}")
+        self.pos += n
+        return self._buf[rel:rel + n]
+
+    def unpack(self, fmt: str, size: int, what: str) -> Any:
+        return struct.unpack(fmt, self.take(size, what))[0]
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Step over ``count`` length-prefixed strings without decoding them (vocabularies, merges)."""
+        unpack_from = struct.unpack_from
+        for i in range(count):
+            rel = self.pos - self._buf_start
+            if rel < 0 or rel + 8 > len(self._buf):
+                self.take(8, f"{what}[{i}] length")
+                self.pos -= 8
+                rel = 0
+            n = unpack_from("<Q", self._buf, rel)[0]
+            if n > self.remaining - 8:
+                raise self.fail(f"{what}[{i}] claims {n} bytes but only {self.remaining - 8} remain")
+            if rel + 8 + n <= len(self._buf):
+                self.pos += 8 + n
+            else:
+                self.pos += 8
+                self.take(n, f"{what}[{i}]")
+
+    def string(self, what: str) -> str:
+        n = self.unpack("<Q", 8, f"{what} length")
+        if n > self.remaining:
+            raise self.fail(f"{what} claims {n} bytes but only {self.remaining} remain")
+        raw = self.take(n, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not valid UTF-8") from None
+
+
+def _read_value(cur: _Cursor, vtype: int, key: str) -> Any:
+    if vtype in _SCALARS:
+        _, fmt, size = _SCALARS[vtype]
+        return cur.unpack(fmt, size, f"value of {key}")
+    if vtype == _STRING:
+        return cur.string(f"value of {key}")
+    if vtype == _ARRAY:
+        etype = cur.unpack("<I", 4, f"array type of {key}")
+        count = cur.unpack("<Q", 8, f"array length of {key}")
+        if etype == _ARRAY:
+            raise cur.fail(f"metadata {key} is an array of arrays, which llama.cpp does not read")
+        if etype not in _SCALARS and etype != _STRING:
+            raise cur.fail(f"metadata {key} has unknown array element type {etype}")
+        min_size = 8 if etype == _STRING else _SCALARS[etype][2]
+        if count * min_size > cur.remaining:
+            raise cur.fail(f"metadata {key} claims {count} elements, more than the file can hold")
+        if etype == _STRING:
+            if count > MAX_KEPT_ARRAY:
+                cur.skip_strings(count, key)
+                return GGUFArray("string", count)
+            return [cur.string(f"{key}[{i}]") for i in range(count)]
+        name, fmt, size = _SCALARS[etype]
+        raw = cur.take(count * size, f"array {key}")
+        if count > MAX_KEPT_ARRAY:
+            return GGUFArray(name, count)
+        return list(struct.unpack(f"<{count}{fmt[1]}", raw))
+    raise cur.fail(f"metadata {key} has unknown value type {vtype}")
+
+
+def parse_gguf(src: ByteSource, check_data: bool = True) -> GGUFInfo:
+    """Parse and validate the header from ``src``. ``check_data=False`` skips the file-length checks
+    (for a header fetched alone, when the total size is not known)."""
+    where = src.where
+
+    def fail(reason: str) -> GGUFError:
+        return GGUFError(f"{where} is not a valid GGUF file: {reason}",
+                         fix="delete it and download it again (fmgguf pull ID), or check its source")
+
+    cur = _Cursor(src, fail)
+    if src.size < 24:
+        raise fail(f"only {src.size} bytes, too short for a GGUF header")
+    magic = cur.take(4, "magic")
+    if magic != GGUF_MAGIC:
+        raise fail(f"bad magic {magic!r} (expected b'GGUF')")
+    version = cur.unpack("<I", 4, "version")
+    if version not in SUPPORTED_VERSIONS:
+        if version & 0xFFFF == 0 and (version >> 24) in SUPPORTED_VERSIONS:
+            raise fail("big-endian GGUF; llama.cpp on this machine reads little-endian files only")
+        raise fail(f"GGUF version {version} (llama.cpp reads versions 2 and 3)")
+    n_tensors = cur.unpack("<q", 8, "tensor count")
+    n_kv = cur.unpack("<q", 8, "metadata count")
+    # each metadata entry takes at least 8 (key len) + 1 (key) + 4 (type) + 1 (value) bytes;
+    # each tensor info at least 8 + 1 + 4 + 8 + 4 + 8
+    if n_kv < 0 or n_kv * 14 > cur.remaining:
+        raise fail(f"metadata count {n_kv} is impossible for a {src.size}-byte file")
+    if n_tensors < 0 or n_tensors * 33 > cur.remaining:
+        raise fail(f"tensor count {n_tensors} is impossible for a {src.size}-byte file")
+
+    metadata: dict[str, Any] = {}
+    for i in range(n_kv):
+        key = cur.string(f"metadata key #{i}")
+        if not key:
+            raise fail(f"metadata key #{i} is empty")
+        if key in metadata:
+            raise fail(f"duplicate metadata key {key!r}")
+        vtype = cur.unpack("<I", 4, f"type of {key}")
+        metadata[key] = _read_value(cur, vtype, key)
+
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
+        raise fail(f"general.alignment {alignment!r} is not a power of two")
+
+    types = ggml_types()
+    tensors: list[TensorInfo] = []
+    seen: set[str] = set()
+    for i in range(n_tensors):
+        name = cur.string(f"tensor #{i} name")
+        if len(name.encode()) >= GGML_MAX_NAME:
+            raise fail(f"tensor #{i} name is {len(name)} bytes (llama.cpp allows {GGML_MAX_NAME - 1})")
+        if name in seen:
+            raise fail(f"duplicate tensor {name!r}")
+        seen.add(name)
+        n_dims = cur.unpack("<I", 4, f"dims of {name}")
+        if not 1 <= n_dims <= GGML_MAX_DIMS:
+            raise fail(f"tensor {name!r} has {n_dims} dimensions (1 to {GGML_MAX_DIMS} allowed)")
+        shape = tuple(cur.unpack("<q", 8, f"shape of {name}") for _ in range(n_dims))
+        ttype = cur.unpack("<i", 4, f"type of {name}")
+        offset = cur.unpack("<Q", 8, f"offset of {name}")
+        if ttype not in types:
+            raise fail(f"tensor {name!r} has unknown ggml type {ttype}")
+        tname, blck, tsize = types[ttype]
+        if any(d < 0 for d in shape):
+            raise fail(f"tensor {name!r} has a negative dimension {shape}")
+        n_el = 1
+        for d in shape:
+            n_el *= d
+        if n_el >= 1 << 62:
+            raise fail(f"tensor {name!r} has an absurd shape {shape}")
+        if shape[0] % blck:
+            raise fail(f"tensor {name!r} row length {shape[0]} is not a multiple of {tname}'s block size {blck}")
+        n_bytes = n_el // blck * tsize
+        tensors.append(TensorInfo(name, shape, tname, offset, n_bytes))
+
+    data_offset = -(-cur.pos // alignment) * alignment
+    expected = 0
+    for t in tensors:
+        if t.offset % alignment:
+            raise fail(f"tensor {t.name!r} offset {t.offset} is not aligned to {alignment}")
+        if t.offset != expected:
+            raise fail(f"tensor {t.name!r} has offset {t.offset}, expected {expected}")
+        expected += -(-t.n_bytes // alignment) * alignment
+        if check_data and data_offset + t.offset + t.n_bytes > src.size:
+            raise fail(f"tensor {t.name!r} data ends at byte {data_offset + t.offset + t.n_bytes}, "
+                       f"past the end of the file ({src.size} bytes): truncated")
+
+    info = GGUFInfo(where, src.size, version, alignment, data_offset, metadata, tensors)
+    _check_architecture(info, fail)
+    return info
+
+
+def _check_architecture(info: GGUFInfo, fail: Callable[[str], GGUFError]) -> None:
+    arch = info.metadata.get("general.architecture")
+    if not isinstance(arch, str):
+        raise fail("general.architecture is missing")
+    if arch not in supported_architectures():
+        raise GGUFError(f"{info.path}: architecture {arch!r} is not supported by this llama.cpp",
+                        fix="use a GGUF of a supported architecture (fmgguf list shows tested ones)")
+    for suffix in ("block_count", "embedding_length"):
+        v = info.metadata.get(f"{arch}.{suffix}")
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 1 << 20:
+            raise fail(f"{arch}.{suffix} is missing or not a sane integer ({v!r})")
+    n_layer = info.n_layer
+    for t in info.tensors:
+        if t.layer is not None and t.layer >= n_layer + 8:  # nextn/MTP layers sit just past block_count
+            raise fail(f"tensor {t.name!r} belongs to layer {t.layer} but the model has {n_layer}")
+
+
+def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
+    """Validated header, metadata and tensor table of a local GGUF (GGUFError on any problem)."""
+    p = Path(path)
+    if p.is_dir():
+        raise GGUFError(f"{p} is a directory, not a GGUF file", fix="pass the .gguf file itself")
+    src = FileSource(p)
+    try:
+        return parse_gguf(src)
+    except GGUFError:
+        raise
+    except (MemoryError, RecursionError, OverflowError, struct.error, ValueError) as exc:  # never a traceback
+        raise GGUFError(f"{p} is not a valid GGUF file: {type(exc).__name__}: {exc}",
+                        fix="delete it and download it again, or check its source") from None
+    finally:
+        src.close()
