@@ -1,0 +1,267 @@
+"""`fmgguf pull`, `ls`, `verify`, `rm`, `du`, `export`, `import`, `import-gguf` and `catalog lock`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fmgguf.cli._common import AppContext, console, emit_json, human_bytes, json_option, output, pass_app
+
+TRUST = {
+    "pin": "catalog pin",
+    "hub": "hub sha256",
+    "lock": "lock file",
+    "bundle": "bundle manifest",
+    "local": "imported file",
+    "tofu": "trusted on first use: no hash was published",
+}
+
+
+def _downloader(app: AppContext):
+    from fmgguf.download import ModelDownloader
+
+    return ModelDownloader(app.settings, app.catalog)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    """A rich progress bar per file (bytes, rate, ETA); yields the callback (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    tasks: dict[str, Any] = {}
+    bars: list[Any] = []  # started at the first byte, so a pull that fails early prints no empty bar
+
+    def update(name: str, done: int, total: int | None) -> None:
+        if not bars:
+            bars.append(Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                 TimeRemainingColumn(), console=console(), transient=False))
+            bars[0].start()
+        if name not in tasks:
+            tasks[name] = bars[0].add_task(name, total=total)
+        bars[0].update(tasks[name], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if bars:
+            bars[0].stop()
+
+
+def _quants(app: AppContext, model_id: str, quant: str | None) -> tuple[str, list[str]]:
+    mid, _, inline = model_id.partition(":")
+    card = app.catalog.get(mid)
+    q = quant or inline or None
+    if q and q.lower() == "all":
+        return card.id, list(card.variants)
+    from fmgguf.catalog import normalize_quant
+
+    if q:
+        return card.id, [normalize_quant(q)]
+    default = app.settings.default_quant
+    return card.id, [default if default in card.variants else card.quants[0]]
+
+
+@click.command("pull")
+@click.argument("model_ids", nargs=-1, required=True, metavar="ID[:QUANT]...")
+@click.option("--quant", "-q", help="Q4_K_M, Q8_0, … or `all` (default: the settings' default quant).")
+@click.option("--revision", help="A commit, branch or tag (default: the catalog's pin, else main).")
+@click.option("--offline", is_flag=True, help="Use only local files; touch no network.")
+@click.option("--max-rate", help="Bandwidth cap, e.g. 20MB (per second).")
+@json_option
+@pass_app
+def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, revision: str | None, offline: bool,
+             max_rate: str | None, as_json: bool) -> None:
+    """Download models, verifying the SHA256 of every byte (resumes interrupted pulls)."""
+    from fmgguf.settings import parse_size
+
+    if offline:
+        app._settings = app.settings.replace(offline=True)
+    rate = parse_size(max_rate, "--max-rate") if max_rate else None
+    dl = _downloader(app)
+    results = []
+    with _progress_bar(not as_json) as progress:
+        for spec in model_ids:
+            model_id, quants = _quants(app, spec, quant)
+            for q in quants:
+                path = dl.download_model(model_id, q, revision=revision, progress=progress, max_rate=rate)
+                rec = dl.records.get(model_id, q)
+                results.append({"id": model_id, "quant": q, "path": str(path),
+                                "files": [{"name": f.name, "sha256": f.sha256, "size": f.size, "trust": f.source}
+                                          for f in (rec.files if rec else [])]})
+    if as_json:
+        emit_json(results)
+        return
+    for r in results:
+        for f in r["files"]:
+            click.echo(f"verified {r['id']}:{r['quant']} {f['name']} sha256 {f['sha256']} ({TRUST.get(f['trust'], f['trust'])})")
+            if f["trust"] == "tofu":
+                click.echo("  note: the mirror published no sha256 for this file; its hash is recorded and checked from now on",
+                           err=True)
+        click.echo(f"ready: {r['path']}")
+
+
+@click.command("ls")
+@json_option
+@pass_app
+def ls_cmd(app: AppContext, as_json: bool) -> None:
+    """Downloaded models: quant, size, how each was verified, where it is."""
+    rows = _downloader(app).list_downloaded()
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo("no models downloaded (fmgguf pull ID)")
+            return
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for col in ("id", "quant", "size", "verified", "trust", "origin", "path"):
+            table.add_column(col, no_wrap=col != "path", justify="right" if col == "size" else "left")
+        for r in rows:
+            table.add_row(r["id"], r["quant"], human_bytes(r["bytes"]), r["verified_at"] or "-",
+                          "TOFU (no published hash)" if r["trust"] == "tofu" else str(r["trust"]), r["origin"], r["path"])
+        console().print(table)
+
+    output(rows, as_json, render)
+
+
+@click.command("verify")
+@click.argument("model_id", required=False)
+@click.option("--quant", "-q", help="Only this quant.")
+@json_option
+@pass_app
+def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json: bool) -> None:
+    """Re-hash downloaded files against their pins; bad files are moved aside."""
+    from fmgguf.errors import IntegrityError, NotDownloadedError
+
+    dl = _downloader(app)
+    ids = [model_id] if model_id else sorted({r["id"] for r in dl.list_downloaded()})
+    if not ids:
+        raise NotDownloadedError("no models downloaded, nothing to verify", fix="run `fmgguf pull ID`")
+    checks = []
+    for mid in ids:
+        checks += dl.verify_model_integrity(mid, quant).checks
+    rows = [c.__dict__ for c in checks]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        for c in rows:
+            mark = "ok " if c["ok"] else "BAD"
+            trust = TRUST.get(c["source"], c["source"])
+            click.echo(f"{mark} {c['model_id']}:{c['quant']} {c['file']} sha256 {c['actual'] or '-'} ({trust})"
+                       + ("" if c["ok"] else f" expected {c['expected']}: {c['problem']}"))
+
+    output(rows, as_json, render)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        c = bad[0]
+        raise IntegrityError(f"{len(bad)} file(s) failed verification, first {c.file}: expected {c.expected}, got {c.actual}",
+                             fix=f"run `fmgguf pull {c.model_id} --quant {c.quant}` to fetch it again")
+
+
+@click.command("rm")
+@click.argument("model_id")
+@click.option("--quant", "-q", help="Only this quant (default: every downloaded quant).")
+@pass_app
+def rm_cmd(app: AppContext, model_id: str, quant: str | None) -> None:
+    """Delete a downloaded model's files (blobs shared with another model are kept)."""
+    from fmgguf.errors import NotDownloadedError
+
+    mid, _, inline = model_id.partition(":")
+    if not _downloader(app).delete_model(mid, quant or inline or None):
+        raise NotDownloadedError(f"{model_id} is not downloaded", fix="see `fmgguf ls`")
+    click.echo(f"removed {model_id}{':' + (quant or inline) if (quant or inline) else ''}")
+
+
+@click.command("du")
+@json_option
+@pass_app
+def du_cmd(app: AppContext, as_json: bool) -> None:
+    """Disk used by downloaded models, partial downloads and quarantine; free space."""
+    usage = _downloader(app).disk_usage()
+
+    def render(u: dict[str, Any]) -> None:
+        for m in u["models"]:
+            click.echo(f"{human_bytes(m['bytes']):>10}  {m['id']}:{m['quant']}")
+        click.echo(f"{human_bytes(u['total']):>10}  total in {u['hub_cache']}")
+        if u["partial"]:
+            click.echo(f"{human_bytes(u['partial']):>10}  partial downloads (resume with fmgguf pull)")
+        if u["quarantine"]:
+            click.echo(f"{human_bytes(u['quarantine']):>10}  quarantined bad files")
+        click.echo(f"{human_bytes(u['free']):>10}  free")
+
+    output(usage, as_json, render)
+
+
+@click.command("export")
+@click.argument("specs", nargs=-1, required=True, metavar="ID[:QUANT]...")
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="A new folder, or a file ending in .tar.")
+@json_option
+@pass_app
+def export_cmd(app: AppContext, specs: tuple[str, ...], dest: Path, as_json: bool) -> None:
+    """Write downloaded models + a manifest of their hashes, to carry into an air-gapped network."""
+    from fmgguf.download.bundle import export_models
+
+    with _progress_bar(not as_json) as progress:
+        manifest = export_models(_downloader(app), list(specs), dest, progress)
+    summary = {"path": str(dest), "models": [{"id": m["id"], "quant": m["quant"], "files": len(m["files"])}
+                                             for m in manifest["models"]]}
+    output(summary, as_json, lambda s: click.echo(f"exported {len(s['models'])} model(s) to {s['path']}"))
+
+
+@click.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@json_option
+@pass_app
+def import_cmd(app: AppContext, path: Path, as_json: bool) -> None:
+    """Install a bundle from `fmgguf export`; every hash is checked before anything is installed."""
+    from fmgguf.download.bundle import import_bundle
+
+    with _progress_bar(not as_json) as progress:
+        installed = import_bundle(_downloader(app), path, progress)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            click.echo(f"imported {r['id']}:{r['quant']} ({r['files']} file(s), {human_bytes(r['bytes'])}, verified)")
+
+    output(installed, as_json, render)
+
+
+@click.command("import-gguf")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--as", "model_id", required=True, help="The id to register it under (lower-case).")
+@click.option("--quant", "-q", help="Its quantization (default: read from the file name).")
+@json_option
+@pass_app
+def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | None, as_json: bool) -> None:
+    """Register a local GGUF file in the user catalog and the store (hard link or reference, no copy)."""
+    from fmgguf.download.bundle import import_gguf
+
+    try:  # a full header check when the runtime's reader is there (it validates without loading)
+        from fmgguf.runtime.gguf_file import read_gguf
+    except ImportError:
+        read_gguf = None
+    if read_gguf is not None:
+        read_gguf(Path(file))
+    info = import_gguf(_downloader(app), file, model_id, quant)
+    output(info, as_json, lambda i: click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}"))
+
+
+@click.command("lock")
+@click.argument("model_ids", nargs=-1)
+@json_option
+@pass_app
+def catalog_lock_cmd(app: AppContext, model_ids: tuple[str, ...], as_json: bool) -> None:
+    """Record the hub's SHA256 for catalog files that have no pin, without downloading them."""
+    rows = _downloader(app).lock_hashes(list(model_ids) or None)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            click.echo(f"{r['id']}:{r['quant']} {r['file']} {r['sha256'] or '-'} ({r['status']})")
+
+    output(rows, as_json, render)

@@ -1,0 +1,386 @@
+"""The local model store: pull (verified), look up, verify again, list, delete, measure."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fmgguf.download.cache import HubCache, check_free, free_bytes, quarantine
+from fmgguf.download.fetch import Expected, Fetcher, Progress
+from fmgguf.download.hashing import sha256_file
+from fmgguf.download.records import HashLock, ModelRecord, StoreRecords, file_record
+from fmgguf.errors import IntegrityError, LockTimeoutError, NotDownloadedError, OfflineError
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog, ModelCard, ModelConfig, Variant
+    from fmgguf.settings import Settings
+
+log = logging.getLogger("fmgguf.download")
+
+
+@dataclass
+class FileCheck:
+    model_id: str
+    quant: str
+    file: str
+    path: str
+    expected: str | None
+    actual: str | None
+    source: str
+    ok: bool
+    problem: str | None = None
+
+
+@dataclass
+class VerifyResult:
+    checks: list[FileCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "files": [c.__dict__ for c in self.checks]}
+
+
+class ModelDownloader:
+    """Pulls catalog models into the huggingface_hub cache, verified; knows what is installed."""
+
+    def __init__(self, settings: "Settings | None" = None, catalog: "Catalog | None" = None) -> None:
+        if settings is None:
+            from fmgguf.settings import load_settings
+
+            settings = load_settings()
+        self.settings = settings
+        self._catalog = catalog
+        self.records = StoreRecords(settings.store_dir)
+        self.hashlock = HashLock(settings.store_dir)
+        self.cache = HubCache(settings.hub_cache)
+        #: transfer policy (tests shorten these)
+        self.read_timeout = 60.0
+        self.backoff_base = 1.0
+        self.lock_timeout = 6 * 3600.0
+
+    @property
+    def catalog(self) -> "Catalog":
+        if self._catalog is None:
+            from fmgguf.catalog import Catalog
+
+            self._catalog = Catalog.load(self.settings)
+        return self._catalog
+
+    def reload_catalog(self) -> None:
+        self._catalog = None
+
+    def _resolve(self, model_id: "str | ModelConfig", quant: "str | ModelConfig | None") -> tuple["ModelCard", str]:
+        from fmgguf.catalog import ModelConfig, normalize_quant
+
+        if isinstance(quant, ModelConfig):  # the seed's download_model(model_id, model_config)
+            return self.catalog.resolve(ModelConfig(provider=quant.provider, name=str(model_id),
+                                                    quantization=quant.quantization))
+        if isinstance(model_id, ModelConfig):
+            return self.catalog.resolve(model_id)
+        if ":" in str(model_id):  # "id:QUANT" names its quant
+            return self.catalog.resolve(str(model_id))
+        card = self.catalog.get(str(model_id))
+        q = normalize_quant(quant) if quant else (self.settings.default_quant if self.settings.default_quant in card.variants
+                                                  else card.quants[0])
+        card.variant(q)
+        return card, q
+
+    def _fetcher(self, progress: Progress | None, max_rate: int | None = None, verify: bool = True) -> Fetcher:
+        settings = self.settings if max_rate is None else self.settings.replace(max_rate=max_rate)
+        return Fetcher(settings, read_timeout=self.read_timeout, backoff_base=self.backoff_base,
+                       lock_timeout=self.lock_timeout, progress=progress, verify=verify)
+
+    # --- pulling ---------------------------------------------------------------------------------
+    def download_model(self, model_id: "str | ModelConfig", quant: "str | ModelConfig | None" = "Q4_K_M",
+                       revision: str | None = None, progress: Progress | None = None, *,
+                       offline: bool | None = None, max_rate: int | None = None, _verify: bool = True) -> Path:
+        """Pull every file of ``model_id:quant`` (verified) and return the first file's path."""
+        from filelock import FileLock, Timeout
+
+        card, q = self._resolve(model_id, quant)
+        variant = card.variant(q)
+        rev = revision or variant.revision
+        rec = self.records.get(card.id, q)
+        if rec is not None and self._record_ok(rec, variant, revision):
+            return Path(rec.files[0].path)
+        if self.settings.offline if offline is None else offline:
+            return self._offline_install(card, q, variant, rev)
+        lock_path = self.settings.locks_dir / f"pull-{card.id}-{q}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(lock_path), timeout=self.lock_timeout):
+                rec = self.records.get(card.id, q)  # another process may have finished it meanwhile
+                if rec is not None and self._record_ok(rec, variant, revision):
+                    return Path(rec.files[0].path)
+                return self._pull(card, q, variant, rev, progress, max_rate, _verify)
+        except Timeout:
+            raise LockTimeoutError(f"another pull of {card.id}:{q} holds {lock_path}",
+                                   fix="wait for it to finish or stop it") from None
+
+    def _pull(self, card: "ModelCard", q: str, variant: "Variant", rev: str | None, progress: Progress | None,
+              max_rate: int | None, verify: bool) -> Path:
+        fetcher = self._fetcher(progress, max_rate, verify)
+        remotes = [fetcher.resolve(variant.repo, f.name, rev) for f in variant.files]
+        plans = [self._expected(variant.repo, f, r) for f, r in zip(variant.files, remotes, strict=True)]
+        needed = 0
+        for remote, exp in zip(remotes, plans, strict=True):
+            if not self.cache.blob(variant.repo, remote.etag).exists():
+                part = self.cache.incomplete(variant.repo, remote.etag)
+                needed += (exp.size or remote.size or 0) - (part.stat().st_size if part.exists() else 0)
+        check_free(self.settings.hub_cache, needed, f"{card.id}:{q}")
+        files = []
+        for gguf, remote, exp in zip(variant.files, remotes, plans, strict=True):
+            got = fetcher.fetch(variant.repo, gguf.name, rev, remote, exp)
+            if verify and exp.source in ("hub", "tofu"):
+                self.hashlock.set(variant.repo, gguf.name, got.sha256, got.blob.stat().st_size, exp.source, got.commit)
+            if exp.source == "tofu":
+                log.warning("%s: no sha256 published by %s; recorded %s as trusted on first use",
+                            gguf.name, self.settings.hf_endpoint, got.sha256)
+            files.append(file_record(gguf.name, got.pointer, got.sha256, exp.source, got.blob))
+        record = ModelRecord(id=card.id, quant=q, repo=variant.repo, commit=remotes[0].commit, revision=rev,
+                             origin="hub", files=files)
+        self.records.put(record)
+        return Path(files[0].path)
+
+    def _expected(self, repo: str, gguf: Any, remote: Any) -> Expected:
+        if gguf.sha256:
+            if remote.sha256 and remote.sha256 != gguf.sha256:
+                raise IntegrityError(
+                    f"{gguf.name}: the catalog pins sha256 {gguf.sha256} but {self.settings.hf_endpoint} now serves "
+                    f"{remote.sha256} (commit {remote.commit})",
+                    fix="pin the catalog entry's revision to the commit that matches, or update its sha256",
+                    file=gguf.name, expected=gguf.sha256, actual=remote.sha256)
+            return Expected(gguf.sha256, gguf.size, "pin")
+        if remote.sha256:
+            return Expected(remote.sha256, gguf.size or remote.size, "hub")
+        locked = self.hashlock.get(repo, gguf.name)
+        if locked:
+            return Expected(locked["sha256"], locked.get("size") or gguf.size, "lock")
+        return Expected(None, gguf.size or remote.size, "tofu")
+
+    def _record_ok(self, rec: ModelRecord, variant: "Variant", revision: str | None = None) -> bool:
+        if revision and revision not in (rec.revision, rec.commit):
+            return False
+        by_name = {f.name: f for f in rec.files}
+        for gguf in variant.files:
+            fr = by_name.get(gguf.name)
+            if fr is None or not fr.unchanged():
+                return False
+            if gguf.sha256 and fr.sha256 != gguf.sha256:
+                return False
+        return True
+
+    def _offline_install(self, card: "ModelCard", q: str, variant: "Variant", rev: str | None) -> Path:
+        """Offline: adopt files already in the hub cache (put there by huggingface_hub), else explain."""
+        storage = self.cache.storage(variant.repo)
+        commit = rev
+        ref = storage / "refs" / (rev or "main")
+        if ref.is_file():
+            commit = ref.read_text().strip()
+        files = []
+        for gguf in variant.files:
+            pointer = storage / "snapshots" / (commit or "-") / gguf.name
+            if not commit or not pointer.is_file():
+                raise OfflineError(
+                    f"{card.id}:{q} is not in the local store and offline mode is on",
+                    fix=f"on a connected machine run `fmgguf pull {card.id} --quant {q}` and "
+                        f"`fmgguf export {card.id}:{q} --to DIR`, carry DIR over, then `fmgguf import DIR`",
+                    model_id=card.id, quant=q)
+            locked = self.hashlock.get(variant.repo, gguf.name)
+            expected, source = (gguf.sha256, "pin") if gguf.sha256 else \
+                (locked["sha256"], "lock") if locked else (None, "tofu")
+            actual = sha256_file(pointer)
+            if expected and actual != expected:
+                raise IntegrityError(f"{pointer} has sha256 {actual}, expected {expected} ({source})",
+                                     fix=f"delete it and pull {card.id} again on a connected machine",
+                                     file=gguf.name, expected=expected, actual=actual)
+            if source == "tofu":
+                self.hashlock.set(variant.repo, gguf.name, actual, pointer.stat().st_size, "tofu", commit)
+            files.append(file_record(gguf.name, pointer, actual, source, pointer.resolve()))
+        rec = ModelRecord(id=card.id, quant=q, repo=variant.repo, commit=commit, revision=rev, origin="hub", files=files)
+        self.records.put(rec)
+        return Path(files[0].path)
+
+    # --- the store -------------------------------------------------------------------------------
+    def _record(self, model_id: str, quant: str | None) -> ModelRecord | None:
+        from fmgguf.catalog import normalize_quant
+
+        if quant:
+            return self.records.get(model_id, normalize_quant(quant))
+        quants = self.records.quants(model_id)
+        if not quants:
+            return None
+        pick = self.settings.default_quant if self.settings.default_quant in quants else quants[0]
+        return self.records.get(model_id, pick)
+
+    def _canonical_id(self, model_id: str) -> str:
+        if self.records.quants(model_id):
+            return model_id
+        try:
+            return self.catalog.get(model_id).id
+        except Exception:  # noqa: BLE001 - an id only the store knows
+            return model_id
+
+    def model_path(self, model_id: str, quant: str | None = None) -> Path:
+        """The verified local path of the model's first file; never an unverified one."""
+        model_id = self._canonical_id(model_id)
+        rec = self._record(model_id, quant)
+        if rec is None or not rec.files:
+            q = f" --quant {quant}" if quant else ""
+            raise NotDownloadedError(f"{model_id}{':' + quant if quant else ''} is not downloaded",
+                                     fix=f"run `fmgguf pull {model_id}{q}`", model_id=model_id)
+        for fr in rec.files:
+            if not fr.unchanged():
+                raise IntegrityError(f"{fr.path} changed or vanished since it was verified",
+                                     fix=f"run `fmgguf verify {model_id}` or `fmgguf pull {model_id} --quant {rec.quant}`",
+                                     file=fr.name)
+        return Path(rec.files[0].path)
+
+    def is_model_downloaded(self, model_id: str, quant: str | None = None) -> bool:
+        try:
+            self.model_path(model_id, quant)
+            return True
+        except (NotDownloadedError, IntegrityError):
+            return False
+
+    def list_downloaded(self) -> list[dict[str, Any]]:
+        return [rec.as_dict() for rec in self.records.all()]
+
+    def verify_model_integrity(self, model_id: str, quant: str | None = None) -> VerifyResult:
+        """Re-hash every installed file against its pin (catalog, hub lock, bundle or first use).
+        A bad file is moved to quarantine and the model is no longer reported as downloaded."""
+        model_id = self._canonical_id(model_id)
+        quants = [quant] if quant else self.records.quants(model_id)
+        result = VerifyResult()
+        for q in quants:
+            rec = self._record(model_id, q)
+            if rec is None:
+                raise NotDownloadedError(f"{model_id}:{q} is not downloaded", fix=f"run `fmgguf pull {model_id} --quant {q}`")
+            pins = self._pins(rec)
+            bad = False
+            for fr in rec.files:
+                expected, source = pins.get(fr.name, (fr.sha256, fr.source))
+                path = Path(fr.path)
+                actual = sha256_file(path) if path.is_file() else None
+                ok = actual is not None and actual == expected
+                problem = None if ok else ("missing" if actual is None else "sha256 mismatch")
+                if not ok and actual is not None:
+                    moved = quarantine(path.resolve(), self.settings.store_dir / "quarantine", f"{fr.name}.bad")
+                    problem += f" (moved to {moved})"
+                bad = bad or not ok
+                result.checks.append(FileCheck(model_id, rec.quant, fr.name, fr.path, expected, actual, source, ok, problem))
+            if bad:
+                self.records.delete(model_id, rec.quant)
+            else:
+                self.records.put(ModelRecord(**{**rec.__dict__, "files": [
+                    file_record(f.name, Path(f.path), f.sha256, f.source, Path(f.blob) if f.blob else None)
+                    for f in rec.files]}))
+        return result
+
+    def _pins(self, rec: ModelRecord) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
+        try:
+            variant = self.catalog.get(rec.id).variants.get(rec.quant)
+        except Exception:  # noqa: BLE001 - a model the catalog no longer has: its record is the pin
+            variant = None
+        for fr in rec.files:
+            pinned = next((f.sha256 for f in variant.files if f.name == fr.name and f.sha256), None) if variant else None
+            locked = self.hashlock.get(rec.repo, fr.name)
+            if pinned:
+                out[fr.name] = (pinned, "pin")
+            elif locked and fr.source in ("hub", "lock", "tofu"):
+                out[fr.name] = (locked["sha256"], locked.get("source", "lock"))
+        return out
+
+    def delete_model(self, model_id: str, quant: str | None = None) -> bool:
+        from fmgguf.catalog import normalize_quant
+
+        model_id = self._canonical_id(model_id)
+        quants = [normalize_quant(quant)] if quant else self.records.quants(model_id)
+        removed = False
+        for q in quants:
+            rec = self.records.get(model_id, q)
+            if rec is None:
+                continue
+            self.records.delete(model_id, q)
+            still_used = {f.blob for r in self.records.all() for f in r.files if f.blob}
+            for fr in rec.files:
+                if rec.origin == "local":  # import-gguf: drop our hard link, never the user's file
+                    local_dir = self.settings.store_dir / "local"
+                    if Path(fr.path).is_relative_to(local_dir) and fr.path not in still_used:
+                        Path(fr.path).unlink(missing_ok=True)
+                    continue
+                if rec.commit:
+                    self.cache.unlink_pointer(rec.repo, rec.commit, fr.name)
+                if fr.blob and fr.blob not in still_used:
+                    Path(fr.blob).unlink(missing_ok=True)
+            removed = True
+        return removed
+
+    def disk_usage(self) -> dict[str, Any]:
+        models = []
+        seen: set[str] = set()
+        total = 0
+        for rec in self.records.all():
+            models.append({"id": rec.id, "quant": rec.quant, "bytes": rec.bytes})
+            for fr in rec.files:
+                key = fr.blob or fr.path
+                if key not in seen:
+                    seen.add(key)
+                    total += fr.size
+        partial = sum(p.stat().st_size for p in self.settings.hub_cache.glob("models--*/blobs/*.incomplete"))
+        qdir = self.settings.store_dir / "quarantine"
+        quarantined = sum(p.stat().st_size for p in qdir.iterdir()) if qdir.is_dir() else 0
+        return {"models": models, "total": total, "partial": partial, "quarantine": quarantined,
+                "hub_cache": str(self.settings.hub_cache), "free": free_bytes(self.settings.hub_cache)}
+
+    # --- pins without downloading -----------------------------------------------------------------
+    def lock_hashes(self, model_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """``fmgguf catalog lock``: record the hub's sha256 for every catalog file that has no pin."""
+        if self.settings.offline:
+            raise OfflineError("`catalog lock` asks the hub for hashes and offline mode is on",
+                               fix="run it on a connected machine (or without --offline / HF_HUB_OFFLINE)")
+        cards = [self.catalog.get(m) for m in model_ids] if model_ids else self.catalog.models()
+        fetcher = self._fetcher(None)
+        out = []
+        for card in cards:
+            for q, variant in card.variants.items():
+                for gguf in variant.files:
+                    row = {"id": card.id, "quant": q, "repo": variant.repo, "file": gguf.name}
+                    if gguf.sha256:
+                        out.append({**row, "sha256": gguf.sha256, "source": "pin", "status": "pinned in catalog"})
+                        continue
+                    remote = fetcher.resolve(variant.repo, gguf.name, variant.revision)
+                    if remote.sha256:
+                        self.hashlock.set(variant.repo, gguf.name, remote.sha256, remote.size, "hub", remote.commit)
+                        out.append({**row, "sha256": remote.sha256, "source": "hub", "status": "locked"})
+                    else:
+                        out.append({**row, "sha256": None, "source": None,
+                                    "status": "no sha256 published (plain git file): first pull will trust on first use"})
+        return out
+
+
+_SHARED: dict[str, ModelDownloader] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def get_model_downloader(settings: "Settings | None" = None) -> ModelDownloader:
+    """The shared downloader for these settings (one per FMGGUF_HOME)."""
+    if settings is None:
+        from fmgguf.settings import load_settings
+
+        settings = load_settings()
+    key = f"{settings.home}|{settings.hub_cache}|{settings.hf_endpoint}|{settings.offline}"
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = ModelDownloader(settings)
+        return _SHARED[key]

@@ -1,0 +1,187 @@
+"""The network side of downloads, and the only module of fmgguf that imports ``huggingface_hub``.
+
+huggingface_hub resolves the file (``HEAD /{repo}/resolve/{revision}/{file}`` on ``HF_ENDPOINT``,
+with the token and its own headers) and lends its HTTP session; the bytes are streamed here so
+they can be hashed as they arrive and resumed from a partial file (huggingface_hub's own download
+deletes partial files and hashes nothing). Errors come out as :class:`Transient` (worth retrying)
+or fmgguf errors (not worth it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
+
+from fmgguf.errors import DownloadError
+
+if TYPE_CHECKING:
+    from fmgguf.settings import Settings
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class Transient(Exception):
+    """A failure worth retrying (timeout, reset, 5xx, 429); ``retry_after`` in seconds if the server said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """What the hub (or mirror) says about one file."""
+
+    url: str
+    commit: str
+    etag: str
+    size: int | None
+    #: the LFS sha256 (X-Linked-Etag, or an ETag that is one); None for plain git files
+    sha256: str | None
+    #: the git blob id when the ETag is one (plain git files served by a mirror)
+    git_oid: str | None
+    #: send the token to ``url`` (False for a CDN on another host)
+    send_auth: bool = True
+
+
+def _retry_after(headers: object) -> float | None:
+    value = getattr(headers, "get", lambda _k: None)("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def file_url(settings: "Settings", repo: str, filename: str, revision: str | None) -> str:
+    from huggingface_hub import hf_hub_url
+
+    url = hf_hub_url(repo, filename, revision=revision or "main")
+    # hf_hub_url uses the endpoint read at import; ours comes from fmgguf's settings.
+    from huggingface_hub import constants
+
+    if url.startswith(constants.ENDPOINT):
+        url = settings.hf_endpoint.rstrip("/") + url[len(constants.ENDPOINT):]
+    return url
+
+
+def _headers(settings: "Settings") -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
+    from fmgguf import __version__
+
+    return build_hf_headers(token=settings.hf_token or None, library_name="fmgguf", library_version=__version__)
+
+
+def head_file(settings: "Settings", repo: str, filename: str, revision: str | None, timeout: float = 20.0) -> RemoteFile:
+    """Resolve ``repo/filename@revision`` on ``settings.hf_endpoint`` (no retries here)."""
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    url = file_url(settings, repo, filename, revision)
+    where = f"{repo}/{filename}@{revision or 'main'} on {settings.hf_endpoint}"
+    try:
+        meta = get_hf_file_metadata(url, token=settings.hf_token or None, timeout=timeout,
+                                    headers={"user-agent": "fmgguf"}, endpoint=settings.hf_endpoint)
+    except GatedRepoError:
+        raise DownloadError(f"{repo} is gated: access was refused for {where}",
+                            fix="accept its licence on the hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise DownloadError(f"repository {repo} not found (or private) on {settings.hf_endpoint}",
+                            fix="check the catalog's repo, HF_ENDPOINT and HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise DownloadError(f"revision {revision} not found for {repo} on {settings.hf_endpoint}",
+                            fix="check the catalog entry's revision pin") from None
+    except EntryNotFoundError:
+        raise DownloadError(f"file {filename} not found in {repo}@{revision or 'main'} on {settings.hf_endpoint}",
+                            fix="check the catalog entry's file names (`fmgguf info ID`)") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status in RETRY_STATUSES:
+            raise Transient(f"HTTP {status} for {where}", _retry_after(exc.response.headers)) from None
+        if status in (401, 403):
+            raise DownloadError(f"HTTP {status}: not allowed to read {where}", fix="set HF_TOKEN to a token with access") from None
+        raise DownloadError(f"HTTP {status} for {where}", fix="check HF_ENDPOINT and the catalog entry") from None
+    except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+        raise Transient(f"{type(exc).__name__} talking to {settings.hf_endpoint}: {exc}") from None
+    except httpx2.HTTPError as exc:
+        raise DownloadError(f"cannot reach {settings.hf_endpoint}: {exc}", fix="check HF_ENDPOINT and your proxy") from None
+    except ValueError as exc:  # bad repo id / revision shape
+        raise DownloadError(f"cannot resolve {where}: {exc}", fix="check the catalog entry") from None
+    if not meta.commit_hash or not meta.etag:
+        raise DownloadError(f"{settings.hf_endpoint} answered for {filename} without X-Repo-Commit/ETag: not a hub endpoint",
+                            fix="point HF_ENDPOINT at a hub or a hub mirror such as olah")
+    etag = meta.etag.lower()
+    from huggingface_hub.utils._http import _is_same_or_hub_host
+
+    return RemoteFile(url=meta.location or url, commit=meta.commit_hash, etag=meta.etag, size=meta.size,
+                      sha256=etag if _HEX64.match(etag) else None,
+                      git_oid=etag if _HEX40.match(etag) else None,
+                      send_auth=_is_same_or_hub_host(url, meta.location or url))
+
+
+@contextlib.contextmanager
+def open_stream(settings: "Settings", remote: RemoteFile, offset: int, read_timeout: float,
+                chunk_size: int | None = None) -> Iterator[tuple[int, int | None, Iterator[bytes]]]:
+    """GET the file from ``offset``: yields (start offset the server honoured, total size or None, chunks)."""
+    import httpx2
+    from huggingface_hub import get_session
+
+    headers = _headers(settings)
+    if not remote.send_auth:
+        headers.pop("authorization", None)
+    headers["Accept-Encoding"] = "identity"
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    timeout = httpx2.Timeout(connect=min(read_timeout, 20.0), read=read_timeout, write=read_timeout, pool=read_timeout)
+    try:
+        with get_session().stream("GET", remote.url, headers=headers, timeout=timeout, follow_redirects=True) as resp:
+            status = resp.status_code
+            if status in RETRY_STATUSES:
+                raise Transient(f"HTTP {status} for {remote.url}", _retry_after(resp.headers))
+            if status == 416:
+                yield offset, offset, iter(())
+                return
+            if status not in (200, 206):
+                raise DownloadError(f"HTTP {status} downloading {remote.url}", fix="check HF_ENDPOINT, HF_TOKEN and the catalog entry")
+            start = 0
+            total = None
+            if status == 206:
+                crange = resp.headers.get("Content-Range", "")
+                m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", crange)
+                if not m:
+                    raise Transient(f"bad Content-Range {crange!r} from {remote.url}")
+                start = int(m.group(1))
+                total = int(m.group(3)) if m.group(3) != "*" else None
+            elif resp.headers.get("Content-Length"):
+                total = int(resp.headers["Content-Length"])
+            yield start, total, _chunks(resp, chunk_size)
+    except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+        raise Transient(f"{type(exc).__name__} while downloading: {exc or 'connection dropped'}") from None
+    except httpx2.HTTPError as exc:
+        raise DownloadError(f"download of {remote.url} failed: {exc}", fix="check HF_ENDPOINT and your proxy") from None
+
+
+def _chunks(resp: object, chunk_size: int | None) -> Iterator[bytes]:
+    # chunk_size None: every byte received is handed over (a dropped connection loses nothing)
+    yield from resp.iter_raw(chunk_size)  # type: ignore[attr-defined]
