@@ -1,0 +1,153 @@
+"""Scores from per-sample records: unbiased pass@k, a 95% bootstrap interval, speed percentiles, quality columns.
+
+pass@k = 1 - C(n-c, k) / C(n, k) per task (n samples, c correct), averaged over tasks (Chen et al. 2021).
+The 95% interval resamples *tasks* with replacement (2000 times, fixed seed) and takes the 2.5/97.5
+percentiles of the mean per-task pass@1. With N tasks one task moves the pass rate by 100/N points
+(20 tasks = 5 points each), so small differences between models are noise: look at the interval.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+from fmgguf.bench.executors import OUTCOMES
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimator of pass@k from n samples with c correct (k <= n)."""
+    if n <= 0 or k <= 0:
+        return 0.0
+    k = min(k, n)
+    if n - c < k:
+        return 1.0
+    # 1 - prod_{i=n-c+1}^{n} (1 - k/i): numerically stable form of 1 - C(n-c,k)/C(n,k)
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def bootstrap_ci(values: list[float], iters: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values``."""
+    if not values:
+        return (0.0, 0.0)
+    if len(values) == 1:
+        return (values[0], values[0])
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choice(values) for _ in range(n)) / n for _ in range(iters))
+    lo = means[int(math.floor(alpha / 2 * iters))]
+    hi = means[min(iters - 1, int(math.ceil((1 - alpha / 2) * iters)) - 1)]
+    return (lo, hi)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return None
+    if len(vals) == 1:
+        return vals[0]
+    pos = (len(vals) - 1) * q
+    lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+
+def _dist(values: Iterable[float | None]) -> dict:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"median": None, "p90": None, "mean": None}
+    return {"median": statistics.median(vals), "p90": percentile(vals, 0.9), "mean": statistics.fmean(vals)}
+
+
+def _pass_block(per_task: dict[str, list[dict]], ks: tuple[int, ...]) -> dict:
+    rates, out = [], {}
+    for k in ks:
+        vals = [pass_at_k(len(rs), sum(r["outcome"] == "passed" for r in rs), k) for rs in per_task.values()]
+        out[f"pass@{k}"] = statistics.fmean(vals) if vals else 0.0
+        if k == 1:
+            rates = vals
+    lo, hi = bootstrap_ci(rates)
+    out["ci95"] = [lo, hi]
+    out["tasks"] = len(per_task)
+    out["solved"] = sum(1 for rs in per_task.values() if any(r["outcome"] == "passed" for r in rs))
+    out["points_per_task"] = 100.0 / len(per_task) if per_task else None
+    return out
+
+
+def summarize(records: list[dict], samples: int = 1, meta: dict | None = None) -> dict:
+    """One model × quant summary from its records (one record per task × sample)."""
+    ks = tuple(k for k in (1, 5, 10) if k <= max(1, samples))
+    per_task: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        per_task[r["task_id"]].append(r)
+    by_cat: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for tid, rs in per_task.items():
+        by_cat[rs[0].get("category") or rs[0]["language"]][tid] = rs
+    gens = [r.get("gen") or {} for r in records]
+    outcomes = Counter(r["outcome"] for r in records)
+    tasks = []
+    for tid, rs in per_task.items():
+        c = sum(r["outcome"] == "passed" for r in rs)
+        tasks.append({"task_id": tid, "category": rs[0].get("category"), "language": rs[0]["language"], "n": len(rs),
+                      "c": c, "pass@1": pass_at_k(len(rs), c, 1),
+                      "outcomes": dict(Counter(r["outcome"] for r in rs)),
+                      "detail": next((r.get("detail") for r in rs if r["outcome"] != "passed"), ""),
+                      "ttft_s": _dist(g.get("ttft_s") for g in (r.get("gen") or {} for r in rs))["median"],
+                      "tokens_per_s": _dist(g.get("tokens_per_s") for g in (r.get("gen") or {} for r in rs))["median"]})
+    quality = _quality(records)
+    summary = {
+        **(meta or {}),
+        "samples": samples,
+        "overall": _pass_block(per_task, ks),
+        "by_category": {cat: _pass_block(tk, ks) for cat, tk in sorted(by_cat.items())},
+        "outcomes": {o: outcomes.get(o, 0) for o in (*OUTCOMES, "skipped") if outcomes.get(o, 0) or o in OUTCOMES},
+        "speed": {
+            "ttft_s": _dist(g.get("ttft_s") for g in gens),
+            "decode_tokens_per_s": _dist(g.get("tokens_per_s") for g in gens),
+            "e2e_s": _dist(g.get("total_s") for g in gens),
+            "prompt_tokens": sum(int(g.get("prompt_tokens") or 0) for g in gens),
+            "completion_tokens": sum(int(g.get("completion_tokens") or 0) for g in gens),
+            "throughput_tokens_per_s": _throughput(gens),
+        },
+        "quality": quality,
+        "tasks": sorted(tasks, key=lambda t: t["task_id"]),
+    }
+    return summary
+
+
+def _throughput(gens: list[dict]) -> float | None:
+    total_t = sum(float(g.get("total_s") or 0) for g in gens)
+    toks = sum(int(g.get("completion_tokens") or 0) for g in gens)
+    return toks / total_t if total_t > 0 else None
+
+
+def _quality(records: list[dict]) -> dict:
+    """Separate columns, never one score: parse/compile rate, g++ warnings, ruff findings per 100 lines."""
+    q: dict = {}
+    by_lang: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_lang[r["language"]].append(r)
+    for lang, rs in sorted(by_lang.items()):
+        parsed = [r for r in rs if r.get("outcome") != "skipped"]
+        entry: dict = {"samples": len(parsed),
+                       "parses_rate": (sum(r.get("outcome") != "compile_error" for r in parsed) / len(parsed))
+                       if parsed else None,
+                       "extracted_rate": (sum(bool((r.get("quality") or {}).get("extracted", True)) for r in parsed)
+                                          / len(parsed)) if parsed else None}
+        if lang == "cpp":
+            warns = [r.get("compile_warnings") for r in parsed if r.get("compile_warnings") is not None]
+            entry["gxx_warnings_total"] = sum(warns)
+            entry["gxx_warnings_per_sample"] = (sum(warns) / len(warns)) if warns else None
+        if lang == "python":
+            loc = sum(int((r.get("quality") or {}).get("loc") or 0) for r in parsed)
+            found = [(r.get("quality") or {}).get("ruff_findings") for r in parsed]
+            if loc and any(f is not None for f in found):
+                entry["ruff_findings_per_100_loc"] = 100.0 * sum(f or 0 for f in found) / loc
+            else:
+                entry["ruff_findings_per_100_loc"] = None
+        q[lang] = entry
+    return q
