@@ -13,8 +13,8 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "build_tiny_model": "fmgguf.testing.tiny_models",
     "tiny_model_path": "fmgguf.testing.tiny_models",
-    "tiny_card": "fmgguf.testing.tiny_card",
-    "tiny_repo_files": "fmgguf.testing.tiny_card",
+    "tiny_card": "fmgguf.testing.tiny_cards",
+    "tiny_repo_files": "fmgguf.testing.tiny_cards",
     "tiny_spec": "fmgguf.testing.tiny_specs",
     "ARCHES": "fmgguf.testing.tiny_specs",
     "ensure_sdist": "fmgguf.testing.vocab",

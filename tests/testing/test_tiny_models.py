@@ -135,7 +135,7 @@ def test_a_broken_file_is_an_error_not_a_crash(all_unit_models, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_bench_size_model(tmp_path: Path) -> None:
-    from fmgguf.testing.tiny_card import tiny_card
+    from fmgguf.testing.tiny_cards import tiny_card
 
     card = tiny_card("tiny-qwen2-bench", arch="qwen2", size="bench", quants=("Q4_K_M",))
     assert 50e6 <= card["parameters"]["total"] <= 150e6
@@ -146,7 +146,7 @@ def test_bench_size_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_bench_sizes_are_50_to_150m_parameters(arch: str) -> None:
-    from fmgguf.testing.tiny_card import parameter_counts
+    from fmgguf.testing.tiny_cards import parameter_counts
     from fmgguf.testing.vocab import ensure_vocab, read_kv
 
     spec = tiny_spec(arch, "bench")
