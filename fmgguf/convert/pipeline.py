@@ -1,0 +1,244 @@
+"""Checkpoint directory → NAME-F16.gguf, NAME-Q8_0.gguf, NAME-Q4_K_M.gguf and NAME.catalog.yaml.
+
+Order: cheap checks first (checkpoint files, architecture, disk with numbers), then the converter
+and its requirements, then the slow steps. Every file is written under a hidden temporary name and
+renamed when complete, so a final name never holds a half-written GGUF. A state file records which
+checkpoint (and imatrix) the finished files came from: re-running after an interruption skips what is
+done; re-running on a changed checkpoint starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmgguf.convert.checkpoint import check_architecture, check_disk, human_bytes, read_checkpoint
+from fmgguf.convert.entry import build_entry, model_id_for, sha256_file
+from fmgguf.convert.quantize import FTYPES, quantize
+from fmgguf.convert.toolchain import ensure_converter, ensure_requirements
+from fmgguf.errors import ConvertError
+
+DEFAULT_QUANTS = ("Q8_0", "Q4_K_M")
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+#: converter output line → (message, fix) for failures users can act on
+_KNOWN_FAILURES = (
+    ("BPE pre-tokenizer was not recognized",
+     "the checkpoint's BPE tokenizer is not one llama.cpp's converter recognises",
+     "use the tokenizer of a supported model family, or add its pre-tokenizer to llama.cpp upstream"),
+    ("is not supported", "llama.cpp's converter does not support this architecture",
+     "use a checkpoint of a supported architecture"),
+    ("No such file or directory", "the converter could not find a file it needs in the checkpoint",
+     "check that the tokenizer, config and all weight shards are present"),
+    ("Can not map tensor", "the checkpoint has tensors the converter cannot map for this architecture",
+     "check that config.json matches the weights"),
+)
+
+
+@dataclass
+class ConvertResult:
+    files: dict[str, Path]
+    entry: dict[str, Any]
+    entry_path: Path
+    skipped: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": {q: str(p) for q, p in self.files.items()}, "catalog_entry": str(self.entry_path),
+                "model_id": self.entry["id"], "skipped": self.skipped,
+                "timings_s": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+def _is_complete_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                return False
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))  # header, metadata and tensor table parse, and data fits in the file
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not a usable file"
+        return False
+
+
+def _lock(path: Path):
+    from filelock import FileLock
+
+    return FileLock(str(path), timeout=0)
+
+
+def _run_converter(converter, ckpt_dir: Path, tmp: Path, name: str, log_path: Path) -> None:
+    cmd = [sys.executable, str(converter.script), str(ckpt_dir), "--outfile", str(tmp), "--outtype", "f16",
+           "--model-name", name]
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=converter.env(), cwd=str(tmp.parent))
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if rc != 0:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+        for needle, message, fix in _KNOWN_FAILURES:
+            if needle in text:
+                raise ConvertError(f"{message} (see {log_path})", fix=fix)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit code {rc}"
+        raise ConvertError(f"llama.cpp's converter failed: {last[:300]} (full log: {log_path})",
+                           fix="check the checkpoint files; the log shows which one")
+    if not _is_complete_gguf(tmp):
+        raise ConvertError(f"the converter exited cleanly but {tmp.name} is not a complete GGUF",
+                           fix=f"see {log_path} and run again")
+
+
+def _fingerprint(ckpt, imatrix: Path | None) -> dict[str, str]:
+    return {"checkpoint": ckpt.fingerprint(), "imatrix": sha256_file(imatrix) if imatrix else ""}
+
+
+def convert_checkpoint(checkpoint: str | os.PathLike[str], name: str, out_dir: str | os.PathLike[str], *,
+                       imatrix: str | os.PathLike[str] | None = None, model_id: str | None = None,
+                       repo: str | None = None, quants: tuple[str, ...] = DEFAULT_QUANTS,
+                       install: bool = True, cache_dir: str | os.PathLike[str] | None = None,
+                       echo: Callable[[str], None] | None = None) -> ConvertResult:
+    """Convert a local HF checkpoint directory; see the module doc for the guarantees."""
+    say = echo or (lambda _msg: None)
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    if not name or not set(name) <= _NAME_OK or name.startswith((".", "-")):
+        raise ConvertError(f"--name {name!r} is not a usable file-name stem",
+                           fix="use letters, digits, '.', '_' or '-', e.g. MyCoder-1B")
+    for q in quants:
+        if q not in FTYPES:
+            raise ConvertError(f"cannot quantize to {q}", fix=f"use some of: {', '.join(FTYPES)}")
+    mid = model_id or model_id_for(name)
+    if not re.match(r"^[a-z0-9][a-z0-9._-]*$", mid) or ".." in mid:
+        raise ConvertError(f"--model-id {mid!r} is not a catalog id",
+                           fix="use lower-case letters, digits, '.', '_' or '-', e.g. mycoder-1b")
+    if repo is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$", repo):
+        raise ConvertError(f"--repo {repo!r} is not of the form owner/name", fix="e.g. --repo myorg/MyCoder-1B-GGUF")
+    ckpt_path = Path(checkpoint).expanduser()
+    if not ckpt_path.exists() and "/" in str(checkpoint) and len(str(checkpoint).split("/")) == 2 \
+            and not str(checkpoint).startswith((".", "/", "~")):
+        raise ConvertError(f"{checkpoint} is not a local directory (hub repo ids are not fetched here)",
+                           fix=f"download it first: hf download {checkpoint} --local-dir DIR, then convert DIR")
+    imatrix_path = Path(imatrix).expanduser() if imatrix else None
+    if imatrix_path is not None and not imatrix_path.is_file():
+        raise ConvertError(f"imatrix file {imatrix_path} does not exist", fix="give the file llama-imatrix wrote")
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    from filelock import Timeout
+
+    lock = _lock(out / f".{name}.convert.lock")
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConvertError(f"another conversion of {name} into {out} is running",
+                           fix="wait for it to finish, or use another --out directory") from None
+    try:
+        # Leftovers of an interrupted run: only temp names of ours, and we hold the lock.
+        for stale in out.glob(f".{name}-*.gguf.partial"):
+            stale.unlink(missing_ok=True)
+        ckpt = read_checkpoint(ckpt_path)
+        final = {"F16": out / f"{name}-F16.gguf", **{q: out / f"{name}-{q}.gguf" for q in quants}}
+        state_path = out / f".{name}.convert.json"
+        want = _fingerprint(ckpt, imatrix_path)
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = {}
+        done: dict[str, bool] = {}
+        for q, p in final.items():
+            same_input = state.get("checkpoint") == want["checkpoint"] and \
+                (q == "F16" or state.get("imatrix") == want["imatrix"])
+            done[q] = p.is_file() and bool(state.get("done", {}).get(q)) and same_input and _is_complete_gguf(p)
+        if not done["F16"]:
+            done = {q: False for q in final}  # new F16 → every quant is rebuilt from it
+        for q, p in final.items():
+            if p.exists() and not done[q]:  # stale (other checkpoint/imatrix) or damaged: never mix sets
+                say(f"{p.name} is from another run or incomplete: rebuilding it")
+                p.unlink()
+        already = sum(final[q].stat().st_size for q, ok in done.items() if ok)
+        need = check_disk(out, ckpt.f16_bytes, already=already)
+        say(f"{ckpt.architecture}: ~{human_bytes(ckpt.f16_bytes)} F16; needs ~{human_bytes(need)} free in {out}")
+        converter = ensure_converter(cache_dir)
+        check_architecture(ckpt.architecture, converter.architectures())
+        timings["checks"] = time.monotonic() - t0
+        state = {**want, "done": {q: ok for q, ok in done.items() if ok}}
+        _write_json(state_path, state)
+
+        installed = ensure_requirements(install=install, echo=say) if not done["F16"] else []
+        if installed:
+            say(f"installed: {', '.join(installed)}")
+        skipped = [q for q, ok in done.items() if ok]
+        if not done["F16"]:
+            tmp = out / f".{name}-F16.gguf.partial"
+            say(f"converting {ckpt.path} → {final['F16'].name} (llama.cpp convert_hf_to_gguf.py {converter.version})")
+            t = time.monotonic()
+            try:
+                _run_converter(converter, ckpt.path, tmp, name, out / f".{name}.convert.log")
+                os.replace(tmp, final["F16"])
+            finally:
+                tmp.unlink(missing_ok=True)
+            timings["convert_f16"] = time.monotonic() - t
+            state["done"]["F16"] = True
+            _write_json(state_path, state)
+        for q in quants:
+            if done[q]:
+                continue
+            tmp = out / f".{name}-{q}.gguf.partial"
+            say(f"quantizing → {final[q].name}" + (f" with imatrix {imatrix_path.name}" if imatrix_path else ""))
+            t = time.monotonic()
+            try:
+                quantize(final["F16"], tmp, q, imatrix=imatrix_path)
+                if not _is_complete_gguf(tmp):
+                    raise ConvertError(f"llama.cpp wrote an unreadable {q} file", fix="run again")
+                os.replace(tmp, final[q])
+            finally:
+                tmp.unlink(missing_ok=True)
+            timings[f"quantize_{q}"] = time.monotonic() - t
+            state["done"][q] = True
+            _write_json(state_path, state)
+        t = time.monotonic()
+        source = str(ckpt.config.get("_name_or_path") or "")
+        source = source if re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", source) else None  # a hub id, not a local path
+        notes = [f"built by fmgguf convert with llama.cpp from llama-cpp-python {converter.version}"]
+        if imatrix_path:
+            notes.append(f"quantized with imatrix {imatrix_path.name} ({want['imatrix'][:12]})")
+        entry = build_entry(mid, name, final, repo=repo, source=source, notes=notes)
+        entry_path = out / f"{name}.catalog.yaml"
+        _write_yaml(entry_path, entry)
+        timings["catalog_entry"] = time.monotonic() - t
+        timings["total"] = time.monotonic() - t0
+        return ConvertResult(final, entry, entry_path, skipped, timings)
+    finally:
+        lock.release()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_yaml(path: Path, entry: dict) -> None:
+    """The entry as a user-catalog file (``models:`` list): usable as FMGGUF_CATALOG or with `catalog` commands."""
+    import yaml
+
+    text = "# fmgguf catalog entry written by `fmgguf convert`; merge with `fmgguf import-gguf` or FMGGUF_CATALOG\n"
+    text += yaml.safe_dump({"models": [entry]}, sort_keys=False, allow_unicode=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
