@@ -1,0 +1,211 @@
+"""`fmgguf run`, `fmgguf chat`, `fmgguf fim`: load a model and generate from it.
+
+MODEL is a catalog id (``id`` or ``id:QUANT``; it must be downloaded: `fmgguf pull ID`) or the path
+of a local .gguf file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app
+
+
+def _load_options(f: Any) -> Any:
+    options = [
+        click.option("--quant", "-q", default=None, help="Quantization (default: the catalog's default)."),
+        click.option("--ctx", "n_ctx", default=None, help="Context length in tokens, or 'auto' (fit plan)."),
+        click.option("--gpu-layers", "n_gpu_layers", default="auto", show_default=True,
+                     help="Layers to offload to the GPU, or 'auto' (fit plan)."),
+        click.option("--threads", "n_threads", type=int, default=None, help="CPU threads for llama.cpp."),
+        click.option("--max-tokens", "-n", type=int, default=512, show_default=True,
+                     help="Most tokens to generate (0: until the context is full)."),
+        click.option("--temperature", "-t", type=float, default=0.2, show_default=True),
+        click.option("--top-p", type=float, default=0.95, show_default=True),
+        click.option("--seed", type=int, default=None, help="Sampling seed (repeatable output)."),
+        click.option("--stop", multiple=True, help="Stop string (repeatable)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _int_or_auto(value: Any, name: str) -> Any:
+    if value in (None, "auto"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        from fmgguf.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"{name} {value!r} is not a number", fix=f"give {name} as a number or 'auto'") from None
+
+
+def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
+                 n_threads: int | None, quiet: bool) -> Any:
+    """A manager with ``model`` loaded (a catalog id, or a local .gguf path)."""
+    from fmgguf.runtime.manager import ModelManager
+
+    opts = {"n_ctx": _int_or_auto(n_ctx, "--ctx"), "n_gpu_layers": _int_or_auto(n_gpu_layers, "--gpu-layers"),
+            "n_threads": n_threads}
+    path = Path(model).expanduser()
+    is_file = model.endswith(".gguf") or path.is_file()
+    manager = ModelManager(app.settings, catalog=None if is_file else app.catalog, keep_alive=0)
+    if not quiet:
+        click.echo(f"loading {model}…", err=True)
+    if is_file:
+        result = manager.load_file(path, **opts)
+    else:
+        result = manager.switch_model(model, quant=quant, **opts)
+    if not quiet:
+        label = getattr(result.plan, "label", None) or f"{result.n_gpu_layers} GPU layers"
+        click.echo(f"loaded {result.model_id} ({result.quant}) in {result.load_s:.2f} s — {label}, "
+                   f"context {result.n_ctx}", err=True)
+    return manager, result
+
+
+def _stream_out(stream: Any) -> Any:
+    """Print a GenerationStream as it comes; Ctrl-C cancels it cleanly."""
+    try:
+        for piece in stream:
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        stream.cancel()
+        click.echo("")
+        raise
+    click.echo("")
+    return stream.result
+
+
+def _timings_line(res: Any) -> str:
+    note = {"context": " — stopped: the context window is full (use --ctx)", "length": " — stopped at --max-tokens",
+            "cancelled": " — cancelled"}.get(res.finish_reason, "")
+    return (f"{res.prompt_tokens} prompt + {res.completion_tokens} tokens, first token {res.ttft_s * 1000:.0f} ms, "
+            f"{res.tokens_per_s:.1f} tokens/s{note}")
+
+
+def _gen_kwargs(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...]) -> dict:
+    return {"max_tokens": max_tokens if max_tokens > 0 else None, "temperature": temperature, "top_p": top_p,
+            "seed": seed, "stop": list(stop) or None}
+
+
+@click.command("run")
+@click.argument("model")
+@click.argument("prompt")
+@_load_options
+@json_option
+@pass_app
+def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
+            n_threads: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+            stop: tuple[str, ...], as_json: bool) -> None:
+    """Generate a completion of PROMPT with MODEL, streamed ('-' reads the prompt from stdin)."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    manager, loaded = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=as_json)
+    kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
+    try:
+        if as_json:
+            res = manager.generate_text(prompt, **kw)
+            emit_json({**res.as_dict(), "load": loaded.as_dict()})
+            return
+        res = _stream_out(manager.generate_text(prompt, stream=True, **kw))
+        click.echo(_timings_line(res), err=True)
+    finally:
+        manager.unload()
+
+
+@click.command("chat")
+@click.argument("model")
+@click.option("--system", default=None, help="A system message to start the conversation with.")
+@_load_options
+@pass_app
+def chat_cmd(app: AppContext, model: str, system: str | None, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
+             n_threads: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+             stop: tuple[str, ...]) -> None:
+    """Talk with MODEL, using its own chat template. /reset forgets, /exit (or Ctrl-D) quits."""
+    manager, _ = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=False)
+    kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    try:
+        while True:
+            if interactive:
+                click.echo(">>> ", nl=False, err=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.rstrip("\n")
+            if not text.strip():
+                continue
+            if text.strip() in ("/exit", "/quit", "/bye"):
+                break
+            if text.strip() == "/reset":
+                history = history[:1] if system else []
+                click.echo("(conversation forgotten)", err=True)
+                continue
+            history.append({"role": "user", "content": text})
+            res = _stream_out(manager.chat(history, stream=True, **kw))
+            history.append({"role": "assistant", "content": res.text})
+            if res.finish_reason == "context":
+                click.echo("(the context window is full: /reset, or start again with a larger --ctx)", err=True)
+    finally:
+        manager.unload()
+
+
+@click.command("fim")
+@click.argument("model")
+@click.option("--prefix-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="File with the code before the gap ('-': stdin).")
+@click.option("--suffix-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="File with the code after the gap ('-': stdin).")
+@click.option("--prefix", default=None, help="The code before the gap, inline.")
+@click.option("--suffix", default=None, help="The code after the gap, inline.")
+@_load_options
+@json_option
+@pass_app
+def fim_cmd(app: AppContext, model: str, prefix_file: str | None, suffix_file: str | None, prefix: str | None,
+            suffix: str | None, quant: str | None, n_ctx: Any, n_gpu_layers: Any, n_threads: int | None,
+            max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...],
+            as_json: bool) -> None:
+    """Fill in the middle: the code MODEL writes between a prefix and a suffix."""
+    from fmgguf.errors import InvalidRequestError
+
+    if prefix_file == "-" and suffix_file == "-":
+        raise InvalidRequestError("only one of --prefix-file/--suffix-file can be stdin", fix="put the other in a file")
+    before = _read_part(prefix_file, prefix, "prefix")
+    after = _read_part(suffix_file, suffix, "suffix")
+    if before is None and after is None:
+        raise InvalidRequestError("fim needs a prefix or a suffix", fix="pass --prefix-file A and/or --suffix-file B")
+    manager, loaded = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=as_json)
+    kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
+    try:
+        if as_json:
+            res = manager.fill_in_middle(before or "", after or "", **kw)
+            emit_json({**res.as_dict(), "load": loaded.as_dict()})
+            return
+        res = _stream_out(manager.fill_in_middle(before or "", after or "", stream=True, **kw))
+        click.echo(_timings_line(res), err=True)
+    finally:
+        manager.unload()
+
+
+def _read_part(path: str | None, inline: str | None, name: str) -> str | None:
+    if path is None:
+        return inline
+    if inline is not None:
+        from fmgguf.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"both --{name} and --{name}-file given", fix="use one of them")
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        from fmgguf.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"cannot read {name} file {path}: {exc}", fix="check the path") from None
