@@ -112,8 +112,11 @@ def quantize_in_process(src: Path, dst: Path, quant: str, imatrix: Path | None =
     """Call llama_model_quantize here (used by the child process)."""
     import ctypes
 
-    import llama_cpp
     import numpy as np
+
+    from fmgguf.runtime.engine import lib
+
+    llama_cpp = lib()
 
     if quant not in FTYPES:
         raise ConvertError(f"cannot quantize to {quant}", fix=f"use one of: {', '.join(FTYPES)}")

@@ -3,8 +3,8 @@
 llama.cpp can load a model and create a context with ``no_alloc=True``: nothing is allocated, but
 its log then states the exact KV-cache size and every compute/output buffer it would create
 (offload.md §1.4). Misused, that path aborts the process (GGML_ASSERT), so it always runs in a
-child: ``python -m fmgguf.runtime.engine --dry-run JSON`` (the handler lives at the end of
-engine.py, the only module that imports llama_cpp). The same child with ``alloc=True`` really
+child: ``python -m fmgguf.runtime.engine_child --dry-run JSON`` (which reaches llama.cpp
+through engine.lib(), the only llama_cpp import). The same child with ``alloc=True`` really
 loads the model, which is how tests check our estimates against what llama.cpp allocates.
 """
 
@@ -104,7 +104,7 @@ def measure(path: str | Path, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch
             n_seq_max: int = 1, offload_kqv: bool = True, tensor_split: list[float] | None = None,
             main_gpu: int = 0, alloc: bool = False, use_mmap: bool = True,
             use_extra_bufts: bool | None = None, devices: bool = False, timeout: float = 120.0,
-            module: str = "fmgguf.runtime.engine") -> Measurement:
+            module: str = "fmgguf.runtime.engine_child") -> Measurement:
     """Ask llama.cpp (in a child process) what loading ``path`` with these parameters takes.
 
     ``alloc=False`` (default) is the no-alloc dry run: fast, allocates nothing. ``flash_attn=None``

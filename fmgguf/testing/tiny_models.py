@@ -26,15 +26,7 @@ BUILDER_VERSION = 2
 #: quant name -> llama_ftype (None: the F16 file itself)
 FTYPES: dict[str, int | None] = {"F16": None, "Q8_0": 7, "Q4_K_M": 15}
 
-_QUANTIZE = """
-import ctypes, sys
-import llama_cpp
-src, dst, ftype, nthread = sys.argv[1].encode(), sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4])
-params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = ftype
-params.nthread = nthread
-sys.exit(llama_cpp.llama_model_quantize(src, dst, ctypes.byref(params)))
-"""
+
 
 
 def tiny_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -107,7 +99,7 @@ def build_tiny_model(arch: str = "qwen2", size: str = "unit", quant: str = "F16"
 def _quantize(source: Path, out: Path, ftype: int) -> None:
     """llama.cpp's quantizer in a child process: its logs stay out of ours and an abort cannot kill us."""
     nthread = max(1, os.cpu_count() or 1)
-    proc = subprocess.run([sys.executable, "-c", _QUANTIZE, str(source), str(out), str(ftype), str(nthread)],
+    proc = subprocess.run([sys.executable, "-m", "fmgguf.runtime.engine_child", "--quantize", str(source), str(out), str(ftype), str(nthread)],
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 or not _valid(out):
         tail = " | ".join((proc.stderr or proc.stdout or "no output").strip().splitlines()[-3:])
