@@ -26,7 +26,7 @@ def _step(n: int, text: str) -> None:
 
 @click.command("demo")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep the demo's home in this folder.")
-@click.option("--tasks", default=4, show_default=True, help="How many benchmark tasks to run at the end (0 = none).")
+@click.option("--tasks", default=6, show_default=True, help="How many benchmark tasks to run at the end (0 = none).")
 @pass_app
 def demo_cmd(app: AppContext, keep: Path | None, tasks: int) -> None:
     """Run the whole job offline on a tiny model built here (no GPU, no internet needed)."""
