@@ -7,7 +7,7 @@ Public API (imported lazily, so `import fmgguf` stays cheap)::
 
 from __future__ import annotations
 
-from typing import Any
+from fmgguf._util import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -24,18 +24,9 @@ _LAZY: dict[str, str] = {
     "get_model_manager": "fmgguf.runtime:get_model_manager",
     "ModelBenchmarker": "fmgguf.bench:ModelBenchmarker",
     "get_model_benchmarker": "fmgguf.bench:get_model_benchmarker",
-    "errors": "fmgguf.errors",
+    "errors": "fmgguf.errors:",
 }
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'fmgguf' has no attribute {name!r}")
-    module, _, attr = target.partition(":")
-    mod = importlib.import_module(module)
-    return getattr(mod, attr) if attr else mod
+__getattr__ = lazy_exports(__name__, _LAZY)

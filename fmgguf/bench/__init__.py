@@ -5,7 +5,7 @@ Importing this package is cheap; the parts load on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from fmgguf._util import lazy_exports
 
 _LAZY = {
     "ModelBenchmarker": "fmgguf.bench.runner:ModelBenchmarker",
@@ -22,12 +22,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'fmgguf.bench' has no attribute {name!r}")
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fmgguf._util import atomic_write_text
 from fmgguf.catalog.loader import parse_card, raw_entries, read_yaml
 from fmgguf.catalog.schema import ModelCard, normalize_quant
 from fmgguf.errors import CatalogError
@@ -33,16 +32,7 @@ def _read_entries(path: Path) -> list[dict[str, Any]]:
 def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:
     text = "# fmgguf user catalog: merged over the built-in one (`fmgguf catalog add` writes here)\n"
     text += yaml.safe_dump({"models": entries}, sort_keys=False, allow_unicode=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".catalog-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def add_user_entry(settings: Any, entry: dict[str, Any], merge_variants: bool = True) -> ModelCard:

@@ -6,22 +6,15 @@ Names are imported lazily so ``fmgguf.download.records`` (used by ``fmgguf list`
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from fmgguf._util import lazy_exports
 
 _LAZY = {
-    "ModelDownloader": "fmgguf.download.downloader",
-    "get_model_downloader": "fmgguf.download.downloader",
-    "VerifyResult": "fmgguf.download.downloader",
-    "FileCheck": "fmgguf.download.downloader",
+    "ModelDownloader": "fmgguf.download.downloader:ModelDownloader",
+    "get_model_downloader": "fmgguf.download.downloader:get_model_downloader",
+    "VerifyResult": "fmgguf.download.downloader:VerifyResult",
+    "FileCheck": "fmgguf.download.downloader:FileCheck",
 }
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fmgguf.download' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -21,19 +21,9 @@ SOURCES = ("pin", "hub", "lock", "bundle", "local", "tofu")
 
 
 def write_json(path: Path, data: Any) -> None:
-    import tempfile
+    from fmgguf._util import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read_json(path: Path) -> Any:
