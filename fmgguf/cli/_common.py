@@ -110,3 +110,19 @@ def console():
     # When piped, rich assumes 80 columns; tables of 20 models read better a little wider.
     width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((140, 24)).columns, 140)
     return Console(soft_wrap=False, highlight=False, width=width)
+
+
+def print_table(headers: list[str], rows: list[list[str]], right: set[str] | None = None, title: str | None = None) -> None:
+    """A plain aligned table (no rich: `fmgguf list` is on the cold-start budget)."""
+    right = right or set()
+    widths = [max([len(h)] + [len(str(row[i])) for row in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        out = [str(c).rjust(w) if h in right else str(c).ljust(w) for c, w, h in zip(cells, widths, headers, strict=True)]
+        return "  ".join(out).rstrip()
+
+    if title:
+        click.echo(title)
+    click.secho(line(headers), bold=True)
+    for row in rows:
+        click.echo(line(row))

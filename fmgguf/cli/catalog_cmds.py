@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import AppContext, console, human_bytes, human_count, json_option, output, pass_app
+from fmgguf.cli._common import (
+    AppContext,
+    console,
+    human_bytes,
+    human_count,
+    json_option,
+    output,
+    pass_app,
+    print_table,
+)
 
 CTX_TABLE = (4096, 16384, 32768)
 
@@ -41,13 +50,9 @@ def _row(card: Any, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, box=None, header_style="bold", pad_edge=False, title_justify="left")
-    for col, kw in (("id", {}), ("family", {}), ("params", {"justify": "right"}),
-                    ("Q4_K_M", {"justify": "right"}), ("Q8_0", {"justify": "right"}), ("ctx", {"justify": "right"}),
-                    ("FIM", {}), ("licence", {}), ("local", {})):
-        table.add_column(col, no_wrap=True, **kw)
+    headers = ["id", "family", "params", "Q4_K_M", "Q8_0", "ctx", "FIM", "licence", "local"]
+    right = {"params", "Q4_K_M", "Q8_0", "ctx"}
+    body = []
     for r in rows:
         def size(q: str, r: dict[str, Any] = r) -> str:
             info = r["quants"].get(q)
@@ -60,9 +65,9 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
         if r["active_parameters"] and r["parameters"] and r["active_parameters"] != r["parameters"]:
             params += f" ({human_count(r['active_parameters'])} act.)"
         others = [q for q in r["quants"] if q not in ("Q4_K_M", "Q8_0")]
-        table.add_row(r["id"] + (f" [+{','.join(others)}]" if others else ""), r["family"], params, size("Q4_K_M"),
-                      size("Q8_0"), human_count(r["context_length"]), "yes" if r["fim"] else "no", r["license"], local)
-    console().print(table)
+        body.append([r["id"] + (f" [+{','.join(others)}]" if others else ""), r["family"], params, size("Q4_K_M"),
+                     size("Q8_0"), human_count(r["context_length"]), "yes" if r["fim"] else "no", r["license"], local])
+    print_table(headers, body, right=right, title=title)
 
 
 @click.command("list")
