@@ -54,12 +54,13 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-# Debian packages the tests drive: Chromium for the browser tests, node and g++ for the benchmark
-# tasks. Installed only where we may (root with apt-get); elsewhere those tests say what is missing.
+# Debian packages the tests drive: Chromium for the browser tests, node, npm (eslint) and g++ for
+# the benchmark tasks. Installed only where we may (root with apt-get); elsewhere those tests say what is missing.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
 	if [ -n "$$missing" ]; then \
