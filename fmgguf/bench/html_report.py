@@ -61,7 +61,8 @@ def _bars(title: str, groups: list[str], series: list[tuple[str, list[float | No
 
 def _table(rows: list[dict]) -> str:
     cats = sorted({c for r in rows for c in (r.get("by_category") or {})})
-    head = ["run", "pass@1", "95% CI", *cats, "TTFT s", "decode tok/s", "E2E s", "model memory GiB"]
+    head = ["run", "pass@1", "95% CI", *cats, "TTFT s", "decode tok/s", "E2E s", "model memory GiB",
+            "ruff findings/100 LOC", "eslint findings/100 LOC"]
     out = ["<table><thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for r in rows:
         if r["status"] == "skipped":
@@ -78,7 +79,8 @@ def _table(rows: list[dict]) -> str:
         cells = [r["run"], pct(r["pass@1"]), f"{pct(r['ci95'][0])}–{pct(r['ci95'][1])}",
                  *[pct(r["by_category"].get(c)) for c in cats], num(r["ttft_s"], "{:.3f}"),
                  num(r["decode_tokens_per_s"], "{:.1f}"), num(r["e2e_s"]),
-                 num((r["model_memory_bytes"] or 0) / 1024**3 if r["model_memory_bytes"] else None)]
+                 num((r["model_memory_bytes"] or 0) / 1024**3 if r["model_memory_bytes"] else None),
+                 num(r.get("ruff_findings_per_100_loc"), "{:.1f}"), num(r.get("eslint_findings_per_100_loc"), "{:.1f}")]
         out.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)

@@ -126,7 +126,7 @@ def _throughput(gens: list[dict]) -> float | None:
 
 
 def _quality(records: list[dict]) -> dict:
-    """Separate columns, never one score: parse/compile rate, g++ warnings, ruff findings per 100 lines."""
+    """Separate columns, never one score: parse/compile rate, g++ warnings, ruff / eslint findings per 100 lines."""
     q: dict = {}
     by_lang: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -143,11 +143,16 @@ def _quality(records: list[dict]) -> dict:
             entry["gxx_warnings_total"] = sum(warns)
             entry["gxx_warnings_per_sample"] = (sum(warns) / len(warns)) if warns else None
         if lang == "python":
-            loc = sum(int((r.get("quality") or {}).get("loc") or 0) for r in parsed)
-            found = [(r.get("quality") or {}).get("ruff_findings") for r in parsed]
-            if loc and any(f is not None for f in found):
-                entry["ruff_findings_per_100_loc"] = 100.0 * sum(f or 0 for f in found) / loc
-            else:
-                entry["ruff_findings_per_100_loc"] = None
+            entry["ruff_findings_per_100_loc"] = _per_100_loc(parsed, "ruff_findings")
+        if lang == "javascript":
+            entry["eslint_findings_per_100_loc"] = _per_100_loc(parsed, "eslint_findings")
         q[lang] = entry
     return q
+
+
+def _per_100_loc(records: list[dict], key: str) -> float | None:
+    """Lint findings per 100 lines over the samples the linter could check (None: it checked none)."""
+    checked = [r.get("quality") or {} for r in records]
+    checked = [q for q in checked if q.get(key) is not None]
+    loc = sum(int(q.get("loc") or 0) for q in checked)
+    return 100.0 * sum(int(q[key]) for q in checked) / loc if loc else None

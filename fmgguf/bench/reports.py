@@ -51,11 +51,17 @@ def summary_markdown(s: dict) -> str:
                   f"Tokens: {sp.get('prompt_tokens')} prompt, {sp.get('completion_tokens')} completion. "
                   f"Model memory {_gib(s.get('model_memory_bytes'))}, peak process RSS {_gib(s.get('peak_rss_bytes'))}.", ""]
     lines += ["Code quality (separate columns, not a score; lint counts measure style and risk, not correctness):", "",
-              "| language | samples | parses/compiles | code block found | g++ -Wall -Wextra warnings/sample | ruff findings/100 LOC |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| language | samples | parses/compiles | code block found | g++ -Wall -Wextra warnings/sample "
+              "| ruff findings/100 LOC | eslint findings/100 LOC |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for lang, q in (s.get("quality") or {}).items():
         lines.append(f"| {lang} | {q['samples']} | {_pct(q.get('parses_rate'))} | {_pct(q.get('extracted_rate'))} | "
-                     f"{_num(q.get('gxx_warnings_per_sample'))} | {_num(q.get('ruff_findings_per_100_loc'), '{:.1f}')} |")
+                     f"{_num(q.get('gxx_warnings_per_sample'))} | {_num(q.get('ruff_findings_per_100_loc'), '{:.1f}')} | "
+                     f"{_num(q.get('eslint_findings_per_100_loc'), '{:.1f}')} |")
+    eslint = (s.get("lint") or {}).get("eslint")
+    if eslint:
+        lines += ["", f"eslint {eslint.get('version')} rules: {', '.join(eslint.get('rules') or [])}."
+                  if eslint.get("available") else f"eslint column is –: {eslint.get('reason')}."]
     failed = [t for t in s.get("tasks", []) if t["c"] < t["n"]]
     if failed:
         lines += ["", "| task | outcome | detail |", "|---|---|---|"]
@@ -78,14 +84,21 @@ def comparison_rows(runs: list[dict]) -> list[dict]:
                      "ttft_s": (sp.get("ttft_s") or {}).get("median"),
                      "decode_tokens_per_s": (sp.get("decode_tokens_per_s") or {}).get("median"),
                      "e2e_s": (sp.get("e2e_s") or {}).get("median"),
-                     "model_memory_bytes": s.get("model_memory_bytes"), "peak_rss_bytes": s.get("peak_rss_bytes")})
+                     "model_memory_bytes": s.get("model_memory_bytes"), "peak_rss_bytes": s.get("peak_rss_bytes"),
+                     "ruff_findings_per_100_loc": _quality_value(s, "python", "ruff_findings_per_100_loc"),
+                     "eslint_findings_per_100_loc": _quality_value(s, "javascript", "eslint_findings_per_100_loc")})
     return rows
+
+
+def _quality_value(s: dict, lang: str, key: str) -> float | None:
+    return ((s.get("quality") or {}).get(lang) or {}).get(key)
 
 
 def comparison_markdown(runs: list[dict]) -> str:
     rows = comparison_rows(runs)
     cats = sorted({c for r in rows for c in (r.get("by_category") or {})})
-    head = ["run", "pass@1", "95% CI", *cats, "TTFT s", "decode tok/s", "E2E s", "model memory"]
+    head = ["run", "pass@1", "95% CI", *cats, "TTFT s", "decode tok/s", "E2E s", "model memory", "ruff/100 LOC",
+            "eslint/100 LOC"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["status"] == "skipped":
@@ -93,7 +106,8 @@ def comparison_markdown(runs: list[dict]) -> str:
             continue
         cells = [r["run"], _pct(r["pass@1"]), f"{_pct(r['ci95'][0])}–{_pct(r['ci95'][1])}",
                  *[_pct(r["by_category"].get(c)) for c in cats], _num(r["ttft_s"], "{:.3f}"),
-                 _num(r["decode_tokens_per_s"], "{:.1f}"), _num(r["e2e_s"]), _gib(r["model_memory_bytes"])]
+                 _num(r["decode_tokens_per_s"], "{:.1f}"), _num(r["e2e_s"]), _gib(r["model_memory_bytes"]),
+                 _num(r.get("ruff_findings_per_100_loc"), "{:.1f}"), _num(r.get("eslint_findings_per_100_loc"), "{:.1f}")]
         out.append("| " + " | ".join(cells) + " |")
     n = max((r.get("tasks") or 0 for r in rows), default=0)
     if n:

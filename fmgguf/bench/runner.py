@@ -91,6 +91,7 @@ class ModelBenchmarker:
         self._catalog = catalog
         self.executor = executor or Executor(timeout_s=self.settings.bench_timeout,
                                              memory_bytes=self.settings.bench_memory)
+        self._linter: Any = None
 
     @property
     def manager(self) -> Any:
@@ -99,6 +100,27 @@ class ModelBenchmarker:
 
             self._manager = get_model_manager(self.settings)
         return self._manager
+
+    @property
+    def linter(self) -> Any:
+        """The ESLint runner for the JavaScript quality column (ESLint installs on first use)."""
+        if self._linter is None:
+            from fmgguf.bench.lint import JsLinter
+
+            self._linter = JsLinter(self.settings)
+        return self._linter
+
+    def _lint_manifest(self, tasks: list[Task]) -> dict:
+        """``{"lint": {"eslint": status}}`` when JavaScript answers will be linted (why not, when they won't)."""
+        if not any(t.language == "javascript" and self.executor.available(t.language) for t in tasks):
+            return {}
+        return {"lint": {"eslint": self.linter.status().as_dict()}}
+
+    def _execute_and_lint(self, task: Task, answer: str, quality: dict) -> ExecResult:
+        res = self.executor.execute(task, answer)
+        if task.language == "javascript" and self.linter.status().available:
+            quality["eslint_findings"] = self.linter.findings([task.source(answer)], [task.entry_point])[0]
+        return res
 
     @property
     def catalog(self) -> Any:
@@ -123,12 +145,22 @@ class ModelBenchmarker:
                 progress(done[0], len(runnable), "")
 
         t0 = time.monotonic()
+        from fmgguf.bench.prompting import static_quality
+
         answers = [(t, t.reference if which == "reference" else (t.wrong or "")) for t in runnable]
+        lint = self._lint_manifest(runnable)
         results = self.executor.execute_many(answers, workers=self.settings.bench_workers, progress=tick)
-        records = [_record(t, 0, r, None, {"loc": len(t.source(a).splitlines())}) for (t, a), r in zip(answers, results, strict=False)]
+        qualities = [static_quality(t, t.source(a), True) for t, a in answers]
+        js = [i for i, (t, _) in enumerate(answers) if t.language == "javascript"]
+        if js and lint["lint"]["eslint"]["available"]:
+            counts = self.linter.findings([answers[i][0].source(answers[i][1]) for i in js],
+                                          [answers[i][0].entry_point for i in js])
+            for i, n in zip(js, counts, strict=True):
+                qualities[i]["eslint_findings"] = n
+        records = [_record(t, 0, r, None, q) for (t, _), r, q in zip(answers, results, qualities, strict=True)]
         records += [_skipped(t, 0, "toolchain missing") for t in chosen if t not in runnable]
         meta = {"model": which, "quant": None, "suite": suite, "kind": "reference",
-                "wall_s": time.monotonic() - t0, **_manifest(self.executor)}
+                "wall_s": time.monotonic() - t0, **_manifest(self.executor), **lint}
         return summarize(records, 1, meta)
 
     # --- one model -----------------------------------------------------------------------------
@@ -194,6 +226,7 @@ class ModelBenchmarker:
             advance(task.id)
 
         use_chat = bool(info.get("chat_template"))
+        meta.update(self._lint_manifest([t for t, _ in todo] or chosen))
         with ThreadPoolExecutor(max_workers=max(1, self.settings.bench_workers)) as pool:
             for task, sample in todo:
                 if not self.executor.available(task.language):
@@ -209,7 +242,7 @@ class ModelBenchmarker:
                 from fmgguf.bench.prompting import static_quality
 
                 quality = static_quality(task, task.source(answer), extracted)
-                fut = pool.submit(self.executor.execute, task, answer)
+                fut = pool.submit(self._execute_and_lint, task, answer, quality)
                 fut.add_done_callback(lambda f, t=task, s=sample, g=gen, a=answer, q=quality: finished(f, t, s, g, a, q))
         records = [r for r in store.load() if r["task_id"] in {t.id for t in chosen}]
         meta["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -78,6 +78,9 @@ def test_benchmark_model_streams_records_and_resumes(tiny_in_catalog) -> None:
     gen = next(r["gen"] for r in recs if r["gen"])
     assert gen["completion_tokens"] >= 1 and gen["ttft_s"] > 0
     assert s["speed"]["decode_tokens_per_s"]["median"] and s["model_memory_bytes"]
+    eslint = s["lint"]["eslint"]  # js_chunk is in the run: the manifest says whether eslint could lint it
+    js = next(r for r in recs if r["task_id"] == "js_chunk")
+    assert "eslint_findings" in js["quality"] if eslint["available"] else eslint["reason"]
     # an interrupted run resumes: drop the last record (and leave a half-written line), run again
     lines = store.records_path.read_text().splitlines()
     store.records_path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
