@@ -22,6 +22,7 @@ from fmgguf.runtime.estimate import GPU_RUNTIME_OVERHEAD, Estimate, estimate_car
 
 if TYPE_CHECKING:
     from fmgguf.catalog.schema import ModelCard
+    from fmgguf.runtime.gguf_info import GGUFInfo
     from fmgguf.settings import Settings
 
 N_CTX_MIN = 4096
@@ -187,13 +188,16 @@ def _memory(settings: "Settings", vram: int | None, mem: SystemMemory | None) ->
 def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "Settings | None" = None,
                   vram: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = False,
                   kv_quant: bool = False, swa_full: bool = True, n_ubatch: int = 512, measure: bool = True,
-                  mem: SystemMemory | None = None) -> FitPlan:
-    """The plan for a local GGUF on this machine (or for ``vram`` bytes of GPU memory)."""
-    from fmgguf.runtime.gguf_file import read_gguf
+                  mem: SystemMemory | None = None, info: "GGUFInfo | None" = None) -> FitPlan:
+    """The plan for a local GGUF on this machine (or for ``vram`` bytes of GPU memory). ``info``: the
+    file's header as :func:`~fmgguf.runtime.gguf_file.read_gguf` already returned it (not read again)."""
     from fmgguf.settings import load_settings
 
     settings = settings or load_settings()
-    info = read_gguf(path)
+    if info is None:
+        from fmgguf.runtime.gguf_file import read_gguf
+
+        info = read_gguf(path)
     mem = _memory(settings, vram, mem)
 
     def make(ctx: int, tk: str, tv: str, fa: bool) -> Estimate:

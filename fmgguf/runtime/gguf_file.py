@@ -43,6 +43,7 @@ _SCALARS: dict[int, tuple[str, str, int]] = {
     10: ("u64", "<Q", 8), 11: ("i64", "<q", 8), 12: ("f64", "<d", 8),
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 @lru_cache(maxsize=1)
@@ -130,23 +131,44 @@ class _Cursor:
     def unpack(self, fmt: str, size: int, what: str) -> Any:
         return struct.unpack(fmt, self.take(size, what))[0]
 
+    def skip(self, n: int, what: str) -> None:
+        """Step over ``n`` bytes without reading them (values that are only counted)."""
+        if n < 0 or n > self.remaining:
+            raise self.fail(f"truncated: {what} at byte {self.pos} needs {n} bytes, {self.remaining} left")
+        self.pos += n
+
     def skip_strings(self, count: int, what: str) -> None:
-        """Step over ``count`` length-prefixed strings without decoding them (vocabularies, merges)."""
-        unpack_from = struct.unpack_from
-        for i in range(count):
+        """Step over ``count`` length-prefixed strings without decoding them (vocabularies, merges).
+
+        The walk is the hot path of a header read (a 152k-token vocabulary plus its merges is 300k
+        strings), so it runs as a tight loop over the cached block and leaves it only to refill or
+        to check a string that does not end inside the block."""
+        unpack_from = _U64.unpack_from
+        i = 0
+        while i < count:
             rel = self.pos - self._buf_start
             if rel < 0 or rel + 8 > len(self._buf):
-                self.take(8, f"{what}[{i}] length")
+                self.take(8, f"{what}[{i}] length")  # refills the block at pos (or fails: truncated)
                 self.pos -= 8
                 rel = 0
-            n = unpack_from("<Q", self._buf, rel)[0]
-            if n > self.remaining - 8:
-                raise self.fail(f"{what}[{i}] claims {n} bytes but only {self.remaining - 8} remain")
-            if rel + 8 + n <= len(self._buf):
+            buf, start = self._buf, self._buf_start
+            end = len(buf)
+            while i < count:
+                nxt = rel + 8
+                if nxt > end:
+                    break
+                nxt += unpack_from(buf, rel)[0]
+                if nxt > end:
+                    break
+                rel = nxt
+                i += 1
+            self.pos = start + rel
+            if i < count and rel + 8 <= end:  # string i runs past the block: check it, then step over it
+                n = unpack_from(buf, rel)[0]
+                if n > self.remaining - 8:
+                    raise self.fail(f"{what}[{i}] claims {n} bytes but only {self.remaining - 8} remain")
                 self.pos += 8 + n
-            else:
-                self.pos += 8
-                self.take(n, f"{what}[{i}]")
+                i += 1
 
     def string(self, what: str) -> str:
         n = self.unpack("<Q", 8, f"{what} length")
@@ -181,9 +203,10 @@ def _read_value(cur: _Cursor, vtype: int, key: str) -> Any:
                 return GGUFArray("string", count)
             return [cur.string(f"{key}[{i}]") for i in range(count)]
         name, fmt, size = _SCALARS[etype]
-        raw = cur.take(count * size, f"array {key}")
         if count > MAX_KEPT_ARRAY:
+            cur.skip(count * size, f"array {key}")
             return GGUFArray(name, count)
+        raw = cur.take(count * size, f"array {key}")
         return list(struct.unpack(f"<{count}{fmt[1]}", raw))
     raise cur.fail(f"metadata {key} has unknown value type {vtype}")
 

@@ -1,14 +1,15 @@
 """How the manager loads a file: validate it once per identity, plan offload and context (the fit
-plan), and turn the caller's options into engine :class:`LoadOptions`. Imports no llama_cpp."""
+plan), turn the caller's options into engine :class:`LoadOptions`, start the engine. Imports no
+llama_cpp itself (the engine module is imported inside functions)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmgguf.errors import GGUFError, InsufficientMemoryError, InvalidRequestError
+from fmgguf.errors import FmggufError, GGUFError, InsufficientMemoryError, InvalidRequestError
 
 if TYPE_CHECKING:
     from fmgguf.settings import Settings
@@ -23,7 +24,8 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
 
 def validate(path: Path, cache: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
     """Validate the GGUF (GGUFError for anything llama.cpp could choke on) and keep the few facts
-    the load needs. A file is validated once per identity (path, inode, size, mtime)."""
+    the load needs, with the parsed header (``"info"``: the fit plan reuses it instead of reading
+    the file again). A file is validated once per identity (path, inode, size, mtime)."""
     if not path.is_file():
         raise GGUFError(f"{path} is not a file", fix="check the path (`fmgguf ls` lists downloaded models)")
     key = identity(path)
@@ -31,52 +33,83 @@ def validate(path: Path, cache: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
     if facts is None:
         from fmgguf.runtime.gguf_file import read_gguf
 
-        info = read_gguf(path)
+        info = read_gguf(path)  # small: the long arrays (vocabulary, merges) are only counted
         facts = {"arch": info.arch, "n_ctx_train": info.n_ctx_train, "file_type": info.file_type,
-                 "fim_ids": dict(info.fim_tokens)}
-        del info  # the full metadata (token tables) is tens of MB: do not keep it
+                 "fim_ids": dict(info.fim_tokens), "info": info}
         cache[key] = facts
         while len(cache) > 16:
             cache.pop(next(iter(cache)))
     return facts
 
+
 def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: int | str, type_k: str, type_v: str,
-             flash: bool, gpu: bool) -> Any:
-    """The fit plan for ``path``. On a CPU-only build the plan can only say "CPU only", so it is
-    kept per file identity and options; with a GPU it is made afresh (free VRAM changes)."""
+             flash: bool, gpu: bool, info: Any = None) -> Any:
+    """The fit plan for ``path`` (``info``: its header, already read). On a CPU-only build the plan can
+    only say "CPU only", so a plan that fits is kept per file identity, options and margins; with a GPU
+    it is made afresh (free VRAM changes)."""
     try:
         from fmgguf.runtime.fit import plan_for_file
     except ImportError:
         return None
-    key = (identity(path), n_ctx, type_k, type_v, flash)
+    key = (identity(path), n_ctx, type_k, type_v, flash, settings.ram_margin, settings.vram_margin,
+           settings.vram_override)
     if not gpu and key in cache:
         return cache[key]
     plan = plan_for_file(path, n_ctx=n_ctx, settings=settings, type_k=type_k, type_v=type_v,
-                         flash_attn=flash, measure=gpu)
-    if not gpu:
+                         flash_attn=flash, measure=gpu, info=info)
+    if not gpu and plan.fits:  # "won't fit" is measured again next time: memory may have been freed
         cache[key] = plan
         while len(cache) > 16:
             cache.pop(next(iter(cache)))
     return plan
 
-def plan_load(path: Path, info: Mapping[str, Any], options: Mapping[str, Any], settings: "Settings",
-              plans: dict[tuple, Any]) -> tuple[Any, Any]:
-    """LoadOptions from the caller's options and (for "auto") the fit plan."""
+
+def load_request(facts: Mapping[str, Any], options: Mapping[str, Any], settings: "Settings") -> dict[str, Any]:
+    """The caller's load options checked and resolved (InvalidRequestError), before anything is unloaded."""
+    from fmgguf.runtime.engine import kv_type_value, split_mode_value
+
+    for name in ("type_k", "type_v"):
+        if options.get(name) is not None:
+            kv_type_value(options[name])
+    if options.get("split_mode") is not None:
+        split_mode_value(options["split_mode"])
+    n_ctx_opt = options.get("n_ctx")
+    layers_opt = options.get("n_gpu_layers", "auto")
+    train = facts["n_ctx_train"] or settings.default_ctx
+    if n_ctx_opt in (None, "auto"):
+        want_ctx = min(settings.default_ctx, train)
+    else:
+        try:
+            want_ctx = int(n_ctx_opt)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"n_ctx {n_ctx_opt!r} is not a number", fix="use an integer or 'auto'") from None
+    if want_ctx < 16:
+        raise InvalidRequestError(f"n_ctx {want_ctx} is too small", fix="use at least a few hundred tokens")
+    if layers_opt not in (None, "auto"):
+        try:
+            int(layers_opt)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"n_gpu_layers {layers_opt!r} is not a number",
+                                      fix="use an integer (-1: all) or 'auto'") from None
+    return {"n_ctx_opt": n_ctx_opt, "layers_opt": layers_opt, "want_ctx": want_ctx,
+            "type_k": options.get("type_k"), "type_v": options.get("type_v"),
+            "flash": bool(options.get("flash_attn") or False),
+            "needs_plan": layers_opt in (None, "auto") or n_ctx_opt == "auto"}
+
+
+def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], options: Mapping[str, Any],
+              settings: "Settings", plans: dict[tuple, Any]) -> tuple[Any, Any]:
+    """LoadOptions from the resolved request (:func:`load_request`) and, for "auto", the fit plan,
+    made from the free memory measured now (the manager has released the old model by then)."""
     from fmgguf.runtime.engine import LoadOptions, supports_gpu_offload
 
     s = settings
-    n_ctx_opt = options.get("n_ctx")
-    layers_opt = options.get("n_gpu_layers", "auto")
-    train = info["n_ctx_train"] or s.default_ctx
-    want_ctx = min(s.default_ctx, train) if n_ctx_opt in (None, "auto") else int(n_ctx_opt)
-    if want_ctx < 16:
-        raise InvalidRequestError(f"n_ctx {want_ctx} is too small", fix="use at least a few hundred tokens")
-    type_k, type_v = options.get("type_k"), options.get("type_v")
-    flash = bool(options.get("flash_attn") or False)
-    needs_plan = layers_opt in (None, "auto") or n_ctx_opt == "auto"
+    n_ctx_opt, layers_opt, want_ctx = request["n_ctx_opt"], request["layers_opt"], request["want_ctx"]
+    type_k, type_v, flash, needs_plan = request["type_k"], request["type_v"], request["flash"], request["needs_plan"]
     gpu = supports_gpu_offload()
     try:
-        plan = fit_plan(path, s, plans, "auto" if n_ctx_opt == "auto" else want_ctx, type_k or "f16", type_v or "f16", flash, gpu)
+        plan = fit_plan(path, s, plans, "auto" if n_ctx_opt == "auto" else want_ctx, type_k or "f16", type_v or "f16",
+                        flash, gpu, info=facts.get("info"))
     except Exception:
         if needs_plan:
             raise
@@ -105,6 +138,27 @@ def plan_load(path: Path, info: Mapping[str, Any], options: Mapping[str, Any], s
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),
                        split_mode=options.get("split_mode"))
     return opts, plan
+
+
+def start_engine(path: Path, load_opts: Any, plan: Any, progress: Callable[[str, float], None] | None) -> Any:
+    """The engine for ``path``; a load that runs out of memory says what the fit plan expected."""
+    from fmgguf.runtime.engine import Engine
+
+    try:
+        return Engine(path, load_opts, progress=progress)
+    except InsufficientMemoryError as exc:
+        if plan is None:
+            raise
+        raise InsufficientMemoryError(
+            f"{exc.message}; the fit plan for n_ctx={plan.n_ctx} says {plan.label}: needs "
+            f"{gib(plan.ram_needed)} RAM + {gib(plan.vram_needed)} VRAM, free {gib(plan.ram_free)} RAM + "
+            f"{gib(plan.vram_free)} VRAM", fix=exc.fix, **exc.details) from None
+
+
+def add_note(exc: FmggufError, note: str) -> None:
+    """Append ``note`` to the error's message (kept one line, the fix still last)."""
+    exc.message = f"{exc.message}; {note}"
+    exc.args = (exc.one_line(),)
 
 
 def identity(path: Path) -> tuple:

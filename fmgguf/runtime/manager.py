@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmgguf.errors import ContextOverflowError, InsufficientMemoryError, InvalidRequestError, ModelNotLoadedError
+from fmgguf.errors import ContextOverflowError, FmggufError, InvalidRequestError, ModelNotLoadedError
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, Turnstile
-from fmgguf.runtime.loading import FILE_TYPES, gib, plan_load, validate
+from fmgguf.runtime.loading import FILE_TYPES, add_note, load_request, plan_load, start_engine, validate
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog, ModelCard
@@ -154,23 +154,23 @@ class ModelManager:
         progress: Callable[[str, float], None] | None = options.get("progress")
         self._acquire()
         try:
+            # everything that can be refused without touching memory is checked with the old model loaded
             _report(progress, "validate", 0.0)
             facts = validate(path, self._facts)
             quant = quant or FILE_TYPES.get(facts["file_type"] if facts["file_type"] is not None else -1, "unknown")
-            _report(progress, "plan", 0.05)
-            load_opts, plan = plan_load(path, facts, options, self.settings, self._plans)
-            self._unload_locked()  # give the old model's memory back before the new one takes any
-            from fmgguf.runtime.engine import Engine
-
+            request = load_request(facts, options, self.settings)
+            # then the old model gives its memory back, so the free RAM/VRAM the plan measures includes it
+            with self._state:
+                previous = self._info.get("id") if self._info else None
+            self._unload_locked()
             try:
-                engine = Engine(path, load_opts, progress=progress)
-            except InsufficientMemoryError as exc:
-                if plan is None:
-                    raise
-                raise InsufficientMemoryError(
-                    f"{exc.message}; the fit plan for n_ctx={plan.n_ctx} says {plan.label}: needs "
-                    f"{gib(plan.ram_needed)} RAM + {gib(plan.vram_needed)} VRAM, free {gib(plan.ram_free)} RAM + "
-                    f"{gib(plan.vram_free)} VRAM", fix=exc.fix, **exc.details) from None
+                _report(progress, "plan", 0.05)
+                load_opts, plan = plan_load(path, facts, request, options, self.settings, self._plans)
+                engine = start_engine(path, load_opts, plan, progress)
+            except FmggufError as exc:
+                if previous is not None:  # say so: the old model is gone, nothing is loaded now
+                    add_note(exc, f"{previous} was unloaded to make room, so no model is loaded now")
+                raise
             with self._state:
                 self._engine, self._card = engine, card
                 self._info = {

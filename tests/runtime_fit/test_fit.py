@@ -156,3 +156,15 @@ def test_remote_header_corruption_is_an_error(tmp_path: Path, tiny: dict) -> Non
     with HubServer({"o/r": {"bad.gguf": bad}}) as hub:
         with pytest.raises(GGUFError, match="not a valid GGUF"):
             read_remote_gguf(load_settings().replace(hf_endpoint=hub.endpoint), "o/r", "bad.gguf")
+
+
+def test_plan_for_file_uses_a_header_already_read(tmp_path: Path, setup: tuple) -> None:
+    """plan_for_file(info=...) plans from the parsed header the caller has: the file is not read again."""
+    settings, path, _ = setup
+    copy = tmp_path / "m.gguf"
+    copy.write_bytes(path.read_bytes())
+    info = read_gguf(copy)
+    expected = plan_for_file(copy, n_ctx=2048, settings=settings, mem=mem(gpu(8 * GiB)), measure=False).as_dict()
+    copy.unlink()  # a second read would now fail
+    plan = plan_for_file(copy, n_ctx=2048, settings=settings, mem=mem(gpu(8 * GiB)), measure=False, info=info)
+    assert plan.as_dict() == expected and plan.label == "Full GPU"

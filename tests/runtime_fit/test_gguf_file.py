@@ -181,3 +181,31 @@ def test_fim_tokens_of_qwen2(tiny: dict) -> None:
     info = read_gguf(tiny[("qwen2", "F16")])
     fim = info.fim_tokens
     assert {"pre", "suf", "mid"} <= set(fim)
+
+
+def _string_array(key: str, items: list[bytes], count: int | None = None) -> bytes:
+    return _s(key) + struct.pack("<IIQ", 9, 8, len(items) if count is None else count) + b"".join(map(_s, items))
+
+
+def test_long_string_arrays_are_counted_across_read_blocks(tmp_path: Path) -> None:
+    """A vocabulary longer than the kept-array limit and larger than a read block (1 MiB) is stepped
+    over exactly: its count is kept, the keys after it parse, and every bad length is caught."""
+    base = [kv_str("general.architecture", "llama"), kv_u32("llama.block_count", 1),
+            kv_u32("llama.embedding_length", 32)]
+    words = [(b"w%05d" % i) * (i % 97) for i in range(20000)]  # ~5.8 MB of strings of mixed length
+    vocab = _string_array("tokenizer.ggml.tokens", words)
+    assert len(vocab) > 4 << 20
+    p = tmp_path / "vocab.gguf"
+    p.write_bytes(make_gguf(kvs=[*base, vocab, kv_u32("after.vocab", 7)]))
+    info = read_gguf(p)
+    assert info.n_vocab == 20000 and info.metadata["after.vocab"] == 7
+    good = make_gguf(kvs=[*base, vocab])
+    head_len = len(good) - 1024 - 64  # cuts that end inside the vocabulary, in and across blocks
+    for cut in (1 << 20, (1 << 20) + 3, (1 << 20) + 9, 3 << 20, head_len - 200, head_len - 3):
+        msg = _check_error(tmp_path, good[:cut])
+        assert "truncated" in msg or "claims" in msg, msg
+    big = words[:5000] + [b"x" * 10]  # the last string claims more bytes than remain
+    bad = _string_array("tokenizer.ggml.tokens", big)
+    bad = bad[:-18] + struct.pack("<Q", 1 << 40) + b"x" * 10
+    _check_error(tmp_path, make_gguf(kvs=[*base, bad]), "claims")
+    _check_error(tmp_path, make_gguf(kvs=[*base, _string_array("t", words[:6000], count=6001)]))

@@ -96,3 +96,27 @@ def test_vram_is_given_back_after_switching(models: dict) -> None:
     assert abs(free_one - free_again) <= 0.05 * one_model + 16 * MIB, (free0, free_one, free_again)
     manager.unload()
     assert free0 - _cuda_free() <= 0.05 * one_model + 64 * MIB
+
+
+def test_switch_plans_with_the_old_models_vram_given_back(models: dict) -> None:
+    """The plan of a switch sees the VRAM the old model held: with a margin that leaves room for the
+    new model only once the old one is gone, the new one still comes out "Full GPU"."""
+    from fmgguf.runtime import ModelManager
+
+    settings = load_settings()
+    manager = ModelManager(settings=settings, keep_alive=0)
+    try:
+        manager.load_file(models["gemma3"], n_ctx=N_CTX)  # the CUDA context exists from here on
+        manager.unload()
+        free0 = _cuda_free()
+        need = plan_for_file(models["gemma3"], n_ctx=N_CTX, settings=settings)  # what the switch will plan
+        assert need.label == "Full GPU", need.as_dict()
+        needed = sum(d.needed for d in need.devices)
+        manager.load_file(models["llama"], n_ctx=1 << 18, n_gpu_layers=-1)  # a 256 MiB KV cache on the GPU
+        held = free0 - _cuda_free()
+        assert held > 200 * MIB, held
+        manager.settings = settings.replace(vram_margin=free0 - needed - held // 2)
+        result = manager.load_file(models["gemma3"], n_ctx=N_CTX)
+        assert result.plan.label == "Full GPU", (held, result.plan.as_dict())
+    finally:
+        manager.close()
