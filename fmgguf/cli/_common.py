@@ -101,6 +101,13 @@ def human_count(n: int | None) -> str:
     return str(n)
 
 
+def human_ctx(n: int | None) -> str:
+    """Context lengths are powers of two: 32768 -> '32K', 163840 -> '160K'."""
+    if n is None:
+        return "?"
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
 def console():
     """A rich console for tables (imported lazily: rich costs import time)."""
     import shutil

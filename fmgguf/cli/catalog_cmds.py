@@ -14,6 +14,7 @@ from fmgguf.cli._common import (
     console,
     human_bytes,
     human_count,
+    human_ctx,
     json_option,
     output,
     pass_app,
@@ -66,7 +67,7 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
             params += f" ({human_count(r['active_parameters'])} act.)"
         others = [q for q in r["quants"] if q not in ("Q4_K_M", "Q8_0")]
         body.append([r["id"] + (f" [+{','.join(others)}]" if others else ""), r["family"], params, size("Q4_K_M"),
-                     size("Q8_0"), human_count(r["context_length"]), "yes" if r["fim"] else "no", r["license"], local])
+                     size("Q8_0"), human_ctx(r["context_length"]), "yes" if r["fim"] else "no", r["license"], local])
     print_table(headers, body, right=right, title=title)
 
 
@@ -102,10 +103,36 @@ def search_cmd(app: AppContext, text: str | None, family: str | None, max_params
     output(rows, as_json, lambda r: _table(r, f"{len(r)} matching") if r else click.echo("no model matches"))
 
 
-def card_details(card: Any, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
+def _with_file_numbers(app: AppContext, card: Any, local: dict[tuple[str, str], bool]) -> tuple[Any, str | None]:
+    """A user card without architecture numbers, completed from its downloaded GGUF header."""
+    if card.arch is not None:
+        return card, None
+    for quant in card.variants:
+        if not local.get((card.id, quant)):
+            continue
+        from fmgguf.download import get_model_downloader
+        from fmgguf.errors import FmggufError
+        from fmgguf.runtime.card_arch import card_numbers
+        from fmgguf.runtime.gguf_file import read_gguf
+
+        try:
+            info = read_gguf(get_model_downloader(app.settings).model_path(card.id, quant))
+            arch, params = card_numbers(info)
+            update: dict[str, Any] = {"arch": arch, "parameters": card.parameters or params}
+            return type(card).model_validate({**card.model_dump(), **update}), info.chat_template
+        except (FmggufError, ValueError):
+            return card, None
+    return card, None
+
+
+def card_details(card: Any, local: dict[tuple[str, str], bool], app: AppContext | None = None) -> dict[str, Any]:
     from fmgguf.catalog.sizing import estimate_card
 
+    file_template = None
+    if app is not None:
+        card, file_template = _with_file_numbers(app, card, local)
     data = card.model_dump(mode="json")
+    data["file_chat_template"] = bool(file_template)
     data["memory"] = {q: {str(n): estimate_card(card, q, n).as_dict() for n in CTX_TABLE} for q in card.variants}
     data["downloaded"] = {q: bool(local.get((card.id, q))) for q in card.variants}
     return data
@@ -125,7 +152,8 @@ def _render_info(data: dict[str, Any]) -> None:
                          f"{arch.get('n_head')} heads / {arch.get('n_head_kv')} KV, head dim {arch.get('head_dim')}, "
                          f"vocab {arch.get('vocab')}" if arch else "? (read from the GGUF once downloaded)"),
         ("context", str(arch.get("context_length", "?"))),
-        ("chat template", data.get("chat_template") or "none (completion model)"),
+        ("chat template", data.get("chat_template") or ("the GGUF's own" if data.get("file_chat_template")
+                                                         else "none (completion model)")),
         ("FIM", ("yes" if data["fim"]["supported"] else "tokens present, not supported") + f" ({data['fim']['order']})"
          if data.get("fim") else "no"),
         ("specialization", data.get("specialization") or "-"),
@@ -159,7 +187,7 @@ def _render_info(data: dict[str, Any]) -> None:
 def info_cmd(app: AppContext, model_id: str, as_json: bool) -> None:
     """The whole card of one model: architecture, files with sha256, memory per quant and context."""
     card = app.catalog.get(model_id)
-    output(card_details(card, _downloaded(app)), as_json, _render_info)
+    output(card_details(card, _downloaded(app), app), as_json, _render_info)
 
 
 @click.group("catalog")

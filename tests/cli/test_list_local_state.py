@@ -69,3 +69,26 @@ providers:
     res = runner.invoke(cli, ["list"])
     assert res.exit_code != 0
     assert "fmgguf catalog add my-own-coder" in str(res.exception)
+
+
+def test_info_reads_numbers_from_a_downloaded_user_model() -> None:
+    from fmgguf.testing import build_tiny_model
+
+    path = build_tiny_model("qwen2", "unit", "Q4_K_M")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["import-gguf", str(path), "--as", "my-tiny"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(runner.invoke(cli, ["info", "my-tiny", "--json"]).output)
+    assert data["arch"]["name"] == "qwen2" and data["arch"]["n_layer"] >= 1
+    assert data["parameters"]["total"] > 1_000_000
+    assert data["file_chat_template"] is True
+    mem = next(iter(data["memory"].values()))
+    assert mem["4096"]["kv_cache"] < mem["16384"]["kv_cache"] < mem["32768"]["kv_cache"]
+    text = runner.invoke(cli, ["info", "my-tiny"]).output
+    assert "qwen2:" in text and "the GGUF's own" in text
+
+
+def test_list_shows_context_in_binary_k() -> None:
+    rows = runner_rows = CliRunner().invoke(cli, ["list"]).output.splitlines()
+    line = next(r for r in runner_rows if r.startswith("qwen2.5-coder-7b-instruct"))
+    assert " 32K " in line and rows
