@@ -22,78 +22,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _scalar(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    if field is None or not field.data:
-        return None
-    value = field.contents()
-    return value
-
-
 def read_arch(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """(architecture dict for the schema, parameters dict) from a GGUF's header and tensor table."""
-    from gguf import GGUFReader
+    from fmgguf.errors import GGUFError
+    from fmgguf.runtime.card_arch import card_numbers
+    from fmgguf.runtime.gguf_file import read_gguf
 
     try:
-        r = GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - the reader raises assorted errors on bad files
-        raise ConvertError(f"{path.name} cannot be read back as GGUF ({exc})", fix="delete it and run again") from None
-    arch = _scalar(r, "general.architecture")
-    if not isinstance(arch, str):
-        raise ConvertError(f"{path.name} has no general.architecture", fix="delete it and run again")
-
-    def k(name: str) -> Any:
-        return _scalar(r, f"{arch}.{name}")
-
-    n_embd, n_head = k("embedding_length"), k("attention.head_count")
-    if isinstance(n_head, list):  # per-layer head counts: take the largest
-        n_head = max(n_head)
-    n_head_kv = k("attention.head_count_kv")
-    if isinstance(n_head_kv, list):
-        n_head_kv = max(n_head_kv)
-    n_head_kv = n_head_kv or n_head
-    head_dim = k("attention.key_length") or (n_embd // n_head if n_embd and n_head else None)
-    head_dim_v = k("attention.value_length")
-    tokens = r.fields.get("tokenizer.ggml.tokens")
-    vocab = k("vocab_size") or (len(tokens.data) if tokens is not None else None)
-    names = {t.name for t in r.tensors}
-    n_ff = k("feed_forward_length")
-    if isinstance(n_ff, list):
-        n_ff = max(n_ff)
-    out: dict[str, Any] = {
-        "name": arch,
-        "n_layer": k("block_count"),
-        "n_embd": n_embd,
-        "n_head": n_head,
-        "n_head_kv": n_head_kv,
-        "head_dim": head_dim,
-        "n_ff": n_ff or None,
-        "vocab": vocab,
-        "context_length": k("context_length"),
-        "tied_embeddings": "output.weight" not in names,
-    }
-    if head_dim_v and head_dim_v != head_dim:
-        out["head_dim_v"] = head_dim_v
-    if k("rope.dimension_count") and k("rope.dimension_count") != head_dim:
-        out["rope_dim"] = k("rope.dimension_count")
-    if k("attention.sliding_window"):
-        out["sliding_window"] = k("attention.sliding_window")
-    if k("attention.kv_lora_rank"):
-        out["kv_lora_rank"] = k("attention.kv_lora_rank")
-    total = sum(int(t.n_elements) for t in r.tensors)
-    active = total
-    n_expert, n_used = k("expert_count"), k("expert_used_count")
-    if n_expert and n_used:
-        out["moe"] = {"n_expert": n_expert, "n_expert_used": n_used,
-                      "n_expert_shared": k("expert_shared_count") or 0}
-        if k("expert_feed_forward_length"):
-            out["moe"]["expert_ff"] = k("expert_feed_forward_length")
-        expert = sum(int(t.n_elements) for t in r.tensors if "_exps" in t.name)
-        active = total - expert + expert * n_used // n_expert
-    missing = [key for key, v in out.items() if v is None and key not in ("n_ff",)]
+        arch, params = card_numbers(read_gguf(path))
+    except GGUFError as exc:
+        raise ConvertError(f"{path.name} cannot be read back as GGUF ({exc.message})", fix="delete it and run again") from None
+    missing = [key for key, v in arch.items() if v is None and key not in ("n_ff",)]
     if missing:
         raise ConvertError(f"{path.name} lacks {', '.join(missing)} in its header", fix="delete it and run again")
-    return out, {"total": total, "active": max(active, 1)}
+    return arch, params
 
 
 def model_id_for(name: str) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 from fmgguf.testing.tiny_models import build_tiny_model
 from fmgguf.testing.tiny_specs import TinySpec, tiny_spec
 from fmgguf.testing.tiny_writer import tensor_shapes
-from fmgguf.testing.vocab import read_kv
 
 
 def file_sha256(path: Path) -> str:
@@ -58,37 +57,12 @@ def parameter_counts(spec: TinySpec, n_vocab: int) -> tuple[int, int]:
 
 
 def arch_from_file(path: Path, spec: TinySpec) -> dict:
-    """The catalog ``arch`` block, read from the GGUF's own metadata."""
-    kv = {k: v[0] for k, v in read_kv(path).items() if not k.startswith("tokenizer.ggml.") or k.endswith("tokens")}
-    a = str(kv["general.architecture"])
+    """The catalog ``arch`` block, read from the GGUF's own metadata and tensor table."""
+    from fmgguf.runtime.card_arch import card_numbers
+    from fmgguf.runtime.gguf_file import read_gguf
 
-    def get(key: str, default: object = None):
-        return kv.get(f"{a}.{key}", default)
-
-    head_dim = get("attention.key_length_mla") or get("attention.key_length")
-    head_dim_v = get("attention.value_length_mla") or get("attention.value_length")
-    arch: dict = {
-        "name": a,
-        "n_layer": int(get("block_count")),
-        "n_embd": int(get("embedding_length")),
-        "n_head": int(get("attention.head_count")),
-        "n_head_kv": int(get("attention.head_count_kv")),
-        "head_dim": int(head_dim),
-        "head_dim_v": int(head_dim_v) if head_dim_v != head_dim else None,
-        "n_ff": int(get("feed_forward_length")),
-        "vocab": len(kv["tokenizer.ggml.tokens"]),  # type: ignore[arg-type]
-        "context_length": int(get("context_length")),
-        "tied_embeddings": spec.tied,
-        "rope_dim": int(get("rope.dimension_count")),
-    }
-    if get("attention.kv_lora_rank"):
-        arch["kv_lora_rank"] = int(get("attention.kv_lora_rank"))
-    if get("attention.sliding_window"):
-        arch["sliding_window"] = int(get("attention.sliding_window"))
-    if get("expert_count"):
-        arch["moe"] = {"n_expert": int(get("expert_count")), "n_expert_used": int(get("expert_used_count")),
-                       "n_expert_shared": int(get("expert_shared_count", 0)),
-                       "expert_ff": int(get("expert_feed_forward_length"))}
+    arch = card_numbers(read_gguf(path))[0]
+    assert arch["tied_embeddings"] == spec.tied, "the built file disagrees with its spec"
     return arch
 
 
