@@ -84,11 +84,12 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
 @click.command("search")
 @click.argument("text", required=False)
 @click.option("--family", help="Family name, e.g. qwen2.5-coder.")
-@click.option("--max-params", type=float, help="At most this many billion parameters.")
-@click.option("--max-vram", "max_vram_gb", type=float, help="Fits in this many GB (weights + 4K context).")
+@click.option("--max-params", type=click.FloatRange(min=0, min_open=True), help="At most this many billion parameters.")
+@click.option("--max-vram", "max_vram_gb", type=click.FloatRange(min=0, min_open=True),
+              help="Fits in this many GB (weights + 4K context).")
 @click.option("--quant", help="Has this quantization (Q4_K_M, Q8_0, 4bit, 8bit).")
 @click.option("--fim/--no-fim", default=None, help="Really supports fill-in-the-middle (or not).")
-@click.option("--min-context", type=int, help="Context length at least this many tokens.")
+@click.option("--min-context", type=click.IntRange(min=1), help="Context length at least this many tokens.")
 @click.option("--capability", help="A capability tag, e.g. chat, fim, moe, lightweight.")
 @json_option
 @pass_app
@@ -96,6 +97,9 @@ def search_cmd(app: AppContext, text: str | None, family: str | None, max_params
                max_vram_gb: float | None, quant: str | None, fim: bool | None, min_context: int | None,
                capability: str | None, as_json: bool) -> None:
     """Find models by text and filters."""
+    if family and not any(family.lower() in f.lower() for f in app.catalog.families()):
+        raise click.BadParameter(f"no family matches {family!r}; families: {', '.join(app.catalog.families())}",
+                                 param_hint="--family")
     cards = app.catalog.search(text=text, family=family, max_params=max_params, max_vram_gb=max_vram_gb, quant=quant,
                                fim=fim, min_context=min_context, capability=capability)
     local = _downloaded(app)
@@ -207,8 +211,19 @@ def catalog_group() -> None:
 def catalog_add_cmd(app: AppContext, model_id: str, repo: str, files: tuple[str, ...], quant: str,
                     shas: tuple[str, ...], revision: str | None, as_json: bool) -> None:
     """Add (or extend) a model in the user catalog."""
+    from fmgguf.catalog.schema import LLAMA_CPP_QUANTS, check_relative_path, normalize_quant
     from fmgguf.catalog.user import add_user_entry, simple_entry
 
+    if normalize_quant(quant) not in LLAMA_CPP_QUANTS:
+        raise click.BadParameter(f"{quant!r} is not a llama.cpp quantization (e.g. Q4_K_M, Q8_0, Q6_K)", param_hint="--quant")
+    for name in files:
+        try:
+            check_relative_path(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--file") from None
+    for sha in shas:
+        if len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha):
+            raise click.BadParameter(f"{sha!r} is not a SHA256 (64 hex digits)", param_hint="--sha256")
     base = app.catalog.get(model_id) if model_id in app.catalog else None
     entry = simple_entry(model_id, repo, list(files), quant, list(shas) or None, revision, base=base)
     card = add_user_entry(app.settings, entry)

@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="fmgguf", standalone_mode=False)
     except FmggufError as exc:
+        if "--json" in (argv if argv is not None else sys.argv[1:]):
+            import json
+
+            click.echo(json.dumps({**exc.to_dict(), "exit_code": exit_code_for(exc)}))
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(exit_code_for(exc))
     except click.exceptions.Abort:

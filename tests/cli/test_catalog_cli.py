@@ -89,13 +89,36 @@ def test_catalog_add_writes_user_catalog(isolated_home: Path) -> None:
     assert set(quants) == {"Q4_K_M", "Q8_0", "Q6_K"}
 
 
-def test_catalog_add_rejects_bad_input() -> None:
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--file", "../x.gguf", "--quant", "Q4_K_M"], "--file"),
+    (["--file", "x.gguf", "--quant", "Q9_Z"], "--quant"),
+    (["--file", "x.gguf", "--quant", "Q4_K_M", "--sha256", "xyz"], "--sha256"),
+])
+def test_catalog_add_rejects_bad_flags_naming_them(args: list[str], flag: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["catalog", "add", "x", "--repo", "me/x", "--file", "../x.gguf", "--quant", "Q4_K_M"])
-    assert info.value.code == 3
-    with pytest.raises(SystemExit) as info:
-        main(["catalog", "add", "x", "--repo", "me/x", "--file", "x.gguf", "--quant", "Q9_Z"])
-    assert info.value.code == 3
+        main(["catalog", "add", "x", "--repo", "me/x", *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_catalog_add_bad_repo_is_one_line(isolated_home: Path) -> None:
+    rc, out, err = run("catalog", "add", "x", "--repo", "not a repo", "--file", "x.gguf", "--quant", "Q4_K_M")
+    assert rc == 3 and "repo" in err and err.strip().count("\n") == 0
+
+
+def test_json_errors_are_json() -> None:
+    rc, out, err = run("info", "qwen-7b", "--json")
+    assert rc == 4
+    data = json.loads(out)
+    assert data["error"] == "UnknownModelError" and data["exit_code"] == 4 and "qwen2.5-coder-7b-instruct" in data["fix"]
+
+
+def test_search_rejects_bad_filters() -> None:
+    rc, _, err = run("search", "--max-vram", "-3")
+    assert rc == 2 and "--max-vram" in err
+    rc, _, err = run("search", "--family", "nosuch")
+    assert rc == 2 and "qwen2.5-coder" in err
 
 
 def test_version() -> None:
