@@ -55,11 +55,11 @@ def create_app(settings: "Settings", manager: Any = None, downloader: Any = None
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/models")
 
-    @app.get("/models", include_in_schema=False)
+    @app.api_route("/models", methods=["GET", "HEAD"], include_in_schema=False)
     def models_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
@@ -102,6 +102,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        bad_json = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:  # not a schema problem: the body could not be parsed at all
+            loc = bad_json.get("loc", ())
+            where = f", char {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+            reason = str((bad_json.get("ctx") or {}).get("error") or "malformed")
+            payload = {"error": "InvalidRequestError", "message": f"request body is not valid JSON ({reason}{where})",
+                       "fix": "send a JSON object with 'Content-Type: application/json' (the schema is at /openapi.json)",
+                       "param": None}
+            return error_response(request, 400, payload)
         problems = []
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"

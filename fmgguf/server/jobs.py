@@ -6,6 +6,7 @@ by the polling endpoint and the Server-Sent Events stream. A client that goes aw
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 
 from fmgguf.errors import CancelledError, FmggufError
 
+log = logging.getLogger("fmgguf.server")
 ACTIVE = ("queued", "running")
 
 
@@ -128,13 +130,15 @@ class DownloadJobs:
                 job.downloaded = job.total
             job.state = "done"
         except CancelledError as exc:
-            job.state, job.error = "cancelled", exc.to_dict()
-        except FmggufError as exc:
-            job.state, job.error = ("cancelled" if job._cancel.is_set() else "failed"), exc.to_dict()
+            job.state, job.error = "cancelled", _error_dict(exc)
+        except FmggufError as exc:  # the downloader's own one-line error, as it gave it
+            job.state, job.error = ("cancelled" if job._cancel.is_set() else "failed"), _error_dict(exc)
         except Exception as exc:  # a bug or an OS error: report it on the job, never kill the server
             job.state = "failed"
-            job.error = {"error": type(exc).__name__, "message": " ".join(str(exc).split()) or type(exc).__name__,
-                         "fix": "see the server log, then retry the download"}
+            log.exception("download job %s (%s %s) crashed", job.id, job.model_id, job.quant)
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            fix = "see the server log, then retry the download"
+            job.error = {"error": type(exc).__name__, "message": message, "fix": fix, "one_line": f"{message} — {fix}"}
         finally:
             job.finished_at = time.time()
             job._touch()
@@ -159,6 +163,11 @@ class DownloadJobs:
         while len(job._rate) > 2 and now - job._rate[0][0] > 5.0:
             job._rate.pop(0)
         job._touch()
+
+
+def _error_dict(exc: FmggufError) -> dict:
+    """The error's fields plus ``one_line``: exactly what the CLI prints after ``error:``."""
+    return {**exc.to_dict(), "one_line": " ".join(exc.one_line().split())}
 
 
 _DONE_KEYS = ("downloaded", "done", "completed", "bytes_done", "bytes_downloaded", "n")

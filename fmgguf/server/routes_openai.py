@@ -59,6 +59,10 @@ def ensure_model(state: ServerState, manager: Any, requested: str | None) -> dic
     card, quant = state.catalog.resolve(req)
     if cur and cur.get("id") == card.id and (":" not in req or cur.get("quant") == quant):
         return cur
+    if ":" not in req:  # a bare id means the quant on disk when the catalog default is not there
+        local = _local_quants(state).get(card.id, [])
+        if local and quant not in local:
+            quant = next((q for q in card.quants if q in local), local[0])
     state.loading = (card.id, quant, time.time())
     try:
         manager.switch_model(card.id, quant)
@@ -80,19 +84,42 @@ def _gen_kwargs(body: Any, stream: bool) -> dict:
             "seed": None if body.seed is None else body.seed % (2**31), "stream": stream}
 
 
+def _local_quants(state: ServerState) -> dict[str, list[str]]:
+    """model id -> the quants of it in the local store (sorted)."""
+    out: dict[str, list[str]] = {}
+    for model_id, quant in sorted(downloaded_pairs(state.downloader)):
+        out.setdefault(model_id, []).append(quant)
+    return out
+
+
 @router.get("/models")
 def list_models(request: Request) -> dict:
-    """The loaded model first, then every downloaded model (``id`` and ``id:QUANT``)."""
+    """One entry per distinct usable ``model`` value, the loaded model first.
+
+    OpenAI clients show this list as the models to pick from, so each entry must be a different choice:
+    a model with one quant on disk (or only the loaded one) is listed by its bare ``id``; a model with
+    several quants on disk is listed once per quant as ``id:QUANT`` (the bare id still works in requests:
+    it means the loaded quant, else the catalog default, else the first quant on disk). Never both forms.
+    """
     state = _state(request)
     now = int(state.started_at)
-    ids: list[str] = []
+    local = _local_quants(state)
     cur = state.current()
-    if cur:
-        ids.append(str(cur.get("id")))
-    for model_id, quant in sorted(downloaded_pairs(state.downloader)):
-        for name in (model_id, f"{model_id}:{quant}"):
-            if name not in ids:
-                ids.append(name)
+    cur_id = str(cur.get("id")) if cur else None
+    if cur_id is not None:
+        quants = local.setdefault(cur_id, [])
+        if cur.get("quant") and str(cur["quant"]) not in quants:
+            quants.append(str(cur["quant"]))
+    ids: list[str] = []
+    order = ([cur_id] if cur_id is not None else []) + [m for m in local if m != cur_id]
+    for model_id in order:
+        quants = local[model_id]
+        if len(quants) <= 1:
+            ids.append(model_id)
+            continue
+        if model_id == cur_id and cur.get("quant"):  # the loaded quant first
+            quants = sorted(quants, key=lambda q: q != str(cur["quant"]))
+        ids.extend(f"{model_id}:{q}" for q in quants)
     return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "fmgguf"} for i in ids]}
 
 

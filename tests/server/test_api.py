@@ -195,9 +195,45 @@ def test_errors_are_clear_4xx(client: TestClient, method: str, path: str, body: 
         assert err.get("fix"), "every error names the fix"
 
 
-def test_malformed_json_is_422(client: TestClient) -> None:
-    r = client.post("/api/models/select", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "invalid request" in r.json()["message"]
+def test_malformed_json_is_400_in_both_shapes(client: TestClient) -> None:
+    headers = {"content-type": "application/json"}
+    r = client.post("/api/models/select", content=b"{not json", headers=headers)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["message"].startswith("request body is not valid JSON (") and "char 1" in body["message"]
+    assert body["error"] == "InvalidRequestError" and body["fix"] and body.get("param") is None
+    r = client.post("/v1/chat/completions", content=b'{"messages": [', headers=headers)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] is None
+    assert err["message"].startswith("request body is not valid JSON") and err["fix"]
+    # a well-formed body that breaks the schema is still a 422 naming the field
+    r = client.post("/v1/chat/completions", json={"messages": "hi"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages"
+
+
+def test_head_serves_the_page_and_root(client: TestClient) -> None:
+    page = client.head("/models")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert int(page.headers["content-length"]) > 0 and page.content == b""
+    root = client.head("/", follow_redirects=False)
+    assert root.status_code in (302, 307) and root.headers["location"] == "/models"
+
+
+def test_v1_models_lists_each_usable_model_once(client: TestClient) -> None:
+    downloader = client.app.state.fmgguf.downloader
+    downloader.download_model("tiny-qwen", GEN_QUANT)
+    for quant in (GEN_QUANT, "Q4_K_M"):
+        downloader.download_model("tiny-llama", quant)
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    # one quant on disk: the bare id is the one choice; two quants: two distinct choices
+    assert ids == ["tiny-llama:F16", "tiny-llama:Q4_K_M", "tiny-qwen"]
+    # the bare id of a model whose only local quant is not the catalog default (Q4_K_M) still works
+    r = client.post("/v1/completions", json={"model": "tiny-qwen", "prompt": "def", "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "tiny-qwen"
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["tiny-qwen", "tiny-llama:F16", "tiny-llama:Q4_K_M"]  # the loaded model first
 
 
 def test_api_key_guards_api_but_not_the_page(settings: Any) -> None:
@@ -214,3 +250,25 @@ def test_api_key_guards_api_but_not_the_page(settings: Any) -> None:
         assert c.get("/v1/models", headers={"Authorization": "Bearer wrong-key-000"}).status_code == 401
         assert c.get("/api/models/status", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["object"] == "list"
+
+
+def test_unreachable_hub_fails_the_job_with_the_downloaders_one_line_error(settings: Any) -> None:
+    import socket
+
+    from fmgguf.errors import FmggufError
+    from fmgguf.server.app import create_app
+
+    with socket.socket() as s:  # a loopback port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    app = create_app(settings.replace(hf_endpoint=dead, download_retries=0))
+    with TestClient(app) as c:
+        with pytest.raises(FmggufError) as direct:
+            app.state.fmgguf.downloader.download_model("tiny-qwen", "Q4_K_M")
+        job = c.post("/api/models/download/tiny-qwen", json={"quant": "Q4_K_M"}).json()
+        done = _wait_job(c, job["job_id"], timeout=30)
+    assert done["state"] == "failed"
+    err = done["error"]
+    assert err["error"] == type(direct.value).__name__
+    assert err["message"] == direct.value.message and err["fix"] == direct.value.fix
+    assert err["one_line"] == direct.value.one_line() and "\n" not in err["one_line"]

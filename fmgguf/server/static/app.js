@@ -218,7 +218,7 @@ async function watchJob(jobId, id) {
   }
   ui.watching.delete(id);
   if (last && last.state === "done") note(id, "Downloaded and verified.");
-  else if (last && last.error) note(id, `Download ${last.state}: ${last.error.message}` + (last.error.fix ? " — " + last.error.fix : ""));
+  else if (last && last.error) note(id, `Download ${last.state}: ` + (last.error.one_line || last.error.message + (last.error.fix ? " — " + last.error.fix : "")));
   await loadModels();
   const c = ui.cards.get(id);
   if (c && last && last.state === "done") { showProgress(c, last); }
