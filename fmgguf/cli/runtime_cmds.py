@@ -23,9 +23,10 @@ def _load_options(f: Any) -> Any:
                      help="Layers to offload to the GPU, or 'auto' (fit plan)."),
         click.option("--threads", "n_threads", type=int, default=None, help="CPU threads for llama.cpp."),
         click.option("--max-tokens", "-n", type=int, default=512, show_default=True,
-                     help="Most tokens to generate (0: until the context is full)."),
-        click.option("--temperature", "-t", type=float, default=0.2, show_default=True),
-        click.option("--top-p", type=float, default=0.95, show_default=True),
+                     help="Most tokens to generate (at least 1)."),
+        click.option("--temperature", "-t", type=float, default=0.2, show_default=True,
+                     help="Sampling temperature, 0 (greedy) to 2."),
+        click.option("--top-p", type=float, default=0.95, show_default=True, help="Nucleus sampling, above 0 up to 1."),
         click.option("--seed", type=int, default=None, help="Sampling seed (repeatable output)."),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
     ]
@@ -47,7 +48,11 @@ def _int_or_auto(value: Any, name: str) -> Any:
 
 def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
                  n_threads: int | None, quiet: bool) -> Any:
-    """A manager with ``model`` loaded (a catalog id, or a local .gguf path)."""
+    """A manager with ``model`` loaded (a catalog id, or a local .gguf path).
+
+    "loading…" shows only on a terminal and is erased before the outcome, so a failure is one line.
+    """
+    from fmgguf.errors import InsufficientMemoryError
     from fmgguf.runtime.manager import ModelManager
 
     opts = {"n_ctx": _int_or_auto(n_ctx, "--ctx"), "n_gpu_layers": _int_or_auto(n_gpu_layers, "--gpu-layers"),
@@ -55,17 +60,79 @@ def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: Any, n_g
     path = Path(model).expanduser()
     is_file = model.endswith(".gguf") or path.is_file()
     manager = ModelManager(app.settings, catalog=None if is_file else app.catalog, keep_alive=0)
-    if not quiet:
-        click.echo(f"loading {model}…", err=True)
-    if is_file:
-        result = manager.load_file(path, **opts)
-    else:
-        result = manager.switch_model(model, quant=quant, **opts)
+    live = not quiet and _stderr_is_tty()
+    if live:
+        click.echo(f"loading {model}…", err=True, nl=False)
+    try:
+        if is_file:
+            result = manager.load_file(path, **opts)
+        else:
+            result = manager.switch_model(model, quant=quant, **opts)
+    except InsufficientMemoryError as exc:
+        _reword_memory_fix(app, exc, model, quant, is_file)
+        raise
+    finally:
+        if live:
+            click.echo("\r\033[K", err=True, nl=False)
     if not quiet:
         label = getattr(result.plan, "label", None) or f"{result.n_gpu_layers} GPU layers"
         click.echo(f"loaded {result.model_id} ({result.quant}) in {result.load_s:.2f} s — {label}, "
                    f"context {result.n_ctx}", err=True)
+    warnings = _context_warnings(result)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    result.warnings = warnings
     return manager, result
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _reword_memory_fix(app: AppContext, exc: Any, model: str, quant: str | None, is_file: bool) -> None:
+    """No "use a smaller quant" where there is none: a file path, or already the catalog's smallest."""
+    smallest = is_file
+    if not is_file:
+        try:
+            card, q = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
+            sizes = {k: v.size or v.approx_size or 0 for k, v in card.variants.items()}
+            smallest = sizes.get(q, 0) <= min(sizes.values())
+        except Exception:  # noqa: BLE001 - only the wording of the fix is at stake
+            smallest = False
+    if smallest and exc.fix and "smaller quant" in exc.fix:
+        what = "a file has no smaller quant" if is_file else "this is already the smallest quant"
+        exc.fix = f"{what}: use a shorter context (--ctx) or free memory; `fmgguf fit {model}` shows the numbers"
+        exc.args = (exc.one_line(),)
+
+
+def _context_warnings(result: Any) -> list[str]:
+    """A warning when the context is longer than the one the model was trained with."""
+    from fmgguf.errors import FmggufError
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    try:
+        trained = read_gguf(result.path).n_ctx_train
+    except FmggufError:
+        return []
+    if trained and result.n_ctx > trained:
+        return [f"context {result.n_ctx} exceeds the model's trained context {trained}; "
+                "quality degrades past it"]
+    return []
+
+
+def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
+    """Refuse sampling options out of range (one line, exit 2) before anything is loaded."""
+    from fmgguf.errors import InvalidRequestError
+
+    if max_tokens < 1:
+        raise InvalidRequestError(f"--max-tokens {max_tokens} is not a token count", fix="give 1 or more")
+    if not 0.0 <= temperature <= 2.0:
+        raise InvalidRequestError(f"--temperature {temperature:g} is out of range", fix="give 0 (greedy) to 2")
+    if not 0.0 < top_p <= 1.0:
+        raise InvalidRequestError(f"--top-p {top_p:g} is out of range", fix="give a value above 0, up to 1")
 
 
 def _stream_out(stream: Any) -> Any:
@@ -90,7 +157,8 @@ def _timings_line(res: Any) -> str:
 
 
 def _gen_kwargs(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...]) -> dict:
-    return {"max_tokens": max_tokens if max_tokens > 0 else None, "temperature": temperature, "top_p": top_p,
+    _check_sampling(max_tokens, temperature, top_p)
+    return {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
             "seed": seed, "stop": list(stop) or None}
 
 
@@ -104,14 +172,18 @@ def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: 
             n_threads: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
             stop: tuple[str, ...], as_json: bool) -> None:
     """Generate a completion of PROMPT with MODEL, streamed ('-' reads the prompt from stdin)."""
+    kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
     if prompt == "-":
         prompt = sys.stdin.read()
+    if not prompt.strip():
+        from fmgguf.errors import InvalidRequestError
+
+        raise InvalidRequestError("the prompt is empty", fix="give some text, or '-' with the text on stdin")
     manager, loaded = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=as_json)
-    kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
     try:
         if as_json:
             res = manager.generate_text(prompt, **kw)
-            emit_json({**res.as_dict(), "load": loaded.as_dict()})
+            emit_json({**res.as_dict(), "load": loaded.as_dict(), "warnings": loaded.warnings})
             return
         res = _stream_out(manager.generate_text(prompt, stream=True, **kw))
         click.echo(_timings_line(res), err=True)
@@ -128,8 +200,8 @@ def chat_cmd(app: AppContext, model: str, system: str | None, quant: str | None,
              n_threads: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
              stop: tuple[str, ...]) -> None:
     """Talk with MODEL, using its own chat template. /reset forgets, /exit (or Ctrl-D) quits."""
-    manager, _ = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=False)
     kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
+    manager, _ = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=False)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
     try:
@@ -175,6 +247,8 @@ def fim_cmd(app: AppContext, model: str, prefix_file: str | None, suffix_file: s
     """Fill in the middle: the code MODEL writes between a prefix and a suffix."""
     from fmgguf.errors import InvalidRequestError
 
+    _check_fim_card(app, model, quant)
+    kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
     if prefix_file == "-" and suffix_file == "-":
         raise InvalidRequestError("only one of --prefix-file/--suffix-file can be stdin", fix="put the other in a file")
     before = _read_part(prefix_file, prefix, "prefix")
@@ -182,16 +256,31 @@ def fim_cmd(app: AppContext, model: str, prefix_file: str | None, suffix_file: s
     if before is None and after is None:
         raise InvalidRequestError("fim needs a prefix or a suffix", fix="pass --prefix-file A and/or --suffix-file B")
     manager, loaded = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=as_json)
-    kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
     try:
         if as_json:
             res = manager.fill_in_middle(before or "", after or "", **kw)
-            emit_json({**res.as_dict(), "load": loaded.as_dict()})
+            emit_json({**res.as_dict(), "load": loaded.as_dict(), "warnings": loaded.warnings})
             return
         res = _stream_out(manager.fill_in_middle(before or "", after or "", stream=True, **kw))
         click.echo(_timings_line(res), err=True)
     finally:
         manager.unload()
+
+
+def _check_fim_card(app: AppContext, model: str, quant: str | None) -> None:
+    """Refuse FIM from the catalog card before any download or load: the card says it is not supported,
+    or a built-in card has no FIM tokens at all (a user entry without ``fim`` is left to the GGUF)."""
+    from fmgguf.errors import FIMNotSupportedError
+    from fmgguf.runtime.prompts import resolve_fim_tokens
+
+    if model.endswith(".gguf") or Path(model).expanduser().is_file():
+        return
+    card, _ = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
+    if card.fim is not None and not card.fim.supported:
+        resolve_fim_tokens(gguf_ids={}, lookup=lambda _t: None, card_fim=card.fim, model_name=card.id)
+    if card.fim is None and card.builtin:
+        raise FIMNotSupportedError(f"{card.id} has no fill-in-the-middle format in the catalog",
+                                   fix="pick a model whose `fmgguf info ID` says FIM: yes, or use `fmgguf run`")
 
 
 def _read_part(path: str | None, inline: str | None, name: str) -> str | None:

@@ -72,8 +72,10 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     common = dict(n_ctx=n_ctx, settings=settings, vram=vram_bytes, type_k=type_k.lower(), type_v=type_v.lower(),
                   flash_attn=flash_attn or type_v.lower() not in ("f16", "f32", "bf16"), kv_quant=kv_quant)
     plans: dict[str, Any] = {}
+    trained: dict[str, int | None] = {}
     if _is_file(target):
         plans[Path(target).name] = plan_for_file(target, measure=not no_measure, **common)
+        trained[Path(target).name] = _trained_ctx(target)
         title = Path(target).name
     else:
         card, q = app.catalog.resolve(target)
@@ -82,13 +84,40 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
             local = _local_path(app, card.id, qq)
             if local is not None:
                 plans[qq] = plan_for_file(local, measure=not no_measure, **common)
+                trained[qq] = _trained_ctx(local)
             else:
                 plans[qq] = plan_for_card(card, qq, **common)
+                trained[qq] = card.arch.context_length if card.arch else None
         title = card.id
+    warnings = _context_warnings(plans, trained)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
-        emit_json({"target": title, "plans": {k: p.as_dict() for k, p in plans.items()}})
+        emit_json({"target": title, "plans": {k: p.as_dict() for k, p in plans.items()}, "warnings": warnings})
         return
     _render_plans(title, plans)
+
+
+def _trained_ctx(path: str | Path) -> int | None:
+    from fmgguf.errors import FmggufError
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    try:
+        return read_gguf(path).n_ctx_train
+    except FmggufError:
+        return None
+
+
+def _context_warnings(plans: dict[str, Any], trained: dict[str, int | None]) -> list[str]:
+    """One line per distinct (context, trained context) pair where the plan's context is the longer."""
+    out: list[str] = []
+    for name, plan in plans.items():
+        n = trained.get(name)
+        if n and plan.n_ctx > n:
+            line = f"context {plan.n_ctx} exceeds the model's trained context {n}; quality degrades past it"
+            if line not in out:
+                out.append(line)
+    return out
 
 
 def _render_plans(title: str, plans: dict[str, Any]) -> None:
@@ -130,7 +159,10 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
 @json_option
 @pass_app
 def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) -> None:
-    """The GGUF header of TARGET (a file, or a catalog id: local file, else the hub header by Range)."""
+    """The GGUF header of TARGET (a file, or a catalog id: local file, else the hub header by Range).
+
+    Offline, or with the hub out of reach, a catalog id shows what the catalog card knows instead."""
+    from fmgguf.errors import DownloadError, OfflineError
     from fmgguf.runtime.gguf_file import read_gguf
 
     if _is_file(target):
@@ -138,14 +170,18 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
     else:
         card, q = app.catalog.resolve(target)
         q = quant or q
+        v = card.variant(q)
         local = _local_path(app, card.id, q)
         if local is not None:
             info = read_gguf(local)
         else:
             from fmgguf.runtime.remote_header import read_remote_gguf
 
-            v = card.variant(q)
-            info = read_remote_gguf(app.settings, v.repo, v.files[0].name, v.revision)
+            try:
+                info = read_remote_gguf(app.settings, v.repo, v.files[0].name, v.revision)
+            except (OfflineError, DownloadError) as exc:
+                _inspect_from_card(card, q, exc.message, as_json)
+                return
     summary = info.summary()
     if as_json:
         emit_json(summary)
@@ -164,6 +200,39 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
     con.print("  quant mix:")
     for t, row in summary["quant_mix"].items():
         con.print(f"    {t:<8} {row['tensors']:>5} tensors  {human_bytes(row['bytes']):>10}")
+
+
+def _inspect_from_card(card: Any, quant: str, reason: str, as_json: bool) -> None:
+    """What the catalog card says about the file whose header could not be read."""
+    v = card.variant(quant)
+    a = card.arch
+    summary = {
+        "source": "catalog", "header_read": False, "header_error": reason, "model_id": card.id, "quant": quant,
+        "repo": v.repo, "files": [f.name for f in v.files], "file_size": v.size or v.approx_size,
+        "architecture": a.name if a else None, "n_layer": a.n_layer if a else None,
+        "n_embd": a.n_embd if a else None, "n_head": a.n_head if a else None,
+        "n_head_kv": a.n_head_kv if a else None, "n_vocab": a.vocab if a else None,
+        "context_length": a.context_length if a else None,
+        "n_params": card.parameters.total if card.parameters else None,
+        "chat_template": card.chat_template, "fim": card.fim_supported,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    con = console()
+    size = human_bytes(summary["file_size"]) if summary["file_size"] else "size unknown"
+    con.print(f"[bold]{v.repo}/{v.files[0].name}[/bold]  {size} (from the catalog)")
+    pairs = [("architecture", summary["architecture"] or "?"),
+             ("parameters", human_count(summary["n_params"]) if summary["n_params"] else "?"),
+             ("layers", summary["n_layer"] or "?"), ("embedding", summary["n_embd"] or "?"),
+             ("heads", f"{summary['n_head']} (KV {summary['n_head_kv']})" if a else "?"),
+             ("vocabulary", summary["n_vocab"] or "?"), ("context (trained)", summary["context_length"] or "?"),
+             ("chat template", card.chat_template or "none"), ("FIM", "yes" if card.fim_supported else "no")]
+    for k, val in pairs:
+        con.print(f"  {k:<18} {val}")
+    click.echo(f"note: the GGUF header could not be read ({reason}); these are catalog numbers — "
+               f"`fmgguf pull {card.id} --quant {quant}` then inspect again reads the file, "
+               f"`fmgguf info {card.id}` shows the whole card", err=True)
 
 
 # --- doctor --------------------------------------------------------------------------------------------

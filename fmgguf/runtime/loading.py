@@ -97,6 +97,15 @@ def load_request(facts: Mapping[str, Any], options: Mapping[str, Any], settings:
             "needs_plan": layers_opt in (None, "auto") or n_ctx_opt == "auto"}
 
 
+#: llama_ftype values at or below Q4_K_M's size: suggesting "a smaller quant" there is no help
+_SMALL_FTYPES = {2, 3, 10, 11, 12, 13, 14, 15, *range(19, 32), 36, 37}
+
+
+def _smaller_hint(info: Any) -> str:
+    ftype = getattr(info, "file_type", None)
+    return "" if ftype in _SMALL_FTYPES else "use a smaller quant (Q4_K_M), "
+
+
 def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], options: Mapping[str, Any],
               settings: "Settings", plans: dict[tuple, Any]) -> tuple[Any, Any]:
     """LoadOptions from the resolved request (:func:`load_request`) and, for "auto", the fit plan,
@@ -120,7 +129,7 @@ def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], 
             raise InsufficientMemoryError(
                 f"{path.name} does not fit: it needs {gib(plan.ram_needed)} RAM + {gib(plan.vram_needed)} VRAM, "
                 f"{gib(plan.ram_free)} RAM and {gib(plan.vram_free)} VRAM are free",
-                fix="use a smaller quant (Q4_K_M), a shorter context (--ctx) or free memory; "
+                fix=_smaller_hint(facts.get("info")) + "a shorter context (--ctx) or free memory; "
                     "`fmgguf fit` shows the numbers")
     if layers_opt in (None, "auto"):
         if plan is not None:

@@ -53,11 +53,11 @@ class HTTPRangeSource:
                 body = resp.read(n + 1)
         except urllib.error.HTTPError as exc:
             raise DownloadError(f"reading the GGUF header from {self.url} failed: HTTP {exc.code}",
-                                fix="check the model id and revision, or plan from catalog numbers (--offline)") from None
+                                fix="check the model id and revision, or plan from catalog numbers: `fmgguf --offline fit ID` / `fmgguf info ID`") from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise DownloadError(f"cannot reach {urllib.parse.urlsplit(self.url).netloc}: {reason}",
-                                fix="check the network or HF_ENDPOINT, or use --offline for catalog numbers") from None
+                                fix="check the network or HF_ENDPOINT, or plan from catalog numbers: `fmgguf --offline fit ID` / `fmgguf info ID`") from None
         self.requests += 1
         m = _RANGE_RE.match(content_range)
         if status == 206 and m:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fmgguf.cli.main import cli
@@ -61,4 +62,82 @@ def test_a_model_not_downloaded_says_pull(tmp_path: Path) -> None:
                           text=True, env=env, timeout=120)
     assert proc.returncode == 5, proc.stderr
     assert "fmgguf pull tiny-notpulled" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # no "loading…" line before the error
     assert "Traceback" not in proc.stderr
+
+
+def _main(args: list[str], capsys, monkeypatch, stdin: str | None = None) -> tuple[int, str, str]:
+    """The real entry point (one `error:` line and the table's exit code), in this process."""
+    import io
+
+    from fmgguf.cli.main import main
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), out, err
+
+
+
+@pytest.mark.parametrize("opts", [["-n", "-5"], ["-n", "0"], ["-t", "-1"], ["-t", "2.5"], ["--top-p", "0"],
+                                  ["--top-p", "1.5"]])
+def test_out_of_range_sampling_options_are_one_line_rc2(opts: list[str], qwen_path: Path, capsys,
+                                                         monkeypatch) -> None:
+    rc, out, err = _main(["run", str(qwen_path), "x", "--ctx", "128", *opts], capsys, monkeypatch)
+    assert rc == 2, err
+    assert out == "" and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert opts[0].lstrip("-") in err or {"-n": "max-tokens", "-t": "temperature"}[opts[0]] in err
+
+
+@pytest.mark.parametrize("stdin", ["", "  \n"])
+def test_an_empty_prompt_is_refused(stdin: str, qwen_path: Path, capsys, monkeypatch) -> None:
+    rc, out, err = _main(["run", str(qwen_path), "-", "--ctx", "128"], capsys, monkeypatch, stdin=stdin)
+    assert rc == 2 and out == "" and "prompt is empty" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("model_id", ["deepseek-coder-v2-lite-instruct", "codellama-34b-instruct"])
+def test_fim_is_refused_from_the_card_before_the_download_check(model_id: str, capsys, monkeypatch) -> None:
+    rc, out, err = _main(["fim", model_id, "--prefix", "def f(", "--suffix", ")"], capsys, monkeypatch)
+    assert rc == 15, err
+    assert "fill-in-the-middle" in err and "pull" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_context_past_the_trained_one_warns(qwen_path: Path) -> None:
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    trained = read_gguf(qwen_path).n_ctx_train
+    r = CliRunner().invoke(cli, ["run", str(qwen_path), "x", "-n", "1", "--ctx", str(trained * 2), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert len(data["warnings"]) == 1 and f"trained context {trained}" in data["warnings"][0]
+    assert f"warning: context {trained * 2} exceeds the model's trained context {trained}" in r.stderr
+    r = CliRunner().invoke(cli, ["run", str(qwen_path), "x", "-n", "1", "--ctx", "128", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["warnings"] == [] and "warning:" not in r.stderr
+
+
+@pytest.mark.parametrize("case", ["unknown", "too-big"])
+def test_load_failures_are_the_only_line(case: str, qwen_path: Path, capsys, monkeypatch) -> None:
+    args = {"unknown": ["run", "nosuch-model-xyz", "hi"],
+            "too-big": ["run", str(qwen_path), "hi", "--ctx", "999999999"]}[case]
+    rc, out, err = _main(args, capsys, monkeypatch)
+    assert rc in (4, 13), err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    if case == "too-big":  # a file has no other quant to suggest
+        assert rc == 13 and "use a smaller quant" not in err and "--ctx" in err
+
+
+def test_no_smaller_quant_advice_for_a_q4_k_m_file_that_does_not_fit() -> None:
+    from fmgguf.errors import InsufficientMemoryError
+    from fmgguf.runtime import ModelManager
+    from fmgguf.settings import load_settings
+    from fmgguf.testing import build_tiny_model
+
+    path = build_tiny_model("llama", "unit", "Q4_K_M")
+    manager = ModelManager(settings=load_settings(ram_margin=1 << 50))
+    with pytest.raises(InsufficientMemoryError) as info:
+        manager.load_file(path, n_ctx=512)
+    assert "smaller quant" not in str(info.value) and "--ctx" in str(info.value)

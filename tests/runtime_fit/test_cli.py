@@ -80,3 +80,37 @@ def test_doctor() -> None:
     assert "llama.cpp backends" in text
     planned = run("doctor", "--json", env={"FMGGUF_VRAM": "8GB"})
     assert planned["planning_gpus"][0]["free"] == 8 * 10**9
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_inspect_catalog_id_without_the_hub_shows_catalog_numbers(offline: bool) -> None:
+    """Offline (or the hub out of reach: conftest points HF_ENDPOINT at a dead port), inspect falls back to
+    the card and says so, pointing to `fmgguf info`, never to a flag that does not help."""
+    root = ["--offline"] if offline else []
+    r = CliRunner().invoke(cli, [*root, "inspect", "qwen2.5-coder-7b-instruct", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["source"] == "catalog" and data["header_read"] is False and data["header_error"]
+    assert data["context_length"] == 32768 and data["n_layer"] == 28 and data["quant"] == "Q4_K_M"
+    r = CliRunner().invoke(cli, [*root, "inspect", "qwen2.5-coder-7b-instruct:Q8_0"])
+    assert r.exit_code == 0, r.output
+    assert "32768" in r.stdout and "qwen2" in r.stdout and "q8_0" in r.stdout.lower()
+    assert "fmgguf info qwen2.5-coder-7b-instruct" in r.stderr and "header could not be read" in r.stderr
+    assert "offline" not in r.stderr.replace("needs the network", "")
+
+
+def test_fit_warns_past_the_trained_context(llama_f16: Path) -> None:
+    r = CliRunner().invoke(cli, ["--offline", "fit", "qwen2.5-coder-7b-instruct", "--quant", "Q4_K_M",
+                                 "--ctx", "131072", "--vram", "80GB", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["warnings"] == ["context 131072 exceeds the model's trained context 32768; quality degrades past it"]
+    assert r.stderr.strip() == f"warning: {data['warnings'][0]}"
+    r = CliRunner().invoke(cli, ["--offline", "fit", "qwen2.5-coder-7b-instruct", "--ctx", "32768", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["warnings"] == [] and not r.stderr
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    trained = read_gguf(llama_f16).n_ctx_train
+    r = CliRunner().invoke(cli, ["fit", str(llama_f16), "--ctx", str(trained * 4), "--no-measure"])
+    assert r.exit_code == 0, r.output
+    assert f"exceeds the model's trained context {trained}" in r.stderr and "fit:" in r.stdout
