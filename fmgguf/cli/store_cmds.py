@@ -68,33 +68,55 @@ def _quants(app: AppContext, model_id: str, quant: str | None) -> tuple[str, lis
     return card.id, [default if default in card.variants else card.quants[0]]
 
 
+def _parse_rate(text: str) -> int:
+    from fmgguf.errors import ConfigError, InvalidRequestError
+    from fmgguf.settings import parse_size
+
+    try:
+        rate = parse_size(text, "--max-rate")
+    except ConfigError:
+        rate = None
+    if not rate or rate <= 0:
+        raise InvalidRequestError(f"--max-rate {text!r} is not a positive rate", fix="write it like 20MB/s (or 500KiB/s)")
+    return rate
+
+
 @click.command("pull")
 @click.argument("model_ids", nargs=-1, required=True, metavar="ID[:QUANT]...")
 @click.option("--quant", "-q", help="Q4_K_M, Q8_0, … or `all` (default: the settings' default quant).")
 @click.option("--revision", help="A commit, branch or tag (default: the catalog's pin, else main).")
 @click.option("--offline", is_flag=True, help="Use only local files; touch no network.")
-@click.option("--max-rate", help="Bandwidth cap, e.g. 20MB (per second).")
+@click.option("--max-rate", help="Bandwidth cap, e.g. 20MB/s.")
 @json_option
 @pass_app
 def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, revision: str | None, offline: bool,
              max_rate: str | None, as_json: bool) -> None:
     """Download models, verifying the SHA256 of every byte (resumes interrupted pulls)."""
-    from fmgguf.settings import parse_size
+    import sys
 
     if offline:
         app._settings = app.settings.replace(offline=True)
-    rate = parse_size(max_rate, "--max-rate") if max_rate else None
+    rate = _parse_rate(max_rate) if max_rate is not None else None
     dl = _downloader(app)
     results = []
-    with _progress_bar(not as_json) as progress:
-        for spec in model_ids:
-            model_id, quants = _quants(app, spec, quant)
-            for q in quants:
-                path = dl.download_model(model_id, q, revision=revision, progress=progress, max_rate=rate)
-                rec = dl.records.get(model_id, q)
-                results.append({"id": model_id, "quant": q, "path": str(path),
-                                "files": [{"name": f.name, "sha256": f.sha256, "size": f.size, "trust": f.source}
-                                          for f in (rec.files if rec else [])]})
+
+    def waiting(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        with _progress_bar(not as_json) as progress:
+            for spec in model_ids:
+                model_id, quants = _quants(app, spec, quant)
+                for q in quants:
+                    path = dl.download_model(model_id, q, revision=revision, progress=progress, max_rate=rate,
+                                             on_wait=waiting)
+                    rec = dl.records.get(model_id, q)
+                    results.append({"id": model_id, "quant": q, "path": str(path),
+                                    "files": [{"name": f.name, "sha256": f.sha256, "size": f.size, "trust": f.source}
+                                              for f in (rec.files if rec else [])]})
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same pull again to resume", err=True)
+        sys.exit(130)
     if as_json:
         emit_json(results)
         return
@@ -138,12 +160,23 @@ def ls_cmd(app: AppContext, as_json: bool) -> None:
 @pass_app
 def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json: bool) -> None:
     """Re-hash downloaded files against their pins; bad files are moved aside."""
-    from fmgguf.errors import IntegrityError, NotDownloadedError
+    from fmgguf.download.housekeeping import refetch_fix
+    from fmgguf.errors import IntegrityError
 
     dl = _downloader(app)
-    ids = [model_id] if model_id else sorted({r["id"] for r in dl.list_downloaded()})
+    if model_id:
+        rows_before = dl.list_downloaded()
+        mid, _, inline = model_id.partition(":")
+        ids, quant = [dl.known_id(mid)], quant or inline or None  # unknown id: UnknownModelError (did you mean…)
+    else:
+        rows_before = dl.list_downloaded()
+        ids = sorted({r["id"] for r in rows_before})
     if not ids:
-        raise NotDownloadedError("no models downloaded, nothing to verify", fix="run `fmgguf pull ID`")
+        if as_json:
+            emit_json([])
+        else:
+            click.echo("no models downloaded, nothing to verify (fmgguf pull ID)")
+        return
     checks = []
     for mid in ids:
         checks += dl.verify_model_integrity(mid, quant).checks
@@ -160,8 +193,10 @@ def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json
     bad = [c for c in checks if not c.ok]
     if bad:
         c = bad[0]
+        repo = next((r["repo"] for r in rows_before if r["id"] == c.model_id and r["quant"] == c.quant), None)
+        origin = next((r["origin"] for r in rows_before if r["id"] == c.model_id and r["quant"] == c.quant), None)
         raise IntegrityError(f"{len(bad)} file(s) failed verification, first {c.file}: expected {c.expected}, got {c.actual}",
-                             fix=f"run `fmgguf pull {c.model_id} --quant {c.quant}` to fetch it again")
+                             fix=refetch_fix(c.model_id, c.quant, repo, origin))
 
 
 @click.command("rm")
@@ -173,7 +208,9 @@ def rm_cmd(app: AppContext, model_id: str, quant: str | None) -> None:
     from fmgguf.errors import NotDownloadedError
 
     mid, _, inline = model_id.partition(":")
-    if not _downloader(app).delete_model(mid, quant or inline or None):
+    dl = _downloader(app)
+    mid = dl.known_id(mid)  # an unknown id: UnknownModelError with did-you-mean
+    if not dl.delete_model(mid, quant or inline or None):
         raise NotDownloadedError(f"{model_id} is not downloaded", fix="see `fmgguf ls`")
     click.echo(f"removed {model_id}{':' + (quant or inline) if (quant or inline) else ''}")
 
@@ -188,7 +225,8 @@ def du_cmd(app: AppContext, as_json: bool) -> None:
     def render(u: dict[str, Any]) -> None:
         for m in u["models"]:
             click.echo(f"{human_bytes(m['bytes']):>10}  {m['id']}:{m['quant']}")
-        click.echo(f"{human_bytes(u['total']):>10}  total in {u['hub_cache']}")
+        where = " and ".join(u.get("locations") or [u["hub_cache"]])
+        click.echo(f"{human_bytes(u['total']):>10}  total in {where}")
         if u["partial"]:
             click.echo(f"{human_bytes(u['partial']):>10}  partial downloads (resume with fmgguf pull)")
         if u["quarantine"]:
@@ -236,11 +274,15 @@ def import_cmd(app: AppContext, path: Path, as_json: bool) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--as", "model_id", required=True, help="The id to register it under (lower-case).")
 @click.option("--quant", "-q", help="Its quantization (default: read from the file name).")
+@click.option("--force", is_flag=True, help="Replace a built-in catalog model of the same id.")
 @json_option
 @pass_app
-def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | None, as_json: bool) -> None:
+def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | None, force: bool, as_json: bool) -> None:
     """Register a local GGUF file in the user catalog and the store (hard link or reference, no copy)."""
-    from fmgguf.download.bundle import import_gguf
+    from fmgguf.download.bundle import check_new_id, import_gguf
+
+    dl = _downloader(app)
+    check_new_id(dl, model_id, force)  # the --as value first: a bad id names the flag, not the catalog file
 
     try:  # a full header check when the runtime's reader is there (it validates without loading)
         from fmgguf.runtime.gguf_file import read_gguf
@@ -248,7 +290,7 @@ def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | Non
         read_gguf = None
     if read_gguf is not None:
         read_gguf(Path(file))
-    info = import_gguf(_downloader(app), file, model_id, quant)
+    info = import_gguf(dl, file, model_id, quant, force=force)
     output(info, as_json, lambda i: click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}"))
 
 

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fmgguf.download.cache import check_free, human_bytes
 from fmgguf.download.records import ModelRecord, file_record, now
-from fmgguf.errors import BundleError, GGUFError, NotDownloadedError, UnknownQuantError
+from fmgguf.errors import BundleError, GGUFError, InvalidRequestError, NotDownloadedError, UnknownQuantError
 
 if TYPE_CHECKING:
     from fmgguf.download.downloader import ModelDownloader
@@ -59,14 +59,18 @@ def export_models(dl: "ModelDownloader", specs: list[str], dest: Path, progress:
     records: list[ModelRecord] = []
     for spec in specs:
         model_id, _, quant = spec.partition(":")
-        model_id = dl._canonical_id(model_id)
+        from fmgguf.download.housekeeping import refetch_fix
+
+        model_id = dl.known_id(model_id)
         quants = [quant] if quant else dl.records.quants(model_id)
         if not quants:
-            raise NotDownloadedError(f"{model_id} is not downloaded, so it cannot be exported", fix=f"run `fmgguf pull {model_id}`")
+            raise NotDownloadedError(f"{model_id} is not downloaded, so it cannot be exported",
+                                     fix=refetch_fix(model_id, None, dl._catalog_repo(model_id, None)))
         for q in quants:
             rec = dl._record(model_id, q)
             if rec is None:
-                raise NotDownloadedError(f"{model_id}:{q} is not downloaded", fix=f"run `fmgguf pull {model_id} --quant {q}`")
+                raise NotDownloadedError(f"{model_id}:{q} is not downloaded",
+                                         fix=refetch_fix(model_id, q, dl._catalog_repo(model_id, q)))
             records.append(rec)
     entries = []
     for rec in records:
@@ -283,8 +287,11 @@ def import_bundle(dl: "ModelDownloader", path: Path, progress: Progress | None =
                 if source in ("hub", "tofu"):
                     dl.hashlock.set(entry["repo"], f["name"], f["sha256"], f["size"], source, commit)
                 files.append(file_record(f["name"], pointer, f["sha256"], source, blob))
+            old = dl.records.get(entry["id"], entry["quant"])
             dl.records.put(ModelRecord(id=entry["id"], quant=entry["quant"], repo=entry["repo"], commit=commit,
                                        revision=entry.get("revision"), origin="bundle", files=files))
+            if old is not None:  # e.g. an earlier import-gguf of the same id: its hard link is ours to drop
+                dl.release_files(old)
             installed.append({"id": entry["id"], "quant": entry["quant"], "files": len(files),
                               "bytes": sum(f["size"] for f in entry["files"]), "path": str(files[0].path)})
         dl.reload_catalog()
@@ -305,12 +312,29 @@ def _guess_quant(name: str) -> str | None:
     return None
 
 
-def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | None = None) -> dict[str, Any]:
-    """Register one local GGUF as ``model_id``: a hard link in the store (or a reference), no copy."""
+def check_new_id(dl: "ModelDownloader", model_id: str, force: bool = False, flag: str = "--as") -> str:
+    """A valid id for a new local model that does not shadow a built-in catalog entry (unless ``force``)."""
+    from fmgguf.catalog.schema import _ID
+
+    if not _ID.match(model_id) or ".." in model_id:
+        better = re.sub(r"[^a-z0-9._-]+", "-", model_id.lower()).strip("-._") or "my-model"
+        raise InvalidRequestError(f"{flag} {model_id!r}: ids are lower-case letters, digits, '.', '_' or '-'",
+                                  fix=f"e.g. {flag} {better}")
+    if model_id in dl.catalog and dl.catalog.get(model_id).builtin and not force:
+        raise InvalidRequestError(f"{model_id} is already a built-in catalog model; importing would replace its entry",
+                                  fix=f"pick another {flag}, or pass --force to replace it")
+    return model_id
+
+
+def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | None = None,
+                force: bool = False) -> dict[str, Any]:
+    """Register one local GGUF as ``model_id``: a hard link in the store (or a reference), no copy.
+    A built-in catalog id is refused unless ``force``."""
     from fmgguf.catalog import normalize_quant
     from fmgguf.catalog.user import add_user_entry
     from fmgguf.download.hashing import sha256_file
 
+    check_new_id(dl, model_id, force)
     file = Path(file).expanduser()
     if not file.is_file():
         raise GGUFError(f"{file} is not a file", fix="give the path of a .gguf file")
@@ -337,7 +361,10 @@ def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | N
         mode, path = "reference", file.resolve()
     rec = ModelRecord(id=card.id, quant=q, repo=f"local/{card.id}", commit=None, revision=None, origin="local",
                       files=[file_record(name, path, sha, "local", None)])
+    old = dl.records.get(card.id, q)
     dl.records.put(rec)
+    if old is not None:  # a re-import replaces the old record: drop what it owned (a blob, another hard link)
+        dl.release_files(old)
     dl.reload_catalog()
     return {"id": card.id, "quant": q, "path": str(path), "mode": mode, "sha256": sha, "bytes": size}
 

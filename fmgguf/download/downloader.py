@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmgguf.download.cache import HubCache, check_free, free_bytes, quarantine
+from fmgguf.download import housekeeping as hk
+from fmgguf.download.cache import HubCache, check_free, quarantine
 from fmgguf.download.fetch import Expected, Fetcher, Progress
 from fmgguf.download.hashing import sha256_file
 from fmgguf.download.records import HashLock, ModelRecord, StoreRecords, file_record
 from fmgguf.errors import IntegrityError, LockTimeoutError, NotDownloadedError, OfflineError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fmgguf.catalog import Catalog, ModelCard, ModelConfig, Variant
     from fmgguf.settings import Settings
 
@@ -102,9 +105,11 @@ class ModelDownloader:
     # --- pulling ---------------------------------------------------------------------------------
     def download_model(self, model_id: "str | ModelConfig", quant: "str | ModelConfig | None" = "Q4_K_M",
                        revision: str | None = None, progress: Progress | None = None, *,
-                       offline: bool | None = None, max_rate: int | None = None, _verify: bool = True) -> Path:
-        """Pull every file of ``model_id:quant`` (verified) and return the first file's path."""
-        from filelock import FileLock, Timeout
+                       offline: bool | None = None, max_rate: int | None = None, _verify: bool = True,
+                       on_wait: "Callable[[str], None] | None" = None) -> Path:
+        """Pull every file of ``model_id:quant`` (verified) and return the first file's path.
+        ``on_wait(message)`` is called once when another process is pulling the same model."""
+        from fmgguf.download.locking import LockTimeout, hold
 
         card, q = self._resolve(model_id, quant)
         variant = card.variant(q)
@@ -112,17 +117,27 @@ class ModelDownloader:
         rec = self.records.get(card.id, q)
         if rec is not None and self._record_ok(rec, variant, revision):
             return Path(rec.files[0].path)
+        if variant.repo.startswith(hk.LOCAL_REPO_PREFIX):  # import-gguf / bundle entries exist on no hub
+            raise NotDownloadedError(f"{card.id}:{q} is not in the local store",
+                                     fix=hk.refetch_fix(card.id, q, variant.repo, rec.origin if rec else None),
+                                     model_id=card.id, quant=q)
         if self.settings.offline if offline is None else offline:
             return self._offline_install(card, q, variant, rev)
         lock_path = self.settings.locks_dir / f"pull-{card.id}-{q}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def waiting() -> None:
+            msg = f"waiting for another fmgguf pull of {card.id}:{q}…"
+            log.info("%s (%s)", msg, lock_path)
+            if on_wait is not None:
+                on_wait(msg)
+
         try:
-            with FileLock(str(lock_path), timeout=self.lock_timeout):
+            with hold(lock_path, self.lock_timeout, waiting):
                 rec = self.records.get(card.id, q)  # another process may have finished it meanwhile
                 if rec is not None and self._record_ok(rec, variant, revision):
                     return Path(rec.files[0].path)
                 return self._pull(card, q, variant, rev, progress, max_rate, _verify)
-        except Timeout:
+        except LockTimeout:
             raise LockTimeoutError(f"another pull of {card.id}:{q} holds {lock_path}",
                                    fix="wait for it to finish or stop it") from None
 
@@ -222,6 +237,15 @@ class ModelDownloader:
         pick = self.settings.default_quant if self.settings.default_quant in quants else quants[0]
         return self.records.get(model_id, pick)
 
+    def _catalog_repo(self, model_id: str, quant: str | None) -> str | None:
+        return hk.catalog_repo(self, model_id, quant)
+
+    def known_id(self, model_id: str) -> str:
+        """The canonical id of a model the store or the catalog knows; else UnknownModelError (did you mean…)."""
+        if self.records.quants(model_id):
+            return model_id
+        return self.catalog.get(model_id).id
+
     def _canonical_id(self, model_id: str) -> str:
         if self.records.quants(model_id):
             return model_id
@@ -235,13 +259,14 @@ class ModelDownloader:
         model_id = self._canonical_id(model_id)
         rec = self._record(model_id, quant)
         if rec is None or not rec.files:
-            q = f" --quant {quant}" if quant else ""
             raise NotDownloadedError(f"{model_id}{':' + quant if quant else ''} is not downloaded",
-                                     fix=f"run `fmgguf pull {model_id}{q}`", model_id=model_id)
+                                     fix=hk.refetch_fix(model_id, quant, self._catalog_repo(model_id, quant)),
+                                     model_id=model_id)
         for fr in rec.files:
             if not fr.unchanged():
                 raise IntegrityError(f"{fr.path} changed or vanished since it was verified",
-                                     fix=f"run `fmgguf verify {model_id}` or `fmgguf pull {model_id} --quant {rec.quant}`",
+                                     fix=f"{hk.refetch_fix(model_id, rec.quant, rec.repo, rec.origin)} "
+                                         f"(`fmgguf verify {model_id}` names the bad file)",
                                      file=fr.name)
         return Path(rec.files[0].path)
 
@@ -258,13 +283,17 @@ class ModelDownloader:
     def verify_model_integrity(self, model_id: str, quant: str | None = None) -> VerifyResult:
         """Re-hash every installed file against its pin (catalog, hub lock, bundle or first use).
         A bad file is moved to quarantine and the model is no longer reported as downloaded."""
-        model_id = self._canonical_id(model_id)
+        model_id = self.known_id(model_id)
         quants = [quant] if quant else self.records.quants(model_id)
+        if not quants:
+            raise NotDownloadedError(f"{model_id} is not downloaded, so there is nothing to verify",
+                                     fix=hk.refetch_fix(model_id, None, self._catalog_repo(model_id, None)), model_id=model_id)
         result = VerifyResult()
         for q in quants:
             rec = self._record(model_id, q)
             if rec is None:
-                raise NotDownloadedError(f"{model_id}:{q} is not downloaded", fix=f"run `fmgguf pull {model_id} --quant {q}`")
+                raise NotDownloadedError(f"{model_id}:{q} is not downloaded",
+                                         fix=hk.refetch_fix(model_id, q, self._catalog_repo(model_id, q)), model_id=model_id)
             pins = self._pins(rec)
             bad = False
             for fr in rec.files:
@@ -304,7 +333,7 @@ class ModelDownloader:
     def delete_model(self, model_id: str, quant: str | None = None) -> bool:
         from fmgguf.catalog import normalize_quant
 
-        model_id = self._canonical_id(model_id)
+        model_id = self.known_id(model_id)
         quants = [normalize_quant(quant)] if quant else self.records.quants(model_id)
         removed = False
         for q in quants:
@@ -312,36 +341,18 @@ class ModelDownloader:
             if rec is None:
                 continue
             self.records.delete(model_id, q)
-            still_used = {f.blob for r in self.records.all() for f in r.files if f.blob}
-            for fr in rec.files:
-                if rec.origin == "local":  # import-gguf: drop our hard link, never the user's file
-                    local_dir = self.settings.store_dir / "local"
-                    if Path(fr.path).is_relative_to(local_dir) and fr.path not in still_used:
-                        Path(fr.path).unlink(missing_ok=True)
-                    continue
-                if rec.commit:
-                    self.cache.unlink_pointer(rec.repo, rec.commit, fr.name)
-                if fr.blob and fr.blob not in still_used:
-                    Path(fr.blob).unlink(missing_ok=True)
+            self.release_files(rec)
             removed = True
+        # what an earlier import left under store/local/<id> that no record points at any more
+        hk.drop_unowned_local(self, model_id)
         return removed
 
+    def release_files(self, old: ModelRecord) -> None:
+        """Remove the files of a deleted or replaced record that no current record uses (only files fmgguf owns)."""
+        hk.release_files(self, old)
+
     def disk_usage(self) -> dict[str, Any]:
-        models = []
-        seen: set[str] = set()
-        total = 0
-        for rec in self.records.all():
-            models.append({"id": rec.id, "quant": rec.quant, "bytes": rec.bytes})
-            for fr in rec.files:
-                key = fr.blob or fr.path
-                if key not in seen:
-                    seen.add(key)
-                    total += fr.size
-        partial = sum(p.stat().st_size for p in self.settings.hub_cache.glob("models--*/blobs/*.incomplete"))
-        qdir = self.settings.store_dir / "quarantine"
-        quarantined = sum(p.stat().st_size for p in qdir.iterdir()) if qdir.is_dir() else 0
-        return {"models": models, "total": total, "partial": partial, "quarantine": quarantined,
-                "hub_cache": str(self.settings.hub_cache), "free": free_bytes(self.settings.hub_cache)}
+        return hk.disk_usage(self)
 
     # --- pins without downloading -----------------------------------------------------------------
     def lock_hashes(self, model_ids: list[str] | None = None) -> list[dict[str, Any]]:

@@ -64,15 +64,17 @@ class Fetcher:
         self.retries = max(0, settings.download_retries)
 
     # --- retry policy ------------------------------------------------------------------------
-    def _backoff(self, failures: int, exc: Transient, what: str) -> None:
+    def _backoff(self, failures: int, exc: Transient, what: str, resumes: bool = True) -> None:
         if failures > self.retries:
+            then = "run the same pull again (it resumes)" if resumes else "run the same pull again"
             raise DownloadError(f"{what} failed after {self.retries} retries: {exc}",
-                                fix="check the network or mirror, then run the same pull again (it resumes)") from None
+                                fix=f"check the network or mirror (HF_ENDPOINT={self.settings.hf_endpoint}), then {then}") from None
         if exc.retry_after is not None:
             delay = min(exc.retry_after, 120.0)
         else:
             delay = min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1)) * (0.75 + 0.5 * random.random())  # noqa: S311
-        log.warning("%s: %s; retry %d/%d in %.1fs", what, exc, failures, self.retries, delay)
+        # INFO, not WARNING: a CLI pull shows no extra lines for retries unless -v
+        log.info("%s: %s; retry %d/%d in %.1fs", what, exc, failures, self.retries, delay)
         time.sleep(delay)
 
     def resolve(self, repo: str, filename: str, revision: str | None) -> RemoteFile:
@@ -82,7 +84,7 @@ class Fetcher:
                 return head_file(self.settings, repo, filename, revision, timeout=max(self.read_timeout, 1.0))
             except Transient as exc:
                 failures += 1
-                self._backoff(failures, exc, f"resolving {repo}/{filename}")
+                self._backoff(failures, exc, f"resolving {repo}/{filename}", resumes=False)
 
     # --- one file ------------------------------------------------------------------------------
     def fetch(self, repo: str, filename: str, revision: str | None, remote: RemoteFile, expected: Expected) -> Fetched:

@@ -50,6 +50,42 @@ class RemoteFile:
     send_auth: bool = True
 
 
+_UNREACHABLE = (
+    ("name or service not known", "its host name does not resolve"),
+    ("temporary failure in name resolution", "its host name does not resolve"),
+    ("nodename nor servname", "its host name does not resolve"),
+    ("no address associated", "its host name does not resolve"),
+    ("getaddrinfo failed", "its host name does not resolve"),
+    ("connection refused", "the connection was refused"),
+)
+
+
+def unreachable(settings: "Settings", exc: BaseException) -> DownloadError | None:
+    """A DownloadError when ``exc`` means the endpoint cannot be reached at all (DNS failure, connection
+    refused): retrying does not help, so the caller fails at once. None for anything worth a retry."""
+    import socket
+
+    why = None
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen and why is None:
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            why = "its host name does not resolve"
+        elif isinstance(e, ConnectionRefusedError):
+            why = "the connection was refused"
+        else:
+            text = str(e).lower()
+            why = next((w for key, w in _UNREACHABLE if key in text), None)
+        e = e.__cause__ or e.__context__
+    if why is None:
+        return None
+    return DownloadError(
+        f"cannot reach {settings.hf_endpoint} (HF_ENDPOINT): {why}",
+        fix="check the network or set HF_ENDPOINT to a reachable mirror; without a network, "
+            "carry a bundle over (`fmgguf export` on a connected machine, then `fmgguf import BUNDLE`)")
+
+
 def _retry_after(headers: object) -> float | None:
     value = getattr(headers, "get", lambda _k: None)("Retry-After")
     if not value:
@@ -123,6 +159,8 @@ def head_file(settings: "Settings", repo: str, filename: str, revision: str | No
             raise DownloadError(f"HTTP {status}: not allowed to read {where}", fix="set HF_TOKEN to a token with access") from None
         raise DownloadError(f"HTTP {status} for {where}", fix="check HF_ENDPOINT and the catalog entry") from None
     except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+        if isinstance(exc, httpx2.ConnectError) and (hard := unreachable(settings, exc)) is not None:
+            raise hard from None
         raise Transient(f"{type(exc).__name__} talking to {settings.hf_endpoint}: {exc}") from None
     except httpx2.HTTPError as exc:
         raise DownloadError(f"cannot reach {settings.hf_endpoint}: {exc}", fix="check HF_ENDPOINT and your proxy") from None
@@ -177,6 +215,8 @@ def open_stream(settings: "Settings", remote: RemoteFile, offset: int, read_time
                 total = int(resp.headers["Content-Length"])
             yield start, total, _chunks(resp, chunk_size)
     except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+        if isinstance(exc, httpx2.ConnectError) and (hard := unreachable(settings, exc)) is not None:
+            raise hard from None
         raise Transient(f"{type(exc).__name__} while downloading: {exc or 'connection dropped'}") from None
     except httpx2.HTTPError as exc:
         raise DownloadError(f"download of {remote.url} failed: {exc}", fix="check HF_ENDPOINT and your proxy") from None
