@@ -11,19 +11,13 @@ target is missed.
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-
-def _median_time(fn, n: int) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import time_call  # noqa: E402
 
 
 def main() -> int:
@@ -34,12 +28,12 @@ def main() -> int:
     py = ex.sandbox.caps["python"]
     ok = True
 
-    bare = _median_time(lambda: subprocess.run([py, "-c", "pass"], check=True), 15)
+    bare = time_call(lambda: subprocess.run([py, "-c", "pass"], check=True), 15)
     trivial = Task(id="trivial", language="python", prompt="-", tests="def check(c):\n    pass\n", reference="x = 1\n",
                    wrong="", entry_point="print")
     r = ex.execute(trivial, trivial.reference)
     assert r.passed, r
-    sandboxed = _median_time(lambda: ex.execute(trivial, trivial.reference), 15)
+    sandboxed = time_call(lambda: ex.execute(trivial, trivial.reference), 15)
     extra_ms = (sandboxed - bare) * 1000
     passed = extra_ms < 50
     ok &= passed

@@ -6,20 +6,12 @@ so the entry describes what llama.cpp will actually load.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
+from fmgguf.download.hashing import sha256_file
 from fmgguf.errors import ConvertError
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_arch(path: Path) -> tuple[dict[str, Any], dict[str, int]]:

@@ -7,11 +7,11 @@ names that entry lists to the local built files, ready for a loopback hub to ser
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from fmgguf.download.hashing import sha256_file
 from fmgguf.testing.tiny_models import build_tiny_model
 from fmgguf.testing.tiny_specs import TinySpec, tiny_spec
 from fmgguf.testing.tiny_writer import tensor_shapes
@@ -28,11 +28,7 @@ def file_sha256(path: Path) -> str:
             return digest
     except (OSError, ValueError):
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     tmp = side.with_name(f".{side.name}.{os.getpid()}")
     try:
         tmp.write_text(f"{digest} {stamp}\n")
