@@ -18,7 +18,10 @@ CMAKE_ARGS_cpu    :=
 CMAKE_ARGS_cuda   := -DGGML_CUDA=on
 CMAKE_ARGS_metal  := -DGGML_METAL=on
 CMAKE_ARGS_vulkan := -DGGML_VULKAN=on
-GPU_CMAKE := $(CMAKE_ARGS_$(GPU))
+# Every flavour ships llama.cpp's RPC backend: `fmgguf worker` serves it from the same library
+# (so client and worker always speak the same protocol version), and `--rpc` attaches workers.
+RPC_CMAKE := -DGGML_RPC=on -DGGML_RPC_RDMA=OFF
+GPU_CMAKE := $(CMAKE_ARGS_$(GPU)) $(RPC_CMAKE)
 
 .PHONY: install run test test-fast lint bench system-deps clean help
 
@@ -34,7 +37,7 @@ install: $(STAMP)
 # On x86-64 the CPU build leaves out AMX: CPUs that report it inside VMs that do not enable it
 # (seen here) die with SIGILL in the AMX matmul as soon as a quantized model sees a prompt.
 LLAMA_CPP_VERSION := 0.3.36
-WHEELHOUSE ?= $(HOME)/.cache/fmgguf/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(GPU)
+WHEELHOUSE ?= $(HOME)/.cache/fmgguf/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(GPU)-rpc
 ifeq ($(shell uname -m),x86_64)
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 endif
