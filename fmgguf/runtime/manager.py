@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
-from fmgguf.runtime.generation import GenerationResult, GenerationStream, Turnstile
+from fmgguf.runtime.generation import GenerationResult, GenerationStream, PromptText, Turnstile
 from fmgguf.runtime.loading import LoadedModel
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
 from fmgguf.runtime.runner.supervisor import Supervisor
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_threads", "tensor_split",
               "main_gpu", "split_mode", "progress")
 ISOLATIONS = ("process", "inprocess")
-Build = Callable[[Any, Resident], tuple[list[int], list[str]]]
+Build = Callable[[Any, Resident], tuple[Any, list[str]]]
 
 
 class SwitchResult:
@@ -311,7 +311,9 @@ class ModelManager:
                       **sampling: Any) -> GenerationResult | GenerationStream:
         """Complete ``prompt`` with ``model`` (None: the selected one); ``stream=True`` returns a
         :class:`GenerationStream`, which holds the turn until it is exhausted, cancelled or closed."""
-        def build(engine: Any, _r: Resident) -> tuple[list[int], list[str]]:
+        def build(engine: Any, _r: Resident) -> tuple[Any, list[str]]:
+            if getattr(engine, "tokenizes_in_stream", False):  # a runner: one round trip, not two
+                return PromptText(prompt, engine.add_bos), []
             return engine.tokenize(prompt, add_bos=engine.add_bos, special=True), []
         return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
 
@@ -371,7 +373,7 @@ class ModelManager:
             except RunnerCrashedError as exc:
                 self.sup.crashed(resident.spec, exc, resident)
                 raise
-            if len(tokens) >= engine.n_ctx:
+            if isinstance(tokens, list) and len(tokens) >= engine.n_ctx:  # (a PromptText is checked by the engine)
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
