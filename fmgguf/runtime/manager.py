@@ -418,12 +418,12 @@ class ModelManager:
         return self._turn.acquire(blocking=False)
 
     def _done(self, resident: Resident | None) -> None:
-        if resident is not None:
-            resident.last_used = time.monotonic()
-            with self.sup.lock:
+        with self.sup.lock:
+            if resident is not None:
                 self.sup.residents.touch(resident)
+            watch = self.sup.residents.next_expiry() is not None
         self._turn.release()
-        if self.sup.residents.next_expiry() is not None:
+        if watch:
             self._idle.poke()
 
 
