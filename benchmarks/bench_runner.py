@@ -66,7 +66,7 @@ def bench_speed(path: Path, runs: int, tokens: int, home: Path) -> dict:
     med = {iso: {"tokens_per_s": statistics.median(rate[iso]), "ttft_s": statistics.median(ttft[iso])}
            for iso in managers}
     # the ratio of each back-to-back pair, then their median: slow drifts of the machine's load cancel
-    pairs = list(zip(rate["process"], rate["inprocess"], ttft["process"], ttft["inprocess"]))
+    pairs = list(zip(rate["process"], rate["inprocess"], ttft["process"], ttft["inprocess"], strict=True))
     return {"median": med, "same_text": texts["process"] == texts["inprocess"] and len(texts["process"]) == 1,
             "rate_ratio": statistics.median(p / i for p, i, _, _ in pairs),
             "ttft_ratio": statistics.median(p / i for _, _, p, i in pairs)}
