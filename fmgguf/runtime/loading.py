@@ -89,6 +89,28 @@ class LoadedModel:
         return out
 
 
+class SwitchResult:
+    """What :meth:`ModelManager.switch_model` did: the model, its quant, the plan used, load time."""
+
+    def __init__(self, success: bool, model_id: str, quant: str | None, plan: Any, load_s: float,
+                 path: Path, n_ctx: int, n_gpu_layers: int) -> None:
+        self.success, self.model_id, self.quant, self.plan, self.load_s = success, model_id, quant, plan, load_s
+        self.path, self.n_ctx, self.n_gpu_layers = path, n_ctx, n_gpu_layers
+
+    @classmethod
+    def of(cls, info: LoadedModel) -> "SwitchResult":
+        return cls(True, info.id, info.quant, info.plan, info.load_s, Path(info.path), info.n_ctx, info.n_gpu_layers)
+
+    def as_dict(self) -> dict[str, Any]:
+        plan = self.plan.as_dict() if hasattr(self.plan, "as_dict") else self.plan
+        return {"success": self.success, "model_id": self.model_id, "quant": self.quant, "plan": plan,
+                "load_s": round(self.load_s, 4), "path": str(self.path), "n_ctx": self.n_ctx,
+                "n_gpu_layers": self.n_gpu_layers}
+
+    def __repr__(self) -> str:
+        return f"SwitchResult({self.as_dict()!r})"
+
+
 def validate(path: Path, cache: dict[tuple, FileFacts]) -> FileFacts:
     """Validate the GGUF (GGUFError for anything llama.cpp could choke on) and keep the few facts
     the load needs, with the parsed header (the fit plan reuses it instead of reading the file

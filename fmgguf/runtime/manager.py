@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, PromptText, Turnstile
-from fmgguf.runtime.loading import LoadedModel
+from fmgguf.runtime.loading import LoadedModel, SwitchResult
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
 from fmgguf.runtime.runner.supervisor import Supervisor
 
@@ -43,28 +43,6 @@ _LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_thre
               "main_gpu", "split_mode", "progress")
 ISOLATIONS = ("process", "inprocess")
 Build = Callable[[Any, Resident], tuple[Any, list[str]]]
-
-
-class SwitchResult:
-    """What :meth:`ModelManager.switch_model` did: the model, its quant, the plan used, load time."""
-
-    def __init__(self, success: bool, model_id: str, quant: str | None, plan: Any, load_s: float,
-                 path: Path, n_ctx: int, n_gpu_layers: int) -> None:
-        self.success, self.model_id, self.quant, self.plan, self.load_s = success, model_id, quant, plan, load_s
-        self.path, self.n_ctx, self.n_gpu_layers = path, n_ctx, n_gpu_layers
-
-    @classmethod
-    def of(cls, info: LoadedModel) -> "SwitchResult":
-        return cls(True, info.id, info.quant, info.plan, info.load_s, Path(info.path), info.n_ctx, info.n_gpu_layers)
-
-    def as_dict(self) -> dict[str, Any]:
-        plan = self.plan.as_dict() if hasattr(self.plan, "as_dict") else self.plan
-        return {"success": self.success, "model_id": self.model_id, "quant": self.quant, "plan": plan,
-                "load_s": round(self.load_s, 4), "path": str(self.path), "n_ctx": self.n_ctx,
-                "n_gpu_layers": self.n_gpu_layers}
-
-    def __repr__(self) -> str:
-        return f"SwitchResult({self.as_dict()!r})"
 
 
 class ModelManager:
@@ -251,6 +229,9 @@ class ModelManager:
         r = self.sup.find(ref)
         spec = r.spec if r is not None else self._spec(ref)
         r = r or self.sup.find(spec.key)
+        if r is not None and any(k != "progress" and r.spec.options.get(k) != v for k, v in options.items()):
+            self.sup.unload(r)  # asked for with other load options (a longer context...): load it again
+            r = None
         if r is not None and not _alive(r):
             self.sup.crashed(r.spec, r.engine.runner.crashed("idle"), r)
             r = None

@@ -105,3 +105,13 @@ def test_memory_budget_evicts_unpinned_models_before_giving_up(runner_manager, t
     with pytest.raises(InsufficientMemoryError, match="does not fit"):
         m.ensure_loaded(c, n_ctx=128)
     assert _keys(m) == ["m-a"]  # b was given up first; pinned a stayed
+
+
+def test_other_load_options_load_a_resident_model_again(runner_manager, three: list[Path]) -> None:
+    a = str(three[0])
+    m = runner_manager()
+    first = m.ensure_loaded(a, n_ctx=128)
+    assert m.ensure_loaded("m-a").pid == first.pid  # no options: the resident one as it is
+    assert m.ensure_loaded(a, n_ctx=128).pid == first.pid  # the same options: as it is
+    longer = m.ensure_loaded(a, n_ctx=512)  # another context: loaded again
+    assert longer.n_ctx == 512 and longer.pid != first.pid and _keys(m) == ["m-a"]
