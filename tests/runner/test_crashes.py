@@ -132,3 +132,42 @@ def test_cli_on_an_aborting_file_exits_with_one_line(lying_files: dict[str, Path
     assert "Traceback" not in proc.stderr and lines, proc.stderr
     last = lines[-1]
     assert "SIGABRT" in last or "GGUF" in last or lie in last, last
+
+
+def test_a_frozen_runner_is_killed_when_its_stream_is_cancelled(runner_manager, good_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner that stops answering (SIGSTOP here; a hung decode in life) cannot hold the manager:
+    a cancelled stream waits CANCEL_GRACE_S for it to stop, then kills it."""
+    import threading
+
+    import fmgguf.runtime.runner.proxy as proxy
+
+    monkeypatch.setattr(proxy, "CANCEL_GRACE_S", 1.0)
+    m = runner_manager()
+    m.load_file(good_path, model_id="good", n_ctx=512)
+    pid = m.current_model().pid
+    stream = m.generate_text("def f(x):", max_tokens=400, temperature=0.8, seed=1, stream=True)
+    assert next(stream)
+    os.kill(pid, signal.SIGSTOP)
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for _ in stream:
+                pass
+        except RunnerCrashedError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=consume)  # blocked on the frozen runner, as a server's pump thread is
+    reader.start()
+    time.sleep(0.3)
+    t = time.monotonic()
+    stream.cancel()  # what a client that goes away does
+    reader.join(timeout=15)
+    assert not reader.is_alive() and time.monotonic() - t < 8
+    assert errors and "stopped answering" in str(errors[0]) and "good" in str(errors[0])
+    assert not m.busy
+    with pytest.raises(ProcessLookupError):  # killed, not left frozen
+        os.kill(pid, 0)
+    assert m.generate_text("def f(x):", max_tokens=2).completion_tokens >= 1  # started again
+    assert m.current_model().pid != pid

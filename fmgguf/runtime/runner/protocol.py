@@ -35,6 +35,10 @@ class ChannelClosed(Exception):
     """The other end went away (EOF or a broken socket)."""
 
 
+class ChannelTimeout(Exception):
+    """Nothing arrived within the timeout (the channel is intact: call ``recv`` again)."""
+
+
 class Channel:
     """Frames over one connected stream socket; ``send`` is thread-safe, ``recv`` has one reader."""
 
@@ -51,7 +55,10 @@ class Channel:
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
 
-    def recv(self) -> dict[str, Any]:
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next frame; ChannelTimeout after ``timeout`` seconds without one (None: wait)."""
+        if self.sock.gettimeout() != timeout:
+            self.sock.settimeout(timeout)
         self._fill(_HEADER.size)
         (size,) = _HEADER.unpack_from(self._buf)
         if size > MAX_FRAME:
@@ -65,6 +72,8 @@ class Channel:
         while len(self._buf) < n:
             try:
                 chunk = self.sock.recv(max(65536, n - len(self._buf)))
+            except TimeoutError:
+                raise ChannelTimeout() from None  # what was read so far stays in the buffer
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
             if not chunk:

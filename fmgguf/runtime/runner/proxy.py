@@ -18,13 +18,21 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fmgguf.errors import ModelNotLoadedError, RunnerCrashedError
-from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, error_from_wire, to_wire, update_from_wire
+from fmgguf.runtime.runner.protocol import (
+    Channel,
+    ChannelClosed,
+    ChannelTimeout,
+    error_from_wire,
+    to_wire,
+    update_from_wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,10 @@ log = logging.getLogger(__name__)
 LOG_LINES = 200
 #: log lines quoted in a crash error
 TAIL_LINES = 4
+#: seconds a runner has to stop after a cancel (it stops at the next token) before it counts as hung
+CANCEL_GRACE_S = 10.0
+#: how often a waiting stream looks at its cancel flag
+_POLL_S = 0.5
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
 _llama_log = logging.getLogger("fmgguf.llama_cpp")
@@ -93,11 +105,12 @@ class RunnerProcess:
             raise self.crashed(doing) from None
         return rid
 
-    def recv_for(self, rid: int, doing: str) -> dict[str, Any]:
-        """The next frame answering request ``rid`` (frames of an abandoned request are skipped)."""
+    def recv_for(self, rid: int, doing: str, timeout: float | None = None) -> dict[str, Any]:
+        """The next frame answering request ``rid`` (frames of an abandoned request are skipped);
+        ChannelTimeout after ``timeout`` seconds without a frame."""
         while True:
             try:
-                msg = self.channel.recv()
+                msg = self.channel.recv(timeout)
             except (ChannelClosed, ValueError):
                 raise self.crashed(doing) from None
             if msg.get("re") == rid:
@@ -136,6 +149,18 @@ class RunnerProcess:
         self._stderr.join(timeout=2)
         self.channel.close()
         self.dead = crash_error(self.label, rc, doing, list(self.log), self.pid)
+        return self.dead
+
+    def hung(self, doing: str, waited: float) -> RunnerCrashedError:
+        """Kill a runner that did not stop within ``waited`` seconds of a cancel; the error for it."""
+        if self.dead is None:
+            self.proc.kill()
+            self.proc.wait()
+            self.channel.close()
+            self.dead = RunnerCrashedError(
+                f"the runner for {self.label} stopped answering while {doing} (no token {waited:.0f} s after a "
+                "cancel) and was killed", fix="the next request starts it again; if it hangs again, try another "
+                "quant or a shorter context", model=self.label, signal=None, exit_code=None, pid=self.pid)
         return self.dead
 
     def close(self, timeout: float = 5.0) -> None:
@@ -310,14 +335,10 @@ class EngineProxy:
         return self._pieces(rid, stats, cancel)
 
     def _pieces(self, rid: int, stats: Any, cancel: threading.Event | None) -> Iterator[str]:
-        runner, doing = self.runner, "generating"
-        ended = cancelled = False
+        ended = False
         try:
             while True:
-                if cancel is not None and cancel.is_set() and not cancelled:
-                    runner.cancel(rid)
-                    cancelled = True
-                msg = runner.recv_for(rid, doing)
+                msg = self._next_frame(rid, cancel)
                 if "piece" in msg:
                     yield msg["piece"]
                 elif "ok" in msg:
@@ -331,6 +352,20 @@ class EngineProxy:
             if not ended:
                 self._abandon(rid, stats)
 
+    def _next_frame(self, rid: int, cancel: threading.Event | None, deadline: float | None = None) -> dict[str, Any]:
+        """The next frame of stream ``rid``, passing a cancel on to the runner; a runner that has not
+        stopped :data:`CANCEL_GRACE_S` after the cancel is killed (RunnerCrashedError)."""
+        runner = self.runner
+        while True:
+            if deadline is None and cancel is not None and cancel.is_set():
+                runner.cancel(rid)
+                deadline = time.monotonic() + CANCEL_GRACE_S
+            try:
+                return runner.recv_for(rid, "generating", timeout=_POLL_S)
+            except ChannelTimeout:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise runner.hung("generating", CANCEL_GRACE_S) from None
+
     def _abandon(self, rid: int, stats: Any) -> None:
         """A stream closed before its end: stop it in the runner and read up to its last frame."""
         runner = self.runner
@@ -339,7 +374,7 @@ class EngineProxy:
         runner.cancel(rid)
         try:
             while True:
-                msg = runner.recv_for(rid, "stopping a generation")
+                msg = self._next_frame(rid, None, deadline=time.monotonic() + CANCEL_GRACE_S)
                 if "ok" in msg:
                     update_from_wire(stats, msg["ok"])
                     return
