@@ -153,14 +153,13 @@ class RunnerProcess:
 
     def hung(self, doing: str, waited: float) -> RunnerCrashedError:
         """Kill a runner that did not stop within ``waited`` seconds of a cancel; the error for it."""
-        if self.dead is None:
-            self.proc.kill()
-            self.proc.wait()
-            self.channel.close()
+        if self.dead is None:  # set first: the reader that wakes up on the EOF reports this error
             self.dead = RunnerCrashedError(
                 f"the runner for {self.label} stopped answering while {doing} (no token {waited:.0f} s after a "
                 "cancel) and was killed", fix="the next request starts it again; if it hangs again, try another "
                 "quant or a shorter context", model=self.label, signal=None, exit_code=None, pid=self.pid)
+            self.proc.kill()
+            self.proc.wait()
         return self.dead
 
     def close(self, timeout: float = 5.0) -> None:
@@ -335,10 +334,14 @@ class EngineProxy:
         return self._pieces(rid, stats, cancel)
 
     def _pieces(self, rid: int, stats: Any, cancel: threading.Event | None) -> Iterator[str]:
+        done = threading.Event()
+        if cancel is not None:  # a blocking read per frame is the fast path; a side thread passes cancels on
+            threading.Thread(target=self._watch, args=(rid, cancel, done), name=f"fmgguf-runner-cancel-{self.pid}",
+                             daemon=True).start()
         ended = False
         try:
             while True:
-                msg = self._next_frame(rid, cancel)
+                msg = self.runner.recv_for(rid, "generating")
                 if "piece" in msg:
                     yield msg["piece"]
                 elif "ok" in msg:
@@ -349,22 +352,29 @@ class EngineProxy:
                     ended = True
                     raise error_from_wire(msg["error"])
         finally:
+            done.set()
             if not ended:
                 self._abandon(rid, stats)
 
-    def _next_frame(self, rid: int, cancel: threading.Event | None, deadline: float | None = None) -> dict[str, Any]:
-        """The next frame of stream ``rid``, passing a cancel on to the runner; a runner that has not
-        stopped :data:`CANCEL_GRACE_S` after the cancel is killed (RunnerCrashedError)."""
-        runner = self.runner
+    def _watch(self, rid: int, cancel: threading.Event, done: threading.Event) -> None:
+        """Pass a cancel on to the runner; kill it if the stream has not ended :data:`CANCEL_GRACE_S` later."""
+        while not done.is_set():
+            if cancel.wait(_POLL_S):
+                if done.is_set():
+                    return
+                self.runner.cancel(rid)
+                if not done.wait(CANCEL_GRACE_S):
+                    self.runner.hung("generating", CANCEL_GRACE_S)
+                return
+
+    def _next_frame(self, rid: int, deadline: float) -> dict[str, Any]:
+        """The next frame of stream ``rid``; a runner silent past ``deadline`` is killed (RunnerCrashedError)."""
         while True:
-            if deadline is None and cancel is not None and cancel.is_set():
-                runner.cancel(rid)
-                deadline = time.monotonic() + CANCEL_GRACE_S
             try:
-                return runner.recv_for(rid, "generating", timeout=_POLL_S)
+                return self.runner.recv_for(rid, "stopping a generation", timeout=_POLL_S)
             except ChannelTimeout:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise runner.hung("generating", CANCEL_GRACE_S) from None
+                if time.monotonic() > deadline:
+                    raise self.runner.hung("stopping a generation", CANCEL_GRACE_S) from None
 
     def _abandon(self, rid: int, stats: Any) -> None:
         """A stream closed before its end: stop it in the runner and read up to its last frame."""
@@ -372,9 +382,10 @@ class EngineProxy:
         if runner.dead is not None:
             return
         runner.cancel(rid)
+        deadline = time.monotonic() + CANCEL_GRACE_S
         try:
             while True:
-                msg = self._next_frame(rid, None, deadline=time.monotonic() + CANCEL_GRACE_S)
+                msg = self._next_frame(rid, deadline)
                 if "ok" in msg:
                     update_from_wire(stats, msg["ok"])
                     return
