@@ -278,18 +278,17 @@ def import_cmd(app: AppContext, path: Path, as_json: bool) -> None:
 @json_option
 @pass_app
 def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | None, force: bool, as_json: bool) -> None:
-    """Register a local GGUF file in the user catalog and the store (hard link or reference, no copy)."""
+    """Register a local GGUF file in the user catalog and the store (hard link or reference, no copy).
+
+    The file is refused (nothing registered, nothing linked) unless llama.cpp can load it: its
+    metadata is checked against its tensors, then llama.cpp's loader runs on it in a child process
+    with nothing allocated."""
     from fmgguf.download.bundle import check_new_id, import_gguf
+    from fmgguf.runtime.validation import check_loadable
 
     dl = _downloader(app)
     check_new_id(dl, model_id, force)  # the --as value first: a bad id names the flag, not the catalog file
-
-    try:  # a full header check when the runtime's reader is there (it validates without loading)
-        from fmgguf.runtime.gguf_file import read_gguf
-    except ImportError:
-        read_gguf = None
-    if read_gguf is not None:
-        read_gguf(Path(file))
+    check_loadable(Path(file))
     info = import_gguf(dl, file, model_id, quant, force=force)
     output(info, as_json, lambda i: click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}"))
 

@@ -319,14 +319,22 @@ def _check_architecture(info: GGUFInfo, fail: Callable[[str], GGUFError]) -> Non
             raise fail(f"tensor {t.name!r} belongs to layer {t.layer} but the model has {n_layer}")
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
-    """Validated header, metadata and tensor table of a local GGUF (GGUFError on any problem)."""
+def read_gguf(path: str | os.PathLike[str], *, check: bool = True) -> GGUFInfo:
+    """Validated header, metadata and tensor table of a local GGUF (GGUFError on any problem).
+
+    ``check`` (default) also holds the metadata against the tensors the way llama.cpp's loader
+    uses them (:func:`fmgguf.runtime.validation.check_model`) and raises for the first problem;
+    ``check=False`` returns a well-formed file's header even when llama.cpp could not load it
+    (``fmgguf inspect`` shows the problems itself)."""
     p = Path(path)
     if p.is_dir():
         raise GGUFError(f"{p} is a directory, not a GGUF file", fix="pass the .gguf file itself")
     src = FileSource(p)
     try:
-        return parse_gguf(src)
+        info = parse_gguf(src)
+        if check:
+            require_loadable(info)
+        return info
     except GGUFError:
         raise
     except (MemoryError, RecursionError, OverflowError, struct.error, ValueError) as exc:  # never a traceback
@@ -334,3 +342,15 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
                         fix="delete it and download it again, or check its source") from None
     finally:
         src.close()
+
+
+def require_loadable(info: GGUFInfo) -> None:
+    """GGUFError naming the first field llama.cpp would refuse or abort on (see validation.py)."""
+    from fmgguf.runtime.validation import check_model
+
+    problems = check_model(info)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise GGUFError(f"{info.path} cannot be loaded by llama.cpp: {problems[0]}{more}",
+                        fix="the file's metadata lies about its tensors: get a correct GGUF "
+                            "(`fmgguf inspect FILE` lists every problem)")
