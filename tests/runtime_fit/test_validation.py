@@ -1,0 +1,140 @@
+"""Lying GGUFs: every kind really fails raw llama.cpp (refusal or abort, in a child process), and fmgguf
+refuses every one of them — `read_gguf`, `import-gguf` (nothing registered, nothing linked) and
+`inspect` (a problems section, exit code != 0) — while the good tiny models and a real model pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fmgguf.cli.main import cli
+from fmgguf.errors import GGUFError, exit_code_for
+from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.validation import check_loadable, check_model, dry_run_check
+from fmgguf.testing.bad_models import BAD_KINDS, build_bad_model, raw_llama_outcome
+
+KINDS = sorted(BAD_KINDS)
+GGUF_EXIT = exit_code_for(GGUFError("x"))
+
+
+@pytest.fixture(scope="session")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("bad-ggufs")
+    return {kind: build_bad_model(kind, out) for kind in KINDS}
+
+
+def test_the_corpus_has_at_least_ten_kinds_of_both_failures() -> None:
+    assert len(BAD_KINDS) >= 10
+    assert {k.fails_at for k in BAD_KINDS.values()} == {"load", "decode"}
+    assert len({k.field for k in BAD_KINDS.values()}) >= 10
+
+
+# --- the oracle: raw llama.cpp -------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "starcoder2", "gemma3", "deepseek2"])
+def test_good_tiny_models_load_and_decode_in_raw_llama_cpp(tiny: dict, arch: str) -> None:
+    outcome = raw_llama_outcome(tiny[(arch, "F16")])
+    assert outcome.result == "ok" and outcome.finite_logits, outcome
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_really_fails_raw_llama_cpp(bad: dict[str, Path], kind: str) -> None:
+    spec = BAD_KINDS[kind]
+    outcome = raw_llama_outcome(bad[kind], timeout=90)
+    assert outcome.result in ("refused", "aborted"), outcome
+    if outcome.result == "aborted":
+        assert outcome.stage == spec.fails_at, outcome
+    if spec.fails_at == "decode":  # these pass llama.cpp's loader and kill the process at the first decode
+        assert outcome.result == "aborted" and outcome.stage == "decode", outcome
+
+
+def test_the_files_are_well_formed_ggufs(bad: dict[str, Path]) -> None:
+    import gguf
+
+    for kind, path in bad.items():
+        info = read_gguf(path, check=False)  # our parser opens it ...
+        reader = gguf.GGUFReader(str(path))  # ... and so does gguf's: only the claims are wrong
+        assert len(reader.tensors) == len(info.tensors), kind
+
+
+# --- fmgguf refuses every kind ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_check_model_names_the_lying_field(bad: dict[str, Path], kind: str) -> None:
+    problems = check_model(read_gguf(bad[kind], check=False))
+    assert problems and problems[0].field == BAD_KINDS[kind].field, problems
+    with pytest.raises(GGUFError) as err:
+        read_gguf(bad[kind])  # the reader every load goes through refuses it too
+    assert BAD_KINDS[kind].field in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_import_gguf_refuses_and_registers_nothing(bad: dict[str, Path], kind: str, isolated_home: Path) -> None:
+    runner = CliRunner()
+    model_id = "bad-" + kind.replace("_", "-")
+    res = runner.invoke(cli, ["import-gguf", str(bad[kind]), "--as", model_id, "--quant", "F16"])
+    assert res.exit_code != 0 and isinstance(res.exception, GGUFError), res.output
+    assert BAD_KINDS[kind].field in str(res.exception) and "\n" not in str(res.exception)
+    assert json.loads(runner.invoke(cli, ["ls", "--json"]).output) == []
+    assert model_id not in runner.invoke(cli, ["list"]).output
+    assert not [p for p in isolated_home.rglob("*.gguf")], "a file was linked into the store"
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if BAD_KINDS[k].fails_at == "load"])
+def test_llama_cpps_own_dry_run_refuses_every_load_time_lie(bad: dict[str, Path], kind: str) -> None:
+    """The second layer of import-gguf: llama.cpp's loader in a child (no_alloc) refuses these even
+    without our checks, and an abort there kills only the child."""
+    with pytest.raises(GGUFError, match="llama.cpp"):
+        dry_run_check(bad[kind])
+
+
+def test_decode_time_lies_pass_llama_cpps_loader(bad: dict[str, Path]) -> None:
+    """Why our own checks exist: llama.cpp loads these happily and only aborts at the first decode."""
+    for kind in (k for k in KINDS if BAD_KINDS[k].fails_at == "decode"):
+        dry_run_check(bad[kind])
+
+
+def test_import_gguf_refuses_through_the_entry_point_with_one_line(bad: dict[str, Path], capsys) -> None:
+    from fmgguf.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["import-gguf", str(bad["nan_rms_eps"]), "--as", "nan-model", "--quant", "F16"])
+    assert exit_.value.code == GGUF_EXIT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "qwen2.attention.layer_norm_rms_epsilon" in err[0] and "nan" in err[0].lower()
+
+
+# --- inspect -----------------------------------------------------------------------------------------------
+def test_inspect_shows_problems_and_exits_nonzero(bad: dict[str, Path]) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["inspect", str(bad["rope_dim_too_large"])])
+    assert res.exit_code == GGUF_EXIT, res.output
+    assert "architecture" in res.output and "problems" in res.output
+    assert "gemma3.rope.dimension_count" in res.output
+    res = runner.invoke(cli, ["inspect", str(bad["nan_rms_eps"]), "--json"])
+    assert res.exit_code == GGUF_EXIT
+    data = json.loads(res.output)  # strict JSON: the NaN itself is not emitted as a bare NaN
+    assert data["problems"][0]["field"] == "qwen2.attention.layer_norm_rms_epsilon"
+
+
+def test_inspect_of_a_good_model_has_no_problems(tiny: dict) -> None:
+    res = CliRunner().invoke(cli, ["inspect", str(tiny[("qwen2", "Q4_K_M")]), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["problems"] == []
+
+
+# --- no false refusals -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "starcoder2", "gemma3", "deepseek2"])
+@pytest.mark.parametrize("quant", ["F16", "Q4_K_M"])
+def test_good_tiny_models_pass_every_check(tiny: dict, arch: str, quant: str) -> None:
+    path = tiny[(arch, quant)]
+    assert check_model(read_gguf(path, check=False)) == []
+    assert check_loadable(path).arch == arch  # including llama.cpp's dry run
+
+
+def test_import_gguf_still_registers_a_good_model(tiny: dict) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["import-gguf", str(tiny[("gemma3", "Q4_K_M")]), "--as", "good-gemma", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [r["id"] for r in json.loads(runner.invoke(cli, ["ls", "--json"]).output)] == ["good-gemma"]
