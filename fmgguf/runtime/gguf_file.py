@@ -352,5 +352,5 @@ def require_loadable(info: GGUFInfo) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
         raise GGUFError(f"{info.path} cannot be loaded by llama.cpp: {problems[0]}{more}",
-                        fix="the file's metadata lies about its tensors: get a correct GGUF "
+                        fix="its metadata disagrees with what llama.cpp needs: get a correct GGUF "
                             "(`fmgguf inspect FILE` lists every problem)")
