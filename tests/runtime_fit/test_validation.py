@@ -138,3 +138,20 @@ def test_import_gguf_still_registers_a_good_model(tiny: dict) -> None:
     res = runner.invoke(cli, ["import-gguf", str(tiny[("gemma3", "Q4_K_M")]), "--as", "good-gemma", "--json"])
     assert res.exit_code == 0, res.output
     assert [r["id"] for r in json.loads(runner.invoke(cli, ["ls", "--json"]).output)] == ["good-gemma"]
+
+
+def test_the_manager_refuses_a_lying_file_in_process_and_keeps_working(bad: dict[str, Path], tiny: dict) -> None:
+    """In-process loads go through the same checks: a file that would abort llama.cpp at the first
+    decode is refused before llama.cpp sees it, and this process can still load a good model."""
+    from fmgguf.runtime.manager import ModelManager
+
+    manager = ModelManager()
+    try:
+        for kind in ("nan_rms_eps", "rope_dim_odd", "experts_used_over_count"):
+            with pytest.raises(GGUFError, match=BAD_KINDS[kind].field.replace(".", r"\.")):
+                manager.load_file(bad[kind])
+            assert manager.current_model() is None
+        manager.load_file(tiny[("qwen2", "Q4_K_M")])
+        assert manager.generate_text("def add(a, b):", max_tokens=4, temperature=0.0).text is not None
+    finally:
+        manager.close()
