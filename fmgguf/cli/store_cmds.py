@@ -159,8 +159,8 @@ def ls_cmd(app: AppContext, as_json: bool) -> None:
 @json_option
 @pass_app
 def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json: bool) -> None:
-    """Re-hash downloaded files against their pins; bad files are moved aside."""
-    from fmgguf.download.housekeeping import refetch_fix
+    """Re-hash downloaded files against their pins; corrupt files are moved aside (a changed pin moves nothing)."""
+    from fmgguf.download.store import refetch_fix
     from fmgguf.errors import IntegrityError
 
     dl = _downloader(app)
@@ -179,7 +179,7 @@ def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json
         return
     checks = []
     for mid in ids:
-        checks += dl.verify_model_integrity(mid, quant).checks
+        checks += dl.verify_and_quarantine(mid, quant).checks
     rows = [c.__dict__ for c in checks]
 
     def render(rows: list[dict[str, Any]]) -> None:

@@ -59,18 +59,18 @@ def export_models(dl: "ModelDownloader", specs: list[str], dest: Path, progress:
     records: list[ModelRecord] = []
     for spec in specs:
         model_id, _, quant = spec.partition(":")
-        from fmgguf.download.housekeeping import refetch_fix
+        from fmgguf.download.store import refetch_fix
 
         model_id = dl.known_id(model_id)
         quants = [quant] if quant else dl.records.quants(model_id)
         if not quants:
             raise NotDownloadedError(f"{model_id} is not downloaded, so it cannot be exported",
-                                     fix=refetch_fix(model_id, None, dl._catalog_repo(model_id, None)))
+                                     fix=refetch_fix(model_id, None, dl.store.catalog_repo(model_id, None)))
         for q in quants:
-            rec = dl._record(model_id, q)
+            rec = dl.store.record(model_id, q)
             if rec is None:
                 raise NotDownloadedError(f"{model_id}:{q} is not downloaded",
-                                         fix=refetch_fix(model_id, q, dl._catalog_repo(model_id, q)))
+                                         fix=refetch_fix(model_id, q, dl.store.catalog_repo(model_id, q)))
             records.append(rec)
     entries = []
     for rec in records:
