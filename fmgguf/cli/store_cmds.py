@@ -283,7 +283,7 @@ def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | Non
     The file is refused (nothing registered, nothing linked) unless llama.cpp can load it: its
     metadata is checked against its tensors, then llama.cpp's loader runs on it in a child process
     with nothing allocated."""
-    from fmgguf.download.bundle import check_new_id, import_gguf
+    from fmgguf.download.local import check_new_id, import_gguf
     from fmgguf.runtime.validation import check_loadable
 
     dl = _downloader(app)

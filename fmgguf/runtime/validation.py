@@ -251,7 +251,7 @@ def _check_heads_and_rope(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
     if a in SHAPED_ARCHES and not any(hp.n_head):
         out.add(f"{a}.attention.head_count", "is missing or 0; this architecture needs attention heads")
         return
-    for il, (h, kv) in enumerate(zip(hp.n_head, hp.n_head_kv)):
+    for il, (h, kv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=True)):
         if not h:
             continue
         if kv == 0 or kv > h or h % kv:
