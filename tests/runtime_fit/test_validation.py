@@ -155,3 +155,33 @@ def test_the_manager_refuses_a_lying_file_in_process_and_keeps_working(bad: dict
         assert manager.generate_text("def add(a, b):", max_tokens=4, temperature=0.0).text is not None
     finally:
         manager.close()
+
+
+# --- each check on its own (metadata edits of a good header; no file written) ---------------------------------
+@pytest.mark.parametrize(("arch", "key", "value", "field"), [
+    ("qwen2", "qwen2.rope.freq_base", float("nan"), "qwen2.rope.freq_base"),
+    ("qwen2", "qwen2.rope.freq_base", 0.0, "qwen2.rope.freq_base"),
+    ("llama", "llama.attention.layer_norm_rms_epsilon", float("inf"), "llama.attention.layer_norm_rms_epsilon"),
+    ("starcoder2", "starcoder2.attention.layer_norm_epsilon", None, "starcoder2.attention.layer_norm_epsilon"),
+    ("llama", "llama.context_length", 0, "llama.context_length"),
+    ("llama", "llama.attention.head_count", 0, "llama.attention.head_count"),
+    ("llama", "llama.attention.head_count_kv", 0, "llama.attention.head_count_kv"),
+    ("llama", "llama.rope.dimension_count", 32, "llama.rope.dimension_count"),
+    ("gemma3", "gemma3.rope.scaling.factor", -2.0, "gemma3.rope.scaling.factor"),
+    ("deepseek2", "deepseek2.expert_count", 2048, "deepseek2.expert_count"),
+    ("deepseek2", "deepseek2.expert_used_count", 0, "deepseek2.expert_used_count"),
+    ("deepseek2", "deepseek2.rope.dimension_count", 192, "deepseek2.rope.dimension_count"),
+    ("deepseek2", "deepseek2.attention.kv_lora_rank", 128, "deepseek2.attention.kv_lora_rank"),
+    ("starcoder2", "starcoder2.feed_forward_length", [1024, 2048], "starcoder2.feed_forward_length"),
+])
+def test_each_check_names_its_field(tiny: dict, arch: str, key: str, value, field: str) -> None:
+    import dataclasses
+
+    info = read_gguf(tiny[(arch, "F16")], check=False)
+    metadata = dict(info.metadata)
+    if value is None:
+        del metadata[key]
+    else:
+        metadata[key] = value
+    problems = check_model(dataclasses.replace(info, metadata=metadata))
+    assert problems and problems[0].field == field, problems
