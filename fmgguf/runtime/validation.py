@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fmgguf.runtime.arch_shapes import Q_IS_EMBD, Dim, expected_shapes, mla_key_length
 from fmgguf.runtime.gguf_info import GGUFArray, GGUFInfo
 
 #: llama-hparams.h
@@ -36,8 +36,6 @@ _EPS_KEY = {"starcoder2": "attention.layer_norm_epsilon"}
 _RMS_EPS = "attention.layer_norm_rms_epsilon"
 #: graph builders that GGML_ASSERT(n_embd_head == n_rot) (llama.cpp's loader throws for llama)
 _ROT_IS_HEAD = frozenset({"llama", "qwen2", "qwen3", "starcoder2"})
-#: architectures whose attn_q/attn_output are n_embd wide whatever the head count
-_Q_IS_EMBD = frozenset({"qwen2", "starcoder2"})
 #: float keys that must be > 0 (norm epsilons: ggml asserts eps >= 0 at the first decode; a rope
 #: base of 0 or less makes every rotation NaN)
 _POSITIVE_FLOATS = ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.freq_base",
@@ -55,15 +53,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.field} {self.message}"
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One expected tensor dimension: its size and the metadata key it comes from."""
-
-    size: int | None  # None: not known (not checked)
-    field: str
-    how: str = ""
 
 
 class _Collect:
@@ -267,10 +256,10 @@ def _check_heads_and_rope(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
     if hp.head_k == 0 or hp.head_v == 0:
         out.add(f"{a}.attention.key_length", "is 0: heads need a size")
         return
-    if a in _Q_IS_EMBD and hp.n_head[0] * hp.head_k != hp.n_embd:
+    if a in Q_IS_EMBD and hp.n_head[0] * hp.head_k != hp.n_embd:
         out.add(f"{a}.attention.head_count", f"× key head size is {hp.n_head[0]} × {hp.head_k}, but {a}'s query "
                 f"is embedding_length {hp.n_embd} wide (llama.cpp aborts building the attention graph)")
-    head = _mla_key_length(info) if a == "deepseek2" else hp.head_k
+    head = mla_key_length(info) if a == "deepseek2" else hp.head_k
     field = f"{a}.rope.dimension_count"
     if hp.n_rot % 2:
         out.add(field, f"is {hp.n_rot}, an odd number; llama.cpp's rope aborts at the first decode")
@@ -280,11 +269,6 @@ def _check_heads_and_rope(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
         out.add(field, f"is {hp.n_rot}, more than the key head size {head}; llama.cpp's rope aborts at the first decode")
     elif a in _ROT_IS_HEAD and hp.n_rot != head:
         out.add(field, f"is {hp.n_rot}, but {a} rotates whole heads of {head} (llama.cpp refuses or aborts)")
-
-
-def _mla_key_length(info: GGUFInfo) -> int:
-    mla = info.key("attention.key_length_mla")
-    return mla if _is_int(mla) and mla > 0 else int(info.key("attention.key_length") or 0)
 
 
 def _check_experts(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
@@ -324,7 +308,7 @@ def _check_blocks(info: GGUFInfo, out: _Collect) -> None:
 
 # --- tensor shapes ---------------------------------------------------------------------------------
 def _check_shapes(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
-    expected = dict(_deepseek2_shapes(info, hp) if info.arch == "deepseek2" else _dense_shapes(info, hp))
+    expected = expected_shapes(info, hp)
     for t in info.tensors:
         dims = expected.get(t.name)
         if dims is None:
@@ -337,100 +321,3 @@ def _check_shapes(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
                 out.add(d.field, f"disagrees with tensor {t.name}: its dimension {i} is {got[i]}, "
                         f"the metadata makes it {d.size}{how}; llama.cpp refuses or aborts on the file")
                 break
-
-
-def _dense_shapes(info: GGUFInfo, hp: Hparams) -> Iterator[tuple[str, tuple[Dim, ...]]]:
-    a = info.arch
-    E = Dim(hp.n_embd, f"{a}.embedding_length")
-    V = Dim(hp.n_vocab, "tokenizer.ggml.tokens", "the vocabulary size")
-    yield "token_embd.weight", (E, V)
-    yield "output.weight", (E, V)
-    yield "output_norm.weight", (E,)
-    yield "output_norm.bias", (E,)
-    heads = f"{a}.attention.key_length" if hp.explicit_head_k else f"{a}.attention.head_count"
-    for il in range(hp.n_layer):
-        h, kv, ff = hp.n_head[il], hp.n_head_kv[il], hp.n_ff[il]
-        b = f"blk.{il}."
-        for norm in ("attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm"):
-            yield b + norm + ".weight", (E,)
-            yield b + norm + ".bias", (E,)
-        if h:
-            Q = E if a in _Q_IS_EMBD else Dim(h * hp.head_k, heads, f"{h} heads × {hp.head_k}")
-            K = Dim(kv * hp.head_k, f"{a}.attention.head_count_kv", f"{kv} KV heads × {hp.head_k}")
-            Vv = Dim(kv * hp.head_v, f"{a}.attention.head_count_kv", f"{kv} KV heads × {hp.head_v}")
-            yield b + "attn_q.weight", (E, Q)
-            yield b + "attn_k.weight", (E, K)
-            yield b + "attn_v.weight", (E, Vv)
-            yield b + "attn_q.bias", (Q,)
-            yield b + "attn_k.bias", (K,)
-            yield b + "attn_v.bias", (Vv,)
-            yield b + "attn_output.weight", (Q, E)
-            yield b + "attn_output.bias", (E,)
-            hk = Dim(hp.head_k, heads, "the key head size")
-            yield b + "attn_q_norm.weight", (hk,)
-            yield b + "attn_k_norm.weight", (hk,)
-        if ff:
-            F = Dim(ff, f"{a}.feed_forward_length")
-            yield b + "ffn_gate.weight", (E, F)
-            yield b + "ffn_up.weight", (E, F)
-            yield b + "ffn_down.weight", (F, E)
-            yield b + "ffn_gate.bias", (F,)
-            yield b + "ffn_up.bias", (F,)
-            yield b + "ffn_down.bias", (E,)
-
-
-def _deepseek2_shapes(info: GGUFInfo, hp: Hparams) -> Iterator[tuple[str, tuple[Dim, ...]]]:
-    a = info.arch
-    E = Dim(hp.n_embd, f"{a}.embedding_length")
-    V = Dim(hp.n_vocab, "tokenizer.ggml.tokens", "the vocabulary size")
-    yield "token_embd.weight", (E, V)
-    yield "output.weight", (E, V)
-    yield "output_norm.weight", (E,)
-
-    def key(suffix: str) -> int | None:
-        v = info.key(suffix)
-        return int(v) if _is_int(v) else None
-
-    H = hp.n_head[0]
-    hk = _mla_key_length(info)
-    hv = key("attention.value_length_mla") or hp.head_v
-    rot = hp.n_rot
-    ql = Dim(key("attention.q_lora_rank"), f"{a}.attention.q_lora_rank")
-    kvl_size = key("attention.kv_lora_rank")
-    kvl = Dim(kvl_size, f"{a}.attention.kv_lora_rank")
-    qk = Dim(H * hk, f"{a}.attention.key_length_mla", f"{H} heads × {hk}")
-    n_expert = key("expert_count") or 0
-    NE = Dim(n_expert, f"{a}.expert_count")
-    fe = key("expert_feed_forward_length")
-    FE = Dim(fe, f"{a}.expert_feed_forward_length")
-    shared = key("expert_shared_count")
-    SH = Dim(fe * shared if fe is not None and shared is not None else None, f"{a}.expert_shared_count")
-    dense = key("leading_dense_block_count") or 0
-    for il in range(hp.n_layer):
-        b = f"blk.{il}."
-        yield b + "attn_norm.weight", (E,)
-        yield b + "ffn_norm.weight", (E,)
-        yield b + "attn_q_a_norm.weight", (ql,)
-        yield b + "attn_kv_a_norm.weight", (kvl,)
-        yield b + "attn_q_a.weight", (E, ql)
-        yield b + "attn_q_b.weight", (ql, qk)
-        yield b + "attn_q.weight", (E, qk)
-        yield b + "attn_kv_a_mqa.weight", (E, Dim(kvl_size + rot if kvl_size is not None else None,
-                                                  f"{a}.rope.dimension_count", f"kv_lora_rank + {rot} rope dims"))
-        yield b + "attn_k_b.weight", (Dim(hk - rot, f"{a}.attention.key_length_mla", f"{hk} - {rot} rope dims"), kvl,
-                                      Dim(H, f"{a}.attention.head_count"))
-        yield b + "attn_v_b.weight", (kvl, Dim(hv, f"{a}.attention.value_length_mla"), Dim(H, f"{a}.attention.head_count"))
-        yield b + "attn_output.weight", (Dim(H * hv, f"{a}.attention.value_length_mla", f"{H} heads × {hv}"), E)
-        if il < dense:
-            F = Dim(hp.n_ff[il], f"{a}.feed_forward_length")
-            yield b + "ffn_gate.weight", (E, F)
-            yield b + "ffn_up.weight", (E, F)
-            yield b + "ffn_down.weight", (F, E)
-        else:
-            yield b + "ffn_gate_inp.weight", (E, NE)
-            yield b + "ffn_gate_exps.weight", (E, FE, NE)
-            yield b + "ffn_up_exps.weight", (E, FE, NE)
-            yield b + "ffn_down_exps.weight", (FE, E, NE)
-            yield b + "ffn_gate_shexp.weight", (E, SH)
-            yield b + "ffn_up_shexp.weight", (E, SH)
-            yield b + "ffn_down_shexp.weight", (SH, E)
