@@ -73,8 +73,11 @@ def _is_float(v: Any) -> bool:
     return isinstance(v, float) or _is_int(v)
 
 
-def check_model(info: GGUFInfo) -> list[Problem]:
-    """Everything the file claims that llama.cpp would refuse or abort on (empty: loadable)."""
+def check_model(info: GGUFInfo, tensors: bool = True) -> list[Problem]:
+    """Everything the file claims that llama.cpp would refuse or abort on (empty: loadable).
+
+    ``tensors=False`` leaves out what needs the whole tensor table (block coverage, shapes): for a
+    part of a gguf-split model whose other parts are not at hand."""
     out = _Collect(info.arch)
     _check_counts(info, out)
     _check_floats(info, out)
@@ -85,10 +88,20 @@ def check_model(info: GGUFInfo) -> list[Problem]:
         return out.items
     _check_heads_and_rope(info, hp, out)
     _check_experts(info, hp, out)
-    _check_blocks(info, out)
-    if not out.items and info.arch in SHAPED_ARCHES:
+    if tensors:
+        _check_blocks(info, out)
+    if tensors and not out.items and info.arch in SHAPED_ARCHES:
         _check_shapes(info, hp, out)
     return out.items
+
+
+def file_problems(info: GGUFInfo) -> list[Problem]:
+    """:func:`check_model` of a file as llama.cpp loads it: a gguf-split model's first part together
+    with the tensors of its other parts (without them, only the checks that need no tensor table)."""
+    from fmgguf.runtime.gguf_file import with_split_tensors
+
+    whole = with_split_tensors(info)
+    return check_model(whole or info, tensors=whole is not None)
 
 
 def check_loadable(path: str | Path, *, dry_run: bool = True, timeout: float = 180.0) -> GGUFInfo:

@@ -163,6 +163,23 @@ def build_bad_model(kind: str, out_dir: str | os.PathLike[str], cache_dir: str |
     return out
 
 
+def write_split(src: Path, out_dir: Path, metadata: Metadata | None = None) -> tuple[Path, Path]:
+    """``src`` as a two-part gguf-split model (as llama.cpp's gguf-split writes one: every key in the
+    first part, only the split.* keys in the second); ``metadata`` replaces the first part's keys."""
+    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.testing.vocab import read_kv
+
+    names = [t.name for t in read_gguf(src, check=False).tensors]
+    first = set(names[: len(names) // 2])
+    split: Metadata = {"split.no": (0, 2, None), "split.count": (2, 2, None),  # u16, u16, i32
+                       "split.tensors.count": (len(names), _I32, None)}
+    parts = (Path(out_dir) / f"{src.stem}-00001-of-00002.gguf", Path(out_dir) / f"{src.stem}-00002-of-00002.gguf")
+    parts[0].parent.mkdir(parents=True, exist_ok=True)
+    rewrite_gguf(src, parts[0], {**(metadata or dict(read_kv(src))), **split}, lambda n: n in first)
+    rewrite_gguf(src, parts[1], {**split, "split.no": (1, 2, None)}, lambda n: n not in first)
+    return parts
+
+
 # --- raw llama.cpp, in a child process ---------------------------------------------------------------
 #: loads with llama.cpp's defaults (CPU, no extra buffer types: the AMX repack buffers abort on MoE
 #: models in this llama.cpp whatever the file), then decodes 4 tokens and 1 more

@@ -186,3 +186,22 @@ def test_each_check_names_its_field(tiny: dict, arch: str, key: str, value, fiel
         metadata[key] = value
     problems = check_model(dataclasses.replace(info, metadata=metadata))
     assert problems and problems[0].field == field, problems
+
+
+# --- gguf-split models: the checks see every part's tensors ----------------------------------------------------
+def test_a_split_model_is_checked_whole(tiny: dict, tmp_path: Path) -> None:
+    from fmgguf.testing.bad_models import write_split
+    from fmgguf.testing.vocab import read_kv
+
+    good = tiny[("llama", "F16")]
+    first, second = write_split(good, tmp_path / "ok")
+    assert raw_llama_outcome(first).result == "ok"  # llama.cpp loads the parts together
+    assert check_loadable(first).arch == "llama"  # no false refusal for the tensors in part 2
+    meta = dict(read_kv(good))
+    meta["llama.block_count"] = (3, 4, None)
+    lying, _ = write_split(good, tmp_path / "bad", metadata=meta)
+    with pytest.raises(GGUFError, match="llama.block_count"):
+        read_gguf(lying)
+    second.rename(second.with_suffix(".away"))  # a part missing: only the checks that need no tensor table
+    assert check_model(read_gguf(first, check=False), tensors=False) == []
+    read_gguf(first)
