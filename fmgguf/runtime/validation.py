@@ -9,8 +9,9 @@ graph) or only at the first decode (a NaN or negative norm epsilon, an odd or to
 dimension count): those are exactly the ones a Python check must catch before llama.cpp sees the
 file. Each problem names the metadata key (or tensor) that is wrong.
 
-Checks that need the tensor layout of an architecture (widths, head counts) run for the
-architectures we ship and test (:data:`SHAPED_ARCHES`); the rest hold for every architecture.
+Checks that need the tensor layout of an architecture (widths, head counts, rope dimensions) run
+for the architectures we ship and test (:data:`SHAPED_ARCHES`); the rest (counts, floats, block
+coverage, experts) hold for every architecture, and llama.cpp's own dry run covers the others.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def check_model(info: GGUFInfo, tensors: bool = True) -> list[Problem]:
     hp = _hparams(info, out)
     if hp is None or out.items:
         return out.items
-    _check_heads_and_rope(info, hp, out)
+    if info.arch in SHAPED_ARCHES:  # head layouts differ (attention-free layers, MLA views) elsewhere
+        _check_heads_and_rope(info, hp, out)
     _check_experts(info, hp, out)
     if tensors:
         _check_blocks(info, out)
@@ -250,7 +252,7 @@ def _hparams(info: GGUFInfo, out: _Collect) -> Hparams | None:
 
 def _check_heads_and_rope(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
     a = info.arch
-    if a in SHAPED_ARCHES and not any(hp.n_head):
+    if not any(hp.n_head):
         out.add(f"{a}.attention.head_count", "is missing or 0; this architecture needs attention heads")
         return
     for il, (h, kv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=True)):
@@ -261,8 +263,6 @@ def _check_heads_and_rope(info: GGUFInfo, hp: Hparams, out: _Collect) -> None:
             out.add(f"{a}.attention.head_count_kv", f"is {kv}{where}; it must divide attention.head_count {h} "
                     "(llama.cpp aborts building the attention graph)")
             break
-    if not any(hp.n_head):
-        return
     if not hp.explicit_head_k and hp.n_embd % hp.n_head[0]:
         out.add(f"{a}.attention.head_count", f"is {hp.n_head[0]}, which does not divide embedding_length "
                 f"{hp.n_embd} and no attention.key_length is given")
