@@ -166,14 +166,14 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
     from fmgguf.runtime.gguf_file import read_gguf
 
     if _is_file(target):
-        info = read_gguf(target)
+        info = read_gguf(target, check=False)  # a lying file is shown, with its problems
     else:
         card, q = app.catalog.resolve(target)
         q = quant or q
         v = card.variant(q)
         local = _local_path(app, card.id, q)
         if local is not None:
-            info = read_gguf(local)
+            info = read_gguf(local, check=False)
         else:
             from fmgguf.runtime.remote_header import read_remote_gguf
 
@@ -183,9 +183,26 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
                 _inspect_from_card(card, q, exc.message, as_json)
                 return
     summary = info.summary()
+    problems = _problems(info)
+    summary["problems"] = problems
     if as_json:
         emit_json(summary)
-        return
+    else:
+        _render_header(summary)
+    if problems:
+        from fmgguf.errors import GGUFError, exit_code_for
+
+        raise click.exceptions.Exit(exit_code_for(GGUFError("invalid GGUF")))
+
+
+def _problems(info: Any) -> list[dict[str, str]]:
+    """What llama.cpp would refuse or abort on, as {field, message} rows (empty: loadable)."""
+    from fmgguf.runtime.validation import file_problems
+
+    return [{"field": p.field, "message": p.message} for p in file_problems(info)]
+
+
+def _render_header(summary: dict[str, Any]) -> None:
     con = console()
     con.print(f"[bold]{summary['path']}[/bold]  GGUF v{summary['gguf_version']}, {human_bytes(summary['file_size'])}")
     pairs = [("architecture", summary["architecture"]), ("name", summary["name"] or "-"),
@@ -200,6 +217,10 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
     con.print("  quant mix:")
     for t, row in summary["quant_mix"].items():
         con.print(f"    {t:<8} {row['tensors']:>5} tensors  {human_bytes(row['bytes']):>10}")
+    if summary["problems"]:
+        con.print("[bold red]problems[/bold red] (llama.cpp would refuse or abort on this file):", markup=True)
+        for p in summary["problems"]:
+            con.print(f"  {p['field']} {p['message']}", markup=False, highlight=False)
 
 
 def _inspect_from_card(card: Any, quant: str, reason: str, as_json: bool) -> None:

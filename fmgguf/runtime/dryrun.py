@@ -11,6 +11,7 @@ loads the model, which is how tests check our estimates against what llama.cpp a
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -119,8 +120,11 @@ def measure(path: str | Path, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch
     if use_extra_bufts is not None:  # False: no CPU repack/AMX buffers (AMX + MoE aborts in this llama.cpp)
         request["use_extra_bufts"] = use_extra_bufts
     cmd = [sys.executable, "-m", module, "--dry-run", json.dumps(request)]
+    # GGML_NO_BACKTRACE: on a GGML_ASSERT, ggml_abort would fork to attach gdb, which can hang the
+    # child instead of letting it die at once
+    env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired:
         raise EngineError(f"llama.cpp's dry run of {path} took more than {timeout:.0f}s",
                           fix="check the file with `fmgguf inspect`; plan without measuring (--no-measure)") from None
