@@ -1,4 +1,5 @@
-"""The shipped catalog (catalog/models.yaml): it loads, holds the 20 models, and is internally consistent."""
+"""The shipped catalog (catalog/models.yaml): it loads, holds the 20 code models and the demo model, and is
+internally consistent."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ EXPECTED_IDS = {
     "codestral-22b-v0.1", "opencoder-1.5b-instruct", "opencoder-8b-instruct",
     "codegemma-2b", "codegemma-7b-it",
 }
+#: the real model `make run` and the real test tier use (one quant: the file the PyPI wheel embeds)
+DEMO_ID = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +44,18 @@ def _variants(catalog: Catalog):
             yield card, quant, variant
 
 
-def test_exactly_the_twenty_models(catalog: Catalog, raw: dict) -> None:
-    assert set(catalog.ids()) == EXPECTED_IDS
-    assert len(raw["models"]) == 20
+def test_exactly_the_twenty_models_and_the_demo(catalog: Catalog, raw: dict) -> None:
+    assert set(catalog.ids()) == EXPECTED_IDS | {DEMO_ID}
+    assert len(raw["models"]) == 21
 
 
 def test_every_entry_is_builtin_with_both_quants_arch_and_parameters(catalog: Catalog) -> None:
     for card in catalog.models():
         assert card.builtin, card.id
-        assert set(BUILTIN_QUANTS) <= set(card.variants), card.id
+        if card.id == DEMO_ID:
+            assert "demo" in card.capabilities and card.license == "apache-2.0" and card.fim is None
+        else:
+            assert set(BUILTIN_QUANTS) <= set(card.variants), card.id
         assert card.arch is not None and card.parameters is not None, card.id
         assert card.display_name and card.family and card.license != "unknown" and card.specialization, card.id
         if card.arch.moe is None:
