@@ -12,11 +12,17 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-#: llama.cpp's own messages land here (level mapped from ggml's)
+#: llama.cpp's own messages land here (level mapped from ggml's). Quiet by default: the NullHandler
+#: keeps Python's last-resort handler from printing them when the application configured no logging.
 llama_log = logging.getLogger("fmgguf.llama_cpp")
+llama_log.addHandler(logging.NullHandler())
+#: the log file under the fmgguf home, and how big it may grow (rotated, 2 old files kept)
+LOG_FILE = Path("logs") / "llama.cpp.log"
+_LOG_MAX_BYTES = 2 * 1024 * 1024
 
 #: ggml log level -> logging level (GGML_LOG_LEVEL_CONT=5 continues the previous line)
 _LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
@@ -124,3 +130,30 @@ class LoadListener:
 
     def oom(self) -> bool:
         return any(h in line.lower() for line in self.lines for h in _OOM_HINTS)
+
+
+def configure(home: Path, verbose: int = 0) -> Path:
+    """Send llama.cpp's log to ``home/logs/llama.cpp.log``; to the terminal (root logger) only with
+    ``verbose`` >= 1 (-v: info and up, -vv: llama.cpp's debug chatter too). Returns the file's path.
+
+    For the CLI, the server and runner processes; the library itself only installs a NullHandler.
+    Failures still carry their explaining lines: :class:`LoadListener` collects them whatever this says.
+    """
+    from logging.handlers import RotatingFileHandler
+
+    path = Path(home) / LOG_FILE
+    for handler in list(llama_log.handlers):
+        if isinstance(handler, RotatingFileHandler):
+            llama_log.removeHandler(handler)
+            handler.close()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(path, maxBytes=_LOG_MAX_BYTES, backupCount=2, delay=True, encoding="utf-8")
+    except OSError as exc:  # a read-only home must not stop the command: the lines are dropped instead
+        log.debug("cannot write llama.cpp's log to %s: %s", path, exc)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+        llama_log.addHandler(handler)
+    llama_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    llama_log.propagate = verbose >= 1
+    return path
