@@ -212,14 +212,13 @@ def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, lo
     if raw:
         return False
     has_template = bool((manager.current_model() or {}).get("chat_template"))
-    card, names = None, []
-    if model.endswith(".gguf") or Path(model).expanduser().is_file():
-        try:
-            names = gguf_names(Path(loaded.path).name, read_gguf(loaded.path).metadata)
-        except FmggufError:
-            names = [Path(loaded.path).name]
-    else:
+    card = None
+    if not (model.endswith(".gguf") or Path(model).expanduser().is_file()):
         card, _ = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
+    try:
+        names = gguf_names(Path(loaded.path).name, read_gguf(loaded.path).metadata)
+    except FmggufError:
+        names = [Path(loaded.path).name]
     return wants_chat(has_template=has_template, card=card, names=names)
 
 

@@ -8,7 +8,7 @@ The rule, used by `fmgguf run` and by any API that takes a bare prompt and has t
   completes the text as it is.
 
 "Instruct/chat model" comes from the catalog card (``capabilities`` holds ``instruct`` or ``chat``).
-A local .gguf without a card is judged by its own names (file name, ``general.name``,
+A local .gguf, or a card that lists no capabilities (``fmgguf import-gguf``), is judged by its names (file name, ``general.name``,
 ``general.finetune``): ``instruct``, ``chat`` or ``-it`` there mean an instruct model. Base models
 often ship a template too (Qwen2.5 base GGUFs do), which is why the template alone never decides.
 """
@@ -24,9 +24,10 @@ _CARD_CAPS = {"instruct", "chat"}
 
 
 def is_instruct(card: Any = None, names: Iterable[str] = ()) -> bool:
-    """An instruct/chat model: by its card when there is one, else by its names."""
-    if card is not None:
-        return bool(_CARD_CAPS & {c.lower() for c in getattr(card, "capabilities", ())})
+    """An instruct/chat model: by its card when the card lists capabilities, else by its names."""
+    caps = {c.lower() for c in (getattr(card, "capabilities", None) or ())}
+    if caps:
+        return bool(_CARD_CAPS & caps)
     return any(_INSTRUCT_WORDS.search(n or "") for n in names)
 
 
