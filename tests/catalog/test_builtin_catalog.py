@@ -150,7 +150,8 @@ def test_capability_tags_agree_with_the_card(catalog: Catalog) -> None:
         assert ("moe" in caps) == (card.arch.moe is not None), card.id  # type: ignore[union-attr]
         assert ("chat" in caps or "instruct" in caps) == (card.chat_template is not None), card.id
         assert caps <= {"code-completion", "chat", "fim", "instruct", "multilingual", "long-context", "moe",
-                        "lightweight"}, card.id
+                        "lightweight", "demo"}, card.id
+        assert ("demo" in caps) == (card.id == DEMO_ID), card.id
 
 
 def test_architecture_numbers_are_self_consistent(catalog: Catalog) -> None:
@@ -165,7 +166,11 @@ def test_architecture_numbers_are_self_consistent(catalog: Catalog) -> None:
 
 
 def test_file_sizes_are_plausible_for_the_parameter_count(catalog: Catalog) -> None:
+    demo = catalog.get(DEMO_ID)
+    assert 3.0 <= demo.variant("Q4_1").size * 8 / demo.parameters.total <= 12.0  # type: ignore[operator,union-attr]
     for card in catalog.models():
+        if card.id == DEMO_ID:
+            continue
         q4, q8 = card.variant("Q4_K_M").approx_size, card.variant("Q8_0").approx_size
         params = card.parameters.total  # type: ignore[union-attr]
         for quant, size in (("Q4_K_M", q4), ("Q8_0", q8)):
@@ -177,7 +182,7 @@ def test_file_sizes_are_plausible_for_the_parameter_count(catalog: Catalog) -> N
 
 def test_memory_estimate_works_for_every_card(catalog: Catalog) -> None:
     for card in catalog.models():
-        est = estimate_card(card, "Q4_K_M", n_ctx=4096)
+        est = estimate_card(card, "Q4_K_M" if "Q4_K_M" in card.variants else card.quants[0], n_ctx=4096)
         assert est.kv_cache > 0 and est.compute > 0, card.id
         assert est.total is not None and est.total > est.weights, card.id  # type: ignore[operator]
 

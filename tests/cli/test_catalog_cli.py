@@ -23,7 +23,7 @@ def test_list_json_has_20_models_with_both_quants_and_the_demo() -> None:
     assert len(rows) == 21
     for row in rows:
         if row["id"] == "smollm2-135m-instruct":  # the demo model: the one quant its wheel embeds
-            assert row["quants"] == ["Q4_1"] and row["builtin"] is True
+            assert list(row["quants"]) == ["Q4_1"] and row["builtin"] is True
             continue
         assert {"Q4_K_M", "Q8_0"} <= set(row["quants"]), row["id"]
         assert row["builtin"] is True
