@@ -9,6 +9,7 @@ This module does not import llama_cpp.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import re
 import threading
 from collections.abc import Callable
@@ -132,28 +133,50 @@ class LoadListener:
         return any(h in line.lower() for line in self.lines for h in _OOM_HINTS)
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """The llama.cpp log file; a write that fails (disk full, home removed) is dropped, never printed."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
+class _NotLlama(logging.Filter):
+    """Keeps llama.cpp's lines off a terminal handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(llama_log.name)
+
+
 def configure(home: Path, verbose: int = 0) -> Path:
-    """Send llama.cpp's log to ``home/logs/llama.cpp.log``; to the terminal (root logger) only with
-    ``verbose`` >= 1 (-v: info and up, -vv: llama.cpp's debug chatter too). Returns the file's path.
+    """Send llama.cpp's log to ``home/logs/llama.cpp.log``, and to the terminal only with ``verbose``
+    >= 1 (-v: info and up, -vv: llama.cpp's debug chatter too). Returns the file's path.
 
     For the CLI, the server and runner processes; the library itself only installs a NullHandler.
-    Failures still carry their explaining lines: :class:`LoadListener` collects them whatever this says.
+    The terminal is the root logger's stream handlers (``logging.basicConfig``): without -v they get a
+    filter that drops llama.cpp's records; other handlers (a test's capture, an application's) still
+    see them. Failures still carry their explaining lines: :class:`LoadListener` collects them.
     """
-    from logging.handlers import RotatingFileHandler
-
     path = Path(home) / LOG_FILE
     for handler in list(llama_log.handlers):
-        if isinstance(handler, RotatingFileHandler):
+        if isinstance(handler, _LogFile):
             llama_log.removeHandler(handler)
             handler.close()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = RotatingFileHandler(path, maxBytes=_LOG_MAX_BYTES, backupCount=2, delay=True, encoding="utf-8")
+        handler = _LogFile(path, maxBytes=_LOG_MAX_BYTES, backupCount=2, delay=True, encoding="utf-8")
     except OSError as exc:  # a read-only home must not stop the command: the lines are dropped instead
         log.debug("cannot write llama.cpp's log to %s: %s", path, exc)
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
         llama_log.addHandler(handler)
     llama_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
-    llama_log.propagate = verbose >= 1
+    for term in logging.getLogger().handlers:
+        if type(term) is not logging.StreamHandler:
+            continue
+        quiet = [f for f in term.filters if isinstance(f, _NotLlama)]
+        if verbose >= 1:
+            for f in quiet:
+                term.removeFilter(f)
+        elif not quiet:
+            term.addFilter(_NotLlama())
     return path
