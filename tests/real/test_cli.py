@@ -69,3 +69,18 @@ def test_run_by_catalog_id_after_a_pull_from_a_local_mirror(real_path: Path, rea
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["mode"] == "chat" and "def " in out["text"], out
+
+
+def test_a_load_failure_shows_llama_cpps_reason_in_its_one_line(real_path: Path, tmp_path: Path,
+                                                                isolated_home: Path) -> None:
+    data = bytearray(real_path.read_bytes())
+    at = data.find(b"smollm", data.find(b"tokenizer.ggml.pre"))
+    data[at:at + 6] = b"smollx"  # a pre-tokenizer llama.cpp does not know: its loader refuses the vocab
+    bad = tmp_path / "bad-pre.gguf"
+    bad.write_bytes(bytes(data))
+    proc = fmgguf("run", str(bad), "Hi", "-n", "2", "--ctx", "256")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "unknown pre-tokenizer type: 'smollx'" in lines[0]  # llama.cpp's own words, in the one line
+    assert "smollx" in (isolated_home / "logs" / "llama.cpp.log").read_text(encoding="utf-8")
