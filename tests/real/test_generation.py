@@ -11,6 +11,8 @@ import pytest
 
 from fmgguf.errors import FIMNotSupportedError
 
+pytestmark = pytest.mark.real
+
 CODE_PROMPT = "Write a Python function that returns the sum of a list."
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.real
+
 CODE_PROMPT = "Write a Python function that returns the sum of a list."
 
 
