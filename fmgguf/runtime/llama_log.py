@@ -134,7 +134,12 @@ class LoadListener:
 
 
 class _LogFile(logging.handlers.RotatingFileHandler):
-    """The llama.cpp log file; a write that fails (disk full, home removed) is dropped, never printed."""
+    """The llama.cpp log file, created on its first line (a command that loads no model writes nothing);
+    a write that fails (disk full, read-only home) is dropped, never printed."""
+
+    def _open(self):  # noqa: ANN202 - logging's signature
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         pass
@@ -161,14 +166,9 @@ def configure(home: Path, verbose: int = 0) -> Path:
         if isinstance(handler, _LogFile):
             llama_log.removeHandler(handler)
             handler.close()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = _LogFile(path, maxBytes=_LOG_MAX_BYTES, backupCount=2, delay=True, encoding="utf-8")
-    except OSError as exc:  # a read-only home must not stop the command: the lines are dropped instead
-        log.debug("cannot write llama.cpp's log to %s: %s", path, exc)
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
-        llama_log.addHandler(handler)
+    handler = _LogFile(path, maxBytes=_LOG_MAX_BYTES, backupCount=2, delay=True, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+    llama_log.addHandler(handler)
     llama_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     for term in logging.getLogger().handlers:
         if type(term) is not logging.StreamHandler:
