@@ -64,6 +64,7 @@ def client(real_path: Path) -> Iterator[Any]:
     finally:
         served.stop()
     assert not any("Traceback" in line for line in served.lines), "".join(served.lines)
+    assert not any("llama_" in line or "ggml_" in line for line in served.lines), "".join(served.lines)  # quiet
 
 
 def _model_id(client: Any) -> str:
