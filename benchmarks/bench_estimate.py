@@ -90,7 +90,11 @@ def real_model(report) -> None:  # noqa: ANN001 - the report closure of main()
         print(f"real model: skipped ({exc.one_line()})")
         return
     for quant in ("Q4_1", "Q4_0"):
-        p = path if quant == "Q4_1" else derived_quant(path, quant)
+        try:
+            p = path if quant == "Q4_1" else derived_quant(path, quant)
+        except FmggufError as exc:
+            print(f"real model {quant}: skipped ({exc.one_line()})")
+            continue
         est = estimate_file(read_gguf(p), n_ctx=4096, measure=True)
         real = measure(p, n_ctx=4096, alloc=True)
         figures = len(real.model_buffers) + len(real.kv_caches) + len(real.compute_buffers) + len(real.output_buffers)
