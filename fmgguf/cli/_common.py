@@ -29,6 +29,9 @@ class AppContext:
 
             self._settings = load_settings(offline=True if self.offline else None)
             _setup_logging(self._settings.log_level, self.verbose)
+            from fmgguf.runtime.llama_log import configure as route_llama_log
+
+            route_llama_log(self._settings.home, self.verbose)
         return self._settings
 
     @property
