@@ -108,6 +108,10 @@ class EngineError(FmggufError):
     """llama.cpp reported a failure not covered by a more specific error."""
 
 
+class WorkerError(FmggufError):
+    """An RPC worker (`--rpc`) is unreachable, busy, speaks another protocol version, or was lost."""
+
+
 class BusyError(FmggufError):
     """The generation queue is full; try again later."""
 
@@ -156,6 +160,7 @@ _TABLE: dict[type[FmggufError], tuple[int, int]] = {
     BenchError: (20, 422),
     SandboxError: (21, 500),
     ConvertError: (22, 422),
+    WorkerError: (25, 502),
 }
 
 #: exit code for Ctrl-C, as shells expect
