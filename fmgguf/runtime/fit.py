@@ -12,8 +12,8 @@ layer and the top blocks, and ``tensor_split`` holds the per-device layer counts
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from fmgguf.runtime.estimate import GPU_RUNTIME_OVERHEAD, Estimate, estimate_car
 if TYPE_CHECKING:
     from fmgguf.catalog.schema import ModelCard
     from fmgguf.runtime.gguf_info import GGUFInfo
+    from fmgguf.runtime.rpc import WorkerSpec
     from fmgguf.settings import Settings
 
 N_CTX_MIN = 4096
@@ -166,7 +167,7 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
     else:
         label = "CPU only"
     used = [d for d in devs if d.layers]
-    split = [float(d.layers) for d in devs] if len(used) > 1 or mem.workers else None
+    split = [float(d.layers) for d in devs] if len(used) > 1 or (mem.workers and k) else None
     if mem.workers:
         devs = devs + [host_plan(est, k, ram_needed, mem.ram_free)]
     return FitPlan(label=label, fits=fits, n_gpu_layers=k, n_layers=est.n_layers, n_ctx=est.n_ctx,
@@ -223,19 +224,27 @@ def choose(make: Callable[[int, str, str, bool], Estimate], mem: SystemMemory, s
 
 
 # --- public entry points ------------------------------------------------------------------------------
-def _memory(settings: "Settings", vram: int | None, mem: SystemMemory | None) -> SystemMemory:
-    if mem is not None:
-        return mem
-    override = vram if vram is not None else settings.vram_override
-    return system_memory(vram_override=override)
+def _memory(settings: "Settings", vram: int | None, mem: SystemMemory | None,
+            workers: "Sequence[WorkerSpec] | None" = None, need_workers: bool = True) -> SystemMemory:
+    if mem is None:
+        override = vram if vram is not None else settings.vram_override
+        mem = system_memory(vram_override=override)
+    if workers:
+        from fmgguf.runtime.rpc import worker_devices
+
+        devs, notes = worker_devices(workers, need_reachable=need_workers)
+        mem = replace(mem, workers=devs, notes=list(mem.notes) + notes)
+    return mem
 
 
 def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "Settings | None" = None,
                   vram: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = False,
                   kv_quant: bool = False, swa_full: bool = True, n_ubatch: int = 512, measure: bool = True,
-                  mem: SystemMemory | None = None, info: "GGUFInfo | None" = None) -> FitPlan:
+                  mem: SystemMemory | None = None, info: "GGUFInfo | None" = None,
+                  workers: "Sequence[WorkerSpec] | None" = None, need_workers: bool = True) -> FitPlan:
     """The plan for a local GGUF on this machine (or for ``vram`` bytes of GPU memory). ``info``: the
-    file's header as :func:`~fmgguf.runtime.gguf_file.read_gguf` already returned it (not read again)."""
+    file's header as :func:`~fmgguf.runtime.gguf_file.read_gguf` already returned it (not read again).
+    ``workers``: RPC workers the layers may go to as well (probed; see :func:`fmgguf.runtime.rpc.worker_devices`)."""
     from fmgguf.settings import load_settings
 
     settings = settings or load_settings()
@@ -243,7 +252,7 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
         from fmgguf.runtime.gguf_file import read_gguf
 
         info = read_gguf(path)
-    mem = _memory(settings, vram, mem)
+    mem = _memory(settings, vram, mem, workers, need_workers)
 
     def make(ctx: int, tk: str, tv: str, fa: bool) -> Estimate:
         return estimate_file(info, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full,
@@ -264,7 +273,8 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
 def plan_for_card(card: "ModelCard", quant: str, n_ctx: int | str | None = None, settings: "Settings | None" = None,
                   vram: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = False,
                   kv_quant: bool = False, swa_full: bool = True, n_ubatch: int = 512, path: str | Path | None = None,
-                  remote: bool = True, mem: SystemMemory | None = None) -> FitPlan:
+                  remote: bool = True, mem: SystemMemory | None = None, workers: "Sequence[WorkerSpec] | None" = None,
+                  need_workers: bool = True) -> FitPlan:
     """The plan for a catalog model: from the local file when given, else from its header read with
     HTTP Range requests, else (offline, or the hub unreachable) from catalog numbers."""
     from fmgguf.errors import FmggufError
@@ -273,8 +283,8 @@ def plan_for_card(card: "ModelCard", quant: str, n_ctx: int | str | None = None,
     settings = settings or load_settings()
     if path is not None:
         return plan_for_file(path, n_ctx, settings, vram, type_k, type_v, flash_attn, kv_quant, swa_full, n_ubatch,
-                             mem=mem)
-    mem = _memory(settings, vram, mem)
+                             mem=mem, workers=workers, need_workers=need_workers)
+    mem = _memory(settings, vram, mem, workers, need_workers)
     variant = card.variant(quant)
     note = None
     if remote and not settings.offline and len(variant.files) == 1:

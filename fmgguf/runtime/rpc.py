@@ -18,8 +18,12 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import InvalidRequestError, WorkerError
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.devices import Device
 
 #: the protocol of the llama.cpp this fmgguf builds (vendor/llama.cpp/ggml/include/ggml-rpc.h)
 PROTO_MAJOR, PROTO_MINOR = 7, 0
@@ -200,3 +204,74 @@ def wait_listening(host: str, port: int, timeout: float = 30.0, alive: object = 
         if time.perf_counter() - started > timeout:
             raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s")
         time.sleep(0.02)
+
+
+# --- workers as planning devices -------------------------------------------------------------------
+def worker_devices(specs: Sequence[WorkerSpec], *, timeout: float = 5.0,
+                   need_reachable: bool = True) -> tuple[list["Device"], list[str]]:
+    """Each worker's devices as the fit plan sees them (kind "RPC", in attach order), with notes.
+
+    ``free`` is the worker's budget (``@BUDGET``) where given, else what it reports. A worker that
+    cannot be reached is an error, unless ``need_reachable`` is False and it has a budget: then it
+    is planned from the budget alone (``fmgguf fit`` before the machines are even set up)."""
+    from fmgguf.runtime.devices import Device
+
+    devices: list[Device] = []
+    notes: list[str] = []
+    with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+        futures = [pool.submit(probe, s, timeout) for s in specs]
+    for spec, fut in zip(specs, futures, strict=True):
+        try:
+            info = fut.result()
+        except WorkerError as exc:
+            if need_reachable or not spec.budget:
+                if not spec.budget:
+                    exc.fix = f"{exc.fix}; or give its budget (--rpc {spec.endpoint}@48GB) to plan without it"
+                    exc.args = (exc.one_line(),)
+                raise
+            notes.append(f"worker {spec.endpoint} not reached ({exc.message}): planned from its budget alone")
+            devices.append(_device(spec, 0, spec.budget, spec.budget, "budget"))
+            continue
+        reported = sum(d.free for d in info.devices) or 1
+        for d in info.devices:
+            if spec.budget:
+                share = spec.budget * d.free // reported
+                if share > d.free:
+                    notes.append(f"worker {spec.endpoint} reports {d.free / 1024**3:.1f} GiB free on device {d.index}, "
+                                 f"less than its budget: planned with what it reports")
+                devices.append(_device(spec, d.index, min(share, d.free), d.total, "budget" if share <= d.free else "rpc"))
+            else:
+                devices.append(_device(spec, d.index, d.free, d.total, "rpc"))
+                if d.free == d.total:
+                    notes.append(f"worker {spec.endpoint} reports all of its {d.total / 1024**3:.1f} GiB free (a CPU "
+                                 f"worker reports its whole RAM): give --rpc {spec.endpoint}@BUDGET to plan with less")
+    return devices, notes
+
+
+def _device(spec: WorkerSpec, index: int, free: int, total: int, source: str) -> "Device":
+    from fmgguf.runtime.devices import Device
+
+    name = spec.endpoint if index == 0 else f"{spec.endpoint}#{index}"
+    return Device(index=index, name=name, description=f"RPC worker {spec.endpoint}", kind="RPC", free=int(free),
+                  total=int(total), backend="RPC", memory_source=source)
+
+
+def attach_workers(endpoints: Sequence[str], timeout: float = 5.0) -> list[str]:
+    """Probe, then attach the workers at ``endpoints`` to llama.cpp in this process (in this order: the
+    fit plan's tensor_split follows it). ggml cannot detach a worker, so a process that holds other
+    workers (or the same in another order) is refused: each RPC model gets a process of its own."""
+    from fmgguf.errors import EngineError
+    from fmgguf.runtime.devices import attached_workers, rpc_attach
+
+    endpoints = list(endpoints)
+    held = attached_workers()
+    if held and held != endpoints:
+        raise EngineError(f"this process already has RPC workers {', '.join(held)} attached",
+                          fix="load models with other workers in a runner process of their own "
+                              "(the default isolation), or restart")
+    if not held:
+        probe_all(parse_workers(",".join(endpoints)), timeout)
+    names: list[str] = []
+    for ep in endpoints:
+        names += rpc_attach(ep)
+    return names
