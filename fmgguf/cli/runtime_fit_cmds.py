@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import AppContext, console, emit_json, human_bytes, human_count, json_option, pass_app
+from fmgguf.cli._common import (AppContext, console, emit_json, human_bytes, human_count, json_option, pass_app,
+                                rpc_option)
 
 
 def _is_file(target: str) -> bool:
@@ -58,14 +59,15 @@ def _parse_ctx(ctx: str | None) -> int | str | None:
 @click.option("--type-k", default="f16", show_default=True, help="KV cache K type (f16, q8_0, q4_0).")
 @click.option("--type-v", default="f16", show_default=True, help="KV cache V type (needs --flash-attn if quantized).")
 @click.option("--no-measure", is_flag=True, help="Skip llama.cpp's dry run (compute buffer from a formula).")
-@click.option("--rpc", "rpc", default=None, metavar="HOST[:PORT][@BUDGET],...",
-              help="Plan across these RPC workers too (`fmgguf worker`); unreachable ones with a budget are "
-                   "planned from the budget. Default: FMGGUF_RPC.")
+@rpc_option
 @json_option
 @pass_app
 def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, ctx: str | None, kv_quant: bool,
-            flash_attn: bool, type_k: str, type_v: str, no_measure: bool, rpc: str | None, as_json: bool) -> None:
-    """Will TARGET (a catalog id or a .gguf file) fit this machine, and how: GPU layers, context, KV type."""
+            flash_attn: bool, type_k: str, type_v: str, no_measure: bool, as_json: bool) -> None:
+    """Will TARGET (a catalog id or a .gguf file) fit this machine, and how: GPU layers, context, KV type.
+
+    With --rpc the plan spreads layers over the workers too; a worker that cannot be reached is planned
+    from its budget (HOST@48GB) alone, so a plan can be made before the machines are set up."""
     from fmgguf.errors import CatalogError
     from fmgguf.runtime.fit import plan_for_card, plan_for_file
     from fmgguf.runtime.rpc import parse_workers
@@ -74,7 +76,7 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     settings = app.settings
     vram_bytes = parse_size(vram, "--vram") if vram is not None else None
     n_ctx = _parse_ctx(ctx) or settings.default_ctx
-    workers = parse_workers(rpc if rpc is not None else settings.rpc)
+    workers = parse_workers(settings.rpc)
     common = dict(n_ctx=n_ctx, settings=settings, vram=vram_bytes, type_k=type_k.lower(), type_v=type_v.lower(),
                   flash_attn=flash_attn or type_v.lower() not in ("f16", "f32", "bf16"), kv_quant=kv_quant,
                   workers=workers, need_workers=False)

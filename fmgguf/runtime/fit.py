@@ -159,7 +159,8 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
     if not fits:
         label = "Won't fit"
     elif on_workers and k >= est.n_layers:
-        label = f"Split over {len([d for d in devs if d.layers])} devices"
+        n_w = len({d.name.split("#")[0] for d in devs if d.layers and d.kind == "RPC"})
+        label = f"Split: {n_w} worker{'s' if n_w > 1 else ''}" + (" + GPU" if k > on_workers else "")
     elif k >= est.n_layers:
         label = "Full GPU"
     elif k > 0:
@@ -266,7 +267,7 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
                             n_gpu_layers=plan.n_gpu_layers if mem.source == "ggml" else 0)
         notes = [n for n in plan.notes if n not in est.notes]
         plan = _plan_from(est, mem, settings, "file")
-        plan.notes = notes + plan.notes
+        plan.notes = notes + [n for n in plan.notes if n not in notes]
     return plan
 
 

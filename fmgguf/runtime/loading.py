@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmgguf.errors import FmggufError, GGUFError, InsufficientMemoryError, InvalidRequestError
+from fmgguf.errors import FmggufError, GGUFError, InsufficientMemoryError, InvalidRequestError, WorkerError
 
 if TYPE_CHECKING:
     from fmgguf.settings import Settings
@@ -43,7 +43,7 @@ def validate(path: Path, cache: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
 
 
 def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: int | str, type_k: str, type_v: str,
-             flash: bool, gpu: bool, info: Any = None) -> Any:
+             flash: bool, gpu: bool, info: Any = None, workers: tuple = ()) -> Any:
     """The fit plan for ``path`` (``info``: its header, already read). On a CPU-only build the plan can
     only say "CPU only", so a plan that fits is kept per file identity, options and margins; with a GPU
     it is made afresh (free VRAM changes)."""
@@ -53,11 +53,11 @@ def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: i
         return None
     key = (identity(path), n_ctx, type_k, type_v, flash, settings.ram_margin, settings.vram_margin,
            settings.vram_override)
-    if not gpu and key in cache:
+    if not gpu and not workers and key in cache:
         return cache[key]
     plan = plan_for_file(path, n_ctx=n_ctx, settings=settings, type_k=type_k, type_v=type_v,
-                         flash_attn=flash, measure=gpu, info=info)
-    if not gpu and plan.fits:  # "won't fit" is measured again next time: memory may have been freed
+                         flash_attn=flash, measure=gpu, info=info, workers=workers)  # workers: probed
+    if not gpu and not workers and plan.fits:  # "won't fit" is measured again next time: memory may have been freed
         cache[key] = plan
         while len(cache) > 16:
             cache.pop(next(iter(cache)))
@@ -91,7 +91,11 @@ def load_request(facts: Mapping[str, Any], options: Mapping[str, Any], settings:
         except (TypeError, ValueError):
             raise InvalidRequestError(f"n_gpu_layers {layers_opt!r} is not a number",
                                       fix="use an integer (-1: all) or 'auto'") from None
-    return {"n_ctx_opt": n_ctx_opt, "layers_opt": layers_opt, "want_ctx": want_ctx,
+    from fmgguf.runtime.rpc import parse_workers
+
+    rpc = options.get("rpc")
+    workers = parse_workers(settings.rpc if rpc is None else rpc)
+    return {"n_ctx_opt": n_ctx_opt, "layers_opt": layers_opt, "want_ctx": want_ctx, "workers": workers,
             "type_k": options.get("type_k"), "type_v": options.get("type_v"),
             "flash": bool(options.get("flash_attn") or False),
             "needs_plan": layers_opt in (None, "auto") or n_ctx_opt == "auto"}
@@ -118,7 +122,9 @@ def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], 
     gpu = supports_gpu_offload()
     try:
         plan = fit_plan(path, s, plans, "auto" if n_ctx_opt == "auto" else want_ctx, type_k or "f16", type_v or "f16",
-                        flash, gpu, info=facts.get("info"))
+                        flash, gpu, info=facts.get("info"), workers=request.get("workers") or ())
+    except WorkerError:
+        raise
     except Exception:
         if needs_plan:
             raise
@@ -145,7 +151,8 @@ def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], 
     opts = LoadOptions(n_ctx=n_ctx, n_gpu_layers=layers, n_threads=options.get("n_threads") or s.n_threads,
                        flash_attn=flash, type_k=type_k, type_v=type_v,
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),
-                       split_mode=options.get("split_mode"))
+                       split_mode=options.get("split_mode"),
+                       rpc_servers=tuple(w.endpoint for w in request.get("workers") or ()) or None)
     return opts, plan
 
 

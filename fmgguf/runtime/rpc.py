@@ -225,7 +225,7 @@ def worker_devices(specs: Sequence[WorkerSpec], *, timeout: float = 5.0,
             info = fut.result()
         except WorkerError as exc:
             if need_reachable or not spec.budget:
-                if not spec.budget:
+                if not need_reachable:
                     exc.fix = f"{exc.fix}; or give its budget (--rpc {spec.endpoint}@48GB) to plan without it"
                     exc.args = (exc.one_line(),)
                 raise
