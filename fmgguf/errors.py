@@ -112,6 +112,14 @@ class WorkerError(FmggufError):
     """An RPC worker (`--rpc`) is unreachable, busy, speaks another protocol version, or was lost."""
 
 
+class RunnerCrashedError(EngineError):
+    """The runner process holding a model died (abort, segfault, OOM kill); nothing else was affected."""
+
+
+class ModelBrokenError(EngineError):
+    """A model whose runner crashed three times in a row; it is not started again until the file changes."""
+
+
 class BusyError(FmggufError):
     """The generation queue is full; try again later."""
 
@@ -160,6 +168,8 @@ _TABLE: dict[type[FmggufError], tuple[int, int]] = {
     BenchError: (20, 422),
     SandboxError: (21, 500),
     ConvertError: (22, 422),
+    RunnerCrashedError: (23, 502),
+    ModelBrokenError: (24, 503),
     WorkerError: (25, 502),
 }
 

@@ -69,7 +69,7 @@ def ensure_model(state: ServerState, manager: Any, requested: str | None) -> dic
     finally:
         state.loading = None
     state.selected = (card.id, quant, None)
-    return manager.current_model() or {"id": card.id, "quant": quant}
+    return state.current() or {"id": card.id, "quant": quant}
 
 
 def _usage(result: Any) -> dict:
