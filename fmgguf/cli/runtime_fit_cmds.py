@@ -11,8 +11,16 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import (AppContext, console, emit_json, human_bytes, human_count, json_option, pass_app,
-                                rpc_option)
+from fmgguf.cli._common import (
+    AppContext,
+    console,
+    emit_json,
+    human_bytes,
+    human_count,
+    json_option,
+    pass_app,
+    rpc_option,
+)
 
 
 def _is_file(target: str) -> bool:

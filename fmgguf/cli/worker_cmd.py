@@ -105,7 +105,7 @@ def serve(host: str, port: int, names: str, n_threads: int, cache_dir: str | Non
         for d in json.loads(first[len(DEVICES_MARK):]):
             click.echo(f"  {d['name']:<8} {d['description'][:40]:<40} {human_bytes(d['free'])} free of "
                        f"{human_bytes(d['total'])}")
-        probe_host = "127.0.0.1" if host == "0.0.0.0" else host
+        probe_host = "127.0.0.1" if host == "0.0.0.0" else host  # noqa: S104 - we connect, not bind
         ready = wait_listening(probe_host, port, timeout=60, alive=lambda: proc.poll() is None)
         click.echo(f"fmgguf worker listening on {host}:{port} (protocol 7.0, {n_threads} threads, ready in "
                    f"{time.perf_counter() - started:.2f} s, port open after {ready:.2f} s); "

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fmgguf.errors import InvalidRequestError, WorkerError
+from fmgguf.errors import FmggufError, InvalidRequestError, WorkerError
 
 if TYPE_CHECKING:
     from fmgguf.runtime.devices import Device
@@ -214,7 +214,6 @@ def worker_devices(specs: Sequence[WorkerSpec], *, timeout: float = 5.0,
     ``free`` is the worker's budget (``@BUDGET``) where given, else what it reports. A worker that
     cannot be reached is an error, unless ``need_reachable`` is False and it has a budget: then it
     is planned from the budget alone (``fmgguf fit`` before the machines are even set up)."""
-    from fmgguf.runtime.devices import Device
 
     devices: list[Device] = []
     notes: list[str] = []
@@ -275,3 +274,26 @@ def attach_workers(endpoints: Sequence[str], timeout: float = 5.0) -> list[str]:
     for ep in endpoints:
         names += rpc_attach(ep)
     return names
+
+
+def explain_lost_workers(exc: FmggufError, rpc_option: object, settings: object, timeout: float = 1.0) -> list[str]:
+    """After a runner died: the workers it used (``rpc_option``, else ``settings.rpc``) that no longer answer.
+    When there are some, ``exc`` is reworded to name them (llama.cpp aborts when a worker goes away, so the
+    model itself is not to blame) and they are returned."""
+    try:
+        specs = parse_workers(getattr(settings, "rpc", None) if rpc_option is None else rpc_option)  # type: ignore[arg-type]
+    except InvalidRequestError:
+        return []
+    lost = []
+    for spec in specs:
+        try:
+            probe(spec, timeout)
+        except WorkerError:
+            lost.append(spec.endpoint)
+    if lost:
+        head = exc.message.split("; its last log lines")[0]
+        exc.message = f"{head}: RPC worker {', '.join(lost)} was lost"
+        exc.fix = (f"start `fmgguf worker` again on {', '.join(lost)}, or load the model without it (--rpc); "
+                   "nothing else was affected")
+        exc.args = (exc.one_line(),)
+    return lost

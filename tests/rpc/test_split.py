@@ -20,9 +20,9 @@ if rpc:
     opts.update(rpc=rpc, n_gpu_layers=3, tensor_split=[1, 2])  # block 0 on the first, block 1 + output on the second
 m.load_file(path, **opts)
 res = m.generate_text("def fibonacci(n):", max_tokens=24, temperature=0, seed=0)
-log = m._engine.load_log
+by_device = m.current_model().buffers["by_device"]
 print(json.dumps({"text": res.text, "tokens": res.completion_tokens,
-                  "buffers": [l.strip() for l in log if "model buffer size" in l]}))
+                  "buffers": [name for name, b in by_device.items() if b.get("model")]}))
 m.close()
 """
 
