@@ -44,18 +44,20 @@ def test_two_workers_split_gives_the_local_greedy_tokens(workers, tiny_path) -> 
 
 
 def test_cli_run_over_workers_matches_local(workers, tiny_path) -> None:  # noqa: ANN001
-    def run(*extra: str) -> dict:
-        out = subprocess.run(fmgguf_cmd("run", str(tiny_path), "def f(x):", "-t", "0", "-n", "12", "--ctx", "256",
+    def run(*extra: str) -> tuple[dict, str]:
+        out = subprocess.run(fmgguf_cmd("-vv", "run", str(tiny_path), "def f(x):", "-t", "0", "-n", "12", "--ctx", "256",
                                         "--json", *extra), capture_output=True, text=True, timeout=300, env=child_env())
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout), out.stderr
 
-    local = run()
-    remote = run("--rpc", ",".join(w.endpoint for w in workers))
+    local, _ = run()
+    remote, log = run("--rpc", ",".join(w.endpoint for w in workers))
     assert remote["text"] == local["text"]
     plan = remote["load"]["plan"]
     assert [d["kind"] for d in plan["devices"]] == ["RPC", "RPC", "CPU"]
     assert plan["n_gpu_layers"] == plan["n_layers"]  # the plan put every layer on a worker
+    on = [d["name"] for d in plan["devices"] if d["layers"]]
+    assert all(any(f"[{name}] KV buffer size" in ln for ln in log.splitlines()) for name in on), log[-3000:]
 
 
 def test_fit_shows_both_workers_and_places_every_layer(workers, tiny_path) -> None:  # noqa: ANN001
