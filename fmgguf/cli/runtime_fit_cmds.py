@@ -156,8 +156,9 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     def row(label: str, fn: Any) -> None:
         table.add_row(label, *[fn(p) for p in plans.values()])
 
+    remote = any(d.kind == "RPC" for p in plans.values() for d in p.devices)
     row("plan", lambda p: f"[bold]{p.label}[/bold]")
-    row("GPU layers", lambda p: f"{p.n_gpu_layers} of {p.n_layers}")
+    row("offloaded layers" if remote else "GPU layers", lambda p: f"{p.n_gpu_layers} of {p.n_layers}")
     row("context", lambda p: str(p.n_ctx))
     row("KV cache type", lambda p: p.type_k if p.type_k == p.type_v else f"{p.type_k}/{p.type_v}")
     row("flash attention", lambda p: "on" if p.flash_attn else "off")
@@ -165,7 +166,8 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     row("KV cache", lambda p: human_bytes(p.estimate.kv_total))
     row("compute buffer", lambda p: f"{human_bytes(p.estimate.compute)}"
         + (" (measured)" if p.estimate.compute_source == "dry-run" else " (formula)"))
-    row("VRAM needed / free", lambda p: f"{human_bytes(p.vram_needed)} / {human_bytes(p.vram_free)}")
+    row("devices needed / budget" if remote else "VRAM needed / free",
+        lambda p: f"{human_bytes(p.vram_needed)} / {human_bytes(p.vram_free)}")
     row("RAM needed / free", lambda p: f"{human_bytes(p.ram_needed)} / {human_bytes(p.ram_free)}")
     row("tensor split", lambda p: ",".join(f"{x:g}" for x in p.tensor_split) if p.tensor_split else "-")
     row("from", lambda p: {"file": "the local file", "header": "the hub header (Range)",

@@ -158,9 +158,10 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
     on_workers = sum(d.layers for d in devs if d.kind == "RPC")
     if not fits:
         label = "Won't fit"
-    elif on_workers and k >= est.n_layers:
+    elif on_workers:
         n_w = len({d.name.split("#")[0] for d in devs if d.layers and d.kind == "RPC"})
-        label = f"Split: {n_w} worker{'s' if n_w > 1 else ''}" + (" + GPU" if k > on_workers else "")
+        label = (f"Split: {n_w} worker{'s' if n_w > 1 else ''}" + (" + GPU" if k > on_workers else "")
+                 + ("" if k >= est.n_layers else f" + RAM ({est.n_layers - k} of {est.n_layers} layers)"))
     elif k >= est.n_layers:
         label = "Full GPU"
     elif k > 0:

@@ -228,6 +228,10 @@ def start_engine(path: Path, load_opts: Any, plan: Any, progress: Callable[[str,
     """The engine for ``path``: here (``inprocess``) or in a runner process of its own (``process``,
     an :class:`~fmgguf.runtime.runner.proxy.EngineProxy`); a load that runs out of memory says what
     the fit plan expected."""
+    if getattr(load_opts, "rpc_servers", None) and isolation != "process":
+        raise InvalidRequestError("RPC workers need the model in a runner process: llama.cpp aborts the whole "
+                                  "process when a worker is lost", fix="use isolation='process' (the default; "
+                                  "FMGGUF_ISOLATION=process), or load without --rpc")
     try:
         if isolation == "process":
             from fmgguf.runtime.runner.proxy import EngineProxy

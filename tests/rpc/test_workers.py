@@ -117,3 +117,16 @@ def test_worker_unknown_device_is_one_line() -> None:
                          timeout=60, env=child_env())
     assert out.returncode != 0 and out.returncode > 0
     assert "no device named 'NOPE0'" in out.stderr and "CPU" in out.stderr
+
+
+def test_rpc_in_process_isolation_is_refused_before_llama_cpp_connects(workers, tiny_path, tmp_path) -> None:  # noqa: ANN001
+    from fmgguf.runtime import ModelManager
+    from fmgguf.settings import load_settings
+
+    m = ModelManager(load_settings(home=tmp_path), keep_alive=0, isolation="inprocess")
+    with pytest.raises(InvalidRequestError, match="runner process"):
+        m.load_file(tiny_path, n_ctx=256, rpc=workers[0].endpoint)
+    from fmgguf.runtime.devices import attached_workers
+
+    assert attached_workers() == []  # nothing was attached to this (pytest's) process
+    m.close()
