@@ -42,9 +42,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _free_port(host: str) -> int:
+def _free_port(host: str, port: int = 0) -> int:
+    """``port`` if it can be bound on ``host`` now (0: any free one); InvalidRequestError if not."""
+    from fmgguf.errors import InvalidRequestError
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                      fix="pick another --port (0: any free one), or an address of this machine "
+                                          "for --host") from None
         return int(s.getsockname()[1])
 
 
@@ -78,7 +86,7 @@ def worker_cmd(app: AppContext, host: str, port: int, devices: tuple[str, ...], 
                 f"tunnel (ssh -N -L {port or 50052}:127.0.0.1:{port or 50052} user@this-machine)")
     if not is_loopback(host):
         click.echo(SECURITY_WARNING.format(host=host, port=port or 50052), err=True)
-    port = port or _free_port(host)
+    port = _free_port(host, port)
     names = ",".join(n.strip() for d in devices for n in d.split(",") if n.strip()) or "-"
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)

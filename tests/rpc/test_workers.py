@@ -130,3 +130,12 @@ def test_rpc_in_process_isolation_is_refused_before_llama_cpp_connects(workers, 
 
     assert attached_workers() == []  # nothing was attached to this (pytest's) process
     m.close()
+
+
+def test_worker_on_a_port_in_use_is_one_line(workers) -> None:  # noqa: ANN001
+    out = subprocess.run(fmgguf_cmd("worker", "--port", str(workers[0].port)), capture_output=True, text=True,
+                         timeout=60, env=child_env())
+    assert out.returncode == 2 and "listening" not in out.stderr + out.stdout
+    assert out.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{workers[0].port}: "
+                                               "Address already in use — pick another --port (0: any free one), "
+                                               "or an address of this machine for --host"]
