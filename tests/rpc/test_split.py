@@ -93,3 +93,17 @@ def test_fit_from_the_catalog_with_budgets_alone_places_every_layer() -> None:
     covered = sorted(i for d in devs if d["first_layer"] is not None for i in range(d["first_layer"], d["last_layer"] + 1))
     assert covered == list(range(60))  # every block exactly once
     assert sum("planned from its budget alone" in n for n in plan["notes"]) == 3
+
+
+def test_fmgguf_rpc_setting_and_empty_rpc_option(tiny_path) -> None:  # noqa: ANN001
+    port = closed_port()
+    env = {**child_env(), "FMGGUF_RPC": f"127.0.0.1:{port}@1GB"}
+
+    def fit(*extra: str) -> dict:
+        out = subprocess.run(fmgguf_cmd("fit", str(tiny_path), "--no-measure", "--json", *extra), capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        return next(iter(json.loads(out.stdout)["plans"].values()))
+
+    assert [d["name"] for d in fit()["devices"] if d["kind"] == "RPC"] == [f"127.0.0.1:{port}"]
+    assert [d for d in fit("--rpc", "")["devices"] if d["kind"] == "RPC"] == []
