@@ -6,6 +6,10 @@ memory llama.cpp itself plans with. The package is located with ``importlib.util
 without importing llama_cpp. Where NVML (``pynvml``) is importable, it supplies the GPU memory
 numbers for NVIDIA devices (matched by PCI bus id). RAM comes from psutil.
 ``settings.vram_override`` (``--vram 8GB``) plans for another card: one GPU with that much free.
+
+The same bindings reach llama.cpp's RPC backend: attaching a worker's devices (``rpc_attach``, what
+llama.cpp's ``--rpc`` does) and serving this machine's devices (``rpc_serve``, `fmgguf worker`).
+Everything goes through ``libllama``'s handle: the wheel's libggml copies each have a registry.
 """
 
 from __future__ import annotations
@@ -150,6 +154,9 @@ def ggml_devices() -> list[Device]:
 
 
 # --- llama.cpp's RPC backend (workers) -----------------------------------------------------------------
+#: endpoint -> its device names, for the workers attached in this process (mirrors ggml's own registry,
+#: which is process-wide and has no way to unregister a backend)
+_ATTACHED: dict[str, list[str]] = {}
 _ADD_SERVER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
 _START_SERVER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
                                  ctypes.POINTER(ctypes.c_void_p))
@@ -178,7 +185,7 @@ def rpc_attach(endpoint: str) -> list[str]:
 
         raise WorkerError("this llama.cpp build has no RPC backend",
                           fix="reinstall with `make install` (it builds llama-cpp-python with -DGGML_RPC=on)")
-    attached = _attached()
+    attached = _ATTACHED
     if endpoint not in attached:
         reg = add(endpoint.encode())
         if not reg:
@@ -191,14 +198,9 @@ def rpc_attach(endpoint: str) -> list[str]:
     return list(attached[endpoint])
 
 
-@lru_cache(maxsize=1)
-def _attached() -> dict[str, list[str]]:
-    return {}
-
-
 def attached_workers() -> list[str]:
     """Endpoints attached in this process (they stay: ggml has no way to unregister a backend)."""
-    return list(_attached())
+    return list(_ATTACHED)
 
 
 def rpc_serve(endpoint: str, device_names: list[str], n_threads: int, cache_dir: str | None = None) -> str:
