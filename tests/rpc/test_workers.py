@@ -139,3 +139,25 @@ def test_worker_on_a_port_in_use_is_one_line(workers) -> None:  # noqa: ANN001
     assert out.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{workers[0].port}: "
                                                "Address already in use — pick another --port (0: any free one), "
                                                "or an address of this machine for --host"]
+
+
+def test_a_worker_of_another_protocol_version_is_named() -> None:
+    """An older llama.cpp's worker (protocol 6) answering HELLO: refused by the probe, before llama.cpp
+    (which would abort the process) ever connects. A real v6 worker needs another llama.cpp build, so
+    this peer speaks just the HELLO of one, byte for byte."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def old_worker() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            hello = conn.recv(64)
+            assert hello[0] == 14 and int.from_bytes(hello[1:9], "little") == 24
+            conn.sendall((28).to_bytes(8, "little") + bytes([6, 1, 0, 0]) + bytes(24))
+            conn.recv(64)
+
+    threading.Thread(target=old_worker, daemon=True).start()
+    port = srv.getsockname()[1]
+    with srv, pytest.raises(WorkerError, match=rf"RPC worker 127\.0\.0\.1:{port} speaks protocol 6\.1\.0"):
+        probe(WorkerSpec("127.0.0.1", port), timeout=5)
