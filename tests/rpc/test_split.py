@@ -107,3 +107,28 @@ def test_fmgguf_rpc_setting_and_empty_rpc_option(tiny_path) -> None:  # noqa: AN
 
     assert [d["name"] for d in fit()["devices"] if d["kind"] == "RPC"] == [f"127.0.0.1:{port}"]
     assert [d for d in fit("--rpc", "")["devices"] if d["kind"] == "RPC"] == []
+
+
+def test_fit_from_a_remote_header_across_workers(workers, tmp_path) -> None:  # noqa: ANN001
+    """`fit ID --rpc` before any download: the GGUF header over HTTP Range, the workers probed."""
+    import yaml
+    from click.testing import CliRunner
+
+    from fmgguf.cli.main import cli
+    from fmgguf.testing import HubServer, tiny_card, tiny_repo_files
+
+    card = tiny_card("tiny-rpc", arch="llama", quants=("Q4_K_M",))
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(yaml.safe_dump({"models": [card]}))
+    repo = next(iter(card["variants"].values()))["repo"]
+    rpc = f"{workers[0].endpoint}@200MiB,{workers[1].endpoint}@2GB"
+    with HubServer({repo: tiny_repo_files("tiny-rpc", arch="llama", quants=("Q4_K_M",))}) as hub:
+        result = CliRunner().invoke(cli, ["fit", "tiny-rpc", "--vram", "0", "--rpc", rpc, "--json"],
+                                    env={"FMGGUF_CATALOG": str(cat), "HF_ENDPOINT": hub.endpoint},
+                                    catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["plans"]["Q4_K_M"]
+    assert plan["source"] == "header" and not plan["notes"]  # both workers answered
+    assert [(d["name"], d["free"]) for d in plan["devices"][:2]] == [
+        (workers[0].endpoint, 200 * 1024**2), (workers[1].endpoint, 2 * 1000**3)]
+    assert plan["label"] == "Split: 1 worker" and plan["tensor_split"][-1] == plan["n_layers"]
