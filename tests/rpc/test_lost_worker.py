@@ -8,6 +8,8 @@ import pytest
 
 from fmgguf.errors import FmggufError, RunnerCrashedError, WorkerError
 
+pytestmark = pytest.mark.slow
+
 
 def test_worker_killed_mid_generation_fails_only_that_request(workers, tiny_path, tmp_path) -> None:  # noqa: ANN001
     from fmgguf.runtime import ModelManager

@@ -13,6 +13,8 @@ import pytest
 
 from .conftest import child_env, fmgguf_cmd, start_worker
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture()
 def server(workers, tiny_path):  # noqa: ANN001, ANN201

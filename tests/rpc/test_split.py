@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import child_env, closed_port, fmgguf_cmd
 
-# In a child process: RPC workers stay attached to the process that attached them.
+# Run as a program of its own, as a user would (the model itself then runs in its runner process).
 _GENERATE = r"""
 import json, sys
 from fmgguf.runtime import ModelManager
@@ -34,6 +36,7 @@ def _generate(path, rpc: str) -> dict:  # noqa: ANN001
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_workers_split_gives_the_local_greedy_tokens(workers, tiny_path) -> None:  # noqa: ANN001
     local = _generate(tiny_path, "")
     split = _generate(tiny_path, ",".join(w.endpoint for w in workers))
@@ -43,6 +46,7 @@ def test_two_workers_split_gives_the_local_greedy_tokens(workers, tiny_path) -> 
     assert all(on.values()), split["buffers"]  # weights really went to both workers
 
 
+@pytest.mark.slow
 def test_cli_run_over_workers_matches_local(workers, tiny_path) -> None:  # noqa: ANN001
     def run(*extra: str) -> tuple[dict, str]:
         out = subprocess.run(fmgguf_cmd("-vv", "run", str(tiny_path), "def f(x):", "-t", "0", "-n", "12", "--ctx", "256",
