@@ -214,7 +214,6 @@ def worker_devices(specs: Sequence[WorkerSpec], *, timeout: float = 5.0,
     ``free`` is the worker's budget (``@BUDGET``) where given, else what it reports. A worker that
     cannot be reached is an error, unless ``need_reachable`` is False and it has a budget: then it
     is planned from the budget alone (``fmgguf fit`` before the machines are even set up)."""
-
     devices: list[Device] = []
     notes: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
