@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app
+from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app, rpc_option
 
 
 def _load_options(f: Any) -> Any:
@@ -29,6 +29,7 @@ def _load_options(f: Any) -> Any:
         click.option("--top-p", type=float, default=0.95, show_default=True, help="Nucleus sampling, above 0 up to 1."),
         click.option("--seed", type=int, default=None, help="Sampling seed (repeatable output)."),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
+        rpc_option,
     ]
     for opt in reversed(options):
         f = opt(f)

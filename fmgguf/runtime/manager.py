@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_threads", "tensor_split",
-              "main_gpu", "split_mode", "progress")
+              "main_gpu", "split_mode", "progress", "rpc")
 ISOLATIONS = ("process", "inprocess")
 Build = Callable[[Any, Resident], tuple[Any, list[str]]]
 
