@@ -279,8 +279,11 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         llm.set_seed(int(seed) if seed is not None else random.randint(0, 2**31 - 1))
         pending = ""
-        gen = llm.generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p, temp=float(temperature),
-                           repeat_penalty=repeat_penalty, reset=True)
+        # KV prefix reuse: what the context already holds for the start of this prompt is kept, only
+        # the rest is decoded (an editor's next FIM request on the same file differs near the cursor)
+        stats.cached_tokens = cached = self._keep_common_prefix(llm, tokens)
+        gen = llm.generate(tokens[cached:], top_k=top_k, top_p=top_p, min_p=min_p, temp=float(temperature),
+                           repeat_penalty=repeat_penalty, reset=False)
         finish = None
         try:
             while True:
@@ -337,6 +340,27 @@ class Engine:
         tail = pending + decoder.decode(b"", final=True)
         if tail and finish != "cancelled":
             yield tail
+
+    @staticmethod
+    def _keep_common_prefix(llm: Any, tokens: Sequence[int]) -> int:
+        """Trim the KV cache to the longest prefix it shares with ``tokens`` and return its length.
+
+        At least the last prompt token is always decoded again (its logits choose the first new
+        token). Where the cache cannot be trimmed (some recurrent or sliding-window models) it is
+        cleared and the whole prompt decoded."""
+        import numpy as np  # noqa: PLC0415 - llama_cpp's own dependency
+
+        held = int(llm.n_tokens)
+        limit = min(held, len(tokens) - 1)
+        n = 0
+        if limit > 0:
+            diff = np.nonzero(llm.input_ids[:limit] != np.asarray(tokens[:limit], dtype=llm.input_ids.dtype))[0]
+            n = int(diff[0]) if len(diff) else limit
+        if n <= 0 or not llm._ctx.kv_cache_seq_rm(-1, n, -1):
+            llm.reset()
+            return 0
+        llm.n_tokens = n
+        return n
 
     # --- errors and teardown -------------------------------------------------------------------
     def _oom_error(self, listener: LoadListener | None, when: str, code: str | None = None) -> InsufficientMemoryError:

@@ -296,7 +296,7 @@ class ModelManager:
             return GenerationResult(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=n,
                                     ttft_s=round(first - started, 6), tokens_per_s=round(rate, 3),
                                     total_s=round(end - started, 6), finish_reason=stats.finish_reason or "cancelled",
-                                    model_id=info.get("id"), quant=info.get("quant"))
+                                    model_id=info.get("id"), quant=info.get("quant"), cached_tokens=stats.cached_tokens)
 
         gs = GenerationStream(pieces, finish, self._done, cancel)
         return gs if stream else gs.consume()

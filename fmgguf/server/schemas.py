@@ -133,3 +133,11 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's /v1/embeddings body (refused: no model served here embeds)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(default=None, max_length=200)
+    input: Union[str, list[Any], None] = None
