@@ -82,8 +82,8 @@ class _OpenAIBody(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: Any) -> Any:
-        if isinstance(v, list) and len(v) > 8:
-            raise ValueError("at most 8 stop sequences")
+        if isinstance(v, list) and len(v) > 32:  # Continue sends ~12 for a FIM template
+            raise ValueError("at most 32 stop sequences")
         return v
 
     def stop_list(self) -> list[str] | None:

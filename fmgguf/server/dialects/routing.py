@@ -93,10 +93,13 @@ def resolve(state: Any, manager: Any, requested: str | None, kind: str) -> Targe
 
 def _default_for(state: Any, manager: Any, kind: str) -> str:
     resident = loaded_names(state, manager) if manager is not None else []
-    if kind == "fim":  # the resident model that does FIM, if any
+    if kind == "fim":  # the resident model that does FIM, else a downloaded one (editors rarely name one)
         for mid, quant in resident:
             if mid in state.catalog and state.catalog.get(mid).fim_supported:
                 return f"{mid}:{quant}" if quant else mid
+        for mid, quant in sorted(downloaded_pairs(state.downloader)):
+            if mid in state.catalog and state.catalog.get(mid).fim_supported:
+                return f"{mid}:{quant}"
     elif kind == "chat":
         for mid, quant in resident:
             if mid in state.catalog and state.catalog.get(mid).chat_template not in (None, "none"):
