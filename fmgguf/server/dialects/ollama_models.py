@@ -204,6 +204,9 @@ async def pull(request: Request, body: PullBody) -> Any:
             yield ndjson({"error": " — ".join(x for x in (err.get("message"), err.get("fix")) if x)
                           or f"the download {info['state']}"})
             return
+        size = info["total"] or info["downloaded"] or 0
+        yield ndjson({"status": f"pulling {card.id}:{quant}", "digest": f"{card.id}:{quant}", "total": size,
+                      "completed": size})
         yield ndjson({"status": "verifying sha256 digest"})
         yield ndjson({"status": "writing manifest"})
         yield ndjson({"status": "success"})
