@@ -202,7 +202,8 @@ class ModelBenchmarker:
                 loaded = mgr.switch_model(model_id, quant)
             meta["load_s"] = getattr(loaded, "load_s", None)
             mgr.generate_text("def hello():", max_tokens=4, temperature=0.0, seed=0)  # warm-up
-        info = mgr.current_model() or {}
+        loaded_info = mgr.current_model()
+        info = loaded_info.as_dict() if loaded_info is not None else {}
         meta.update(n_ctx=info.get("n_ctx"), n_gpu_layers=info.get("n_gpu_layers"),
                     model_memory_bytes=info.get("memory"), chat_template=info.get("chat_template"))
         total, count = len(chosen) * samples, [len(done)]

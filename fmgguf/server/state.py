@@ -139,10 +139,10 @@ class ServerState:
 
     # --- what is loaded --------------------------------------------------------------------------
     def reload_selected(self, manager: Any) -> dict | None:
-        """Load the last selected model again if the manager unloaded it (keep-alive); call under the gate."""
-        cur = manager.current_model()
-        if cur or self.selected is None:
-            return cur
+        """Load the last selected model again if the manager unloaded it (keep-alive); call under the gate.
+        Returns :meth:`current`'s JSON view."""
+        if manager.current_model() is not None or self.selected is None:
+            return self.current()
         model_id, quant, path = self.selected
         self.loading = (model_id, quant or "", time.time())
         try:
@@ -152,14 +152,15 @@ class ServerState:
                 manager.switch_model(model_id, quant)
         finally:
             self.loading = None
-        return manager.current_model()
+        return self.current()
 
     def current(self) -> dict | None:
+        """The selected model as JSON-ready data (the routes' view of ``manager.current_model()``)."""
         manager = self._manager
         if manager is None:
             return None
         info = manager.current_model()
-        return info or None
+        return info.as_dict() if info is not None else None
 
 
 def _build_benchmarker(cls: Any, state: ServerState) -> Any:

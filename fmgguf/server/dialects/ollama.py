@@ -182,8 +182,8 @@ async def _load_or_unload(state: Any, model: str, keep: float | None, chat: bool
     """Ollama's empty request: load the model (or unload it when keep_alive is 0)."""
     import anyio
 
+    from fmgguf.server.dialects.ollama_models import unload_model
     from fmgguf.server.dialects.routing import resolve
-    from fmgguf.server.streaming import run_generation
 
     created = now_iso()
     empty = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
@@ -191,10 +191,7 @@ async def _load_or_unload(state: Any, model: str, keep: float | None, chat: bool
         manager = state.manager_if_built
         if manager is not None:
             target = await anyio.to_thread.run_sync(lambda: resolve(state, manager, model, "prompt"))
-            cur = state.current()
-            if cur and cur.get("id") == target.model_id:
-                await run_generation(state, lambda m: m.unload(), "unload")
-                state.selected = None
+            await unload_model(state, target.model_id, target.quant)
         return {"model": clean_name(model), "created_at": created, **empty, "done": True, "done_reason": "unload"}
     req = GenRequest("prompt", "ollama", model, prompt="", sampling=Sampling(max_tokens=1), warmup=True, keep_alive=keep)
     outcome = await (await start(state, req)).collect()

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError, NotDownloadedError
-from fmgguf.server.dialects.routing import clean_name, loaded_names, unknown_model
+from fmgguf.server.dialects.routing import clean_name, unknown_model
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 #: the Ollama API version we answer like (Copilot's BYOK provider wants >= 0.6.4)
@@ -113,17 +113,16 @@ def ps(request: Request) -> dict:
     state = _state(request)
     manager = state.manager_if_built
     out = []
-    cur = manager.current_model() if manager is not None else None
-    for mid, quant in (loaded_names(state, manager) if manager is not None else []):
-        card = state.catalog.get(mid) if mid in state.catalog else None
-        info = cur if cur and cur.get("id") == mid else {}
-        name = f"{mid}:{quant}" if quant else mid
-        size = int(info.get("memory") or 0)
-        until = "0001-01-01T00:00:00Z" if not state.settings.keep_alive else \
-            datetime.fromtimestamp(time.time() + state.settings.keep_alive, timezone.utc).isoformat()
-        out.append({"name": name, "model": name, "size": size, "digest": "", "details": details(card, quant),
-                    "expires_at": until, "size_vram": 0 if not info.get("n_gpu_layers") else size,
-                    "context_length": int(info.get("n_ctx") or 0)})
+    for lm in (manager.loaded() if manager is not None else []):
+        card = state.catalog.get(lm.id) if lm.id in state.catalog else None
+        name = f"{lm.id}:{lm.quant}" if lm.quant else lm.id
+        left = getattr(lm, "expires_in_s", None)
+        until = "0001-01-01T00:00:00Z" if left is None else \
+            datetime.fromtimestamp(time.time() + left, timezone.utc).isoformat()
+        size = int(lm.memory or 0)
+        out.append({"name": name, "model": name, "size": size, "digest": "", "details": details(card, lm.quant),
+                    "expires_at": until, "size_vram": size if lm.n_gpu_layers else 0,
+                    "context_length": int(lm.n_ctx or 0)})
     return {"models": out}
 
 
@@ -155,11 +154,11 @@ def show(request: Request, body: _Body) -> dict:
 
 
 def _serving_ctx(state: Any, card: Any) -> int:
-    """The context a request really gets: the loaded model's, else what a load would choose."""
+    """The context a request really gets: the resident model's, else what a load would choose."""
     manager = state.manager_if_built
-    cur = manager.current_model() if manager is not None else None
-    if cur and cur.get("id") == card.id and cur.get("n_ctx"):
-        return int(cur["n_ctx"])
+    for lm in (manager.loaded() if manager is not None else []):
+        if lm.id == card.id and lm.n_ctx:
+            return int(lm.n_ctx)
     trained = card.context_length or state.settings.default_ctx
     return int(min(state.settings.default_ctx, trained))
 
@@ -226,15 +225,26 @@ async def pull(request: Request, body: PullBody) -> Any:
 @router.delete("/delete")
 async def delete(request: Request, body: _Body) -> Response:
     """Delete a downloaded model (unloading it first if it is loaded)."""
-    from fmgguf.server.streaming import run_generation
-
     state = _state(request)
     card, quant = resolve_local(state, body.ref())
     if not any(r.get("id") == card.id and r.get("quant") == quant for r in _records(state)):
         raise NotDownloadedError(f"model {body.ref()!r} is not downloaded", fix="GET /api/tags lists the downloaded models")
-    cur = state.current()
-    if cur and cur.get("id") == card.id and cur.get("quant") == quant:
-        await run_generation(state, lambda m: m.unload(), "unload")
-        state.selected = None
+    await unload_model(state, card.id, quant)
     await anyio.to_thread.run_sync(lambda: state.downloader.delete_model(card.id, quant))
     return Response(status_code=200)
+
+
+async def unload_model(state: Any, model_id: str, quant: str | None) -> bool:
+    """Unload one resident model (the others stay); forget it as the selection if it was selected."""
+    from fmgguf.server.streaming import run_generation
+
+    manager = state.manager_if_built
+    if manager is None or not any(lm.id == model_id and (quant is None or lm.quant == quant)
+                                  for lm in manager.loaded()):
+        return False
+    cur = state.current()
+    ref = f"{model_id}:{quant}" if quant else model_id
+    done = await run_generation(state, lambda m: m.unload(ref), "unload")
+    if cur and cur.get("id") == model_id:
+        state.selected = None
+    return bool(done)

@@ -48,17 +48,18 @@ def _multi_resident(manager: Any) -> bool:
 
 
 def loaded_names(state: Any, manager: Any) -> list[tuple[str, str | None]]:
-    """(id, quant) of every resident model, the current one first."""
+    """(id, quant) of every resident model, the selected one first."""
     out: list[tuple[str, str | None]] = []
-    cur = manager.current_model() if manager is not None else None
+    cur = state.current()
     if cur:
         out.append((str(cur.get("id")), cur.get("quant")))
     lister = getattr(manager, "loaded", None)
     if callable(lister):
-        for lm in lister() or []:
-            mid = getattr(lm, "model_id", None) or getattr(lm, "id", None)
-            if mid and all(mid != m for m, _ in out):
-                out.append((str(mid), getattr(lm, "quant", None)))
+        for lm in reversed(lister() or []):  # most recently used first
+            mid = getattr(lm, "id", None) or getattr(lm, "model_id", None)
+            quant = getattr(lm, "quant", None)
+            if mid and (str(mid), quant) not in out:
+                out.append((str(mid), quant))
     return out
 
 
@@ -76,7 +77,7 @@ def resolve(state: Any, manager: Any, requested: str | None, kind: str) -> Targe
     name = clean_name(requested)
     if not name:
         name = _default_for(state, manager, kind)
-    cur = manager.current_model() if manager is not None else None
+    cur = state.current()
     if cur and name in _file_names(cur) and str(cur.get("id")) not in state.catalog:
         return Target(str(cur.get("id")), None, None)  # a file loaded by path, no catalog entry
     try:
@@ -181,12 +182,14 @@ def call_manager(state: Any, manager: Any, req: Any) -> tuple[Any, str, bool]:
 
 
 def _make_resident(state: Any, manager: Any, target: Target, keep_alive: float | None, kw: dict) -> int:
-    """Load ``target`` if needed; returns its context length."""
+    """Load ``target`` if needed (beside the other resident models where the manager keeps several);
+    returns its context length. ``keep_alive`` is Ollama's: None default, inf forever, 0 the default too."""
     if _multi_resident(manager) and target.card is not None:
-        loaded = manager.ensure_loaded(target.ref, keep_alive=keep_alive)
+        keep = None if keep_alive is None or keep_alive == 0 else (0.0 if keep_alive == float("inf") else keep_alive)
+        loaded = manager.ensure_loaded(target.ref, keep_alive=keep)
         kw["model"] = target.ref
-        if keep_alive is not None:
-            kw["keep_alive"] = keep_alive
+        if keep is not None:
+            kw["keep_alive"] = keep
         return int(getattr(loaded, "n_ctx", 0) or state.settings.default_ctx)
     cur = state.reload_selected(manager)
     same = cur and (target.card is None or (cur.get("id") == target.model_id and
@@ -198,5 +201,5 @@ def _make_resident(state: Any, manager: Any, target: Target, keep_alive: float |
         finally:
             state.loading = None
         state.selected = (target.model_id, target.quant, None)
-        cur = manager.current_model()
+        cur = state.current()
     return int((cur or {}).get("n_ctx") or state.settings.default_ctx)
