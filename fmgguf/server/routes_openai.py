@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from fmgguf.server.convert import downloaded_pairs
 from fmgguf.server.dialects.core import GenRequest, Generation, Sampling, start
+from fmgguf.server.dialects.routing import loaded_names
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from fmgguf.server.state import ServerState
 from fmgguf.server.streaming import error_payload, sse
@@ -50,7 +51,7 @@ def _local_quants(state: ServerState) -> dict[str, list[str]]:
 
 @router.get("/models")
 def list_models(request: Request) -> dict:
-    """One entry per distinct usable ``model`` value, the loaded model first.
+    """One entry per distinct usable ``model`` value, the resident models first (most recently used first).
 
     OpenAI clients show this list as the models to pick from, so each entry must be a different choice:
     a model with one quant on disk (or only the loaded one) is listed by its bare ``id``; a model with
@@ -60,21 +61,22 @@ def list_models(request: Request) -> dict:
     state = _state(request)
     now = int(state.started_at)
     local = _local_quants(state)
-    cur = state.current()
-    cur_id = str(cur.get("id")) if cur else None
-    if cur_id is not None:
-        quants = local.setdefault(cur_id, [])
-        if cur.get("quant") and str(cur["quant"]) not in quants:
-            quants.append(str(cur["quant"]))
+    manager = state.manager_if_built
+    resident = loaded_names(state, manager) if manager is not None else []
+    for mid, quant in resident:
+        quants = local.setdefault(mid, [])
+        if quant and str(quant) not in quants:
+            quants.append(str(quant))
+    loaded_quant = {mid: str(q) for mid, q in reversed(resident) if q}
     ids: list[str] = []
-    order = ([cur_id] if cur_id is not None else []) + [m for m in local if m != cur_id]
+    order = list(dict.fromkeys([m for m, _ in resident] + list(local)))
     for model_id in order:
         quants = local[model_id]
         if len(quants) <= 1:
             ids.append(model_id)
             continue
-        if model_id == cur_id and cur.get("quant"):  # the loaded quant first
-            quants = sorted(quants, key=lambda q: q != str(cur["quant"]))
+        if model_id in loaded_quant:  # the loaded quant first
+            quants = sorted(quants, key=lambda q: q != loaded_quant[model_id])
         ids.extend(f"{model_id}:{q}" for q in quants)
     return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "fmgguf"} for i in ids]}
 
