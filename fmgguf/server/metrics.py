@@ -27,7 +27,7 @@ class Histogram:
 
     def lines(self, name: str, labels: str = "") -> list[str]:
         sep = "," if labels else ""
-        out = [f'{name}_bucket{{{labels}{sep}le="{edge:g}"}} {n}' for edge, n in zip(self.buckets, self.counts)]
+        out = [f'{name}_bucket{{{labels}{sep}le="{edge:g}"}} {n}' for edge, n in zip(self.buckets, self.counts, strict=True)]
         out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
         tail = f"{{{labels}}}" if labels else ""
         out += [f"{name}_sum{tail} {self.total:.6f}", f"{name}_count{tail} {self.count}"]

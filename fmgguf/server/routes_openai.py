@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from fmgguf.server.convert import downloaded_pairs
-from fmgguf.server.dialects.core import GenRequest, Generation, Sampling, start
+from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, start
 from fmgguf.server.dialects.routing import loaded_names
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from fmgguf.server.state import ServerState

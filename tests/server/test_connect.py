@@ -4,12 +4,12 @@ model ids and roles, merged into an existing config file (other settings kept, a
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import tomllib
 import yaml
 from click.testing import CliRunner
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
