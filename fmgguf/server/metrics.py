@@ -45,6 +45,8 @@ class Metrics:
         self.ttft: dict[str, Histogram] = {}
         self.tps: dict[str, Histogram] = {}
         self.superseded = 0
+        #: runner crashes that reached a request (the runner is started again on the next one)
+        self.runner_crashes = 0
 
     def request(self, method: str, route: str, status: int) -> None:
         with self._lock:
@@ -60,17 +62,22 @@ class Metrics:
             if outcome.completion_tokens > 1:
                 self.tps.setdefault(dialect, Histogram(TPS_BUCKETS)).observe(outcome.tokens_per_s)
 
-    def failed(self, dialect: str) -> None:
+    def failed(self, dialect: str, exc: BaseException | None = None) -> None:
+        from fmgguf.errors import RunnerCrashedError
+
         with self._lock:
             self.generations[(dialect, "error")] += 1
+            if isinstance(exc, RunnerCrashedError):
+                self.runner_crashes += 1
 
     def render(self, state: Any) -> str:
         from fmgguf.server.dialects.routing import loaded_names
 
         manager = state.manager_if_built
         resident = loaded_names(state, manager) if manager is not None else []
-        restarts = int(getattr(manager, "runner_restarts", 0) or getattr(manager, "restarts", 0) or 0) \
-            if manager is not None else 0
+        own = getattr(manager, "runner_restarts", None) if manager is not None else None
+        restarts = int(own) if isinstance(own, int) else self.runner_crashes
+        broken = len(manager.broken()) if manager is not None and callable(getattr(manager, "broken", None)) else 0
         with self._lock:
             out = _help("fmgguf_requests_total", "counter", "HTTP requests by method, route and status")
             out += [f'fmgguf_requests_total{{method="{m}",route="{_esc(r)}",status="{s}"}} {n}'
@@ -95,8 +102,11 @@ class Metrics:
         out += _help("fmgguf_loaded_models", "gauge", "models resident in memory")
         out.append(f"fmgguf_loaded_models {len(resident)}")
         out += [f'fmgguf_model_loaded{{model="{_esc(m)}",quant="{_esc(q or "")}"}} 1' for m, q in resident]
-        out += _help("fmgguf_runner_restarts_total", "counter", "model runner processes restarted after a crash")
+        out += _help("fmgguf_runner_restarts_total", "counter",
+                     "model runner processes restarted after a crash (crashes that reached a request)")
         out.append(f"fmgguf_runner_restarts_total {restarts}")
+        out += _help("fmgguf_models_broken", "gauge", "models whose runner crashed three times in a row")
+        out.append(f"fmgguf_models_broken {broken}")
         return "\n".join(out) + "\n"
 
 

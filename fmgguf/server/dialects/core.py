@@ -128,7 +128,7 @@ class Generation:
                         self.hub.metrics.observe(self.req.dialect, outcome)
                         yield "done", outcome
                     else:
-                        self.hub.metrics.failed(self.req.dialect)
+                        self.hub.metrics.failed(self.req.dialect, value)
                         yield kind, value
         finally:
             if self._timer is not None:
@@ -233,8 +233,9 @@ async def start(state: Any, req: GenRequest) -> Generation:
 
     try:
         streamed = await StreamedGeneration.start(state, call)
-    except BaseException:
+    except BaseException as exc:
         hub.forget(ticket)
+        hub.metrics.failed(req.dialect, exc)
         raise
     return Generation(streamed, req, ticket, hub)
 
