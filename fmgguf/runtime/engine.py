@@ -27,6 +27,9 @@ from fmgguf.runtime.llama_log import LoadListener, LogRouter
 
 log = logging.getLogger(__name__)
 
+#: the shortest run of cached tokens moved in the KV cache rather than decoded again (llama.cpp's --cache-reuse)
+KV_REUSE_MIN = 64
+
 _KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
@@ -356,11 +359,38 @@ class Engine:
         if limit > 0:
             diff = np.nonzero(llm.input_ids[:limit] != np.asarray(tokens[:limit], dtype=llm.input_ids.dtype))[0]
             n = int(diff[0]) if len(diff) else limit
+        if n > 0:
+            n = Engine._shift_chunks(llm, tokens, n)
         if n <= 0 or not llm._ctx.kv_cache_seq_rm(-1, n, -1):
             llm.reset()
             return 0
         llm.n_tokens = n
         return n
+
+    @staticmethod
+    def _shift_chunks(llm: Any, tokens: Sequence[int], n: int) -> int:
+        """llama.cpp's cache reuse, after the common prefix ``n``: where text was removed from the prompt
+        (an editor's oldest context chunk dropped, the window over a long file moved), runs of at least
+        :data:`KV_REUSE_MIN` cached tokens that the new prompt has next are moved down in the KV cache
+        instead of being decoded again. Returns how many leading prompt tokens the cache now holds."""
+        held, limit = int(llm.n_tokens), len(tokens) - 1
+        mem = getattr(llm._ctx, "memory", None)
+        if held - n < KV_REUSE_MIN or limit - n < KV_REUSE_MIN or mem is None or not lib().llama_memory_can_shift(mem):
+            return n
+        cache = llm.input_ids[:held].tolist()
+        head_c = head_p = n
+        while head_c < held and head_p < limit:
+            m = 0
+            while head_c + m < held and head_p + m < limit and cache[head_c + m] == tokens[head_p + m]:
+                m += 1
+            if m < KV_REUSE_MIN:
+                head_c += 1
+                continue
+            llm._ctx.kv_cache_seq_rm(0, head_p, head_c)
+            llm._ctx.kv_cache_seq_shift(0, head_c, head_c + m, head_p - head_c)
+            llm.input_ids[head_p: head_p + m] = cache[head_c: head_c + m]
+            head_c, head_p = head_c + m, head_p + m
+        return head_p
 
     # --- errors and teardown -------------------------------------------------------------------
     def _oom_error(self, listener: LoadListener | None, when: str, code: str | None = None) -> InsufficientMemoryError:

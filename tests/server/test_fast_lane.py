@@ -77,3 +77,13 @@ def test_other_clients_are_not_cancelled(served: Any) -> None:
     _stream(served.url, "editor-c", out, "second", n_predict=3)
     first.join(60)
     assert out["first"]["stop_type"] in ("limit", "eos") and out["first"]["stop_type"] != "none"
+
+
+def test_dropped_context_chunk_keeps_the_rest_cached(served: Any) -> None:
+    """llama.vscode's ring buffer evicts its oldest chunk: the chunks after it move down in the KV cache."""
+    old = {"filename": "old.py", "text": "".join(f"OLD_{i} = {i} * 3\n" for i in range(60))}
+    kept = {"filename": "kept.py", "text": "".join(f"def kept_{i}(v):\n    return v + {i}\n" for i in range(40))}
+    first = _infill(served.url, input_extra=[old, kept], prompt="x")
+    second = _infill(served.url, input_extra=[kept], prompt="x")
+    assert first["tokens_evaluated"] - second["tokens_evaluated"] > 200  # the old chunk is gone
+    assert second["tokens_cached"] >= 0.8 * second["tokens_evaluated"], second
