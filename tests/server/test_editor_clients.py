@@ -122,3 +122,24 @@ def test_tabby_segments(served: Any) -> None:
 def test_v1_completions_prompt_means_openai(served: Any, body: dict) -> None:
     r = httpx.post(served.url + "/v1/completions", json={**body, "max_tokens": 2, "model": FIM_MODEL}, timeout=60)
     assert r.status_code == 200 and r.json()["object"] == "text_completion"
+
+
+def test_continue_llamacpp_autocomplete(served: Any) -> None:
+    events = replay(served, "continue/llamacpp_autocomplete.json")["completion"]
+    assert all(e["stop"] is False and isinstance(e["content"], str) for e in events[:-1])
+    last = events[-1]
+    assert last["stop"] is True and last["timings"]["predicted_n"] >= 1 and "tokens_cached" in last
+
+
+def test_minuet_mistral_fim(served: Any) -> None:
+    events = replay(served, "minuet/mistral_fim.json")["fim"]
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if e["choices"]]
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["usage"]["completion_tokens"] >= 1
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+def test_tabby_server_setting(served: Any) -> None:
+    r = httpx.get(served.url + "/v1beta/server_setting", timeout=10)
+    assert r.json() == {"disable_client_side_telemetry": True}

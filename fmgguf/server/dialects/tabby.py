@@ -1,6 +1,6 @@
 """Tabby's client API (the Tabby IDE extensions point at a URL + token): GET /v1/health, POST
 /v1/completions with ``segments`` (routes_openai dispatches on the body: ``segments`` means Tabby,
-``prompt`` means OpenAI) and POST /v1/events (accepted, not stored)."""
+``prompt`` means OpenAI), POST /v1/events (accepted, not stored) and GET /v1beta/server_setting."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fmgguf.server.dialects.core import GenRequest, Sampling, start
 from fmgguf.server.dialects.routing import loaded_names
 from fmgguf.server.schemas import MAX_PROMPT_CHARS
 
-router = APIRouter(prefix="/v1", tags=["tabby"])
+router = APIRouter(tags=["tabby"])
 #: Tabby's own server generates at most this many tokens per completion (max_decoding_tokens)
 TABBY_MAX_TOKENS = 64
 
@@ -69,7 +69,7 @@ async def tabby_completion(request: Request, body: TabbyCompletion) -> dict:
     return {"id": completion_id(), "choices": [{"index": 0, "text": outcome.text}]}
 
 
-@router.get("/health")
+@router.get("/v1/health")
 def health(request: Request) -> dict:
     """Tabby's health state: the completion and chat models, device and version."""
     from fmgguf import __version__
@@ -86,8 +86,14 @@ def health(request: Request) -> dict:
             "version": {"build_date": "", "build_timestamp": "", "git_sha": "", "git_describe": f"fmgguf-{__version__}"}}
 
 
-@router.post("/events")
+@router.post("/v1/events")
 async def events(request: Request) -> dict:
     """Tabby's usage events (view/select/dismiss): accepted and dropped."""
     await request.body()
     return {}
+
+
+@router.get("/v1beta/server_setting")
+def server_setting() -> dict:
+    """Tabby clients ask whether to send usage telemetry: they need not."""
+    return {"disable_client_side_telemetry": True}
