@@ -8,6 +8,7 @@ there by the ``model`` field and the request's role (FIM or chat).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -192,17 +193,18 @@ def _stream(gen: Generation, body: Any, chunk: Callable[[str, str | None], dict]
     include_usage = bool((body.stream_options or {}).get("include_usage"))
 
     async def events() -> Any:
-        async for kind, value in gen.events():
-            if kind == "piece":
-                yield sse(chunk(value, None))
-            elif kind == "done":
-                yield sse(chunk("", _FINISH.get(value.finish_reason, "stop")))
-                if include_usage:
-                    yield sse(usage_chunk(_usage(value)))
-            else:
-                err = error_payload(value)
-                yield sse({"error": {"message": err.get("message"), "type": "server_error",
-                                     "code": err.get("error"), "fix": err.get("fix")}})
+        async with contextlib.aclosing(gen.events()) as items:
+            async for kind, value in items:
+                if kind == "piece":
+                    yield sse(chunk(value, None))
+                elif kind == "done":
+                    yield sse(chunk("", _FINISH.get(value.finish_reason, "stop")))
+                    if include_usage:
+                        yield sse(usage_chunk(_usage(value)))
+                else:
+                    err = error_payload(value)
+                    yield sse({"error": {"message": err.get("message"), "type": "server_error",
+                                         "code": err.get("error"), "fix": err.get("fix")}})
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

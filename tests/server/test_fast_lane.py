@@ -87,3 +87,16 @@ def test_dropped_context_chunk_keeps_the_rest_cached(served: Any) -> None:
     second = _infill(served.url, input_extra=[kept], prompt="x")
     assert first["tokens_evaluated"] - second["tokens_evaluated"] > 200  # the old chunk is gone
     assert second["tokens_cached"] >= 0.8 * second["tokens_evaluated"], second
+
+
+def test_a_client_that_goes_away_frees_the_model(served: Any) -> None:
+    for path, body in (("/infill", {"input_prefix": "x = [", "n_predict": 3000, "stream": True}),
+                       ("/api/generate", {"model": "tiny-qwen", "prompt": "x = [", "suffix": "]",
+                                          "options": {"num_predict": 3000}}),
+                       ("/v1/fim/completions", {"prompt": "x = [", "max_tokens": 3000, "stream": True})):
+        with httpx.stream("POST", served.url + path, json=body, timeout=60) as r:
+            next(r.iter_lines())  # it is generating
+        deadline = time.monotonic() + 10
+        while served.state.gate.busy and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not served.state.gate.busy, path  # cancelled at the next token, not after 3000

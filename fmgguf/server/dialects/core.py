@@ -137,13 +137,14 @@ class Generation:
 
     async def collect(self) -> Outcome:
         parts: list[str] = []
-        async for kind, value in self.events():
-            if kind == "piece":
-                parts.append(value)
-            elif kind == "done":
-                return value
-            else:
-                raise value
+        async with contextlib.aclosing(self.events()) as items:
+            async for kind, value in items:
+                if kind == "piece":
+                    parts.append(value)
+                elif kind == "done":
+                    return value
+                else:
+                    raise value
         raise CancelledError("the generation ended without a result", fix="retry the request")
 
     def _outcome(self, result: Any) -> Outcome:

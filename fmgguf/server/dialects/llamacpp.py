@@ -10,6 +10,7 @@ after it. ``n_predict: 0`` is a warm-up: the prompt goes into the KV cache, no t
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any, Union
 
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fmgguf.errors import CancelledError
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_error_line, start
 from fmgguf.server.schemas import MAX_PROMPT_CHARS, MAX_TOKENS
 from fmgguf.server.streaming import sse
@@ -146,28 +148,31 @@ async def _answer(request: Request, body: _LlamaBody, req: GenRequest, n_indent:
     guard = IndentGuard(n_indent)
     if not body.stream:
         parts: list[str] = []
-        async for kind, value in gen.events():
-            if kind == "piece":
-                parts.append(guard.feed(value))
-                if guard.stopped:
-                    gen.streamed.stream.cancel()
-            elif kind == "done":
-                return _final(value, body, "".join(parts), guard.stopped)
-            else:
-                raise value
+        async with contextlib.aclosing(gen.events()) as items:
+            async for kind, value in items:
+                if kind == "piece":
+                    parts.append(guard.feed(value))
+                    if guard.stopped:
+                        gen.streamed.stream.cancel()
+                elif kind == "done":
+                    return _final(value, body, "".join(parts), guard.stopped)
+                else:
+                    raise value
+        raise CancelledError("the generation ended without a result", fix="retry the request")
 
     async def events() -> Any:
-        async for kind, value in gen.events():
-            if kind == "piece":
-                shown = guard.feed(value)
-                if shown:
-                    yield sse({"content": shown, "stop": False, "id_slot": 0})
-                if guard.stopped:
-                    gen.streamed.stream.cancel()
-            elif kind == "done":
-                yield sse(_final(value, body, "", guard.stopped))
-            else:
-                yield sse({"error": {"code": 500, "message": fmgguf_error_line(value), "type": "server_error"}})
+        async with contextlib.aclosing(gen.events()) as items:
+            async for kind, value in items:
+                if kind == "piece":
+                    shown = guard.feed(value)
+                    if shown:
+                        yield sse({"content": shown, "stop": False, "id_slot": 0})
+                    if guard.stopped:
+                        gen.streamed.stream.cancel()
+                elif kind == "done":
+                    yield sse(_final(value, body, "", guard.stopped))
+                else:
+                    yield sse({"error": {"code": 500, "message": fmgguf_error_line(value), "type": "server_error"}})
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 

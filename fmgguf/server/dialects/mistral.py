@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any, Union
@@ -62,14 +63,15 @@ async def fim_completions(request: Request, body: FimBody) -> Any:
 
     async def events() -> Any:
         first = True
-        async for kind, value in gen.events():
-            if kind == "piece":
-                yield sse(chunk({"role": "assistant", "content": value} if first else {"content": value}, None))
-                first = False
-            elif kind == "done":
-                yield sse(chunk({}, _FINISH.get(value.finish_reason, "stop"), _usage(value)))
-            else:
-                yield sse({"error": {"message": fmgguf_error_line(value), "type": "server_error"}})
+        async with contextlib.aclosing(gen.events()) as items:
+            async for kind, value in items:
+                if kind == "piece":
+                    yield sse(chunk({"role": "assistant", "content": value} if first else {"content": value}, None))
+                    first = False
+                elif kind == "done":
+                    yield sse(chunk({}, _FINISH.get(value.finish_reason, "stop"), _usage(value)))
+                else:
+                    yield sse({"error": {"message": fmgguf_error_line(value), "type": "server_error"}})
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",

@@ -4,6 +4,7 @@ embeds). Streaming is NDJSON, on by default as in Ollama, the last line carrying
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Union
 
@@ -167,13 +168,14 @@ async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
         return {**_final(outcome, created), **piece(outcome.text)}
 
     async def lines() -> Any:
-        async for kind, value in gen.events():
-            if kind == "piece":
-                yield ndjson({"model": gen.model, "created_at": now_iso(), **piece(value), "done": False})
-            elif kind == "done":
-                yield ndjson({**_final(value, now_iso()), **empty()})
-            else:
-                yield ndjson({"error": fmgguf_error_line(value)})
+        async with contextlib.aclosing(gen.events()) as items:
+            async for kind, value in items:
+                if kind == "piece":
+                    yield ndjson({"model": gen.model, "created_at": now_iso(), **piece(value), "done": False})
+                elif kind == "done":
+                    yield ndjson({**_final(value, now_iso()), **empty()})
+                else:
+                    yield ndjson({"error": fmgguf_error_line(value)})
 
     return StreamingResponse(lines(), media_type=NDJSON)
 
