@@ -5,7 +5,9 @@ llama.cpp provider) and GET /health.
 (where its family has them), then ``input_prefix`` + ``prompt`` before the cursor and ``input_suffix``
 after it. ``n_predict: 0`` is a warm-up: the prompt goes into the KV cache, no text comes back.
 ``tokens_cached`` is how many prompt tokens were reused from the previous request's KV cache;
-``timings.prompt_n`` the prompt tokens decoded this time.
+``timings.prompt_n`` the prompt tokens decoded this time. ``t_max_predict_ms`` stops generating
+that long after the first token (``stop_type: "limit"``). Accepted and not used: ``cache_prompt``
+(the cache is always reused), ``t_max_prompt_ms``, ``samplers``, ``id_slot``, ``n_cmpl``, ``lora``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """The Ollama API's generation endpoints: /api/generate (prompt, suffix = fill-in-the-middle, raw,
 system, options, keep_alive), /api/chat, and /api/embed + /api/embeddings (refused: no model here
-embeds). Streaming is NDJSON, on by default as in Ollama, the last line carrying the counters."""
+embeds). Streaming is NDJSON, on by default as in Ollama, the last line carrying the counters.
+
+``options.num_ctx`` does not reload a model: the context it was loaded with applies (/api/show says
+which). ``format``, ``images``, ``think`` and ``context`` are accepted and not used; ``tools`` is
+refused with a 400, as Ollama does for a model without tool support."""
 
 from __future__ import annotations
 
