@@ -65,12 +65,16 @@ class SwitchResult:
 
 
 class ModelManager:
-    """Loads models and answers generate/chat/FIM requests against them, thread-safely."""
+    """Loads models and answers generate/chat/FIM requests against them, thread-safely.
+
+    ``isolation``/``max_loaded`` default to the settings; ``validator(path, cache) -> FileFacts``
+    checks a file before llama.cpp sees it (:func:`fmgguf.runtime.loading.validate`).
+    """
 
     def __init__(self, settings: "Settings | None" = None, catalog: "Catalog | None" = None,
                  downloader: Any = None, *, max_queue: int = 8, keep_alive: float | None = None,
                  queue_timeout: float | None = None, isolation: str | None = None,
-                 max_loaded: int | None = None) -> None:
+                 max_loaded: int | None = None, validator: Callable[[Path, dict], Any] | None = None) -> None:
         if settings is None:
             from fmgguf.settings import load_settings
 
@@ -85,7 +89,7 @@ class ModelManager:
         self.queue_timeout = queue_timeout
         self.sup = Supervisor(settings, isolation=isolation, keep_alive=float(
             settings.keep_alive if keep_alive is None else keep_alive),
-            max_loaded=max_loaded or settings.max_loaded_models)
+            max_loaded=max_loaded or settings.max_loaded_models, **({"validator": validator} if validator else {}))
         self._idle = IdleWatcher(self, lambda m: m.sup.sweep(m._try_turn, m._turn.release))
 
     # --- collaborators (built on first use) --------------------------------------------------
@@ -190,8 +194,8 @@ class ModelManager:
 
     def ensure_loaded(self, ref: str, *, keep_alive: float | None = None, pinned: bool = False,
                       **options: Any) -> LoadedModel:
-        """Make ``ref`` ("id", "id:QUANT" or a resident key) resident beside the others (evicting the
-        least recently used unpinned models if needed); the selected model stays selected."""
+        """Make ``ref`` ("id", "id:QUANT", a resident key or a .gguf path) resident beside the others
+        (evicting the least recently used unpinned models if needed); the selected model stays selected."""
         _check_options(options)
         self._acquire()
         resident = None
@@ -200,6 +204,13 @@ class ModelManager:
             return resident.snapshot(resident.key == self.sup.selected)
         finally:
             self._done(resident)
+
+    def _spec(self, ref: str) -> LoadSpec:
+        """A catalog model ("id", "id:QUANT"), or a local .gguf file (its key is the file's stem)."""
+        p = Path(ref).expanduser()
+        if ref.endswith(".gguf") and p.is_file():
+            return LoadSpec(key=p.stem, path=p, model_id=p.stem, quant=None)
+        return self._catalog_spec(ref)
 
     def _catalog_spec(self, ref: str) -> LoadSpec:
         card, q = self.catalog.resolve(ref)
@@ -220,7 +231,7 @@ class ModelManager:
                   pinned: bool = False) -> Resident:
         """The resident model ``ref`` (loaded now if it is not); call holding the turn."""
         r = self.sup.find(ref)
-        spec = r.spec if r is not None else self._catalog_spec(ref)
+        spec = r.spec if r is not None else self._spec(ref)
         r = r or self.sup.find(spec.key)
         if r is not None and not _alive(r):
             self.sup.crashed(r.spec, r.engine.runner.crashed("idle"), r)

@@ -47,6 +47,7 @@ class RunnerProcess:
         root = str(Path(fmgguf.__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("GGML_NO_BACKTRACE", "1")  # ggml would attach gdb to print a stack: slow, and noise
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", "fmgguf.runtime.runner.child", str(child.fileno())],
@@ -170,9 +171,30 @@ def describe_exit(rc: int | None) -> tuple[str, str | None]:
     return f"exit code {rc}", None
 
 
+_LAST_WORDS = ("GGML_ASSERT", "error", "terminate", "what()", "abort", "fatal", "Traceback", "Fatal Python")
+
+
+def last_words(lines: Sequence[str]) -> list[str]:
+    """The log lines worth quoting: the last :data:`TAIL_LINES`, with an earlier assert or error
+    line first when the tail does not have one."""
+    kept: list[str] = []
+    for ln in lines:
+        ln = ln.strip()
+        cut = ln.find("/llama.cpp/")  # the build's temp dir says nothing
+        ln = (ln[cut + 1:] if cut > 0 and " " not in ln[:cut] else ln)[:240]
+        if ln and (not kept or kept[-1] != ln):
+            kept.append(ln)
+    tail = kept[-TAIL_LINES:]
+    if not any(w in ln for ln in tail for w in _LAST_WORDS):
+        hit = next((ln for ln in reversed(kept[:-TAIL_LINES]) if any(w in ln for w in _LAST_WORDS)), None)
+        if hit is not None:
+            tail = [hit, "..."] + tail[1:]
+    return tail
+
+
 def crash_error(label: str, rc: int | None, doing: str, lines: Sequence[str], pid: int | None) -> RunnerCrashedError:
     how, sig = describe_exit(rc)
-    tail = [ln[:240] for ln in lines if ln.strip()][-TAIL_LINES:]
+    tail = last_words(lines)
     said = f"; its last log lines: {' | '.join(tail)}" if tail else ""
     if sig == "SIGKILL":
         fix = ("it was killed from outside, most often by the kernel's out-of-memory killer (see `dmesg`): free "

@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import FmggufError, InsufficientMemoryError, ModelBrokenError, RunnerCrashedError
-from fmgguf.runtime.loading import LoadedModel, add_note, load_request, plan_load, start_engine, validate
+from fmgguf.runtime.loading import FileFacts, LoadedModel, add_note, load_request, plan_load, start_engine, validate
 from fmgguf.runtime.runner.health import HealthBook, backoff
 from fmgguf.runtime.runner.residency import LoadSpec, Resident, Residents
 
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class Supervisor:
-    def __init__(self, settings: "Settings", *, isolation: str, max_loaded: int, keep_alive: float) -> None:
+    def __init__(self, settings: "Settings", *, isolation: str, max_loaded: int, keep_alive: float,
+                 validator: Callable[[Path, dict], FileFacts] = validate) -> None:
         self.settings = settings
+        self.validate = validator
         self.isolation = isolation
         self.max_loaded = max(1, int(max_loaded))
         self.keep_alive = keep_alive
@@ -63,10 +66,10 @@ class Supervisor:
         """Load ``spec`` (``replace``: in place of the selected model, the seed's switch)."""
         progress: Callable[[str, float], None] | None = options.get("progress")
         # everything that can be refused without touching memory is checked with the old models loaded
-        _report(progress, "validate", 0.0)
-        facts = validate(spec.path, self._facts)
-        request = load_request(facts, options, self.settings)
         self.check_broken(spec)
+        _report(progress, "validate", 0.0)
+        facts = self.validate(spec.path, self._facts)
+        request = load_request(facts, options, self.settings)
         # then the models that must go give their memory back, so the plan measures it as free
         previous = self._make_room(spec, replace)
         try:
