@@ -10,6 +10,8 @@ character (warm). Prints, against the cold request measured in the same run:
 - ``tokens_cached share``: tokens_cached / prompt tokens of the warm request (target >= 0.90).
 
 Uses the bench-size tiny qwen2 model (Q4_K_M, real Qwen2.5 FIM tokens) served from a loopback hub.
+``--llama-server PATH`` also runs the same rounds against llama.cpp's own server (built from the
+vendored sources) on the same file, and prints the two side by side (no target).
 """
 
 from __future__ import annotations
@@ -89,32 +91,78 @@ def infill(client: object, url: str, prefix: str, suffix: str) -> tuple[float, d
     return first or (time.perf_counter() - t0), final
 
 
-def main(argv: list[str]) -> int:
+def llama_server_rounds(binary: str, model: Path, rounds: int, n_tokens: int) -> list[dict]:
+    """The same cold/warm rounds against llama.cpp's llama-server (``--cache-reuse 256``)."""
+    import subprocess
+
     import httpx
 
+    from fmgguf.server.runner import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([binary, "-m", str(model), "--port", str(port), "--host", "127.0.0.1", "-c", "4096",
+                             "--cache-reuse", "256", "-np", "1", "--no-webui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return _rounds(url, rounds, n_tokens)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _rounds(url: str, rounds: int, n_tokens: int) -> list[dict]:
+    import httpx
+
+    rows = []
+    with httpx.Client() as client:
+        infill(client, url, "def warm_up():\n    ", "\n")  # loads the model; not measured
+        for seed in range(rounds):
+            text = source_file(seed, n_tokens)
+            cut = text.rfind("    return", 0, len(text) - 120)  # a few lines before the end
+            prefix, suffix = text[:cut] + "    return so", text[cut + len("    return so"):]
+            cold_s, cold = infill(client, url, prefix, suffix)
+            warm_s, warm = infill(client, url, prefix + "r", suffix[1:] if suffix.startswith("r") else suffix)
+            prompt = warm.get("tokens_evaluated") or (warm["timings"]["prompt_n"] + warm["tokens_cached"])
+            rows.append({"cold_ttft_s": cold_s, "warm_ttft_s": warm_s, "prompt_tokens": prompt,
+                         "tokens_cached": warm["tokens_cached"], "cold_prompt_n": cold["timings"]["prompt_n"],
+                         "warm_prompt_n": warm["timings"]["prompt_n"]})
+    return rows
+
+
+def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=1500)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--llama-server", default=None, metavar="PATH", help="also measure llama.cpp's llama-server")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fmgguf-bench-fim-") as tmp:
         server, url, hub = serve(Path(tmp))
-        rows = []
         try:
-            with httpx.Client() as client:
-                infill(client, url, "def warm_up():\n    ", "\n")  # loads the model; not measured
-                for seed in range(args.rounds):
-                    text = source_file(seed, args.tokens)
-                    cut = text.rfind("    return", 0, len(text) - 120)  # a few lines before the end
-                    prefix, suffix = text[:cut] + "    return so", text[cut + len("    return so"):]
-                    cold_s, cold = infill(client, url, prefix, suffix)
-                    warm_s, warm = infill(client, url, prefix + "r", suffix[1:] if suffix.startswith("r") else suffix)
-                    rows.append({"cold_ttft_s": cold_s, "warm_ttft_s": warm_s, "prompt_tokens": warm["tokens_evaluated"],
-                                 "tokens_cached": warm["tokens_cached"], "cold_cached": cold["tokens_cached"],
-                                 "cold_prompt_n": cold["timings"]["prompt_n"], "warm_prompt_n": warm["timings"]["prompt_n"]})
+            rows = _rounds(url, args.rounds, args.tokens)
         finally:
             server.should_exit = True
             hub.__exit__(None, None, None)
+    if args.llama_server:
+        from fmgguf.testing import tiny_repo_files
+
+        (model,) = tiny_repo_files(MODEL, arch="qwen2", size="bench", quants=("Q4_K_M",)).values()
+        theirs = llama_server_rounds(args.llama_server, model, args.rounds, args.tokens)
+        for name, rs in (("fmgguf", rows), ("llama-server", theirs)):
+            c, w = statistics.median(r["cold_ttft_s"] for r in rs), statistics.median(r["warm_ttft_s"] for r in rs)
+            print(f"{name:12s} cold TTFT {c:.3f} s, warm TTFT {w:.3f} s ({w / c:.2f}x), warm prompt tokens "
+                  f"decoded {rs[0]['warm_prompt_n']} of {rs[0]['prompt_tokens']}", flush=True)
     cold = statistics.median(r["cold_ttft_s"] for r in rows)
     warm = statistics.median(r["warm_ttft_s"] for r in rows)
     share = min(r["tokens_cached"] / r["prompt_tokens"] for r in rows)
