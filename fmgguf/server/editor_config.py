@@ -108,7 +108,8 @@ def zed_config(r: Roles) -> EditorConfig:
         data["agent"] = {"default_model": {"provider": "ollama", "model": r.chat}}
     notes = ("Zed's Ollama provider calls /api/tags, /api/show and /api/chat",)
     if r.api_key:
-        notes += ("Zed's Ollama provider sends no API key: run `fmgguf serve` on 127.0.0.1 without --api-key for Zed",)
+        notes += ("Zed sends the key as a bearer token from the OLLAMA_API_KEY environment variable (or the key "
+                  "entered in its Ollama provider settings)",)
     path = Path.home() / ".config" / "zed" / "settings.json"
     return EditorConfig("zed", "Zed (settings.json)", path, "json", data, notes + tuple(_missing(r)))
 

@@ -102,7 +102,8 @@ def tags(request: Request) -> dict:
         card = state.catalog.get(rec["id"]) if rec["id"] in state.catalog else None
         name = f"{rec['id']}:{rec['quant']}"
         digest = (rec.get("files") or [{}])[0].get("sha256") or ""
-        models.append({"name": name, "model": name, "modified_at": rec.get("pulled_at"), "size": rec.get("bytes", 0),
+        models.append({"name": name, "model": name, "modified_at": rec.get("pulled_at") or now_iso(),
+                       "size": rec.get("bytes", 0),
                        "digest": digest, "details": details(card, rec.get("quant"))})
     return {"models": models}
 
