@@ -205,6 +205,21 @@ class ModelManager:
         finally:
             self._done(resident)
 
+    def select(self, ref: str, **options: Any) -> LoadedModel:
+        """Make ``ref`` the selected model, loading it beside the others if it is not resident (unlike
+        :meth:`switch_model`, the previously selected model stays resident until evicted)."""
+        _check_options(options)
+        self._acquire()
+        resident = None
+        try:
+            resident = self._resident(ref, None, options)
+            sup = self.sup
+            with sup.lock:
+                sup.selected, sup.selected_spec, sup.restart_selected = resident.key, resident.spec, False
+            return resident.snapshot(True)
+        finally:
+            self._done(resident)
+
     def _spec(self, ref: str) -> LoadSpec:
         """A catalog model ("id", "id:QUANT"), or a local .gguf file (its key is the file's stem)."""
         p = Path(ref).expanduser()

@@ -46,8 +46,8 @@ class ServerState:
         self.bench_runs: dict[str, Any] = {}
         self.started_at = time.time()
         #: the hot catalog's view of the user catalog and the store (see :meth:`refresh`)
-        self._stamp: tuple | None = None
-        self._stamp_at = 0.0
+        self._stamp = _store_stamp(settings)
+        self._stamp_at = time.monotonic()
 
     # --- components, built on first use ------------------------------------------------------
     @property
@@ -114,7 +114,7 @@ class ServerState:
             # a model whose file or entry is gone is unloaded once its generation ends (never under it)
             threading.Thread(target=manager.drop_missing, name="fmgguf-drop-missing", daemon=True).start()
 
-    def refresh(self, every_s: float = 0.5) -> bool:
+    def refresh(self, every_s: float = 0.2) -> bool:
         """Hot catalog: reload when the user catalog or the store changed on disk (a CLI `pull`,
         `import-gguf`, `rm`, `catalog add`, or another server); a few stat calls, at most every
         ``every_s``. True when it reloaded."""
@@ -125,8 +125,8 @@ class ServerState:
         stamp = _store_stamp(self.settings)
         if stamp == self._stamp:
             return False
-        first, self._stamp = self._stamp is None, stamp
-        if first or self._catalog is None:
+        self._stamp = stamp
+        if self._catalog is None:  # built fresh when first needed
             return False
         self.reload_catalog()
         return True
@@ -195,6 +195,7 @@ class ServerState:
         manager = self._manager
         if manager is None:
             return None
+        self.refresh()
         info = manager.current_model()
         return info.as_dict() if info is not None else None
 
