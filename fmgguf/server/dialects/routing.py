@@ -186,7 +186,14 @@ def _make_resident(state: Any, manager: Any, target: Target, keep_alive: float |
     returns its context length. ``keep_alive`` is Ollama's: None default, inf forever, 0 the default too."""
     if _multi_resident(manager) and target.card is not None:
         keep = None if keep_alive is None or keep_alive == 0 else (0.0 if keep_alive == float("inf") else keep_alive)
-        loaded = manager.ensure_loaded(target.ref, keep_alive=keep)
+        select = getattr(manager, "select", None)  # the named model becomes the selected one; the others stay
+        if (target.model_id, target.quant) not in loaded_names(state, manager):
+            state.loading = (target.model_id, target.quant or "", time.time())
+        try:
+            loaded = select(target.ref) if callable(select) else manager.ensure_loaded(target.ref, keep_alive=keep)
+        finally:
+            state.loading = None
+        state.selected = (target.model_id, target.quant, None)
         kw["model"] = target.ref
         if keep is not None:
             kw["keep_alive"] = keep
