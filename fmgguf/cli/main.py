@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     # server and tools
     "serve": "fmgguf.cli.serve_cmd:serve_cmd",
     "worker": "fmgguf.cli.worker_cmd:worker_cmd",
+    "connect": "fmgguf.cli.connect_cmd:connect_cmd",
     "convert": "fmgguf.cli.convert_cmd:convert_cmd",
     "demo": "fmgguf.cli.demo_cmd:demo_cmd",
 }
