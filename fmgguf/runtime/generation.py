@@ -27,6 +27,8 @@ class GenerationResult:
     finish_reason: str
     model_id: str | None
     quant: str | None
+    #: prompt tokens whose KV cache was kept from the previous generation (not decoded again)
+    cached_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

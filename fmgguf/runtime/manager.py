@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_threads", "tensor_split",
-              "main_gpu", "split_mode", "progress")
+              "main_gpu", "split_mode", "progress", "rpc")
 ISOLATIONS = ("process", "inprocess")
 Build = Callable[[Any, Resident], tuple[Any, list[str]]]
 
@@ -379,7 +379,7 @@ class ModelManager:
             return GenerationResult(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=n,
                                     ttft_s=round(first - started, 6), tokens_per_s=round(rate, 3),
                                     total_s=round(end - started, 6), finish_reason=stats.finish_reason or "cancelled",
-                                    model_id=info.id, quant=info.quant)
+                                    model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens)
 
         used = resident
         gs = GenerationStream(pieces, finish, lambda: self._done(used), cancel)
