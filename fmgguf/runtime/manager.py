@@ -155,6 +155,11 @@ class ModelManager:
         """Every resident model, least recently used first."""
         return self.sup.snapshots()
 
+    @property
+    def runner_restarts(self) -> int:
+        """Runners started again after a crash by this manager."""
+        return self.sup.restarts
+
     def broken(self) -> dict[str, Any]:
         """key -> crash record of the models marked broken (three runner crashes in a row)."""
         return self.sup.health.broken()

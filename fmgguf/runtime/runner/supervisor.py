@@ -44,6 +44,8 @@ class Supervisor:
         self.selected: str | None = None
         self.selected_spec: LoadSpec | None = None
         self.restart_selected = False
+        #: runners started again after a crash (in this process), for /metrics
+        self.restarts = 0
         self._facts: dict[tuple, Any] = {}
         self._plans: dict[tuple, Any] = {}
 
@@ -66,7 +68,8 @@ class Supervisor:
         """Load ``spec`` (``replace``: in place of the selected model, the seed's switch)."""
         progress: Callable[[str, float], None] | None = options.get("progress")
         # everything that can be refused without touching memory is checked with the old models loaded
-        self.check_broken(spec)
+        if self.check_broken(spec) is not None:
+            self.restarts += 1
         _report(progress, "validate", 0.0)
         facts = self.validate(spec.path, self._facts)
         request = load_request(facts, options, self.settings)
@@ -160,13 +163,15 @@ class Supervisor:
         return bool(victims)
 
     # --- crashes ---------------------------------------------------------------------------------
-    def check_broken(self, spec: LoadSpec) -> None:
+    def check_broken(self, spec: LoadSpec) -> Any:
+        """ModelBrokenError for a broken model; else its crash record (None: no crashes in a row)."""
         rec = self.health.get(spec.key, spec.path)
         if rec is not None and rec.broken:
             raise ModelBrokenError(
                 f"{spec.key} is marked broken: its runner crashed {rec.crashes} times in a row, last: {rec.reason}",
                 fix="check the file with `fmgguf inspect FILE`; re-download or re-import it (a changed file "
                     "starts afresh) or use another quant", model=spec.key, signal=rec.signal)
+        return rec
 
     def _wait_backoff(self, spec: LoadSpec) -> None:
         rec = self.health.get(spec.key, spec.path)
