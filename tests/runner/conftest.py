@@ -20,14 +20,14 @@ _spec.loader.exec_module(aborting)  # type: ignore[union-attr]
 
 
 def trusting_validator(path: Path, cache: dict) -> Any:
-    """FileFacts straight from the header with no checks (what llama.cpp gets without our validator)."""
-    import gguf
-
+    """FileFacts from the header read without the llama.cpp-matching checks (what llama.cpp would get
+    without our validator); the fit plan reuses this header, so it does not check it either."""
+    from fmgguf.runtime.gguf_file import read_gguf
     from fmgguf.runtime.loading import FileFacts
 
-    reader = gguf.GGUFReader(str(path))
-    arch = reader.fields["general.architecture"].contents()
-    return FileFacts(arch=str(arch), n_ctx_train=None, file_type=1, fim_ids={}, info=None)
+    info = read_gguf(path, check=False)
+    return FileFacts(arch=info.arch, n_ctx_train=info.n_ctx_train, file_type=info.file_type,
+                     fim_ids=dict(info.fim_tokens), info=info)
 
 
 @pytest.fixture(scope="session")
