@@ -299,7 +299,7 @@ class ModelCard(_Strict):
             if self.arch is None or self.parameters is None:
                 raise ValueError("built-in entries must give arch and parameters")
             missing = [q for q in BUILTIN_QUANTS if q not in self.variants]
-            if missing:
+            if missing and "demo" not in self.capabilities:  # the demo model: the one quant it is embedded as
                 raise ValueError(f"built-in entries carry both {' and '.join(BUILTIN_QUANTS)}; missing {', '.join(missing)}")
         return self
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fmgguf.cli._common import emit_json, json_option, pass_app
+from fmgguf.cli._common import emit_json, json_option, pass_app, rpc_option
 from fmgguf.errors import BenchError, InvalidRequestError
 
 
@@ -52,6 +52,7 @@ def _progress_bar(enabled: bool):
               help="Benchmark this local GGUF file (one model id names it).")
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming an interrupted run.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write a comparison HTML page.")
+@rpc_option
 @json_option
 @pass_app
 def bench_cmd(app, model_ids, quant, tasks, languages, samples, suite, reference, wrong, list_tasks, max_tokens,

@@ -53,7 +53,11 @@ def lib() -> Any:
 
 
 def supports_gpu_offload() -> bool:
-    return bool(lib().llama_supports_gpu_offload())
+    """A local GPU to offload to (llama_supports_gpu_offload() is true on any build with the RPC backend)."""
+    from fmgguf.runtime.devices import ggml_devices
+
+    lib()
+    return any(d.kind in ("GPU", "IGPU") and d.backend != "RPC" for d in ggml_devices())
 
 
 def release_memory() -> None:
@@ -88,6 +92,8 @@ class LoadOptions:
     split_mode: str | int | None = None
     use_mmap: bool = True
     swa_full: bool | None = None
+    #: RPC workers ("host:port") attached before loading, in tensor_split order (ahead of local GPUs)
+    rpc_servers: tuple[str, ...] | None = None
 
     def llama_kwargs(self) -> dict[str, Any]:
         mod = lib()
@@ -156,6 +162,10 @@ class Engine:
         self.path = Path(path)
         self.options = options
         mod = lib()
+        if options.rpc_servers:  # probed in Python first: llama.cpp aborts on a worker it cannot reach
+            from fmgguf.runtime.rpc import attach_workers
+
+            attach_workers(options.rpc_servers)
         listener = LoadListener(progress)
         _ROUTER.add(listener)
         started = time.perf_counter()

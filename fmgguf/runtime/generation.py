@@ -34,6 +34,16 @@ class GenerationResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PromptText:
+    """A prompt left for the engine to tokenize as part of the generation request: a runner then
+    tokenizes and starts generating in one round trip instead of two (time to first token)."""
+
+    text: str
+    add_bos: bool
+    special: bool = True
+
+
 class Turnstile:
     """One holder at a time, waiters served in arrival order, at most ``max_waiting`` waiting.
 

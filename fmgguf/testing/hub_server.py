@@ -4,7 +4,8 @@ Serves what ``huggingface_hub`` and fmgguf's downloader ask of the hub: ``HEAD``
 ``/{repo}/resolve/{revision}/{filename}`` (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` = sha256,
 ``X-Linked-Size``, ``Range``), ``/api/models/{repo}[/revision/{rev}]`` and the tree listing.
 :class:`Fault` makes it misbehave like real networks: status sequences (500 then 200, 429 +
-Retry-After, 404), a dropped connection, a flipped byte, a lying ``Content-Length``, a stall;
+Retry-After, 404), a dropped connection, a flipped byte, a lying ``Content-Length``, a stall, an ignored ``Range``;
+a redirect to a CDN on another loopback host (``redirect_to``);
 ``throttle`` caps bytes/s per response. ``with HubServer({"org/x-GGUF": {"x-Q8_0.gguf": path}}) as
 hub: hub.add_fault(Fault(drop_after=4096))``. ``python -m fmgguf.testing.hub_server --file
 org/repo:name=PATH [--throttle B/s] [--plain]`` runs it as its own process (prints ``READY <url>``).
@@ -41,6 +42,7 @@ class Fault:
     flip_byte_at: int | None = None  # invert the byte at this file offset
     length_delta: int = 0            # claim Content-Length + delta (the body stays the truth; closes after)
     stall_s: float = 0.0             # sleep before sending the body
+    ignore_range: bool = False       # answer a Range request with 200 and the whole file (old mirrors do)
     times: int | None = 1
     used: int = field(default=0, compare=False)
 
@@ -81,8 +83,11 @@ class HubServer:
     """
 
     def __init__(self, repos: dict[str, dict[str, Path | str]], *, lfs: bool = True, throttle: float | None = None,
-                 port: int = 0, revision: str = "main") -> None:
+                 port: int = 0, revision: str = "main", host: str = "127.0.0.1", redirect_to: str | None = None) -> None:
         self.lfs = lfs
+        #: ``redirect_to``: answer file requests with a 302 to this base URL (a CDN on another host), the way
+        #: the hub sends LFS files to its CDN; ``host``: the loopback address to listen on (127.0.0.2 is another host)
+        self.host, self.redirect_to = host, redirect_to
         self.throttle = throttle
         self.revision = revision
         self.faults: list[Fault] = []
@@ -108,7 +113,7 @@ class HubServer:
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "HubServer":
         handler = type("Handler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        self._httpd = ThreadingHTTPServer((self.host, self._port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -129,7 +134,7 @@ class HubServer:
     @property
     def endpoint(self) -> str:
         assert self._httpd is not None, "start the server first"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
 
     # --- faults and the log ------------------------------------------------------------------
     def add_fault(self, fault: Fault) -> Fault:
@@ -153,6 +158,7 @@ class HubServer:
     def _log(self, **entry: Any) -> dict[str, Any]:
         with self._lock:
             entry.setdefault("path", getattr(threading.current_thread(), "hub_path", None))
+            entry.setdefault("auth", getattr(threading.current_thread(), "hub_auth", None))
             self.requests.append(entry)
         return entry
 
@@ -186,6 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         path = unquote(urlsplit(self.path).path)
         threading.current_thread().hub_path = self.path  # type: ignore[attr-defined]
+        threading.current_thread().hub_auth = self.headers.get("Authorization")  # type: ignore[attr-defined]
         parts = [p for p in path.split("/") if p]
         try:
             if len(parts) >= 3 and parts[0] == "api" and parts[1] in ("models",):
@@ -268,10 +275,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(method, fault.status, "Fault", f"injected {fault.status}", commit=commit,
                         retry_after=fault.retry_after, filename=filename)
             return
+        if self.hub.redirect_to:
+            self._redirect(method, repo, commit, filename, entry)
+            return
         start, end = 0, entry.size - 1
         status = 200
         rng = self.headers.get("Range")
-        if rng and method == "GET":
+        if rng and method == "GET" and not (fault is not None and fault.ignore_range):
             try:
                 first, _, last = rng.strip().removeprefix("bytes=").partition("-")
                 start = int(first)
@@ -309,6 +319,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_body(entry, start, min(length, claimed), fault, record)
         if fault is not None and (fault.drop_after is not None or fault.length_delta):
             self._hang_up()
+
+    def _redirect(self, method: str, repo: str, commit: str, filename: str, entry: _Entry) -> None:
+        """302 to the CDN, with the file's metadata on the redirect itself (as the hub does for LFS)."""
+        self.send_response(302)
+        self.send_header("Location", f"{self.hub.redirect_to}/{repo}/resolve/{commit}/{filename}")
+        self.send_header("X-Repo-Commit", commit)
+        self.send_header("ETag", f'"{entry.sha256}"')
+        self.send_header("X-Linked-Etag", f'"{entry.sha256}"')
+        self.send_header("X-Linked-Size", str(entry.size))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.hub._log(method=method, file=filename, range=self.headers.get("Range"), status=302, sent=0)
 
     def _send_body(self, entry: _Entry, start: int, length: int, fault: Fault | None, record: dict[str, Any]) -> int:
         if fault is not None and fault.stall_s:
