@@ -212,7 +212,7 @@ def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, lo
 
     if raw:
         return False
-    has_template = bool((manager.current_model() or {}).get("chat_template"))
+    has_template = bool(getattr(manager.current_model(), "chat_template", False))  # LoadedModel (or None)
     card = None
     if not (model.endswith(".gguf") or Path(model).expanduser().is_file()):
         card, _ = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
