@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fmgguf._util import human_bytes
 from fmgguf.errors import BenchError
 
 
@@ -17,7 +18,7 @@ def _num(x: float | None, fmt: str = "{:.2f}") -> str:
 
 
 def _gib(n: int | None) -> str:
-    return "–" if not n else f"{n / 1024**3:.2f} GiB"
+    return human_bytes(n or None, "–")
 
 
 def label(s: dict) -> str:

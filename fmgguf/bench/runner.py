@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fmgguf._util import atomic_write_text, human_bytes
 from fmgguf.bench.executors import ExecResult, Executor
 from fmgguf.bench.metrics import summarize
 from fmgguf.bench.tasks import Task, load_suite, select_tasks
@@ -71,11 +72,8 @@ class RunStore:
         self.records_path.unlink(missing_ok=True)
 
     def write_summary(self, summary: dict) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(summary, indent=2, ensure_ascii=False, default=str))
         return path
 
 
@@ -271,8 +269,8 @@ class ModelBenchmarker:
             return None
         if plan.fits:
             return None
-        return (f"{plan.label}: needs {plan.ram_needed / 1024**3:.1f} GiB RAM + {plan.vram_needed / 1024**3:.1f} GiB "
-                f"VRAM, {plan.ram_free / 1024**3:.1f} GiB RAM and {plan.vram_free / 1024**3:.1f} GiB VRAM free")
+        return (f"{plan.label}: needs {human_bytes(plan.ram_needed)} RAM + {human_bytes(plan.vram_needed)} VRAM, "
+                f"{human_bytes(plan.ram_free)} RAM and {human_bytes(plan.vram_free)} VRAM free")
 
     def _generate(self, task: Task, sample: int, use_chat: bool, max_tokens: int,
                   temp: float) -> tuple[str, dict, bool]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from fmgguf._util import atomic_write_text
 from fmgguf.cli._common import emit_json, json_option, pass_app
 from fmgguf.errors import BenchError, InvalidRequestError
 
@@ -130,7 +131,7 @@ def bench_cmd(app, model_ids, quant, tasks, languages, samples, suite, reference
     for s in summaries:
         _write_run_reports(s)
     if html_out:
-        _atomic_write(Path(html_out), report["html"])
+        atomic_write_text(Path(html_out), report["html"])
     if as_json:
         emit_json({"runs": summaries, "comparison": report["rows"]})
         return
@@ -142,23 +143,14 @@ def bench_cmd(app, model_ids, quant, tasks, languages, samples, suite, reference
     click.echo("Runs: " + ", ".join(s.get("run_id", "?") for s in summaries) + "  (fmgguf compare RUN… --html out.html)")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_run_reports(summary: dict) -> None:
     from fmgguf.bench.html_report import render_html
     from fmgguf.bench.reports import summary_markdown
 
     run_dir = summary.get("run_dir")
     if run_dir:
-        _atomic_write(Path(run_dir) / "report.md", summary_markdown(summary))
-        _atomic_write(Path(run_dir) / "report.html", render_html([summary], title=f"fmgguf bench: {summary.get('run_id')}"))
+        atomic_write_text(Path(run_dir) / "report.md", summary_markdown(summary))
+        atomic_write_text(Path(run_dir) / "report.html", render_html([summary], title=f"fmgguf bench: {summary.get('run_id')}"))
 
 
 @click.command("compare")
@@ -173,7 +165,7 @@ def compare_cmd(app, runs, html_out, as_json) -> None:
 
     summaries = [load_run(r, app.settings.bench_dir) for r in runs]
     if html_out:
-        _atomic_write(Path(html_out), render_html(summaries))
+        atomic_write_text(Path(html_out), render_html(summaries))
     if as_json:
         emit_json({"runs": comparison_rows(summaries)})
         return

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app
+from fmgguf.cli._common import AppContext, context_warning, emit_json, json_option, pass_app, trained_context
 
 
 def _load_options(f: Any) -> Any:
@@ -110,17 +110,8 @@ def _reword_memory_fix(app: AppContext, exc: Any, model: str, quant: str | None,
 
 def _context_warnings(result: Any) -> list[str]:
     """A warning when the context is longer than the one the model was trained with."""
-    from fmgguf.errors import FmggufError
-    from fmgguf.runtime.gguf_file import read_gguf
-
-    try:
-        trained = read_gguf(result.path).n_ctx_train
-    except FmggufError:
-        return []
-    if trained and result.n_ctx > trained:
-        return [f"context {result.n_ctx} exceeds the model's trained context {trained}; "
-                "quality degrades past it"]
-    return []
+    line = context_warning(result.n_ctx, trained_context(result.path))
+    return [line] if line else []
 
 
 def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:

@@ -11,7 +11,17 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import AppContext, console, emit_json, human_bytes, human_count, json_option, pass_app
+from fmgguf.cli._common import (
+    AppContext,
+    console,
+    context_warning,
+    emit_json,
+    human_bytes,
+    human_count,
+    json_option,
+    pass_app,
+    trained_context,
+)
 
 
 def _is_file(target: str) -> bool:
@@ -75,7 +85,7 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     trained: dict[str, int | None] = {}
     if _is_file(target):
         plans[Path(target).name] = plan_for_file(target, measure=not no_measure, **common)
-        trained[Path(target).name] = _trained_ctx(target)
+        trained[Path(target).name] = trained_context(target)
         title = Path(target).name
     else:
         card, q = app.catalog.resolve(target)
@@ -84,7 +94,7 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
             local = _local_path(app, card.id, qq)
             if local is not None:
                 plans[qq] = plan_for_file(local, measure=not no_measure, **common)
-                trained[qq] = _trained_ctx(local)
+                trained[qq] = trained_context(local)
             else:
                 plans[qq] = plan_for_card(card, qq, **common)
                 trained[qq] = card.arch.context_length if card.arch else None
@@ -98,25 +108,13 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     _render_plans(title, plans)
 
 
-def _trained_ctx(path: str | Path) -> int | None:
-    from fmgguf.errors import FmggufError
-    from fmgguf.runtime.gguf_file import read_gguf
-
-    try:
-        return read_gguf(path).n_ctx_train
-    except FmggufError:
-        return None
-
-
 def _context_warnings(plans: dict[str, Any], trained: dict[str, int | None]) -> list[str]:
     """One line per distinct (context, trained context) pair where the plan's context is the longer."""
     out: list[str] = []
     for name, plan in plans.items():
-        n = trained.get(name)
-        if n and plan.n_ctx > n:
-            line = f"context {plan.n_ctx} exceeds the model's trained context {n}; quality degrades past it"
-            if line not in out:
-                out.append(line)
+        line = context_warning(plan.n_ctx, trained.get(name))
+        if line and line not in out:
+            out.append(line)
     return out
 
 

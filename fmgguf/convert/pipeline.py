@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmgguf.convert.checkpoint import check_architecture, check_disk, human_bytes, read_checkpoint
+from fmgguf._util import atomic_write_text, human_bytes
+from fmgguf.convert.checkpoint import check_architecture, check_disk, read_checkpoint
 from fmgguf.convert.entry import build_entry, model_id_for, sha256_file
 from fmgguf.convert.quantize import FTYPES, quantize
 from fmgguf.convert.toolchain import ensure_converter, ensure_requirements
@@ -228,9 +229,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike[str], name: str, out_dir: s
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _write_yaml(path: Path, entry: dict) -> None:
@@ -239,6 +238,4 @@ def _write_yaml(path: Path, entry: dict) -> None:
 
     text = "# fmgguf catalog entry written by `fmgguf convert`; merge with `fmgguf import-gguf` or FMGGUF_CATALOG\n"
     text += yaml.safe_dump({"models": [entry]}, sort_keys=False, allow_unicode=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

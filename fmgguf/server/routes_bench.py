@@ -16,9 +16,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from fmgguf.errors import FmggufError
-from fmgguf.server.convert import jsonable
+from fmgguf._util import jsonable
 from fmgguf.server.schemas import BenchmarkRequest
-from fmgguf.server.state import ServerState
+from fmgguf.server.state import ServerState, state_of
 
 router = APIRouter(prefix="/api/models/benchmark", tags=["benchmark"])
 
@@ -52,10 +52,6 @@ def compact(summary: dict) -> dict:
             "suite": summary.get("suite"), "samples": summary.get("samples"), "pass_at_1": overall.get("pass@1"),
             "ci95": overall.get("ci95"), "tasks": overall.get("tasks"), "solved": overall.get("solved"),
             "decode_tokens_per_s": speed.get("median"), "finished": summary.get("finished")}
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.fmgguf
 
 
 def _run(state: ServerState, run: BenchRun) -> None:
@@ -106,7 +102,7 @@ def _restore(state: ServerState) -> None:
 @router.post("", status_code=202)
 async def start(request: Request, body: BenchmarkRequest) -> dict:
     """Benchmark downloaded models on a task suite (executed tests, sandboxed); returns a run id."""
-    state = _state(request)
+    state = state_of(request)
     models = []
     for spec in body.model_ids:
         card, quant = state.catalog.resolve(spec if body.quant is None else f"{spec.partition(':')[0]}:{body.quant}")
@@ -129,7 +125,7 @@ async def start(request: Request, body: BenchmarkRequest) -> dict:
 
 @router.get("")
 def runs(request: Request) -> dict:
-    return {"runs": [r.as_dict() for r in _state(request).bench_runs.values()]}
+    return {"runs": [r.as_dict() for r in state_of(request).bench_runs.values()]}
 
 
 def _get(state: ServerState, run_id: str) -> BenchRun:
@@ -141,13 +137,13 @@ def _get(state: ServerState, run_id: str) -> BenchRun:
 
 @router.get("/{run_id}")
 def run_status(request: Request, run_id: str) -> dict:
-    return _get(_state(request), run_id).as_dict()
+    return _get(state_of(request), run_id).as_dict()
 
 
 @router.get("/{run_id}/report")
 def run_report(request: Request, run_id: str) -> dict:
     """The comparison report (markdown, rows, a self-contained HTML page) and the full summaries."""
-    run = _get(_state(request), run_id)
+    run = _get(state_of(request), run_id)
     if run.state == "running":
         raise HTTPException(409, "the benchmark is still running; poll GET /api/models/benchmark/{run_id} until done")
     return {**run.as_dict(), "summaries": jsonable(run.summaries), "report": jsonable(run.report)}

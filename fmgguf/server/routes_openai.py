@@ -18,19 +18,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from fmgguf.errors import ModelNotLoadedError
-from fmgguf.server.convert import downloaded_pairs
+from fmgguf.server.json_views import downloaded_pairs
 from fmgguf.server.schemas import ChatRequest, CompletionRequest
-from fmgguf.server.state import ServerState
+from fmgguf.server.state import ServerState, state_of
 from fmgguf.server.streaming import StreamedGeneration, error_payload, run_generation, sse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 DEFAULT_MAX_TOKENS = 256
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.fmgguf
 
 
 def _names(cur: dict) -> set[str]:
@@ -101,7 +97,7 @@ def list_models(request: Request) -> dict:
     several quants on disk is listed once per quant as ``id:QUANT`` (the bare id still works in requests:
     it means the loaded quant, else the catalog default, else the first quant on disk). Never both forms.
     """
-    state = _state(request)
+    state = state_of(request)
     now = int(state.started_at)
     local = _local_quants(state)
     cur = state.current()
@@ -157,7 +153,7 @@ def _model_name(state: ServerState, body: Any, result: Any = None) -> str:
 @router.post("/completions")
 async def completions(request: Request, body: CompletionRequest) -> Any:
     """Text completion; with ``suffix`` it fills in the middle (the model's own FIM tokens)."""
-    state = _state(request)
+    state = state_of(request)
     cid = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not body.stream:
@@ -181,7 +177,7 @@ async def completions(request: Request, body: CompletionRequest) -> Any:
 @router.post("/chat/completions")
 async def chat_completions(request: Request, body: ChatRequest) -> Any:
     """Chat with the loaded model (its chat template)."""
-    state = _state(request)
+    state = state_of(request)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not body.stream:
