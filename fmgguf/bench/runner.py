@@ -12,23 +12,31 @@ import platform
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fmgguf._util import atomic_write_text, human_bytes
+from fmgguf._util import PerSettings, atomic_write_text, human_bytes
 from fmgguf.bench.executors import ExecResult, Executor
 from fmgguf.bench.metrics import summarize
+from fmgguf.bench.summary import BenchSummary
 from fmgguf.bench.tasks import Task, load_suite, select_tasks
 from fmgguf.errors import BenchError, FIMNotSupportedError, FmggufError
 
 if TYPE_CHECKING:
+    from fmgguf.bench.lint import JsLinter
+    from fmgguf.catalog.schema import ModelCard
+    from fmgguf.runtime.generation import GenerationResult
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _safe(s: str) -> str:
@@ -71,17 +79,65 @@ class RunStore:
     def reset(self) -> None:
         self.records_path.unlink(missing_ok=True)
 
-    def write_summary(self, summary: dict) -> Path:
-        path = self.root / "summary.json"
-        atomic_write_text(path, json.dumps(summary, indent=2, ensure_ascii=False, default=str))
-        return path
+    def write_summary(self, summary: BenchSummary) -> BenchSummary:
+        """Write ``summary.json`` (atomically); returns ``summary``."""
+        atomic_write_text(self.root / "summary.json",
+                          json.dumps(summary.as_dict(), indent=2, ensure_ascii=False, default=str))
+        return summary
+
+
+class Generator(Protocol):
+    """What the benchmark needs of a model manager (:class:`fmgguf.runtime.ModelManager` is one)."""
+
+    def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> Any: ...
+    def load_file(self, path: str | Path, model_id: str | None = None, **options: Any) -> Any: ...
+    def current_model(self) -> Mapping[str, Any] | None: ...
+    def generate_text(self, prompt: str, **kw: Any) -> GenerationResult: ...
+    def chat(self, messages: list[dict], **kw: Any) -> GenerationResult: ...
+    def fill_in_middle(self, prefix: str, suffix: str, **kw: Any) -> GenerationResult: ...
+
+
+class Resolver(Protocol):
+    """What the benchmark needs of a catalog: ``id[:QUANT]`` -> (card, quant)."""
+
+    def resolve(self, spec: str) -> tuple[ModelCard, str]: ...
+
+
+class Run:
+    """One model's benchmark in progress: its record store and its progress count (thread-safe)."""
+
+    def __init__(self, store: RunStore, total: int, done: int, progress: Progress | None) -> None:
+        self.store, self.total, self._count, self._progress = store, total, done, progress
+        self._lock = threading.Lock()
+
+    def record(self, rec: dict) -> None:
+        """Store one task × sample record and count it."""
+        self.store.append(rec)
+        with self._lock:
+            self._count += 1
+            n = self._count
+        if self._progress:
+            self._progress(n, self.total, rec["task_id"])
+
+    def executed(self, fut: Future, task: Task, sample: int, gen: dict | None, answer: str, quality: dict) -> None:
+        """The done-callback of a test execution."""
+        try:
+            rec = _record(task, sample, fut.result(), gen, quality)
+        except FmggufError as exc:
+            rec = {**_skipped(task, sample, exc.one_line()), "outcome": "error", "gen": gen}
+        rec["answer"] = answer[:20000]
+        self.record(rec)
 
 
 class ModelBenchmarker:
-    """Benchmarks models on a task suite; see :meth:`benchmark_model`."""
+    """Benchmarks models on a task suite; see :meth:`benchmark_model`.
 
-    def __init__(self, settings: Settings | None = None, manager: Any = None, catalog: Any = None,
-                 executor: Executor | None = None) -> None:
+    Takes its collaborators: ``manager`` loads and runs the models (None: the benchmarker builds its own
+    :class:`ModelManager` from *its* settings on first need, never a process-wide one).
+    """
+
+    def __init__(self, settings: Settings | None = None, manager: Generator | None = None,
+                 catalog: Resolver | None = None, executor: Executor | None = None) -> None:
         from fmgguf.settings import load_settings
 
         self.settings = settings or load_settings()
@@ -89,18 +145,18 @@ class ModelBenchmarker:
         self._catalog = catalog
         self.executor = executor or Executor(timeout_s=self.settings.bench_timeout,
                                              memory_bytes=self.settings.bench_memory)
-        self._linter: Any = None
+        self._linter: JsLinter | None = None
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> Generator:
         if self._manager is None:
-            from fmgguf.runtime import get_model_manager
+            from fmgguf.runtime.manager import ModelManager
 
-            self._manager = get_model_manager(self.settings)
+            self._manager = ModelManager(self.settings, catalog=self.catalog)
         return self._manager
 
     @property
-    def linter(self) -> Any:
+    def linter(self) -> JsLinter:
         """The ESLint runner for the JavaScript quality column (ESLint installs on first use)."""
         if self._linter is None:
             from fmgguf.bench.lint import JsLinter
@@ -121,7 +177,7 @@ class ModelBenchmarker:
         return res
 
     @property
-    def catalog(self) -> Any:
+    def catalog(self) -> Resolver:
         if self._catalog is None:
             from fmgguf.catalog import Catalog
 
@@ -131,7 +187,7 @@ class ModelBenchmarker:
     # --- reference self-check ------------------------------------------------------------------
     def run_reference(self, suite: str = "builtin", tasks: list[str] | None = None,
                       languages: list[str] | None = None, which: str = "reference",
-                      progress: Progress | None = None) -> dict:
+                      progress: Progress | None = None) -> BenchSummary:
         """Run the suite's own reference (or ``which="wrong"``) answers: the harness's self-check."""
         chosen = select_tasks(load_suite(suite), tasks, languages)
         runnable = [t for t in chosen if self.executor.available(t.language)]
@@ -165,7 +221,7 @@ class ModelBenchmarker:
     def benchmark_model(self, model_id: str, quant: str = "Q4_K_M", tasks: list[str] | None = None,
                         samples: int = 1, suite: str = "builtin", languages: list[str] | None = None,
                         max_tokens: int = 512, temperature: float | None = None, fresh: bool = False,
-                        model_path: str | Path | None = None, progress: Progress | None = None) -> dict:
+                        model_path: str | Path | None = None, progress: Progress | None = None) -> BenchSummary:
         """Generate ``samples`` answers per task with the model, execute them, and summarize.
 
         A model that does not fit this machine is skipped with the fit plan's reason (the summary's
@@ -179,75 +235,53 @@ class ModelBenchmarker:
         store = RunStore(self.settings.bench_dir / run_id)
         meta: dict[str, Any] = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
                                 "run_dir": str(store.root), "kind": "model", "max_tokens": max_tokens,
-                                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                **_manifest(self.executor)}
+                                "started": _now(), **_manifest(self.executor)}
         skip = None if model_path else self._fit_reason(model_id, quant)
         if skip:
-            summary = {**meta, "status": "skipped", "reason": skip}
-            store.write_summary(summary)
-            return summary
+            return store.write_summary(BenchSummary(**meta, status="skipped", reason=skip))
         if fresh:
             store.reset()
         done = {(r["task_id"], r["sample"]) for r in store.load()}
         todo = [(t, s) for t in chosen for s in range(samples) if (t.id, s) not in done]
         temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.8)
-        meta.update(temperature=temp, resumed=len(done))
-        mgr = self.manager
+        meta.update(temperature=temp, resumed=len(done), **self._lint_manifest([t for t, _ in todo] or chosen))
         if todo:
-            if model_path:
-                loaded = mgr.load_file(model_path, model_id=model_id)
-            else:
-                loaded = mgr.switch_model(model_id, quant)
-            meta["load_s"] = getattr(loaded, "load_s", None)
-            mgr.generate_text("def hello():", max_tokens=4, temperature=0.0, seed=0)  # warm-up
-        info = mgr.current_model() or {}
+            meta["load_s"] = self._load(model_id, quant, model_path)
+        info = self.manager.current_model() or {}
         meta.update(n_ctx=info.get("n_ctx"), n_gpu_layers=info.get("n_gpu_layers"),
                     model_memory_bytes=info.get("memory"), chat_template=info.get("chat_template"))
-        total, count = len(chosen) * samples, [len(done)]
-        count_lock = threading.Lock()
+        run = Run(store, len(chosen) * samples, len(done), progress)
+        self._generate_all(run, todo, bool(info.get("chat_template")), max_tokens, temp)
+        records = [r for r in store.load() if r["task_id"] in {t.id for t in chosen}]
+        meta.update(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, finished=_now())
+        return store.write_summary(summarize(records, samples, meta))
 
-        def advance(task_id: str) -> None:
-            with count_lock:
-                count[0] += 1
-                n = count[0]
-            if progress:
-                progress(n, total, task_id)
+    def _load(self, model_id: str, quant: str, model_path: str | Path | None) -> float | None:
+        """Load the model (the store's file, or ``model_path``) and warm it up; the load time."""
+        mgr = self.manager
+        loaded = mgr.load_file(model_path, model_id=model_id) if model_path else mgr.switch_model(model_id, quant)
+        mgr.generate_text("def hello():", max_tokens=4, temperature=0.0, seed=0)  # warm-up
+        return getattr(loaded, "load_s", None)
 
-        def finished(fut: Future, task: Task, sample: int, gen: dict | None, answer: str, quality: dict) -> None:
-            try:
-                res: ExecResult = fut.result()
-                rec = _record(task, sample, res, gen, quality)
-            except FmggufError as exc:
-                rec = {**_skipped(task, sample, exc.one_line()), "outcome": "error", "gen": gen}
-            rec["answer"] = answer[:20000]
-            store.append(rec)
-            advance(task.id)
+    def _generate_all(self, run: Run, todo: list[tuple[Task, int]], use_chat: bool, max_tokens: int,
+                      temp: float) -> None:
+        """Generate each answer in turn (one model), executing the tests in a pool meanwhile."""
+        from fmgguf.bench.prompting import static_quality
 
-        use_chat = bool(info.get("chat_template"))
-        meta.update(self._lint_manifest([t for t, _ in todo] or chosen))
         with ThreadPoolExecutor(max_workers=max(1, self.settings.bench_workers)) as pool:
             for task, sample in todo:
                 if not self.executor.available(task.language):
-                    store.append(_skipped(task, sample, f"{task.language} toolchain missing"))
-                    advance(task.id)
+                    run.record(_skipped(task, sample, f"{task.language} toolchain missing"))
                     continue
                 try:
                     answer, gen, extracted = self._generate(task, sample, use_chat, max_tokens, temp)
                 except FIMNotSupportedError as exc:
-                    store.append(_skipped(task, sample, exc.one_line()))
-                    advance(task.id)
+                    run.record(_skipped(task, sample, exc.one_line()))
                     continue
-                from fmgguf.bench.prompting import static_quality
-
                 quality = static_quality(task, task.source(answer), extracted)
                 fut = pool.submit(self._execute_and_lint, task, answer, quality)
-                fut.add_done_callback(lambda f, t=task, s=sample, g=gen, a=answer, q=quality: finished(f, t, s, g, a, q))
-        records = [r for r in store.load() if r["task_id"] in {t.id for t in chosen}]
-        meta["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        summary = {**summarize(records, samples, meta), "status": "done"}
-        store.write_summary(summary)
-        return summary
+                fut.add_done_callback(
+                    lambda f, t=task, s=sample, g=gen, a=answer, q=quality: run.executed(f, t, s, g, a, q))
 
     def _fit_reason(self, model_id: str, quant: str) -> str | None:
         try:
@@ -302,9 +336,9 @@ class ModelBenchmarker:
         return answer, gen, extracted
 
     # --- the seed's API ------------------------------------------------------------------------
-    async def benchmark_multiple_models(self, model_configs: dict[str, Any], **kw: Any) -> dict[str, dict]:
+    async def benchmark_multiple_models(self, model_configs: dict[str, Any], **kw: Any) -> dict[str, BenchSummary]:
         """Benchmark each ``{id: config}`` in turn (config: a ModelConfig, a dict or a quant string)."""
-        out: dict[str, dict] = {}
+        out: dict[str, BenchSummary] = {}
         for model_id, cfg in model_configs.items():
             opts = dict(kw)
             quant = "Q4_K_M"
@@ -318,13 +352,14 @@ class ModelBenchmarker:
             out[model_id] = await asyncio.to_thread(self.benchmark_model, model_id, quant, **opts)
         return out
 
-    def generate_comparison_report(self, summaries: dict[str, dict] | list[dict]) -> dict:
+    def generate_comparison_report(self, summaries: Mapping[Any, BenchSummary] | list[BenchSummary]) -> dict:
         """Markdown, JSON-ready rows and a self-contained HTML page comparing the runs."""
         from fmgguf.bench.html_report import render_html
         from fmgguf.bench.reports import comparison_markdown, comparison_rows
 
-        runs = list(summaries.values()) if isinstance(summaries, dict) else list(summaries)
-        return {"markdown": comparison_markdown(runs), "rows": comparison_rows(runs), "html": render_html(runs)}
+        runs = list(summaries.values()) if isinstance(summaries, Mapping) else list(summaries)
+        return {"markdown": comparison_markdown(runs), "rows": [r.as_dict() for r in comparison_rows(runs)],
+                "html": render_html(runs)}
 
 
 def _record(task: Task, sample: int, res: ExecResult, gen: dict | None, quality: dict | None) -> dict:
@@ -341,11 +376,11 @@ def _skipped(task: Task, sample: int, why: str) -> dict:
 
 def _manifest(executor: Executor) -> dict:
     caps = executor.sandbox.caps
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        llama_v = version("llama_cpp_python")
-    except Exception:  # noqa: BLE001
+    try:
+        llama_v: str | None = version("llama_cpp_python")
+    except PackageNotFoundError:
         llama_v = None
     return {"host": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "python": platform.python_version(), "llama_cpp_python": llama_v},
@@ -354,13 +389,15 @@ def _manifest(executor: Executor) -> dict:
                        "memory_bytes": executor.sandbox.limits.memory_bytes}}
 
 
-_default: dict[str, ModelBenchmarker] = {}
-_default_lock = threading.Lock()
+def _build_default(settings: Settings) -> ModelBenchmarker:
+    from fmgguf.runtime import get_model_manager
+
+    return ModelBenchmarker(settings, manager=get_model_manager(settings))
+
+
+_DEFAULT: PerSettings[ModelBenchmarker] = PerSettings(_build_default)
 
 
 def get_model_benchmarker(settings: Settings | None = None) -> ModelBenchmarker:
-    """The process-wide benchmarker (built on first call; ``settings`` only matter then)."""
-    with _default_lock:
-        if "b" not in _default:
-            _default["b"] = ModelBenchmarker(settings)
-        return _default["b"]
+    """The shared benchmarker for these settings (one per distinct settings), on the shared manager."""
+    return _DEFAULT.get(settings)

@@ -12,9 +12,9 @@ import anyio
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from fmgguf._util import jsonable
 from fmgguf.catalog import normalize_quant
 from fmgguf.errors import FmggufError, InvalidRequestError, ModelNotLoadedError
-from fmgguf._util import jsonable
 from fmgguf.server.json_views import card_summary, downloaded_pairs
 from fmgguf.server.schemas import CompareRequest, DownloadRequest, GenerateRequest, SelectRequest
 from fmgguf.server.state import ServerState, state_of
