@@ -30,8 +30,8 @@ def _step(n: int, text: str) -> None:
 @pass_app
 def demo_cmd(app: AppContext, keep: Path | None, tasks: int) -> None:
     """Run the whole job offline on a tiny model built here (no GPU, no internet needed)."""
+    from fmgguf.mirror.server import MirrorServer
     from fmgguf.testing import build_tiny_model, tiny_card, tiny_repo_files
-    from fmgguf.testing.hub_server import HubServer
 
     base = app.settings
     home = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix="fmgguf-demo-"))
@@ -52,7 +52,7 @@ def demo_cmd(app: AppContext, keep: Path | None, tasks: int) -> None:
             click.echo(f"  {name}  {human_bytes(path.stat().st_size)}")
         click.echo(f"  registered as {DEMO_ID} in the demo catalog, SHA256 pinned ({time.perf_counter() - t0:.1f} s)")
 
-        with HubServer({DEMO_REPO: files}) as hub:
+        with MirrorServer({DEMO_REPO: files}) as hub:
             settings = settings.replace(hf_endpoint=hub.endpoint)
             _step(2, f"Serving it from a hub-compatible mirror on {hub.endpoint} (HF_ENDPOINT)")
             from fmgguf.catalog import Catalog
