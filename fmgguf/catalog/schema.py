@@ -171,10 +171,6 @@ class Variant(_Strict):
         parts = [f.approx_bytes() for f in self.files]
         return None if None in parts else sum(parts)  # type: ignore[arg-type]
 
-    @property
-    def first_file(self) -> GGUFFile:
-        return self.files[0]
-
 
 class MoE(_Strict):
     n_expert: int = Field(ge=1)

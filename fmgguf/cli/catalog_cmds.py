@@ -20,16 +20,15 @@ from fmgguf.cli._common import (
     pass_app,
     print_table,
 )
+from fmgguf.cli.store_cmds import catalog_lock_cmd
 
 CTX_TABLE = (4096, 16384, 32768)
 
 
 def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
     """(id, quant) -> downloaded, from the store's records (cheap: no hub import)."""
-    try:
-        from fmgguf.download.records import downloaded_quants
-    except ImportError:
-        return {}
+    from fmgguf.download.records import downloaded_quants
+
     return downloaded_quants(app.settings)
 
 
@@ -258,20 +257,4 @@ def catalog_path_cmd(app: AppContext, as_json: bool) -> None:
                                                + ("" if d["user_exists"] else " (not created yet)")))
 
 
-def _attach_lock() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("fmgguf.cli.store_cmds") is None:
-        return
-
-    @catalog_group.command("lock", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                           add_help_option=False)
-    @click.pass_context
-    def catalog_lock_cmd(ctx: click.Context) -> None:
-        """Pin SHA256 for catalog models from the hub without downloading (fmgguf catalog lock [ID…])."""
-        from fmgguf.cli.store_cmds import catalog_lock_cmd as real
-
-        real.main(args=ctx.args, prog_name="fmgguf catalog lock", standalone_mode=False, obj=ctx.obj)
-
-
-_attach_lock()
+catalog_group.add_command(catalog_lock_cmd)  # the store owns it: it asks the hub for hashes

@@ -94,13 +94,15 @@ def _stderr_is_tty() -> bool:
 
 def _reword_memory_fix(app: AppContext, exc: Any, model: str, quant: str | None, is_file: bool) -> None:
     """No "use a smaller quant" where there is none: a file path, or already the catalog's smallest."""
+    from fmgguf.errors import FmggufError
+
     smallest = is_file
     if not is_file:
         try:
             card, q = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
             sizes = {k: v.size or v.approx_size or 0 for k, v in card.variants.items()}
             smallest = sizes.get(q, 0) <= min(sizes.values())
-        except Exception:  # noqa: BLE001 - only the wording of the fix is at stake
+        except FmggufError:  # an unknown id or quant: only the wording of the fix is at stake
             smallest = False
     if smallest and exc.fix and "smaller quant" in exc.fix:
         what = "a file has no smaller quant" if is_file else "this is already the smallest quant"

@@ -30,12 +30,9 @@ def _is_file(target: str) -> bool:
 
 def _local_path(app: AppContext, card_id: str, quant: str) -> Path | None:
     """The verified local file of a catalog model, or None when it is not downloaded."""
+    from fmgguf.download import ModelDownloader
     from fmgguf.errors import FmggufError
 
-    try:
-        from fmgguf.download import ModelDownloader
-    except ImportError:
-        return None
     try:
         return ModelDownloader(settings=app.settings, catalog=app.catalog).model_path(card_id, quant)
     except FmggufError:

@@ -284,12 +284,9 @@ def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | Non
     dl = _downloader(app)
     check_new_id(dl, model_id, force)  # the --as value first: a bad id names the flag, not the catalog file
 
-    try:  # a full header check when the runtime's reader is there (it validates without loading)
-        from fmgguf.runtime.gguf_file import read_gguf
-    except ImportError:
-        read_gguf = None
-    if read_gguf is not None:
-        read_gguf(Path(file))
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    read_gguf(Path(file))  # a full header check (it validates without loading)
     info = import_gguf(dl, file, model_id, quant, force=force)
     output(info, as_json, lambda i: click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}"))
 
