@@ -140,9 +140,12 @@ def test_reference_javascript_answers_get_counts(linter: JsLinter) -> None:
 
     tasks = [t for t in builtin_tasks() if t.language == "javascript"]
     counts = linter.findings([t.source(t.reference) for t in tasks], [t.entry_point for t in tasks])
-    assert len(counts) == len(tasks) >= 4 and all(isinstance(n, int) for n in counts)
+    assert len(tasks) >= 4 and counts == [0] * len(tasks)  # the references are clean code
+    # the wrong answers are wrong in behaviour, not in style: lint finds nothing (it never measures correctness)
     wrong = linter.findings([t.source(t.wrong or "") for t in tasks], [t.entry_point for t in tasks])
-    assert all(n is None or isinstance(n, int) for n in wrong)
+    assert wrong == [0] * len(tasks)
+    # ... while the same check does count a sloppy answer
+    assert linter.findings([SLOPPY], ["chunk"]) == [3]
     s = ModelBenchmarker(load_settings()).run_reference(languages=["javascript"])
     assert s.lint["eslint"]["available"] is True
     rate = s.quality["javascript"].eslint_findings_per_100_loc
