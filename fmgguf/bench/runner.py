@@ -86,11 +86,17 @@ class RunStore:
         return summary
 
 
+class Loaded(Protocol):
+    """What a load returns that the benchmark reads."""
+
+    load_s: float
+
+
 class Generator(Protocol):
     """What the benchmark needs of a model manager (:class:`fmgguf.runtime.ModelManager` is one)."""
 
-    def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> Any: ...
-    def load_file(self, path: str | Path, model_id: str | None = None, **options: Any) -> Any: ...
+    def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> Loaded: ...
+    def load_file(self, path: str | Path, model_id: str | None = None, **options: Any) -> Loaded: ...
     def current_model(self) -> Mapping[str, Any] | None: ...
     def generate_text(self, prompt: str, **kw: Any) -> GenerationResult: ...
     def chat(self, messages: list[dict], **kw: Any) -> GenerationResult: ...
@@ -261,7 +267,7 @@ class ModelBenchmarker:
         mgr = self.manager
         loaded = mgr.load_file(model_path, model_id=model_id) if model_path else mgr.switch_model(model_id, quant)
         mgr.generate_text("def hello():", max_tokens=4, temperature=0.0, seed=0)  # warm-up
-        return getattr(loaded, "load_s", None)
+        return loaded.load_s
 
     def _generate_all(self, run: Run, todo: list[tuple[Task, int]], use_chat: bool, max_tokens: int,
                       temp: float) -> None:

@@ -223,6 +223,3 @@ class BenchSummary:
                    speed=Speed.from_dict(d.get("speed")),
                    quality={lang: LanguageQuality.from_dict(q) for lang, q in (d.get("quality") or {}).items()},
                    tasks=tuple(TaskScore.from_dict(t) for t in d.get("tasks") or ()))
-
-    def with_(self, **changes: Any) -> BenchSummary:
-        return dataclasses.replace(self, **changes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ def output(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
-def trained_context(path: Any) -> int | None:
+def trained_context(path: str | os.PathLike[str]) -> int | None:
     """The context length a GGUF file says its model was trained with (None: unreadable or not said)."""
     from fmgguf.errors import FmggufError
     from fmgguf.runtime.gguf_file import read_gguf

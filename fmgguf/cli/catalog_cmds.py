@@ -5,7 +5,7 @@ Cold start matters here (`fmgguf list` is benchmarked): nothing heavy is importe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from fmgguf.cli._common import (
 )
 from fmgguf.cli.store_cmds import catalog_lock_cmd
 
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import ModelCard
+
 CTX_TABLE = (4096, 16384, 32768)
 
 
@@ -32,7 +35,7 @@ def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
     return downloaded_quants(app.settings)
 
 
-def _row(card: Any, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
+def _row(card: ModelCard, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
     return {
         "id": card.id,
         "family": card.family,
@@ -106,7 +109,7 @@ def search_cmd(app: AppContext, text: str | None, family: str | None, max_params
     output(rows, as_json, lambda r: _table(r, f"{len(r)} matching") if r else click.echo("no model matches"))
 
 
-def _with_file_numbers(app: AppContext, card: Any, local: dict[tuple[str, str], bool]) -> tuple[Any, str | None]:
+def _with_file_numbers(app: AppContext, card: ModelCard, local: dict[tuple[str, str], bool]) -> tuple[Any, str | None]:
     """A user card without architecture numbers, completed from its downloaded GGUF header."""
     if card.arch is not None:
         return card, None
@@ -128,7 +131,7 @@ def _with_file_numbers(app: AppContext, card: Any, local: dict[tuple[str, str], 
     return card, None
 
 
-def card_details(card: Any, local: dict[tuple[str, str], bool], app: AppContext | None = None) -> dict[str, Any]:
+def card_details(card: ModelCard, local: dict[tuple[str, str], bool], app: AppContext | None = None) -> dict[str, Any]:
     from fmgguf.catalog.sizing import estimate_card
 
     file_template = None

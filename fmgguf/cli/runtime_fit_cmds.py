@@ -7,7 +7,7 @@ and the compute buffer from llama.cpp's dry run in a child process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from fmgguf.cli._common import (
     pass_app,
     trained_context,
 )
+
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import ModelCard
 
 
 def _is_file(target: str) -> bool:
@@ -197,7 +200,7 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
         con.print(f"    {t:<8} {row['tensors']:>5} tensors  {human_bytes(row['bytes']):>10}")
 
 
-def _inspect_from_card(card: Any, quant: str, reason: str, as_json: bool) -> None:
+def _inspect_from_card(card: ModelCard, quant: str, reason: str, as_json: bool) -> None:
     """What the catalog card says about the file whose header could not be read."""
     v = card.variant(quant)
     a = card.arch

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from fmgguf._util import atomic_write_text, human_bytes
-from fmgguf.convert.checkpoint import check_architecture, check_disk, read_checkpoint
+from fmgguf.convert.checkpoint import Checkpoint, check_architecture, check_disk, read_checkpoint
 from fmgguf.convert.entry import build_entry, model_id_for, sha256_file
 from fmgguf.convert.quantize import FTYPES, quantize
-from fmgguf.convert.toolchain import ensure_converter, ensure_requirements
+from fmgguf.convert.toolchain import Converter, ensure_converter, ensure_requirements
 from fmgguf.errors import ConvertError
 
 DEFAULT_QUANTS = ("Q8_0", "Q4_K_M")
@@ -77,7 +77,7 @@ def _lock(path: Path):
     return FileLock(str(path), timeout=0)
 
 
-def _run_converter(converter, ckpt_dir: Path, tmp: Path, name: str, log_path: Path) -> None:
+def _run_converter(converter: Converter, ckpt_dir: Path, tmp: Path, name: str, log_path: Path) -> None:
     cmd = [sys.executable, str(converter.script), str(ckpt_dir), "--outfile", str(tmp), "--outtype", "f16",
            "--model-name", name]
     with open(log_path, "w", encoding="utf-8") as log:
@@ -233,7 +233,7 @@ def _resume(job: _Job, want: dict[str, str]) -> dict[str, bool]:
     return done
 
 
-def _build_f16(job: _Job, converter: Any, ckpt_dir: Path, state: dict[str, Any]) -> None:
+def _build_f16(job: _Job, converter: Converter, ckpt_dir: Path, state: dict[str, Any]) -> None:
     tmp = job.out / f".{job.name}-F16.gguf.partial"
     job.say(f"converting {ckpt_dir} → {job.final['F16'].name} (llama.cpp convert_hf_to_gguf.py {converter.version})")
     t = time.monotonic()
@@ -263,7 +263,7 @@ def _build_quant(job: _Job, q: str, state: dict[str, Any]) -> None:
     _write_json(job.state_path, state)
 
 
-def _write_entry(job: _Job, ckpt: Any, converter_version: str, want: dict[str, str]) -> tuple[dict[str, Any], Path]:
+def _write_entry(job: _Job, ckpt: Checkpoint, converter_version: str, want: dict[str, str]) -> tuple[dict[str, Any], Path]:
     """The catalog entry for the finished files, as ``NAME.catalog.yaml`` beside them."""
     t = time.monotonic()
     source = str(ckpt.config.get("_name_or_path") or "")

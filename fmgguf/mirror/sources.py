@@ -16,7 +16,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -106,7 +106,7 @@ def _manifest_entries(data: Any, where: Path) -> list[dict[str, Any]]:
     return data["models"]
 
 
-def _bundle_repos(entries: list[dict[str, Any]], locate: Any) -> dict[str, MirrorRepo]:
+def _bundle_repos(entries: list[dict[str, Any]], locate: Callable[[str, int], tuple[Path, int]]) -> dict[str, MirrorRepo]:
     repos: dict[str, MirrorRepo] = {}
     commits: dict[str, set[str]] = {}
     for entry in entries:

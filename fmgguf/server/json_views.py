@@ -4,10 +4,19 @@ The generic converter of dataclasses and models to JSON is ``fmgguf._util.jsonab
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import ModelCard
 
 
-def card_summary(card: Any) -> dict:
+class Store(Protocol):
+    """What the views need of the downloader: its list of downloaded models."""
+
+    def list_downloaded(self) -> list[Any]: ...
+
+
+def card_summary(card: ModelCard) -> dict:
     """The specs of a card the page and the compare view show."""
     params = card.parameters
     arch = card.arch
@@ -35,7 +44,7 @@ def card_summary(card: Any) -> dict:
     }
 
 
-def downloaded_pairs(downloader: Any) -> set[tuple[str, str]]:
+def downloaded_pairs(downloader: Store) -> set[tuple[str, str]]:
     """(model_id, quant) of everything in the local store, from ``downloader.list_downloaded()``."""
     out: set[tuple[str, str]] = set()
     for item in downloader.list_downloaded() or []:
