@@ -103,6 +103,12 @@ class Generator(Protocol):
     def fill_in_middle(self, prefix: str, suffix: str, **kw: Any) -> GenerationResult: ...
 
 
+class Locator(Protocol):
+    """What the benchmark needs of a downloader: where a downloaded model's file is."""
+
+    def model_path(self, model_id: str, quant: str | None = None) -> Path: ...
+
+
 class Resolver(Protocol):
     """What the benchmark needs of a catalog: ``id[:QUANT]`` -> (card, quant)."""
 
@@ -143,12 +149,14 @@ class ModelBenchmarker:
     """
 
     def __init__(self, settings: Settings | None = None, manager: Generator | None = None,
-                 catalog: Resolver | None = None, executor: Executor | None = None) -> None:
+                 catalog: Resolver | None = None, executor: Executor | None = None,
+                 downloader: Locator | None = None) -> None:
         from fmgguf.settings import load_settings
 
         self.settings = settings or load_settings()
         self._manager = manager
         self._catalog = catalog
+        self._downloader = downloader
         self.executor = executor or Executor(timeout_s=self.settings.bench_timeout,
                                              memory_bytes=self.settings.bench_memory)
         self._linter: JsLinter | None = None
@@ -181,6 +189,14 @@ class ModelBenchmarker:
         if task.language == "javascript" and self.linter.status().available:
             quality["eslint_findings"] = self.linter.findings([task.source(answer)], [task.entry_point])[0]
         return res
+
+    @property
+    def downloader(self) -> Locator:
+        if self._downloader is None:
+            from fmgguf.download import ModelDownloader
+
+            self._downloader = ModelDownloader(self.settings, self.catalog)
+        return self._downloader
 
     @property
     def catalog(self) -> Resolver:
@@ -296,9 +312,7 @@ class ModelBenchmarker:
             card, q = self.catalog.resolve(f"{model_id}:{quant}")
             path = None
             try:  # the local file's header when it is there (no network), else the planner's fallbacks
-                from fmgguf.download import ModelDownloader
-
-                path = ModelDownloader(self.settings, self.catalog).model_path(card.id, q)
+                path = self.downloader.model_path(card.id, q)
             except FmggufError:
                 path = None
             plan = plan_for_card(card, q, settings=self.settings, path=path, remote=path is None)
@@ -396,14 +410,15 @@ def _manifest(executor: Executor) -> dict:
 
 
 def _build_default(settings: Settings) -> ModelBenchmarker:
+    from fmgguf.download import get_model_downloader
     from fmgguf.runtime import get_model_manager
 
-    return ModelBenchmarker(settings, manager=get_model_manager(settings))
+    return ModelBenchmarker(settings, manager=get_model_manager(settings), downloader=get_model_downloader(settings))
 
 
 _DEFAULT: PerSettings[ModelBenchmarker] = PerSettings(_build_default)
 
 
 def get_model_benchmarker(settings: Settings | None = None) -> ModelBenchmarker:
-    """The shared benchmarker for these settings (one per distinct settings), on the shared manager."""
+    """The shared benchmarker for these settings (one per distinct settings), on the shared manager and downloader."""
     return _DEFAULT.get(settings)
