@@ -201,7 +201,7 @@ class BenchSummary:
             if f.name in _BLOCKS:
                 continue
             value = getattr(self, f.name)
-            if value is not None and value != {}:
+            if f.name == "quant" or (value is not None and value != {}):
                 out[f.name] = dict(value) if isinstance(value, Mapping) else value
         if self.skipped:
             return out

@@ -17,7 +17,7 @@ import json
 import secrets
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -275,15 +275,23 @@ class MirrorHandler(BaseHTTPRequestHandler):
     def _file_body(self, filename: str, entry: MirrorFile, start: int, length: int) -> int:
         """Send ``length`` bytes of ``entry`` from ``start``; the bytes sent."""
         sent = 0
-        with entry.open() as fh:
-            fh.seek(entry.offset + start)
-            while sent < length:
-                data = fh.read(min(CHUNK, length - sent))
-                if not data:
-                    break
-                self.wfile.write(data)
-                sent += len(data)
+        for data in read_chunks(entry, start, length, CHUNK):
+            self.wfile.write(data)
+            sent += len(data)
         return sent
+
+
+def read_chunks(entry: MirrorFile, start: int, length: int, chunk: int) -> Iterator[bytes]:
+    """Up to ``length`` bytes of ``entry`` from ``start``, ``chunk`` bytes at a time."""
+    with entry.open() as fh:
+        fh.seek(entry.offset + start)
+        left = length
+        while left > 0:
+            data = fh.read(min(chunk, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
 
 
 MirrorServer.handler_class = MirrorHandler

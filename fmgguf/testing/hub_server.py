@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmgguf.mirror.server import CHUNK, MirrorHandler, MirrorServer
+from fmgguf.mirror.server import CHUNK, MirrorHandler, MirrorServer, read_chunks
 from fmgguf.mirror.sources import MirrorFile
 
 
@@ -180,25 +180,20 @@ class _FaultyHandler(MirrorHandler):
         chunk_size = CHUNK if not rate else max(16 * 1024, min(4 << 20, int(rate / 50)))
         sent = 0
         t0 = time.monotonic()
-        with entry.open() as fh:
-            fh.seek(entry.offset + start)
-            while sent < limit:
-                data = fh.read(min(chunk_size, limit - sent))
-                if not data:
-                    break
-                if fault is not None and fault.flip_byte_at is not None:
-                    rel = fault.flip_byte_at - (start + sent)
-                    if 0 <= rel < len(data):
-                        buf = bytearray(data)
-                        buf[rel] ^= 0xFF
-                        data = bytes(buf)
-                self.wfile.write(data)
-                sent += len(data)
-                record["sent"] = sent
-                if rate:
-                    ahead = sent / rate - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
+        for data in read_chunks(entry, start, limit, chunk_size):
+            if fault is not None and fault.flip_byte_at is not None:
+                rel = fault.flip_byte_at - (start + sent)
+                if 0 <= rel < len(data):
+                    buf = bytearray(data)
+                    buf[rel] ^= 0xFF
+                    data = bytes(buf)
+            self.wfile.write(data)
+            sent += len(data)
+            record["sent"] = sent
+            if rate:
+                ahead = sent / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
         return sent
 
     def _hang_up(self) -> None:
