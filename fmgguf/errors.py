@@ -108,6 +108,14 @@ class EngineError(FmggufError):
     """llama.cpp reported a failure not covered by a more specific error."""
 
 
+class RunnerCrashedError(EngineError):
+    """The runner process holding a model died (abort, segfault, OOM kill); nothing else was affected."""
+
+
+class ModelBrokenError(EngineError):
+    """A model whose runner crashed three times in a row; it is not started again until the file changes."""
+
+
 class BusyError(FmggufError):
     """The generation queue is full; try again later."""
 
@@ -156,6 +164,8 @@ _TABLE: dict[type[FmggufError], tuple[int, int]] = {
     BenchError: (20, 422),
     SandboxError: (21, 500),
     ConvertError: (22, 422),
+    RunnerCrashedError: (23, 502),
+    ModelBrokenError: (24, 503),
 }
 
 #: exit code for Ctrl-C, as shells expect

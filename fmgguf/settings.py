@@ -118,6 +118,12 @@ class Settings:
     vram_override: int | None = None
     #: seconds a loaded model stays loaded without use (0 = forever)
     keep_alive: float = 300.0
+    #: where llama.cpp runs: "process" (one supervised runner process per loaded model: an abort
+    #: kills only that runner) or "inprocess" (FMGGUF_ISOLATION)
+    isolation: str = "process"
+    #: models resident at once; loading one more evicts the least recently used unpinned model
+    #: (FMGGUF_MAX_LOADED_MODELS; the fit plan's memory check can evict earlier)
+    max_loaded_models: int = 3
     #: default context length when the caller gives none
     default_ctx: int = 4096
     #: the model `fmgguf run`/`serve` use when none is named
@@ -185,6 +191,8 @@ class Settings:
         env_str("FMGGUF_DEFAULT_MODEL", "default_model")
         env_str("FMGGUF_DEFAULT_QUANT", "default_quant")
         env_str("FMGGUF_LOG_LEVEL", "log_level")
+        env_str("FMGGUF_ISOLATION", "isolation")
+        env_str("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models")
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
         if token:
             values["hf_token"] = token
@@ -235,7 +243,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory"):
             if key in out and out[key] is not None:
                 out[key] = parse_size(out[key], key)
-        for key in ("download_retries", "default_ctx", "bench_workers", "n_threads"):
+        for key in ("download_retries", "default_ctx", "bench_workers", "n_threads", "max_loaded_models"):
             if key in out and out[key] is not None:
                 out[key] = int(out[key])
         for key in ("keep_alive", "bench_timeout"):
@@ -245,6 +253,10 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             out["offline"] = _bool("offline", out["offline"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad setting value: {exc}", fix="check the config file and FMGGUF_* variables") from None
+    if out.get("isolation") not in (None, "process", "inprocess"):
+        raise ConfigError(f"isolation {out['isolation']!r} is unknown", fix="set FMGGUF_ISOLATION to process or inprocess")
+    if out.get("max_loaded_models") is not None and int(out["max_loaded_models"]) < 1:
+        raise ConfigError("max_loaded_models must be at least 1", fix="set FMGGUF_MAX_LOADED_MODELS to 1 or more")
     if out.get("hf_endpoint"):
         out["hf_endpoint"] = str(out["hf_endpoint"]).rstrip("/")
     return out

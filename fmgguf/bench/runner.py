@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fmgguf.bench.lint import JsLinter
     from fmgguf.catalog.schema import ModelCard
     from fmgguf.runtime.generation import GenerationResult
+    from fmgguf.runtime.loading import LoadedModel
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Generator(Protocol):
 
     def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> Loaded: ...
     def load_file(self, path: str | Path, model_id: str | None = None, **options: Any) -> Loaded: ...
-    def current_model(self) -> Mapping[str, Any] | None: ...
+    def current_model(self) -> LoadedModel | None: ...
     def generate_text(self, prompt: str, **kw: Any) -> GenerationResult: ...
     def chat(self, messages: list[dict], **kw: Any) -> GenerationResult: ...
     def fill_in_middle(self, prefix: str, suffix: str, **kw: Any) -> GenerationResult: ...
@@ -269,11 +270,12 @@ class ModelBenchmarker:
         meta.update(temperature=temp, resumed=len(done), **self._lint_manifest([t for t, _ in todo] or chosen))
         if todo:
             meta["load_s"] = self._load(model_id, quant, model_path)
-        info = self.manager.current_model() or {}
-        meta.update(n_ctx=info.get("n_ctx"), n_gpu_layers=info.get("n_gpu_layers"),
-                    model_memory_bytes=info.get("memory"), chat_template=info.get("chat_template"))
+        info = self.manager.current_model()
+        if info is not None:
+            meta.update(n_ctx=info.n_ctx, n_gpu_layers=info.n_gpu_layers, model_memory_bytes=info.memory,
+                        chat_template=info.chat_template)
         run = Run(store, len(chosen) * samples, len(done), progress)
-        self._generate_all(run, todo, bool(info.get("chat_template")), max_tokens, temp)
+        self._generate_all(run, todo, bool(info and info.chat_template), max_tokens, temp)
         records = [r for r in store.load() if r["task_id"] in {t.id for t in chosen}]
         meta.update(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, finished=_now())
         return store.write_summary(summarize(records, samples, meta))

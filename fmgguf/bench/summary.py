@@ -170,7 +170,7 @@ class BenchSummary:
     n_gpu_layers: int | None = None
     model_memory_bytes: int | None = None
     peak_rss_bytes: int | None = None
-    chat_template: str | None = None
+    chat_template: bool | None = None
     # --- the machine and harness it ran on (free-form records, shown as they are)
     host: Mapping[str, Any] = field(default_factory=dict)
     sandbox: Mapping[str, Any] = field(default_factory=dict)

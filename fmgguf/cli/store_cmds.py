@@ -133,8 +133,14 @@ def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, rev
 @json_option
 @pass_app
 def ls_cmd(app: AppContext, as_json: bool) -> None:
-    """Downloaded models: quant, size, how each was verified, where it is."""
+    """Downloaded models: quant, size, how each was verified, where it is (and which are broken)."""
+    from fmgguf.runtime.runner.health import HealthBook
+
     rows = _downloader(app).list_downloaded()
+    broken = HealthBook(app.settings.home).broken()
+    for r in rows:  # a model whose runner crashed three times in a row: why, until its file changes
+        rec = broken.get(f"{r['id']}:{r['quant']}")
+        r["broken"] = rec.reason if rec is not None else None
 
     def render(rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -149,6 +155,9 @@ def ls_cmd(app: AppContext, as_json: bool) -> None:
             table.add_row(r["id"], r["quant"], human_bytes(r["bytes"]), r["verified_at"] or "-",
                           "TOFU (no published hash)" if r["trust"] == "tofu" else str(r["trust"]), r["origin"], r["path"])
         console().print(table)
+        for r in rows:
+            if r["broken"]:
+                click.echo(f"BROKEN {r['id']}:{r['quant']}: {r['broken']}")
 
     output(rows, as_json, render)
 

@@ -13,6 +13,7 @@ _LAZY = {
     "SwitchResult": "fmgguf.runtime.manager:SwitchResult",
     "GenerationResult": "fmgguf.runtime.generation:GenerationResult",
     "GenerationStream": "fmgguf.runtime.generation:GenerationStream",
+    "LoadedModel": "fmgguf.runtime.loading:LoadedModel",
 }
 
 __all__ = list(_LAZY)

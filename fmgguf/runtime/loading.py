@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +23,76 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
               17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
 
 
-def validate(path: Path, cache: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FileFacts:
+    """What the load needs from a validated GGUF header (``info``: the parsed header, reused by the fit plan)."""
+
+    arch: str | None
+    n_ctx_train: int | None
+    file_type: int | None
+    fim_ids: Mapping[str, int]
+    info: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def quant(self) -> str:
+        return FILE_TYPES.get(self.file_type if self.file_type is not None else -1, "unknown")
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """The caller's load options, checked and resolved before anything is unloaded."""
+
+    n_ctx_opt: int | str | None
+    layers_opt: int | str | None
+    want_ctx: int
+    type_k: str | None
+    type_v: str | None
+    flash: bool
+    needs_plan: bool
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A resident model as the manager reports it (``as_dict()`` at the JSON edges)."""
+
+    id: str
+    quant: str | None
+    path: str
+    plan: Any
+    memory: int
+    buffers: Mapping[str, int]
+    n_ctx: int
+    n_gpu_layers: int
+    load_s: float
+    loaded_at: str
+    architecture: str | None
+    chat_template: bool
+    fim: bool | None
+    fim_ids: Mapping[str, int]
+    #: the residency key ("id:QUANT" for catalog models, the id for files)
+    key: str = ""
+    #: "process" (its own runner process, ``pid``) or "inprocess"
+    isolation: str = "inprocess"
+    pid: int | None = None
+    pinned: bool = False
+    #: seconds of idleness before it is unloaded (0: never)
+    keep_alive: float = 0.0
+    #: seconds until the keep-alive unloads it (None: never)
+    expires_in_s: float | None = None
+    #: the model generation calls without ``model=`` use
+    selected: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["plan"] = self.plan.as_dict() if hasattr(self.plan, "as_dict") else self.plan
+        out["buffers"], out["fim_ids"] = dict(self.buffers), dict(self.fim_ids)
+        return out
+
+
+def validate(path: Path, cache: dict[tuple, FileFacts]) -> FileFacts:
     """Validate the GGUF (GGUFError for anything llama.cpp could choke on) and keep the few facts
-    the load needs, with the parsed header (``"info"``: the fit plan reuses it instead of reading
-    the file again). A file is validated once per identity (path, inode, size, mtime)."""
+    the load needs, with the parsed header (the fit plan reuses it instead of reading the file
+    again). A file is validated once per identity (path, inode, size, mtime)."""
     if not path.is_file():
         raise GGUFError(f"{path} is not a file", fix="check the path (`fmgguf ls` lists downloaded models)")
     key = identity(path)
@@ -34,8 +101,8 @@ def validate(path: Path, cache: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
         from fmgguf.runtime.gguf_file import read_gguf
 
         info = read_gguf(path)  # small: the long arrays (vocabulary, merges) are only counted
-        facts = {"arch": info.arch, "n_ctx_train": info.n_ctx_train, "file_type": info.file_type,
-                 "fim_ids": dict(info.fim_tokens), "info": info}
+        facts = FileFacts(arch=info.arch, n_ctx_train=info.n_ctx_train, file_type=info.file_type,
+                          fim_ids=dict(info.fim_tokens), info=info)
         cache[key] = facts
         while len(cache) > 16:
             cache.pop(next(iter(cache)))
@@ -64,7 +131,7 @@ def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: i
     return plan
 
 
-def load_request(facts: Mapping[str, Any], options: Mapping[str, Any], settings: "Settings") -> dict[str, Any]:
+def load_request(facts: FileFacts, options: Mapping[str, Any], settings: "Settings") -> LoadRequest:
     """The caller's load options checked and resolved (InvalidRequestError), before anything is unloaded."""
     from fmgguf.runtime.engine import kv_type_value, split_mode_value
 
@@ -75,7 +142,7 @@ def load_request(facts: Mapping[str, Any], options: Mapping[str, Any], settings:
         split_mode_value(options["split_mode"])
     n_ctx_opt = options.get("n_ctx")
     layers_opt = options.get("n_gpu_layers", "auto")
-    train = facts["n_ctx_train"] or settings.default_ctx
+    train = facts.n_ctx_train or settings.default_ctx
     if n_ctx_opt in (None, "auto"):
         want_ctx = min(settings.default_ctx, train)
     else:
@@ -91,10 +158,9 @@ def load_request(facts: Mapping[str, Any], options: Mapping[str, Any], settings:
         except (TypeError, ValueError):
             raise InvalidRequestError(f"n_gpu_layers {layers_opt!r} is not a number",
                                       fix="use an integer (-1: all) or 'auto'") from None
-    return {"n_ctx_opt": n_ctx_opt, "layers_opt": layers_opt, "want_ctx": want_ctx,
-            "type_k": options.get("type_k"), "type_v": options.get("type_v"),
-            "flash": bool(options.get("flash_attn") or False),
-            "needs_plan": layers_opt in (None, "auto") or n_ctx_opt == "auto"}
+    return LoadRequest(n_ctx_opt=n_ctx_opt, layers_opt=layers_opt, want_ctx=want_ctx, type_k=options.get("type_k"),
+                       type_v=options.get("type_v"), flash=bool(options.get("flash_attn") or False),
+                       needs_plan=layers_opt in (None, "auto") or n_ctx_opt == "auto")
 
 
 #: llama_ftype values at or below Q4_K_M's size: suggesting "a smaller quant" there is no help
@@ -106,19 +172,19 @@ def _smaller_hint(info: Any) -> str:
     return "" if ftype in _SMALL_FTYPES else "use a smaller quant (Q4_K_M), "
 
 
-def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], options: Mapping[str, Any],
+def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mapping[str, Any],
               settings: "Settings", plans: dict[tuple, Any]) -> tuple[Any, Any]:
     """LoadOptions from the resolved request (:func:`load_request`) and, for "auto", the fit plan,
     made from the free memory measured now (the manager has released the old model by then)."""
     from fmgguf.runtime.engine import LoadOptions, supports_gpu_offload
 
     s = settings
-    n_ctx_opt, layers_opt, want_ctx = request["n_ctx_opt"], request["layers_opt"], request["want_ctx"]
-    type_k, type_v, flash, needs_plan = request["type_k"], request["type_v"], request["flash"], request["needs_plan"]
+    n_ctx_opt, layers_opt, want_ctx = request.n_ctx_opt, request.layers_opt, request.want_ctx
+    type_k, type_v, flash, needs_plan = request.type_k, request.type_v, request.flash, request.needs_plan
     gpu = supports_gpu_offload()
     try:
         plan = fit_plan(path, s, plans, "auto" if n_ctx_opt == "auto" else want_ctx, type_k or "f16", type_v or "f16",
-                        flash, gpu, info=facts.get("info"))
+                        flash, gpu, info=facts.info)
     except Exception:
         if needs_plan:
             raise
@@ -129,7 +195,7 @@ def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], 
             raise InsufficientMemoryError(
                 f"{path.name} does not fit: it needs {gib(plan.ram_needed)} RAM + {gib(plan.vram_needed)} VRAM, "
                 f"{gib(plan.ram_free)} RAM and {gib(plan.vram_free)} VRAM are free",
-                fix=_smaller_hint(facts.get("info")) + "a shorter context (--ctx) or free memory; "
+                fix=_smaller_hint(facts.info) + "a shorter context (--ctx) or free memory; "
                     "`fmgguf fit` shows the numbers")
     if layers_opt in (None, "auto"):
         if plan is not None:
@@ -149,11 +215,18 @@ def plan_load(path: Path, facts: Mapping[str, Any], request: Mapping[str, Any], 
     return opts, plan
 
 
-def start_engine(path: Path, load_opts: Any, plan: Any, progress: Callable[[str, float], None] | None) -> Any:
-    """The engine for ``path``; a load that runs out of memory says what the fit plan expected."""
-    from fmgguf.runtime.engine import Engine
-
+def start_engine(path: Path, load_opts: Any, plan: Any, progress: Callable[[str, float], None] | None, *,
+                 isolation: str = "inprocess", label: str | None = None) -> Any:
+    """The engine for ``path``: here (``inprocess``) or in a runner process of its own (``process``,
+    an :class:`~fmgguf.runtime.runner.proxy.EngineProxy`); a load that runs out of memory says what
+    the fit plan expected."""
     try:
+        if isolation == "process":
+            from fmgguf.runtime.runner.proxy import EngineProxy
+
+            return EngineProxy.start(path, load_opts, progress=progress, label=label or path.name)
+        from fmgguf.runtime.engine import Engine
+
         return Engine(path, load_opts, progress=progress)
     except InsufficientMemoryError as exc:
         if plan is None:

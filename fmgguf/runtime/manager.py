@@ -1,15 +1,18 @@
-"""The model manager: one loaded model at a time, switched, queued, generated from, unloaded.
+"""The model manager: the models resident here, switched, queued, generated from, unloaded.
 
 It decides *what* to load and *how* (path from the downloader, validation by the GGUF reader,
-offload and context from the fit plan) and serialises every use of the engine: concurrent
+offload and context from the fit plan) and serialises every use of the engines: concurrent
 callers queue first-come-first-served (``max_queue`` waiting, then :class:`BusyError`), a stream
-holds the model until it ends, and an idle model is unloaded after ``keep_alive`` seconds.
+holds its turn until it ends. Several models may be resident (``max_loaded``, the memory the fit
+plan measures, least-recently-used eviction, ``pinned``, a keep-alive per model and per request;
+see :mod:`fmgguf.runtime.runner.supervisor`). ``switch_model``/``load_file`` keep the seed's
+meaning: the new model replaces the selected one and becomes the one used without ``model=``.
 
-The engine runs in this process. Measured on CPU with the bench-size tiny models
-(``benchmarks/bench_runtime.py --child``): after 20 switches RSS is within 2% of the one-model
-level (``Llama.close()``, ``gc`` and glibc ``malloc_trim``), and a switch (load + 16 tokens) took
-~0.3 s in-process against ~0.5 s with a fresh engine process per model (Ollama's design:
-interpreter start, llama_cpp import, load), which would also add an IPC hop per streamed token.
+Isolation ("process", the default from settings): each model lives in its own runner process
+(:mod:`fmgguf.runtime.runner`), so a llama.cpp abort kills only that runner; the call in flight gets
+:class:`RunnerCrashedError`, the next one starts the runner again, three crashes in a row mark the
+model broken. "inprocess" keeps llama.cpp in this process (``benchmarks/bench_runner.py`` measures
+both).
 """
 
 from __future__ import annotations
@@ -17,25 +20,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmgguf.errors import ContextOverflowError, FmggufError, InvalidRequestError, ModelNotLoadedError
+from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, Turnstile
-from fmgguf.runtime.loading import FILE_TYPES, add_note, load_request, plan_load, start_engine, validate
+from fmgguf.runtime.loading import LoadedModel
+from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
+from fmgguf.runtime.runner.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog, ModelCard
-    from fmgguf.runtime.engine import Engine
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_threads", "tensor_split",
               "main_gpu", "split_mode", "progress")
+ISOLATIONS = ("process", "inprocess")
+Build = Callable[[Any, Resident], tuple[list[int], list[str]]]
 
 
 class SwitchResult:
@@ -45,6 +49,10 @@ class SwitchResult:
                  path: Path, n_ctx: int, n_gpu_layers: int) -> None:
         self.success, self.model_id, self.quant, self.plan, self.load_s = success, model_id, quant, plan, load_s
         self.path, self.n_ctx, self.n_gpu_layers = path, n_ctx, n_gpu_layers
+
+    @classmethod
+    def of(cls, info: LoadedModel) -> "SwitchResult":
+        return cls(True, info.id, info.quant, info.plan, info.load_s, Path(info.path), info.n_ctx, info.n_gpu_layers)
 
     def as_dict(self) -> dict[str, Any]:
         plan = self.plan.as_dict() if hasattr(self.plan, "as_dict") else self.plan
@@ -57,31 +65,42 @@ class SwitchResult:
 
 
 class ModelManager:
-    """Loads one model at a time and answers generate/chat/FIM requests against it, thread-safely."""
+    """Loads models and answers generate/chat/FIM requests against them, thread-safely.
+
+    ``isolation``/``max_loaded`` default to the settings; ``validator(path, cache) -> FileFacts``
+    checks a file before llama.cpp sees it (:func:`fmgguf.runtime.loading.validate`).
+    """
 
     def __init__(self, settings: "Settings | None" = None, catalog: "Catalog | None" = None,
                  downloader: Any = None, *, max_queue: int = 8, keep_alive: float | None = None,
-                 queue_timeout: float | None = None) -> None:
+                 queue_timeout: float | None = None, isolation: str | None = None,
+                 max_loaded: int | None = None, validator: Callable[[Path, dict], Any] | None = None) -> None:
         if settings is None:
             from fmgguf.settings import load_settings
 
             settings = load_settings()
-        self.settings = settings
+        isolation = isolation or settings.isolation
+        if isolation not in ISOLATIONS:
+            raise InvalidRequestError(f"isolation {isolation!r} is unknown", fix="use process or inprocess")
+        self._settings = settings
         self._catalog = catalog
         self._downloader = downloader
         self._turn = Turnstile(max_queue)
         self.queue_timeout = queue_timeout
-        self.keep_alive = float(settings.keep_alive if keep_alive is None else keep_alive)
-        self._engine: Engine | None = None
-        self._info: dict[str, Any] | None = None
-        self._card: ModelCard | None = None
-        self._state = threading.Lock()
-        self._last_used = time.monotonic()
-        self._idle = _IdleWatcher(self)
-        self._facts: dict[tuple, dict[str, Any]] = {}
-        self._plans: dict[tuple, Any] = {}
+        self.sup = Supervisor(settings, isolation=isolation, keep_alive=float(
+            settings.keep_alive if keep_alive is None else keep_alive),
+            max_loaded=max_loaded or settings.max_loaded_models, **({"validator": validator} if validator else {}))
+        self._idle = IdleWatcher(self, lambda m: m.sup.sweep(m._try_turn, m._turn.release))
 
     # --- collaborators (built on first use) --------------------------------------------------
+    @property
+    def settings(self) -> "Settings":
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: "Settings") -> None:
+        self._settings = self.sup.settings = value
+
     @property
     def catalog(self) -> "Catalog":
         if self._catalog is None:
@@ -89,6 +108,11 @@ class ModelManager:
 
             self._catalog = Catalog.load(self.settings)
         return self._catalog
+
+    @catalog.setter
+    def catalog(self, value: "Catalog") -> None:
+        """A fresh catalog (the server's hot reload); resident models stay loaded."""
+        self._catalog = value
 
     @property
     def downloader(self) -> Any:
@@ -99,12 +123,24 @@ class ModelManager:
         return self._downloader
 
     @property
+    def isolation(self) -> str:
+        return self.sup.isolation
+
+    @property
+    def keep_alive(self) -> float:
+        return self.sup.keep_alive
+
+    @keep_alive.setter
+    def keep_alive(self, value: float) -> None:
+        self.sup.keep_alive = float(value)
+
+    @property
     def max_queue(self) -> int:
         return self._turn.max_waiting
 
     @property
     def queue_depth(self) -> int:
-        """Callers waiting for the model (not counting the one using it)."""
+        """Callers waiting for a model (not counting the one using it)."""
         return self._turn.waiting
 
     @property
@@ -122,145 +158,201 @@ class ModelManager:
         return out
 
     def _is_downloaded(self, model_id: str, quant: str) -> bool:
+        from fmgguf.errors import FmggufError
+
         try:
             return bool(self.downloader.is_model_downloaded(model_id, quant))
-        except Exception:  # noqa: BLE001 - a listing must not fail on one odd entry
+        except (FmggufError, OSError):  # a listing must not fail on one odd entry
             return False
 
-    def current_model(self) -> dict[str, Any] | None:
-        with self._state:
-            return dict(self._info) if self._info else None
+    def current_model(self) -> LoadedModel | None:
+        """The selected model (the one used without ``model=``), if it is loaded."""
+        r = self.sup.selected_resident()
+        return r.snapshot(True) if r is not None else None
+
+    def loaded(self) -> list[LoadedModel]:
+        """Every resident model, least recently used first."""
+        return self.sup.snapshots()
+
+    def broken(self) -> dict[str, Any]:
+        """key -> crash record of the models marked broken (three runner crashes in a row)."""
+        return self.sup.health.broken()
 
     # --- loading -----------------------------------------------------------------------------
     def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> SwitchResult:
-        """Load catalog model ``model_id`` (``id`` or ``id:QUANT``) in place of the current one."""
-        spec = model_id if ":" in model_id or not quant else f"{model_id}:{quant}"
-        card, q = self.catalog.resolve(spec)
-        path = Path(self.downloader.model_path(card.id, q))  # NotDownloadedError says `fmgguf pull ID`
-        return self._load(path, card.id, q, card, options)
+        """Load catalog model ``model_id`` (``id`` or ``id:QUANT``) in place of the selected one."""
+        spec = self._catalog_spec(model_id if ":" in model_id or not quant else f"{model_id}:{quant}")
+        return SwitchResult.of(self._load(spec, options, select=True, replace=True).info)
 
     def load_file(self, path: str | Path, model_id: str | None = None, card: "ModelCard | None" = None,
                   **options: Any) -> SwitchResult:
-        """Load a local GGUF (a tiny test model, an imported file) in place of the current one."""
+        """Load a local GGUF (a tiny test model, an imported file) in place of the selected one."""
         p = Path(path)
-        return self._load(p, model_id or (card.id if card else p.stem), None, card, options)
+        mid = model_id or (card.id if card else p.stem)
+        spec = LoadSpec(key=mid, path=p, model_id=mid, quant=None, card=card)
+        return SwitchResult.of(self._load(spec, options, select=True, replace=True).info)
 
-    def _load(self, path: Path, model_id: str, quant: str | None, card: "ModelCard | None",
-              options: Mapping[str, Any]) -> SwitchResult:
-        unknown = set(options) - set(_LOAD_KEYS)
-        if unknown:
-            raise InvalidRequestError(f"unknown load option(s): {', '.join(sorted(unknown))}",
-                                      fix=f"use {', '.join(_LOAD_KEYS)}")
-        progress: Callable[[str, float], None] | None = options.get("progress")
+    def ensure_loaded(self, ref: str, *, keep_alive: float | None = None, pinned: bool = False,
+                      **options: Any) -> LoadedModel:
+        """Make ``ref`` ("id", "id:QUANT", a resident key or a .gguf path) resident beside the others
+        (evicting the least recently used unpinned models if needed); the selected model stays selected."""
+        _check_options(options)
+        self._acquire()
+        resident = None
+        try:
+            resident = self._resident(ref, keep_alive, options, pinned=pinned)
+            return resident.snapshot(resident.key == self.sup.selected)
+        finally:
+            self._done(resident)
+
+    def select(self, ref: str, **options: Any) -> LoadedModel:
+        """Make ``ref`` the selected model, loading it beside the others if it is not resident (unlike
+        :meth:`switch_model`, the previously selected model stays resident until evicted)."""
+        _check_options(options)
+        self._acquire()
+        resident = None
+        try:
+            resident = self._resident(ref, None, options)
+            sup = self.sup
+            with sup.lock:
+                sup.selected, sup.selected_spec, sup.restart_selected = resident.key, resident.spec, False
+            return resident.snapshot(True)
+        finally:
+            self._done(resident)
+
+    def _spec(self, ref: str) -> LoadSpec:
+        """A catalog model ("id", "id:QUANT"), or a local .gguf file (its key is the file's stem)."""
+        p = Path(ref).expanduser()
+        if ref.endswith(".gguf") and p.is_file():
+            return LoadSpec(key=p.stem, path=p, model_id=p.stem, quant=None)
+        return self._catalog_spec(ref)
+
+    def _catalog_spec(self, ref: str) -> LoadSpec:
+        card, q = self.catalog.resolve(ref)
+        path = Path(self.downloader.model_path(card.id, q))  # NotDownloadedError says `fmgguf pull ID`
+        return LoadSpec(key=f"{card.id}:{q}", path=path, model_id=card.id, quant=q, card=card)
+
+    def _load(self, spec: LoadSpec, options: Mapping[str, Any], **how: Any) -> Resident:
+        _check_options(options)
+        self._acquire()
+        resident = None
+        try:
+            resident = self.sup.load(spec, options, **how)
+            return resident
+        finally:
+            self._done(resident)
+
+    def _resident(self, ref: str, keep_alive: float | None, options: Mapping[str, Any],
+                  pinned: bool = False) -> Resident:
+        """The resident model ``ref`` (loaded now if it is not); call holding the turn."""
+        r = self.sup.find(ref)
+        spec = r.spec if r is not None else self._spec(ref)
+        r = r or self.sup.find(spec.key)
+        if r is not None and not _alive(r):
+            self.sup.crashed(r.spec, r.engine.runner.crashed("idle"), r)
+            r = None
+        if r is None:
+            r = self.sup.load(spec, options, select=False, replace=False, keep_alive=keep_alive, pinned=pinned)
+        if pinned:
+            r.pinned = True
+        if keep_alive is not None:
+            r.keep_alive = float(keep_alive)
+        return r
+
+    def _selected(self, keep_alive: float | None) -> Resident:
+        """The selected model, started again if its runner died; call holding the turn."""
+        sup = self.sup
+        r = sup.selected_resident()
+        if r is not None and not _alive(r):
+            sup.crashed(r.spec, r.engine.runner.crashed("idle"), r)
+            r = None
+        if r is None and sup.restart_selected and sup.selected_spec is not None:
+            r = sup.load(sup.selected_spec, sup.selected_spec.options, select=True, replace=False)
+        if r is None:
+            raise ModelNotLoadedError("no model is loaded", fix="load one first: `switch_model(ID)` / `fmgguf run ID`")
+        if keep_alive is not None:
+            r.keep_alive = float(keep_alive)
+        return r
+
+    def unload(self, ref: str | None = None) -> bool:
+        """Unload ``ref`` (None: every model), waiting for a running generation; True if one was loaded."""
         self._acquire()
         try:
-            # everything that can be refused without touching memory is checked with the old model loaded
-            _report(progress, "validate", 0.0)
-            facts = validate(path, self._facts)
-            quant = quant or FILE_TYPES.get(facts["file_type"] if facts["file_type"] is not None else -1, "unknown")
-            request = load_request(facts, options, self.settings)
-            # then the old model gives its memory back, so the free RAM/VRAM the plan measures includes it
-            with self._state:
-                previous = self._info.get("id") if self._info else None
-            self._unload_locked()
-            try:
-                _report(progress, "plan", 0.05)
-                load_opts, plan = plan_load(path, facts, request, options, self.settings, self._plans)
-                engine = start_engine(path, load_opts, plan, progress)
-            except FmggufError as exc:
-                if previous is not None:  # say so: the old model is gone, nothing is loaded now
-                    add_note(exc, f"{previous} was unloaded to make room, so no model is loaded now")
-                raise
-            with self._state:
-                self._engine, self._card = engine, card
-                self._info = {
-                    "id": model_id, "quant": quant, "path": str(path), "plan": plan,
-                    "memory": engine.memory_bytes(), "buffers": engine.buffers, "n_ctx": engine.n_ctx,
-                    "n_gpu_layers": load_opts.n_gpu_layers, "load_s": round(engine.load_s, 4),
-                    "loaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "architecture": facts["arch"], "chat_template": bool(engine.chat_template),
-                    "fim": card.fim_supported if card is not None else bool(facts["fim_ids"]) or None,
-                    "fim_ids": dict(facts["fim_ids"]),
-                }
-            log.info("loaded %s (%s) in %.2f s: n_ctx=%d n_gpu_layers=%d", model_id, quant, engine.load_s,
-                     engine.n_ctx, load_opts.n_gpu_layers)
-            return SwitchResult(True, model_id, quant, plan, engine.load_s, path, engine.n_ctx,
-                                load_opts.n_gpu_layers)
+            if ref is None:
+                return self.sup.unload_all()
+            r = self.sup.find(ref)
+            return self.sup.unload(r) if r is not None else False
         finally:
-            self._done()
+            self._done(None)
 
-    def unload(self) -> bool:
-        """Unload the current model (waiting for a running generation); True if one was loaded."""
-        self._acquire()
-        try:
-            return self._unload_locked()
-        finally:
-            self._done(touch=False)
-
-    def _unload_locked(self) -> bool:
-        with self._state:
-            engine, self._engine, self._info, self._card = self._engine, None, None, None
-        if engine is None:
-            return False
-        engine.close()
-        return True
+    def drop_missing(self) -> list[str]:
+        """Unload the models whose file is gone or whose catalog entry was removed (hot catalog)."""
+        gone = []
+        for info in self.loaded():
+            r = self.sup.find(info.key)
+            if r is None:
+                continue
+            missing = not r.spec.path.exists() or (r.spec.card is not None and r.spec.model_id not in self.catalog)
+            if missing:
+                gone.append(info.key)
+                self.unload(info.key)
+                log.info("unloaded %s: its file or catalog entry was removed", info.key)
+        return gone
 
     def close(self) -> None:
-        """Unload and stop the idle watcher (the manager can still be used; the watcher restarts)."""
+        """Unload everything and stop the idle watcher (the manager can still be used)."""
         self.unload()
         self._idle.stop()
 
     # --- generation --------------------------------------------------------------------------
     def generate_text(self, prompt: str, max_tokens: int | None = 256, temperature: float = 0.2,
                       top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
-                      stream: bool = False, **sampling: Any) -> GenerationResult | GenerationStream:
-        """Complete ``prompt``; ``stream=True`` returns a :class:`GenerationStream`.
-
-        A stream holds the model until it is exhausted, cancelled or closed: consume it (or use it
-        as a context manager) before asking this manager for anything else from the same thread.
-        """
-        def build(engine: "Engine") -> tuple[list[int], list[str]]:
+                      stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
+                      **sampling: Any) -> GenerationResult | GenerationStream:
+        """Complete ``prompt`` with ``model`` (None: the selected one); ``stream=True`` returns a
+        :class:`GenerationStream`, which holds the turn until it is exhausted, cancelled or closed."""
+        def build(engine: Any, _r: Resident) -> tuple[list[int], list[str]]:
             return engine.tokenize(prompt, add_bos=engine.add_bos, special=True), []
-        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling)
+        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], max_tokens: int | None = 256, temperature: float = 0.2,
              top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
-             stream: bool = False, **sampling: Any) -> GenerationResult | GenerationStream:
+             stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
+             **sampling: Any) -> GenerationResult | GenerationStream:
         """Answer chat ``messages`` with the model's own template (GGUF, else the catalog family)."""
         from fmgguf.runtime.prompts import normalize_messages, render_chat
 
         msgs = normalize_messages(messages)
 
-        def build(engine: "Engine") -> tuple[list[int], list[str]]:
-            family = self._card.chat_template if self._card is not None else None
+        def build(engine: Any, r: Resident) -> tuple[list[int], list[str]]:
+            family = r.spec.card.chat_template if r.spec.card is not None else None
             prompt = render_chat(msgs, template=engine.chat_template, family=family,
                                  bos_text=engine.bos_text, eos_text=engine.eos_text)
             return engine.tokenize(prompt.text, add_bos=engine.add_bos, special=True), list(prompt.stop)
-        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling)
+        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
 
     def fill_in_middle(self, prefix: str, suffix: str, max_tokens: int | None = 256, temperature: float = 0.2,
                        top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
-                       stream: bool = False, **sampling: Any) -> GenerationResult | GenerationStream:
+                       stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
+                       **sampling: Any) -> GenerationResult | GenerationStream:
         """Generate the code between ``prefix`` and ``suffix`` (refused where the model can't)."""
         from fmgguf.runtime.prompts import build_fim_tokens, resolve_fim_tokens
 
-        card = self._card
-        if card is not None and card.fim is not None and not card.fim.supported:
-            resolve_fim_tokens(gguf_ids={}, lookup=lambda _t: None, card_fim=card.fim, model_name=card.id)
-
-        def build(engine: "Engine") -> tuple[list[int], list[str]]:
-            info = self._info or {}
-            fim = resolve_fim_tokens(gguf_ids=info.get("fim_ids") or _gguf_fim_ids(engine),
-                                     lookup=engine.special_token_id, card_fim=self._card.fim if self._card else None,
-                                     vocab_ids=engine.fim_token_ids(), model_name=str(info.get("id", "this model")))
+        def build(engine: Any, r: Resident) -> tuple[list[int], list[str]]:
+            card = r.spec.card
+            if card is not None and card.fim is not None and not card.fim.supported:
+                resolve_fim_tokens(gguf_ids={}, lookup=lambda _t: None, card_fim=card.fim, model_name=card.id)
+            fim = resolve_fim_tokens(gguf_ids=dict(r.info.fim_ids) or _gguf_fim_ids(engine),
+                                     lookup=engine.special_token_id, card_fim=card.fim if card else None,
+                                     vocab_ids=engine.fim_token_ids(), model_name=r.info.id)
             pre = engine.tokenize(prefix, add_bos=False, special=False) if prefix else []
             suf = engine.tokenize(suffix, add_bos=False, special=False) if suffix else []
             return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
-        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling)
+        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
 
-    def _generate(self, build: Callable[["Engine"], tuple[list[int], list[str]]], max_tokens: int | None,
-                  temperature: float, top_p: float, stop: Sequence[str] | str | None, seed: int | None,
-                  stream: bool, sampling: Mapping[str, Any]) -> GenerationResult | GenerationStream:
+    def _generate(self, build: Build, max_tokens: int | None, temperature: float, top_p: float,
+                  stop: Sequence[str] | str | None, seed: int | None, stream: bool, sampling: Mapping[str, Any],
+                  model: str | None, keep_alive: float | None) -> GenerationResult | GenerationStream:
         from fmgguf.runtime.engine import GenerationStats
 
         allowed = {"top_k", "min_p", "repeat_penalty"}
@@ -270,23 +362,28 @@ class ModelManager:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         started = time.perf_counter()
         self._acquire()
+        resident = None
         try:
-            with self._state:
-                engine, info = self._engine, dict(self._info or {})
-            if engine is None:
-                raise ModelNotLoadedError("no model is loaded", fix="load one first: `switch_model(ID)` / `fmgguf run ID`")
-            tokens, extra_stops = build(engine)
+            resident = self._selected(keep_alive) if model is None else self._resident(model, keep_alive, {})
+            engine = resident.engine
+            try:
+                tokens, extra_stops = build(engine, resident)
+            except RunnerCrashedError as exc:
+                self.sup.crashed(resident.spec, exc, resident)
+                raise
             if len(tokens) >= engine.n_ctx:
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             stats = GenerationStats(started=started)
             cancel = threading.Event()
-            pieces = engine.stream(tokens, stats, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                   stop=stops + extra_stops, seed=seed, cancel=cancel, **sampling)
+            pieces = self._guard(resident, engine.stream(tokens, stats, max_tokens=max_tokens, temperature=temperature,
+                                                         top_p=top_p, stop=stops + extra_stops, seed=seed,
+                                                         cancel=cancel, **sampling))
         except BaseException:
-            self._done()
+            self._done(resident)
             raise
+        info = resident.info
 
         def finish(text: str) -> GenerationResult:
             end = stats.finished_at or time.perf_counter()
@@ -296,87 +393,50 @@ class ModelManager:
             return GenerationResult(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=n,
                                     ttft_s=round(first - started, 6), tokens_per_s=round(rate, 3),
                                     total_s=round(end - started, 6), finish_reason=stats.finish_reason or "cancelled",
-                                    model_id=info.get("id"), quant=info.get("quant"))
+                                    model_id=info.id, quant=info.quant)
 
-        gs = GenerationStream(pieces, finish, self._done, cancel)
+        used = resident
+        gs = GenerationStream(pieces, finish, lambda: self._done(used), cancel)
         return gs if stream else gs.consume()
+
+    def _guard(self, resident: Resident, pieces: Iterator[str]) -> Iterator[str]:
+        """``pieces``, with a runner crash counted (and the dead runner dropped) on its way to the caller."""
+        try:
+            yield from pieces
+        except RunnerCrashedError as exc:
+            self.sup.crashed(resident.spec, exc, resident)
+            raise
+        self.sup.succeeded(resident)
 
     # --- the turn, and idle unload ------------------------------------------------------------
     def _acquire(self) -> None:
         self._turn.acquire(timeout=self.queue_timeout)
 
-    def _done(self, touch: bool = True) -> None:
-        if touch:
-            self._last_used = time.monotonic()
+    def _try_turn(self) -> bool:
+        return self._turn.acquire(blocking=False)
+
+    def _done(self, resident: Resident | None) -> None:
+        if resident is not None:
+            resident.last_used = time.monotonic()
+            with self.sup.lock:
+                self.sup.residents.touch(resident)
         self._turn.release()
-        if self._engine is not None and self.keep_alive > 0:
+        if self.sup.residents.next_expiry() is not None:
             self._idle.poke()
 
-    def _unload_if_idle(self) -> float | None:
-        """Unload when idle for keep_alive; else the seconds left (None: nothing to watch)."""
-        if self._engine is None or self.keep_alive <= 0:
-            return None
-        left = self._last_used + self.keep_alive - time.monotonic()
-        if left > 0:
-            return left
-        if not self._turn.acquire(blocking=False):
-            return self.keep_alive  # in use: look again later
-        try:
-            if self._last_used + self.keep_alive - time.monotonic() > 0:
-                return self._last_used + self.keep_alive - time.monotonic()
-            info = self.current_model() or {}
-            if self._unload_locked():
-                log.info("unloaded %s after %.0f s idle", info.get("id"), self.keep_alive)
-            return None
-        finally:
-            self._turn.release()
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    unknown = set(options) - set(_LOAD_KEYS)
+    if unknown:
+        raise InvalidRequestError(f"unknown load option(s): {', '.join(sorted(unknown))}",
+                                  fix=f"use {', '.join(_LOAD_KEYS)}")
 
 
-class _IdleWatcher:
-    """One daemon thread per manager that unloads the model after keep_alive idle seconds."""
-
-    def __init__(self, manager: ModelManager) -> None:
-        self._ref = weakref.ref(manager)
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def poke(self) -> None:
-        with self._cond:
-            self._stopped = False
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="fmgguf-idle-unload", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            manager = self._ref()
-            if manager is None:
-                return
-            wait = manager._unload_if_idle()
-            del manager
-            with self._cond:
-                if self._stopped or wait is None:
-                    self._thread = None
-                    return
-                self._cond.wait(timeout=min(wait + 0.01, 60.0))
+def _alive(r: Resident) -> bool:
+    return bool(getattr(r.engine, "alive", True))
 
 
-def _report(progress: Callable[[str, float], None] | None, stage: str, fraction: float) -> None:
-    if progress is not None:
-        try:
-            progress(stage, fraction)
-        except Exception:  # noqa: BLE001
-            log.debug("progress callback failed", exc_info=True)
-
-
-def _gguf_fim_ids(engine: "Engine") -> dict[str, int]:
+def _gguf_fim_ids(engine: Any) -> dict[str, int]:
     out = {}
     for role, keys in (("pre", ("fim_pre", "prefix")), ("suf", ("fim_suf", "suffix")), ("mid", ("fim_mid", "middle"))):
         for k in keys:
@@ -387,13 +447,20 @@ def _gguf_fim_ids(engine: "Engine") -> dict[str, int]:
     return out
 
 
-_default: dict[str, ModelManager] = {}
+_default: dict[tuple, ModelManager] = {}
 _default_lock = threading.Lock()
 
 
-def get_model_manager(settings: "Settings | None" = None) -> ModelManager:
-    """The process-wide manager (built on first call; ``settings`` only matter then)."""
+def get_model_manager(settings: "Settings | None" = None, *, isolation: str | None = None) -> ModelManager:
+    """The manager for ``settings`` (read from the environment when None) and ``isolation``: one per
+    distinct pair in this process, built on first use."""
+    if settings is None:
+        from fmgguf.settings import load_settings
+
+        settings = load_settings()
+    key = (settings, isolation or settings.isolation)
     with _default_lock:
-        if "manager" not in _default:
-            _default["manager"] = ModelManager(settings)
-        return _default["manager"]
+        manager = _default.get(key)
+        if manager is None:
+            manager = _default[key] = ModelManager(settings, isolation=key[1])
+        return manager

@@ -98,7 +98,7 @@ def _restore(state: ServerState) -> None:
     if state.selected is None or state.manager_if_built is None:
         return
     manager = state.manager
-    cur = manager.current_model() or {}
+    cur = state.current() or {}
     model_id, quant, path = state.selected
     if cur.get("id") != model_id or (quant and cur.get("quant") != quant):
         try:

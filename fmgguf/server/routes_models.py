@@ -40,7 +40,8 @@ def _safe_fit(state: ServerState, card: Any, quant: str, n_ctx: int | None, loca
         return None
 
 
-def _model_status(state: ServerState, card: Any, local: set[tuple[str, str]], current: dict | None) -> tuple[str, dict | None]:
+def _model_status(state: ServerState, card: Any, local: set[tuple[str, str]], current: dict | None,
+                  broken: dict[str, Any] | None = None) -> tuple[str, dict | None]:
     jobs = state.jobs.active_for(card.id)
     if current and current.get("id") == card.id:
         return "loaded", None
@@ -48,6 +49,9 @@ def _model_status(state: ServerState, card: Any, local: set[tuple[str, str]], cu
         return "loading", None
     if jobs:
         return "downloading", jobs[0].as_dict()
+    hurt = [rec for key, rec in (broken or {}).items() if key.partition(":")[0] == card.id]
+    if hurt:
+        return "broken", hurt[0].as_dict()
     if any(mid == card.id for mid, _ in local):
         return "ready", None
     return "not_downloaded", None
@@ -57,7 +61,7 @@ def _model_entry(state: ServerState, card: Any, local: set[tuple[str, str]], cur
                  n_ctx: int | None, with_fit: bool = True, mem: Any = None) -> dict:
     from fmgguf.catalog.sizing import estimate_card
 
-    status, job = _model_status(state, card, local, current)
+    status, job = _model_status(state, card, local, current, state.broken())
     quants = []
     for quant, variant in card.variants.items():
         est = estimate_card(card, quant, n_ctx or state.settings.default_ctx)
@@ -69,7 +73,8 @@ def _model_entry(state: ServerState, card: Any, local: set[tuple[str, str]], cur
             "fit": _safe_fit(state, card, quant, n_ctx, (card.id, quant) in local, mem) if with_fit else None,
         })
     entry = card_summary(card)
-    entry.update({"status": status, "download": job, "quants": quants,
+    entry.update({"status": status, "download": job if status == "downloading" else None,
+                  "broken": job if status == "broken" else None, "quants": quants,
                   "loaded_quant": current.get("quant") if status == "loaded" and current else None})
     best = next((q["fit"] for q in quants if q["fit"] and q["fit"].get("fits")), None) or (quants[0]["fit"] if quants else None)
     entry["fit_label"] = best.get("label") if best else None
@@ -102,9 +107,12 @@ def status(request: Request) -> dict:
         import psutil
 
         rss = psutil.Process().memory_info().rss
+    manager = state.manager_if_built
     return {
         "status": "loaded" if current else ("loading" if loading else "idle"),
         "current": jsonable(current), "loading": loading, "queue": state.gate.snapshot(),
+        "loaded": [m.as_dict() for m in manager.loaded()] if manager is not None else [],
+        "broken": [rec.as_dict() for rec in state.broken().values()],
         "generating": state.gate.busy, "last_generation": state.last_generation,
         "downloads": [j.as_dict() for j in state.jobs.all() if j.state in ("queued", "running")],
         "process_memory": rss, "auth": state.api_key is not None,

@@ -41,8 +41,9 @@ def _names(cur: dict) -> set[str]:
 def ensure_model(state: ServerState, manager: Any, requested: str | None) -> dict:
     """The loaded model if ``requested`` names it (or nothing); else switch to ``requested``. Runs in the
     worker thread while the caller holds the queue turn."""
-    cur = state.reload_selected(manager)
     req = (requested or "").strip()
+    # only a request for the selected model starts it again (after an idle unload or a crash)
+    cur = state.reload_selected(manager) if req in ("", "default") else state.current()
     if req in ("", "default"):
         if cur:
             return cur
@@ -61,11 +62,11 @@ def ensure_model(state: ServerState, manager: Any, requested: str | None) -> dic
             quant = next((q for q in card.quants if q in local), local[0])
     state.loading = (card.id, quant, time.time())
     try:
-        manager.switch_model(card.id, quant)
+        manager.select(f"{card.id}:{quant}")  # the models used before stay resident (LRU, memory budget)
     finally:
         state.loading = None
     state.selected = (card.id, quant, None)
-    return manager.current_model() or {"id": card.id, "quant": quant}
+    return state.current() or {"id": card.id, "quant": quant}
 
 
 def _usage(result: Any) -> dict:

@@ -7,6 +7,7 @@ answer without them.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -46,10 +47,14 @@ class ServerState:
         self._fit_cache: dict[tuple[str, str, int], tuple[float, dict]] = {}
         self.bench_runs: dict[str, Any] = {}
         self.started_at = time.time()
+        #: the hot catalog's view of the user catalog and the store (see :meth:`refresh`)
+        self._stamp = _store_stamp(settings)
+        self._stamp_at = time.monotonic()
 
     # --- components, built on first use ------------------------------------------------------
     @property
     def catalog(self) -> "Catalog":
+        self.refresh()
         if self._catalog is None:
             with self._build_lock:
                 if self._catalog is None:
@@ -101,8 +106,32 @@ class ServerState:
         from fmgguf.catalog import Catalog
 
         with self._build_lock:
-            self._catalog = Catalog.load(self.settings)
+            self._catalog = catalog = Catalog.load(self.settings)
             self._fit_cache.clear()
+            if self._downloader is not None and hasattr(self._downloader, "reload_catalog"):
+                self._downloader.reload_catalog()
+            manager = self._manager
+        if manager is not None:
+            manager.catalog = catalog
+            # a model whose file or entry is gone is unloaded once its generation ends (never under it)
+            threading.Thread(target=manager.drop_missing, name="fmgguf-drop-missing", daemon=True).start()
+
+    def refresh(self, every_s: float = 0.2) -> bool:
+        """Hot catalog: reload when the user catalog or the store changed on disk (a CLI `pull`,
+        `import-gguf`, `rm`, `catalog add`, or another server); a few stat calls, at most every
+        ``every_s``. True when it reloaded."""
+        now = time.monotonic()
+        if now - self._stamp_at < every_s:
+            return False
+        self._stamp_at = now
+        stamp = _store_stamp(self.settings)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        if self._catalog is None:  # built fresh when first needed
+            return False
+        self.reload_catalog()
+        return True
 
     # --- fit plans, cached briefly ------------------------------------------------------------
     def fit_for(self, card: Any, quant: str, n_ctx: int | None = None, *, path: Any = None, remote: bool = False,
@@ -141,10 +170,10 @@ class ServerState:
 
     # --- what is loaded --------------------------------------------------------------------------
     def reload_selected(self, manager: Any) -> dict | None:
-        """Load the last selected model again if the manager unloaded it (keep-alive); call under the gate."""
-        cur = manager.current_model()
-        if cur or self.selected is None:
-            return cur
+        """Load the last selected model again if the manager unloaded it (keep-alive); call under the gate.
+        Returns :meth:`current`'s JSON view."""
+        if manager.current_model() is not None or self.selected is None:
+            return self.current()
         model_id, quant, path = self.selected
         self.loading = (model_id, quant or "", time.time())
         try:
@@ -154,14 +183,39 @@ class ServerState:
                 manager.switch_model(model_id, quant)
         finally:
             self.loading = None
-        return manager.current_model()
+        return self.current()
+
+    def broken(self) -> dict[str, Any]:
+        """key -> crash record of the models whose runner crashed three times in a row (read from the
+        fmgguf home, so a model broken by the CLI or another server shows too)."""
+        from fmgguf.runtime.runner.health import HealthBook
+
+        return HealthBook(self.settings.home).broken()
 
     def current(self) -> dict | None:
+        """The selected model as JSON-ready data (the routes' view of ``manager.current_model()``)."""
         manager = self._manager
         if manager is None:
             return None
+        self.refresh()
         info = manager.current_model()
-        return info or None
+        return info.as_dict() if info is not None else None
+
+
+def _store_stamp(settings: "Settings") -> tuple:
+    """mtimes of the user catalog and of the store's record folders (a record added, replaced or
+    removed changes its folder's mtime)."""
+    out = []
+    for path in (settings.catalog_file, settings.store_dir / "models"):
+        try:
+            out.append(path.stat().st_mtime_ns)
+        except OSError:
+            out.append(None)
+    try:
+        out.extend(sorted((d.name, d.stat().st_mtime_ns) for d in os.scandir(settings.store_dir / "models")))
+    except OSError:
+        pass
+    return tuple(out)
 
 
 def _build_benchmarker(cls: Any, state: ServerState) -> Any:

@@ -14,13 +14,13 @@ from fmgguf.errors import ContextOverflowError, GGUFError, InvalidRequestError, 
 
 def test_loaded_model_is_described(manager, qwen_path: Path) -> None:
     info = manager.current_model()
-    assert info["path"] == str(qwen_path)
-    assert info["quant"] == "F16" and info["architecture"] == "qwen2"
-    assert info["n_ctx"] == 512 and info["n_gpu_layers"] == 0
+    assert info.path == str(qwen_path)
+    assert info.quant == "F16" and info.architecture == "qwen2"
+    assert info.n_ctx == 512 and info.n_gpu_layers == 0
     # memory is what llama.cpp reported allocating: at least the weights, KV cache and compute buffer
-    assert info["buffers"]["model"] > 0 and info["buffers"]["kv"] > 0 and info["buffers"]["compute"] > 0
-    assert info["memory"] >= info["buffers"]["model"]
-    plan = info["plan"]
+    assert info.buffers["model"] > 0 and info.buffers["kv"] > 0 and info.buffers["compute"] > 0
+    assert info.memory >= info.buffers["model"]
+    plan = info.plan
     assert plan is not None and plan.label == "CPU only" and plan.n_gpu_layers == 0
 
 
@@ -32,7 +32,7 @@ def test_generate_returns_text_counts_and_timings(manager) -> None:
     assert res.text
     assert 0 < res.ttft_s <= res.total_s
     assert res.tokens_per_s > 0
-    assert res.model_id == manager.current_model()["id"]
+    assert res.model_id == manager.current_model().id
     if res.finish_reason == "length":
         assert res.completion_tokens == 12
 

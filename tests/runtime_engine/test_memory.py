@@ -24,7 +24,7 @@ def rss():
             return int(line.split()[1]) * 1024
 
 a, b, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-m = ModelManager(load_settings(), keep_alive=0)
+m = ModelManager(load_settings(), keep_alive=0, isolation="inprocess")
 m.load_file(a, n_ctx=256)
 m.generate_text("def f(x):", max_tokens=8, temperature=0)
 one = rss()
@@ -54,7 +54,7 @@ from fmgguf.errors import InsufficientMemoryError
 from fmgguf.runtime import ModelManager
 from fmgguf.settings import load_settings
 
-m = ModelManager(load_settings(), keep_alive=0)
+m = ModelManager(load_settings(), keep_alive=0, isolation="inprocess")
 import fmgguf.runtime.engine as engine
 engine.lib()  # import llama.cpp before the cap
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)

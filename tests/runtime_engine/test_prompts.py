@@ -135,7 +135,7 @@ def test_fim_refused_where_the_catalog_says_so(fresh_manager, starcoder_path: Pa
     with pytest.raises(FIMNotSupportedError, match="no FIM training"):
         m.fill_in_middle("a", "b")
     assert not m.busy
-    assert m.current_model()["fim"] is False
+    assert m.current_model().fim is False
 
 
 def test_fim_with_starcoder_tokens(fresh_manager, starcoder_path: Path) -> None:

@@ -35,11 +35,11 @@ def test_switch_model_by_catalog_id(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert r.success and r.model_id == "tiny-switch" and r.quant == "F16"
     assert r.plan is not None and r.plan.label == "CPU only" and r.n_gpu_layers == 0
     info = manager.current_model()
-    assert info["id"] == "tiny-switch" and info["fim"] is False  # the tiny card carries no FIM block
+    assert info.id == "tiny-switch" and info.fim is False  # the tiny card carries no FIM block
     assert manager.generate_text("def f():", max_tokens=3).model_id == "tiny-switch"
     with pytest.raises(UnknownQuantError):
         manager.switch_model("tiny-switch:Q2_K")
-    assert manager.current_model()["id"] == "tiny-switch"  # a refused switch leaves the model loaded
+    assert manager.current_model().id == "tiny-switch"  # a refused switch leaves the model loaded
     available = {m["id"]: m for m in manager.get_available_models()}
     assert available["tiny-switch"]["downloaded"] == ["F16"]
     manager.close()

@@ -16,9 +16,9 @@ BIG_CTX = 1 << 18
 
 def test_old_model_is_released_before_the_plan_measures_memory(fresh_manager, llama_path: Path,
                                                                  qwen_path: Path) -> None:
-    m = fresh_manager()
+    m = fresh_manager(isolation="inprocess")  # the RSS measured is this process's
     m.load_file(llama_path, model_id="big-kv", n_ctx=BIG_CTX, flash_attn=True)
-    kv = int(m.current_model()["buffers"]["kv"])
+    kv = int(m.current_model().buffers["kv"])
     assert kv >= 200 * 1024**2
     me = psutil.Process()
     rss_loaded = me.memory_info().rss
@@ -30,7 +30,7 @@ def test_old_model_is_released_before_the_plan_measures_memory(fresh_manager, ll
             seen["loaded"] = m.current_model()
 
     result = m.load_file(qwen_path, model_id="next", n_ctx=512, progress=progress)
-    assert result.success and m.current_model()["id"] == "next"
+    assert result.success and m.current_model().id == "next"
     # the old model's KV cache is not counted against the new model: it is back with the OS
     assert rss_loaded - int(seen["rss"]) > kv // 2, (rss_loaded, seen["rss"], kv)
     assert seen["loaded"] is None, "the old model was still loaded when the new one was planned"
@@ -52,7 +52,7 @@ def test_switch_that_does_not_fit_unloads_the_old_model_and_says_so(fresh_manage
         m.generate_text("x", max_tokens=1)
     m.settings = roomy  # the "won't fit" plan is not kept: with memory back the same file loads
     assert m.load_file(qwen_path, model_id="new", n_ctx=256).success
-    assert m.current_model()["id"] == "new"
+    assert m.current_model().id == "new"
 
 
 def test_refusals_before_any_memory_is_touched_keep_the_old_model(fresh_manager, llama_path: Path,
@@ -69,5 +69,5 @@ def test_refusals_before_any_memory_is_touched_keep_the_old_model(fresh_manager,
         m.load_file(qwen_path, n_ctx=256, type_k="q9_9")
     with pytest.raises(InvalidRequestError, match="not a number"):
         m.load_file(qwen_path, n_ctx="lots")
-    assert m.current_model()["id"] == "old"
+    assert m.current_model().id == "old"
     assert m.generate_text("def f(", max_tokens=2, temperature=0).completion_tokens >= 1

@@ -68,7 +68,7 @@ function count(n) {
 }
 function ctx(n) { return n == null ? "?" : n >= 1024 ? Math.round(n / 1024) + "K" : String(n); }
 const STATE_TEXT = { not_downloaded: "not downloaded", downloading: "downloading", ready: "ready",
-                     loading: "loading", loaded: "loaded" };
+                     loading: "loading", loaded: "loaded", broken: "broken" };
 
 // --- the model list -------------------------------------------------------------------------------
 async function loadModels() {
@@ -146,6 +146,7 @@ function fillCard(card, m) {
   const st = $(".state", card);
   st.textContent = STATE_TEXT[m.status] + (m.status === "loaded" && m.loaded_quant ? " · " + m.loaded_quant : "");
   st.dataset.s = m.status;
+  st.title = m.status === "broken" && m.broken ? m.broken.reason : "";
   const params = m.active_parameters && m.active_parameters !== m.parameters
     ? `${count(m.parameters)} (${count(m.active_parameters)} active)` : count(m.parameters);
   $(".spec", card).textContent = `${m.family} · ${params} params · ${ctx(m.context_length)} context · ${m.license}`;

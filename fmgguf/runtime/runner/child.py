@@ -1,0 +1,140 @@
+"""The runner process: one :class:`~fmgguf.runtime.engine.Engine` (one llama.cpp model) behind the
+runner protocol. Started by :class:`~fmgguf.runtime.runner.proxy.EngineProxy` as
+``python -m fmgguf.runtime.runner.child FD`` with one end of a socket pair as ``FD``.
+
+A reader thread takes requests off the socket (a ``cancel`` acts at once, the rest queue for the
+main thread, one at a time). When the parent goes away the socket ends and the runner exits.
+llama.cpp's log goes to stderr, which the parent keeps in a ring buffer for crash reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, error_to_wire, from_wire, to_wire
+
+#: engine methods the parent may call by name (plain arguments and results)
+CALLS = frozenset({"tokenize", "special_token_id", "token_text", "fim_token_ids", "memory_bytes", "is_eog"})
+
+
+class Runner:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.engine: Any = None
+        self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.cancels: dict[int, threading.Event] = {}
+
+    def read_loop(self) -> None:
+        while True:
+            try:
+                msg = self.channel.recv()
+            except (ChannelClosed, ValueError):
+                os._exit(0)  # the parent is gone: nobody can use this model any more
+            if msg.get("op") == "cancel":
+                event = self.cancels.get(int(msg.get("target", -1)))
+                if event is not None:
+                    event.set()
+                continue
+            if msg.get("op") == "stream":  # registered before queueing: a cancel right after finds it
+                self.cancels[int(msg["id"])] = threading.Event()
+            self.jobs.put(msg)
+
+    def serve(self) -> None:
+        threading.Thread(target=self.read_loop, name="fmgguf-runner-reader", daemon=True).start()
+        while True:
+            msg = self.jobs.get()
+            rid = msg.get("id")
+            try:
+                handler = getattr(self, "op_" + str(msg.get("op")), None)
+                if handler is None:
+                    raise ValueError(f"unknown runner op {msg.get('op')!r}")
+                reply: dict[str, Any] = {"re": rid, "ok": to_wire(handler(msg))}
+            except Exception as exc:  # noqa: BLE001 - every failure goes back as an error frame
+                reply = {"re": rid, "error": error_to_wire(exc)}
+            try:
+                self.channel.send(reply)
+            except ChannelClosed:
+                os._exit(0)
+            if msg.get("op") == "close":
+                os._exit(0)
+
+    # --- operations ----------------------------------------------------------------------------
+    def op_load(self, msg: dict[str, Any]) -> dict[str, Any]:
+        from fmgguf.runtime.engine import Engine, LoadOptions
+
+        rid = msg["id"]
+
+        def progress(stage: str, fraction: float) -> None:
+            self.channel.send({"re": rid, "progress": [stage, fraction]})
+
+        engine = Engine(msg["path"], from_wire(LoadOptions, msg["options"]), progress=progress)
+        self.engine = engine
+        return {"n_ctx": engine.n_ctx, "n_ctx_train": engine.n_ctx_train, "metadata": engine.metadata,
+                "bos_id": engine.bos_id, "eos_id": engine.eos_id, "add_bos": engine.add_bos,
+                "bos_text": engine.bos_text, "eos_text": engine.eos_text, "buffers": engine.buffers,
+                "load_s": engine.load_s, "memory": engine.memory_bytes(), "fim_token_ids": engine.fim_token_ids(),
+                "pid": os.getpid()}
+
+    def op_call(self, msg: dict[str, Any]) -> Any:
+        name = str(msg.get("name"))
+        if name not in CALLS:
+            raise ValueError(f"the runner does not offer {name!r}")
+        return getattr(self._engine(), name)(*msg.get("args", []), **msg.get("kwargs", {}))
+
+    def op_stream(self, msg: dict[str, Any]) -> Any:
+        from fmgguf.runtime.engine import GenerationStats
+
+        rid = int(msg["id"])
+        stats = GenerationStats(started=float(msg.get("started") or time.perf_counter()))
+        cancel = self.cancels.setdefault(rid, threading.Event())
+        send = self.channel.send
+        try:
+            for piece in self._engine().stream(msg["tokens"], stats, cancel=cancel, **msg.get("kwargs", {})):
+                send({"re": rid, "piece": piece})
+        finally:
+            self.cancels.pop(rid, None)
+        return stats
+
+    def op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
+        rss = 0
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+        return {"pid": os.getpid(), "rss": rss, "loaded": self.engine is not None}
+
+    def op_close(self, _msg: dict[str, Any]) -> bool:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        return True
+
+    def _engine(self) -> Any:
+        if self.engine is None:
+            from fmgguf.errors import ModelNotLoadedError
+
+            raise ModelNotLoadedError("the runner has no model loaded", fix="load the model again")
+        return self.engine
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; it closes us
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("fmgguf.llama_cpp").setLevel(logging.INFO)
+    sock = socket.socket(fileno=int(args[0]))
+    Runner(Channel(sock)).serve()
+
+
+if __name__ == "__main__":
+    main()
