@@ -2,8 +2,8 @@
 
 It serves what the product mirror serves (the hub's resolve, model-info and tree endpoints).
 :class:`Fault` makes it misbehave like real networks: status sequences (500 then 200, 429 +
-Retry-After, 404), a dropped connection, a flipped byte, a lying ``Content-Length``, a stall;
-``throttle`` caps bytes/s per response; ``lfs=False`` serves files as plain git files (no sha256).
+Retry-After, 404), a dropped connection, a flipped byte, a lying ``Content-Length``, a stall, an ignored
+``Range``; a redirect to a CDN on another loopback host (``redirect_to``); ``throttle`` caps bytes/s per response; ``lfs=False`` serves files as plain git files (no sha256).
 ``with HubServer({"org/x-GGUF": {"x-Q8_0.gguf": path}}) as hub: hub.add_fault(Fault(drop_after=4096))``.
 ``python -m fmgguf.testing.hub_server --file org/repo:name=PATH [--throttle B/s] [--plain]`` runs it
 as its own process (prints ``READY <url>``).
@@ -38,6 +38,7 @@ class Fault:
     flip_byte_at: int | None = None  # invert the byte at this file offset
     length_delta: int = 0            # claim Content-Length + delta (the body stays the truth; closes after)
     stall_s: float = 0.0             # sleep before sending the body
+    ignore_range: bool = False       # answer a Range request with 200 and the whole file (old mirrors do)
     times: int | None = 1
     used: int = field(default=0, compare=False)
 
@@ -67,9 +68,12 @@ class HubServer(MirrorServer):
     """
 
     def __init__(self, repos: dict[str, dict[str, Path | str]], *, lfs: bool = True, throttle: float | None = None,
-                 port: int = 0, revision: str = "main") -> None:
-        super().__init__(repos, host="127.0.0.1", port=port)
+                 port: int = 0, revision: str = "main", host: str = "127.0.0.1", redirect_to: str | None = None) -> None:
+        super().__init__(repos, host=host, port=port)
         self.lfs = lfs
+        #: ``redirect_to``: answer file requests with a 302 to this base URL (a CDN on another host), the way
+        #: the hub sends LFS files to its CDN; ``host``: the loopback address to listen on (127.0.0.2 is another host)
+        self.redirect_to = redirect_to
         self.throttle = throttle
         self.revision = revision
         self.faults: list[Fault] = []
@@ -105,6 +109,7 @@ class HubServer(MirrorServer):
     def log(self, **entry: Any) -> dict[str, Any]:
         with self._lock:
             entry.setdefault("path", getattr(threading.current_thread(), "hub_path", None))
+            entry.setdefault("auth", getattr(threading.current_thread(), "hub_auth", None))
             self.requests.append(entry)
         return entry
 
@@ -127,6 +132,7 @@ class _FaultyHandler(MirrorHandler):
 
     def _route(self, method: str) -> None:
         threading.current_thread().hub_path = self.path  # type: ignore[attr-defined]
+        threading.current_thread().hub_auth = self.headers.get("Authorization")  # type: ignore[attr-defined]
         self._fault, self._record = None, None
         super()._route(method)
 
@@ -150,12 +156,32 @@ class _FaultyHandler(MirrorHandler):
             self._error(method, fault.status, "Fault", f"injected {fault.status}", commit=commit, extra=extra,
                         filename=filename)
             return
+        if self.mirror.redirect_to:
+            self._redirect(method, repo_id, commit, filename, entry)
+            return
         self._fault = fault
         rng = self.headers.get("Range") if method == "GET" else None
-        self._record = self.mirror.log(method=method, file=filename, range=rng, status=206 if rng else 200, sent=0)
+        partial = rng is not None and not (fault is not None and fault.ignore_range)
+        self._record = self.mirror.log(method=method, file=filename, range=rng, status=206 if partial else 200, sent=0)
         super()._file_response(method, repo_id, commit, filename, entry)
         if fault is not None and method == "GET" and (fault.drop_after is not None or fault.length_delta):
             self._hang_up()
+
+    def _redirect(self, method: str, repo_id: str, commit: str, filename: str, entry: MirrorFile) -> None:
+        """302 to the CDN, with the file's metadata on the redirect itself (as the hub does for LFS)."""
+        self.send_response(302)
+        self.send_header("Location", f"{self.mirror.redirect_to}/{repo_id}/resolve/{commit}/{filename}")
+        self.send_header("X-Repo-Commit", commit)
+        for k, v in self._file_etags(repo_id, filename, entry).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.mirror.log(method=method, file=filename, range=self.headers.get("Range"), status=302, sent=0)
+
+    def _file_range(self, method: str, filename: str, entry: MirrorFile) -> tuple[int, int, int] | None:
+        if self._fault is not None and self._fault.ignore_range:
+            return 200, 0, entry.size - 1
+        return super()._file_range(method, filename, entry)
 
     def _file_refused(self, method: str, filename: str, rng: str) -> None:
         if self._record is not None:
