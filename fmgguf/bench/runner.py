@@ -5,22 +5,21 @@ streamed to JSONL under ``settings.bench_dir/<run id>/`` so an interrupted run r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import platform
 import resource
-import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fmgguf._util import PerSettings, atomic_write_text, human_bytes
+from fmgguf._util import PerSettings, human_bytes
 from fmgguf.bench.executors import ExecResult, Executor
 from fmgguf.bench.metrics import summarize
+from fmgguf.bench.run_store import Progress, Run, RunStore, skipped_record, task_record
 from fmgguf.bench.summary import BenchSummary
 from fmgguf.bench.tasks import Task, load_suite, select_tasks
 from fmgguf.errors import BenchError, FIMNotSupportedError, FmggufError
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int, str], None]
 
 
 def _now() -> str:
@@ -42,49 +40,6 @@ def _now() -> str:
 
 def _safe(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
-
-
-class RunStore:
-    """One run's folder: ``records.jsonl`` (appended line by line), ``summary.json`` (written atomically)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.records_path = root / "records.jsonl"
-        self._lock = threading.Lock()
-        self._tail_checked = False
-
-    def load(self) -> list[dict]:
-        out = []
-        if self.records_path.exists():
-            for line in self.records_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:  # a line cut short by an interrupted run
-                    continue
-        return out
-
-    def append(self, record: dict) -> None:
-        with self._lock:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.records_path, "a", encoding="utf-8") as fh:
-                if not self._tail_checked:  # a line cut short by an interrupted run: start a fresh one
-                    self._tail_checked = True
-                    if fh.tell() > 0:
-                        with open(self.records_path, "rb") as rb:
-                            rb.seek(-1, os.SEEK_END)
-                            if rb.read(1) != b"\n":
-                                fh.write("\n")
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                fh.flush()
-
-    def reset(self) -> None:
-        self.records_path.unlink(missing_ok=True)
-
-    def write_summary(self, summary: BenchSummary) -> BenchSummary:
-        """Write ``summary.json`` (atomically); returns ``summary``."""
-        atomic_write_text(self.root / "summary.json",
-                          json.dumps(summary.as_dict(), indent=2, ensure_ascii=False, default=str))
-        return summary
 
 
 class Loaded(Protocol):
@@ -114,32 +69,6 @@ class Resolver(Protocol):
     """What the benchmark needs of a catalog: ``id[:QUANT]`` -> (card, quant)."""
 
     def resolve(self, spec: str) -> tuple[ModelCard, str]: ...
-
-
-class Run:
-    """One model's benchmark in progress: its record store and its progress count (thread-safe)."""
-
-    def __init__(self, store: RunStore, total: int, done: int, progress: Progress | None) -> None:
-        self.store, self.total, self._count, self._progress = store, total, done, progress
-        self._lock = threading.Lock()
-
-    def record(self, rec: dict) -> None:
-        """Store one task × sample record and count it."""
-        self.store.append(rec)
-        with self._lock:
-            self._count += 1
-            n = self._count
-        if self._progress:
-            self._progress(n, self.total, rec["task_id"])
-
-    def executed(self, fut: Future, task: Task, sample: int, gen: dict | None, answer: str, quality: dict) -> None:
-        """The done-callback of a test execution."""
-        try:
-            rec = _record(task, sample, fut.result(), gen, quality)
-        except FmggufError as exc:
-            rec = {**_skipped(task, sample, exc.one_line()), "outcome": "error", "gen": gen}
-        rec["answer"] = answer[:20000]
-        self.record(rec)
 
 
 class ModelBenchmarker:
@@ -234,8 +163,8 @@ class ModelBenchmarker:
                                           [answers[i][0].entry_point for i in js])
             for i, n in zip(js, counts, strict=True):
                 qualities[i]["eslint_findings"] = n
-        records = [_record(t, 0, r, None, q) for (t, _), r, q in zip(answers, results, qualities, strict=True)]
-        records += [_skipped(t, 0, "toolchain missing") for t in chosen if t not in runnable]
+        records = [task_record(t, 0, r, None, q) for (t, _), r, q in zip(answers, results, qualities, strict=True)]
+        records += [skipped_record(t, 0, "toolchain missing") for t in chosen if t not in runnable]
         meta = {"model": which, "quant": None, "suite": suite, "kind": "reference",
                 "wall_s": time.monotonic() - t0, **_manifest(self.executor), **lint}
         return summarize(records, 1, meta)
@@ -295,12 +224,12 @@ class ModelBenchmarker:
         with ThreadPoolExecutor(max_workers=max(1, self.settings.bench_workers)) as pool:
             for task, sample in todo:
                 if not self.executor.available(task.language):
-                    run.record(_skipped(task, sample, f"{task.language} toolchain missing"))
+                    run.record(skipped_record(task, sample, f"{task.language} toolchain missing"))
                     continue
                 try:
                     answer, gen, extracted = self._generate(task, sample, use_chat, max_tokens, temp)
                 except FIMNotSupportedError as exc:
-                    run.record(_skipped(task, sample, exc.one_line()))
+                    run.record(skipped_record(task, sample, exc.one_line()))
                     continue
                 quality = static_quality(task, task.source(answer), extracted)
                 fut = pool.submit(self._execute_and_lint, task, answer, quality)
@@ -382,18 +311,6 @@ class ModelBenchmarker:
         runs = list(summaries.values()) if isinstance(summaries, Mapping) else list(summaries)
         return {"markdown": comparison_markdown(runs), "rows": [r.as_dict() for r in comparison_rows(runs)],
                 "html": render_html(runs)}
-
-
-def _record(task: Task, sample: int, res: ExecResult, gen: dict | None, quality: dict | None) -> dict:
-    return {"task_id": task.id, "category": task.category, "language": task.language, "sample": sample,
-            "outcome": res.outcome, "detail": res.detail[:500], "exec_s": round(res.duration_s, 4),
-            "compile_warnings": res.compile_warnings, "compile_s": res.compile_s,
-            "max_rss_bytes": res.max_rss_bytes, "gen": gen, "quality": quality or {}}
-
-
-def _skipped(task: Task, sample: int, why: str) -> dict:
-    return {"task_id": task.id, "category": task.category, "language": task.language, "sample": sample,
-            "outcome": "skipped", "detail": why, "gen": None, "quality": {}}
 
 
 def _manifest(executor: Executor) -> dict:

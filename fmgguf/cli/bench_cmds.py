@@ -14,7 +14,7 @@ from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app
 from fmgguf.errors import BenchError, InvalidRequestError
 
 if TYPE_CHECKING:
-    from fmgguf.bench.runner import Progress
+    from fmgguf.bench.run_store import Progress
     from fmgguf.bench.summary import BenchSummary
 
 

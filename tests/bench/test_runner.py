@@ -60,7 +60,8 @@ def tiny_in_catalog(tiny_files, isolated_home, monkeypatch):
 
 
 def test_benchmark_model_streams_records_and_resumes(tiny_in_catalog) -> None:
-    from fmgguf.bench.runner import ModelBenchmarker, RunStore
+    from fmgguf.bench.run_store import RunStore
+    from fmgguf.bench.runner import ModelBenchmarker
     from fmgguf.runtime import ModelManager
 
     settings = tiny_in_catalog
