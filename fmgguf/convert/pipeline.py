@@ -67,7 +67,7 @@ def _is_complete_gguf(path: Path) -> bool:
 
         GGUFReader(str(path))  # header, metadata and tensor table parse, and data fits in the file
         return True
-    except Exception:  # noqa: BLE001 - any failure means "not a usable file"
+    except (OSError, ValueError, KeyError, IndexError):  # what gguf's reader raises on a bad or short file
         return False
 
 
