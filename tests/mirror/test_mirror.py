@@ -199,3 +199,14 @@ def test_off_loopback_needs_a_key_and_bad_sources_are_one_line(machine_a, tmp_pa
     cmd[5] = str(broken)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "lacks models/blob/Q4_K_M/blob-Q4_K_M.gguf" in proc.stderr
+
+
+def test_huggingface_hub_itself_downloads_through_the_mirror(machine_a, tmp_path) -> None:
+    """Hub-compatible for other clients too: huggingface_hub's own hf_hub_download and list_repo_files."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    with mirror(machine_a["tar"]) as endpoint:
+        path = hf_hub_download(REPO, "blob-Q4_K_M.gguf", endpoint=endpoint, cache_dir=tmp_path / "hf")
+        assert sha(Path(path)) == sha(machine_a["files"]["blob-Q4_K_M.gguf"])
+        assert machine_a["commit"] in path  # the snapshot is the commit the bundle recorded
+        assert sorted(HfApi(endpoint=endpoint).list_repo_files(REPO)) == sorted(machine_a["files"])
