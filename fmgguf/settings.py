@@ -131,6 +131,8 @@ class Settings:
     default_quant: str = "Q4_K_M"
     #: threads for llama.cpp (None = llama.cpp's choice)
     n_threads: int | None = None
+    #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
+    rpc: str | None = None
     #: benchmark sandbox defaults
     bench_timeout: float = 10.0
     bench_memory: int = 1024**3
@@ -191,6 +193,7 @@ class Settings:
         env_str("FMGGUF_DEFAULT_MODEL", "default_model")
         env_str("FMGGUF_DEFAULT_QUANT", "default_quant")
         env_str("FMGGUF_LOG_LEVEL", "log_level")
+        env_str("FMGGUF_RPC", "rpc")
         env_str("FMGGUF_ISOLATION", "isolation")
         env_str("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models")
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")

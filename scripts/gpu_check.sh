@@ -12,7 +12,7 @@
 # Device-tool call:  run(command="bash scripts/gpu_check.sh run", carry=["build/gpu-carry"], timeout_s=590)
 # A rerun on the same warm machine reuses build/gpu-llama-build (incremental build).
 # GPU_CHECK_FA=1 also compiles the CUDA flash-attention kernels (slower build); GPU_CHECK_TESTS overrides the
-# test paths (default: tests/runtime_fit tests/runtime_engine).
+# test paths (default: tests/runtime_fit tests/runtime_engine tests/rpc: one CUDA worker, a few seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=build/gpu-carry
@@ -61,7 +61,8 @@ run() {
     [ "${GPU_CHECK_FA:-0}" = "1" ] && fa=ON
     local t0=$SECONDS
     export CMAKE_ARGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$cap -DGGML_CUDA_FA=$fa -DLLAVA_BUILD=OFF \
--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON"
+-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON \
+-DGGML_RPC=ON -DGGML_RPC_RDMA=OFF"
     export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
     PYTHONPATH="$site" "$py" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
         --target "$site" -Cbuild-dir=build/gpu-llama-build "$CARRY/llama-cpp-python.tar.gz"
@@ -70,7 +71,7 @@ run() {
     export PYTHONPATH="$site:$PWD" FMGGUF_CACHE="$PWD/$CARRY/cache" PYTHONUNBUFFERED=1
     "$py" -m fmgguf doctor
     # shellcheck disable=SC2086
-    "$py" -m pytest -m gpu -p no:cacheprovider -q -rs --timeout 300 ${GPU_CHECK_TESTS:-tests/runtime_fit tests/runtime_engine}
+    "$py" -m pytest -m gpu -p no:cacheprovider -q -rs --timeout 300 ${GPU_CHECK_TESTS:-tests/runtime_fit tests/runtime_engine tests/rpc}
 }
 
 case "${1:-}" in

@@ -26,7 +26,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     for name in ("FMGGUF_CATALOG", "FMGGUF_CONFIG", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE",
-                 "FMGGUF_OFFLINE", "FMGGUF_DEFAULT_MODEL", "FMGGUF_VRAM"):
+                 "FMGGUF_OFFLINE", "FMGGUF_DEFAULT_MODEL", "FMGGUF_VRAM", "FMGGUF_RPC"):
         monkeypatch.delenv(name, raising=False)
     if not os.environ.get("FMGGUF_CACHE"):
         monkeypatch.setenv("FMGGUF_CACHE", str(Path.home() / ".cache" / "fmgguf"))

@@ -171,6 +171,10 @@ class Variant(_Strict):
         parts = [f.approx_bytes() for f in self.files]
         return None if None in parts else sum(parts)  # type: ignore[arg-type]
 
+    @property
+    def first_file(self) -> GGUFFile:
+        return self.files[0]
+
 
 class MoE(_Strict):
     n_expert: int = Field(ge=1)
@@ -295,7 +299,7 @@ class ModelCard(_Strict):
             if self.arch is None or self.parameters is None:
                 raise ValueError("built-in entries must give arch and parameters")
             missing = [q for q in BUILTIN_QUANTS if q not in self.variants]
-            if missing:
+            if missing and "demo" not in self.capabilities:  # the demo model: the one quant it is embedded as
                 raise ValueError(f"built-in entries carry both {' and '.join(BUILTIN_QUANTS)}; missing {', '.join(missing)}")
         return self
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 class AppContext:
     offline: bool = False
     verbose: int = 0
+    rpc: str | None = None  # --rpc: workers to split models across (else FMGGUF_RPC)
     _settings: "Settings | None" = field(default=None, repr=False)
     _catalog: "Catalog | None" = field(default=None, repr=False)
 
@@ -30,8 +31,11 @@ class AppContext:
         if self._settings is None:
             from fmgguf.settings import load_settings
 
-            self._settings = load_settings(offline=True if self.offline else None)
+            self._settings = load_settings(offline=True if self.offline else None, rpc=self.rpc)
             _setup_logging(self._settings.log_level, self.verbose)
+            from fmgguf.runtime.llama_log import configure as route_llama_log
+
+            route_llama_log(self._settings.home, self.verbose)
         return self._settings
 
     @property
@@ -53,6 +57,17 @@ def _setup_logging(level: str, verbose: int) -> None:
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def _set_rpc(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        app = ctx.ensure_object(AppContext)
+        app.rpc, app._settings = value, None
+
+
+rpc_option = click.option(
+    "--rpc", metavar="HOST[:PORT][@BUDGET],...", default=None, expose_value=False, callback=_set_rpc,
+    help="Split models across these RPC workers (`fmgguf worker` on each; '' for none). Default: FMGGUF_RPC.")
 
 
 def emit_json(data: Any) -> None:

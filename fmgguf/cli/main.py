@@ -43,6 +43,8 @@ COMMANDS: dict[str, str] = {
     # server and tools
     "serve": "fmgguf.cli.serve_cmd:serve_cmd",
     "mirror": "fmgguf.cli.mirror_cmd:mirror_group",
+    "worker": "fmgguf.cli.worker_cmd:worker_cmd",
+    "connect": "fmgguf.cli.connect_cmd:connect_cmd",
     "convert": "fmgguf.cli.convert_cmd:convert_cmd",
     "demo": "fmgguf.cli.demo_cmd:demo_cmd",
 }
@@ -68,7 +70,9 @@ def _importable(target: str) -> bool:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "-V", "--version", prog_name="fmgguf")
 @click.option("--offline", is_flag=True, help="Touch no network (same as HF_HUB_OFFLINE=1).")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for llama.cpp's own log).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output; -v also shows llama.cpp's log (always kept in FMGGUF_HOME/logs/llama.cpp.log), "
+                   "-vv its debug lines.")
 @click.pass_context
 def cli(ctx: click.Context, offline: bool, verbose: int) -> None:
     """fmgguf: open code models on your own machine, verified, fitted to your GPU, benchmarked."""

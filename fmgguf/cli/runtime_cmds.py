@@ -12,7 +12,15 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import AppContext, context_warning, emit_json, json_option, pass_app, trained_context
+from fmgguf.cli._common import (
+    AppContext,
+    context_warning,
+    emit_json,
+    json_option,
+    pass_app,
+    rpc_option,
+    trained_context,
+)
 
 
 def _load_options(f: Any) -> Any:
@@ -29,6 +37,7 @@ def _load_options(f: Any) -> Any:
         click.option("--top-p", type=float, default=0.95, show_default=True, help="Nucleus sampling, above 0 up to 1."),
         click.option("--seed", type=int, default=None, help="Sampling seed (repeatable output)."),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
+        rpc_option,
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -159,12 +168,16 @@ def _gen_kwargs(max_tokens: int, temperature: float, top_p: float, seed: int | N
 @click.argument("model")
 @click.argument("prompt")
 @_load_options
+@click.option("--raw", is_flag=True, help="Complete PROMPT as plain text, even on an instruct model.")
 @json_option
 @pass_app
 def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
             n_threads: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-            stop: tuple[str, ...], as_json: bool) -> None:
-    """Generate a completion of PROMPT with MODEL, streamed ('-' reads the prompt from stdin)."""
+            stop: tuple[str, ...], raw: bool, as_json: bool) -> None:
+    """Answer PROMPT with MODEL, streamed ('-' reads the prompt from stdin).
+
+    An instruct/chat model with a chat template gets PROMPT as a user message in its template
+    (like `fmgguf chat`, one turn); a base model, or --raw, completes PROMPT as plain text."""
     kw = _gen_kwargs(max_tokens, temperature, top_p, seed, stop)
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -174,14 +187,41 @@ def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: 
         raise InvalidRequestError("the prompt is empty", fix="give some text, or '-' with the text on stdin")
     manager, loaded = _manager_for(app, model, quant, n_ctx, n_gpu_layers, n_threads, quiet=as_json)
     try:
+        chat = _wants_chat(app, model, quant, manager, loaded, raw)
+
+        def generate(**extra: Any) -> Any:
+            if chat:
+                return manager.chat([{"role": "user", "content": prompt}], **kw, **extra)
+            return manager.generate_text(prompt, **kw, **extra)
+
         if as_json:
-            res = manager.generate_text(prompt, **kw)
-            emit_json({**res.as_dict(), "load": loaded.as_dict(), "warnings": loaded.warnings})
+            res = generate()
+            emit_json({**res.as_dict(), "mode": "chat" if chat else "raw", "load": loaded.as_dict(),
+                       "warnings": loaded.warnings})
             return
-        res = _stream_out(manager.generate_text(prompt, stream=True, **kw))
+        res = _stream_out(generate(stream=True))
         click.echo(_timings_line(res), err=True)
     finally:
         manager.unload()
+
+
+def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, loaded: Any, raw: bool) -> bool:
+    """The chat-or-raw rule of fmgguf.runtime.chat_mode, from the card (catalog id) or the file's names."""
+    from fmgguf.errors import FmggufError
+    from fmgguf.runtime.chat_mode import gguf_names, wants_chat
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    if raw:
+        return False
+    has_template = bool((manager.current_model() or {}).get("chat_template"))
+    card = None
+    if not (model.endswith(".gguf") or Path(model).expanduser().is_file()):
+        card, _ = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
+    try:
+        names = gguf_names(Path(loaded.path).name, read_gguf(loaded.path).metadata)
+    except FmggufError:
+        names = [Path(loaded.path).name]
+    return wants_chat(has_template=has_template, card=card, names=names)
 
 
 @click.command("chat")

@@ -20,6 +20,7 @@ from fmgguf.cli._common import (
     human_count,
     json_option,
     pass_app,
+    rpc_option,
     trained_context,
 )
 
@@ -68,19 +69,27 @@ def _parse_ctx(ctx: str | None) -> int | str | None:
 @click.option("--type-k", default="f16", show_default=True, help="KV cache K type (f16, q8_0, q4_0).")
 @click.option("--type-v", default="f16", show_default=True, help="KV cache V type (needs --flash-attn if quantized).")
 @click.option("--no-measure", is_flag=True, help="Skip llama.cpp's dry run (compute buffer from a formula).")
+@rpc_option
 @json_option
 @pass_app
 def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, ctx: str | None, kv_quant: bool,
             flash_attn: bool, type_k: str, type_v: str, no_measure: bool, as_json: bool) -> None:
-    """Will TARGET (a catalog id or a .gguf file) fit this machine, and how: GPU layers, context, KV type."""
+    """Will TARGET (a catalog id or a .gguf file) fit this machine, and how: GPU layers, context, KV type.
+
+    With --rpc the plan spreads layers over the workers too; a worker that cannot be reached is planned
+    from its budget (HOST@48GB) alone, so a plan can be made before the machines are set up."""
+    from fmgguf.errors import CatalogError
     from fmgguf.runtime.fit import plan_for_card, plan_for_file
+    from fmgguf.runtime.rpc import parse_workers
     from fmgguf.settings import parse_size
 
     settings = app.settings
     vram_bytes = parse_size(vram, "--vram") if vram is not None else None
     n_ctx = _parse_ctx(ctx) or settings.default_ctx
+    workers = parse_workers(settings.rpc)
     common = dict(n_ctx=n_ctx, settings=settings, vram=vram_bytes, type_k=type_k.lower(), type_v=type_v.lower(),
-                  flash_attn=flash_attn or type_v.lower() not in ("f16", "f32", "bf16"), kv_quant=kv_quant)
+                  flash_attn=flash_attn or type_v.lower() not in ("f16", "f32", "bf16"), kv_quant=kv_quant,
+                  workers=workers, need_workers=False)
     plans: dict[str, Any] = {}
     trained: dict[str, int | None] = {}
     if _is_file(target):
@@ -92,12 +101,20 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
         quants = [quant] if quant else ([q] if ":" in target else list(card.variants))
         for qq in quants:
             local = _local_path(app, card.id, qq)
-            if local is not None:
-                plans[qq] = plan_for_file(local, measure=not no_measure, **common)
-                trained[qq] = trained_context(local)
-            else:
-                plans[qq] = plan_for_card(card, qq, **common)
-                trained[qq] = card.arch.context_length if card.arch else None
+            try:
+                if local is not None:
+                    plans[qq] = plan_for_file(local, measure=not no_measure, **common)
+                    trained[qq] = trained_context(local)
+                else:
+                    plans[qq] = plan_for_card(card, qq, **common)
+                    trained[qq] = card.arch.context_length if card.arch else None
+            except CatalogError as exc:  # one quant without catalog numbers must not hide the others
+                if len(quants) == 1:
+                    raise
+                click.echo(f"warning: {qq} not planned: {exc.message}", err=True)
+        if not plans:
+            raise CatalogError(f"no quant of {card.id} can be planned from the catalog",
+                               fix=f"download one (`fmgguf pull {card.id}`) and plan from the file")
         title = card.id
     warnings = _context_warnings(plans, trained)
     for w in warnings:
@@ -129,8 +146,9 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     def row(label: str, fn: Any) -> None:
         table.add_row(label, *[fn(p) for p in plans.values()])
 
+    remote = any(d.kind == "RPC" for p in plans.values() for d in p.devices)
     row("plan", lambda p: f"[bold]{p.label}[/bold]")
-    row("GPU layers", lambda p: f"{p.n_gpu_layers} of {p.n_layers}")
+    row("offloaded layers" if remote else "GPU layers", lambda p: f"{p.n_gpu_layers} of {p.n_layers}")
     row("context", lambda p: str(p.n_ctx))
     row("KV cache type", lambda p: p.type_k if p.type_k == p.type_v else f"{p.type_k}/{p.type_v}")
     row("flash attention", lambda p: "on" if p.flash_attn else "off")
@@ -138,7 +156,8 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     row("KV cache", lambda p: human_bytes(p.estimate.kv_total))
     row("compute buffer", lambda p: f"{human_bytes(p.estimate.compute)}"
         + (" (measured)" if p.estimate.compute_source == "dry-run" else " (formula)"))
-    row("VRAM needed / free", lambda p: f"{human_bytes(p.vram_needed)} / {human_bytes(p.vram_free)}")
+    row("devices needed / budget" if remote else "VRAM needed / free",
+        lambda p: f"{human_bytes(p.vram_needed)} / {human_bytes(p.vram_free)}")
     row("RAM needed / free", lambda p: f"{human_bytes(p.ram_needed)} / {human_bytes(p.ram_free)}")
     row("tensor split", lambda p: ",".join(f"{x:g}" for x in p.tensor_split) if p.tensor_split else "-")
     row("from", lambda p: {"file": "the local file", "header": "the hub header (Range)",
@@ -146,8 +165,29 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     con = console()
     con.print(table)
     for name, p in plans.items():
+        if any(d.kind == "RPC" for d in p.devices):
+            _render_devices(con, name, p)
+    for name, p in plans.items():
         for note in p.notes:
             con.print(f"  {name}: {note}")
+
+
+def _render_devices(con: Any, name: str, plan: Any) -> None:
+    """Where each layer range goes across the workers, the local GPUs and this machine's RAM."""
+    from rich.table import Table
+
+    table = Table(title=f"{name}: layers per device (llama.cpp order; tensor split "
+                        f"{','.join(f'{x:g}' for x in plan.tensor_split or []) or '-'})",
+                  box=None, header_style="bold", title_justify="left")
+    for col, just in (("device", "left"), ("kind", "left"), ("layers", "right"), ("blocks", "left"),
+                      ("needs", "right"), ("budget", "right"), ("budget from", "left")):
+        table.add_column(col, justify=just)
+    source = {"budget": "--rpc @BUDGET", "rpc": "worker reports", "psutil": "available RAM", "ggml": "free VRAM",
+              "nvml": "free VRAM (NVML)", "override": "--vram"}
+    for d in plan.devices:
+        table.add_row(d.name, d.kind, str(d.layers), d.layer_range, human_bytes(d.needed), human_bytes(d.free),
+                      source.get(d.memory_source, d.memory_source))
+    con.print(table)
 
 
 # --- inspect -------------------------------------------------------------------------------------------
@@ -164,14 +204,14 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
     from fmgguf.runtime.gguf_file import read_gguf
 
     if _is_file(target):
-        info = read_gguf(target)
+        info = read_gguf(target, check=False)  # a lying file is shown, with its problems
     else:
         card, q = app.catalog.resolve(target)
         q = quant or q
         v = card.variant(q)
         local = _local_path(app, card.id, q)
         if local is not None:
-            info = read_gguf(local)
+            info = read_gguf(local, check=False)
         else:
             from fmgguf.runtime.remote_header import read_remote_gguf
 
@@ -181,9 +221,26 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
                 _inspect_from_card(card, q, exc.message, as_json)
                 return
     summary = info.summary()
+    problems = _problems(info)
+    summary["problems"] = problems
     if as_json:
         emit_json(summary)
-        return
+    else:
+        _render_header(summary)
+    if problems:
+        from fmgguf.errors import GGUFError, exit_code_for
+
+        raise click.exceptions.Exit(exit_code_for(GGUFError("invalid GGUF")))
+
+
+def _problems(info: Any) -> list[dict[str, str]]:
+    """What llama.cpp would refuse or abort on, as {field, message} rows (empty: loadable)."""
+    from fmgguf.runtime.validation import file_problems
+
+    return [{"field": p.field, "message": p.message} for p in file_problems(info)]
+
+
+def _render_header(summary: dict[str, Any]) -> None:
     con = console()
     con.print(f"[bold]{summary['path']}[/bold]  GGUF v{summary['gguf_version']}, {human_bytes(summary['file_size'])}")
     pairs = [("architecture", summary["architecture"]), ("name", summary["name"] or "-"),
@@ -198,6 +255,10 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
     con.print("  quant mix:")
     for t, row in summary["quant_mix"].items():
         con.print(f"    {t:<8} {row['tensors']:>5} tensors  {human_bytes(row['bytes']):>10}")
+    if summary["problems"]:
+        con.print("[bold red]problems[/bold red] (llama.cpp would refuse or abort on this file):", markup=True)
+        for p in summary["problems"]:
+            con.print(f"  {p['field']} {p['message']}", markup=False, highlight=False)
 
 
 def _inspect_from_card(card: ModelCard, quant: str, reason: str, as_json: bool) -> None:

@@ -168,8 +168,8 @@ def ls_cmd(app: AppContext, as_json: bool) -> None:
 @json_option
 @pass_app
 def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json: bool) -> None:
-    """Re-hash downloaded files against their pins; bad files are moved aside."""
-    from fmgguf.download.housekeeping import refetch_fix
+    """Re-hash downloaded files against their pins; corrupt files are moved aside (a changed pin moves nothing)."""
+    from fmgguf.download.store import refetch_fix
     from fmgguf.errors import IntegrityError
 
     dl = _downloader(app)
@@ -188,7 +188,7 @@ def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json
         return
     checks = []
     for mid in ids:
-        checks += dl.verify_model_integrity(mid, quant).checks
+        checks += dl.verify_and_quarantine(mid, quant).checks
     rows = [c.__dict__ for c in checks]
 
     def render(rows: list[dict[str, Any]]) -> None:
@@ -287,15 +287,17 @@ def import_cmd(app: AppContext, path: Path, as_json: bool) -> None:
 @json_option
 @pass_app
 def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | None, force: bool, as_json: bool) -> None:
-    """Register a local GGUF file in the user catalog and the store (hard link or reference, no copy)."""
-    from fmgguf.download.bundle import check_new_id, import_gguf
+    """Register a local GGUF file in the user catalog and the store (hard link or reference, no copy).
+
+    The file is refused (nothing registered, nothing linked) unless llama.cpp can load it: its
+    metadata is checked against its tensors, then llama.cpp's loader runs on it in a child process
+    with nothing allocated."""
+    from fmgguf.download.local import check_new_id, import_gguf
+    from fmgguf.runtime.validation import check_loadable
 
     dl = _downloader(app)
     check_new_id(dl, model_id, force)  # the --as value first: a bad id names the flag, not the catalog file
-
-    from fmgguf.runtime.gguf_file import read_gguf
-
-    read_gguf(Path(file))  # a full header check (it validates without loading)
+    check_loadable(Path(file))
     info = import_gguf(dl, file, model_id, quant, force=force)
     output(info, as_json, lambda i: click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}"))
 

@@ -11,8 +11,9 @@ from fmgguf._util import lazy_exports
 _LAZY = {
     "ModelDownloader": "fmgguf.download.downloader:ModelDownloader",
     "get_model_downloader": "fmgguf.download.downloader:get_model_downloader",
-    "VerifyResult": "fmgguf.download.downloader:VerifyResult",
-    "FileCheck": "fmgguf.download.downloader:FileCheck",
+    "VerifyResult": "fmgguf.download.store:VerifyResult",
+    "FileCheck": "fmgguf.download.store:FileCheck",
+    "Store": "fmgguf.download.store:Store",
 }
 
 __all__ = list(_LAZY)

@@ -1,4 +1,4 @@
-"""Air-gapped bundles (``fmgguf export`` / ``fmgguf import``) and ``fmgguf import-gguf``.
+"""Air-gapped bundles (``fmgguf export`` / ``fmgguf import``); ``fmgguf import-gguf`` is in ``local.py``.
 
 A bundle is a folder or a ``.tar`` holding ``fmgguf-bundle.json`` (ids, quants, repos, commits,
 file names, sizes, sha256, trust source, the catalog entries, the fmgguf version) and the GGUF
@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fmgguf.download.cache import check_free, human_bytes
 from fmgguf.download.records import ModelRecord, file_record, now
-from fmgguf.errors import BundleError, GGUFError, InvalidRequestError, NotDownloadedError, UnknownQuantError
+from fmgguf.errors import BundleError, NotDownloadedError
 
 if TYPE_CHECKING:
     from fmgguf.download.downloader import ModelDownloader
@@ -56,69 +56,19 @@ def export_models(dl: "ModelDownloader", specs: list[str], dest: Path, progress:
     from fmgguf import __version__
 
     dest = Path(dest)
-    records: list[ModelRecord] = []
-    for spec in specs:
-        model_id, _, quant = spec.partition(":")
-        from fmgguf.download.housekeeping import refetch_fix
-
-        model_id = dl.known_id(model_id)
-        quants = [quant] if quant else dl.records.quants(model_id)
-        if not quants:
-            raise NotDownloadedError(f"{model_id} is not downloaded, so it cannot be exported",
-                                     fix=refetch_fix(model_id, None, dl._catalog_repo(model_id, None)))
-        for q in quants:
-            rec = dl._record(model_id, q)
-            if rec is None:
-                raise NotDownloadedError(f"{model_id}:{q} is not downloaded",
-                                         fix=refetch_fix(model_id, q, dl._catalog_repo(model_id, q)))
-            records.append(rec)
-    entries = []
-    for rec in records:
-        try:
-            card = dl.catalog.get(rec.id)
-            card_dict = card.model_dump(mode="json", exclude={"builtin"}, exclude_none=True)
-            builtin = card.builtin
-        except Exception:  # noqa: BLE001 - a store entry the catalog lost: carry a minimal card
-            card_dict, builtin = None, False
-        entries.append({"id": rec.id, "quant": rec.quant, "repo": rec.repo, "revision": rec.revision,
-                        "commit": rec.commit, "builtin": builtin, "card": card_dict,
-                        "files": [{"name": f.name, "path": f"models/{rec.id}/{rec.quant}/{f.name}", "size": f.size,
-                                   "sha256": f.sha256, "source": f.source} for f in rec.files]})
+    records = _records_for(dl, specs)
+    entries = [_manifest_entry(dl, rec) for rec in records]
     manifest = {"format": FORMAT, "fmgguf_version": __version__, "created_at": now(), "models": entries}
-    total = sum(f["size"] for e in entries for f in e["files"])
-    check_free(dest.parent, total, f"the bundle {dest}")
+    check_free(dest.parent, sum(f["size"] for e in entries for f in e["files"]), f"the bundle {dest}")
     is_tar = dest.suffix == ".tar"
     if dest.exists() and (is_tar or any(dest.iterdir())):
         raise BundleError(f"{dest} already exists", fix="choose a new path (or remove it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-    sources = [(f, Path(rf.path)) for e, rec in zip(entries, records, strict=True) for f, rf in zip(e["files"], rec.files, strict=True)]
+    sources = [(f, Path(rf.path)) for e, rec in zip(entries, records, strict=True)
+               for f, rf in zip(e["files"], rec.files, strict=True)]
     try:
-        if is_tar:
-            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-                data = json.dumps(manifest, indent=1).encode()
-                info = tarfile.TarInfo(MANIFEST)
-                info.size = len(data)
-                info.mtime = int(os.path.getmtime(sources[0][1])) if sources else 0
-                tar.addfile(info, io.BytesIO(data))
-                for f, src in sources:
-                    info = tarfile.TarInfo(f["path"])
-                    info.size = f["size"]
-                    info.mode = 0o644
-                    with open(src, "rb") as fh:
-                        reader = _HashingReader(fh, f["path"], f["size"], progress)
-                        tar.addfile(info, reader)
-                    reader.check(f["sha256"], src)
-        else:
-            for f, src in sources:
-                out = tmp / f["path"]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with open(src, "rb") as fin, open(out, "wb") as fout:
-                    actual, _ = _copy_hashing(fin, fout, f["path"], f["size"], progress)
-                if actual != f["sha256"]:
-                    raise BundleError(f"{src} changed since it was verified (sha256 {actual}, recorded {f['sha256']})",
-                                      fix="run `fmgguf verify` and pull the model again")
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        (_write_tar if is_tar else _write_dir)(tmp, manifest, sources, progress)
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
@@ -128,6 +78,74 @@ def export_models(dl: "ModelDownloader", specs: list[str], dest: Path, progress:
         elif tmp.exists():
             tmp.unlink()
     return manifest
+
+
+def _records_for(dl: "ModelDownloader", specs: list[str]) -> list[ModelRecord]:
+    """The store records ``specs`` name (NotDownloadedError for one that is not installed)."""
+    from fmgguf.download.store import refetch_fix
+
+    records: list[ModelRecord] = []
+    for spec in specs:
+        model_id, _, quant = spec.partition(":")
+        model_id = dl.known_id(model_id)
+        quants = [quant] if quant else dl.records.quants(model_id)
+        if not quants:
+            raise NotDownloadedError(f"{model_id} is not downloaded, so it cannot be exported",
+                                     fix=refetch_fix(model_id, None, dl.store.catalog_repo(model_id, None)))
+        for q in quants:
+            rec = dl.store.record(model_id, q)
+            if rec is None:
+                raise NotDownloadedError(f"{model_id}:{q} is not downloaded",
+                                         fix=refetch_fix(model_id, q, dl.store.catalog_repo(model_id, q)))
+            records.append(rec)
+    return records
+
+
+def _manifest_entry(dl: "ModelDownloader", rec: ModelRecord) -> dict[str, Any]:
+    """One model of the manifest: where it came from, its files' hashes, its catalog card."""
+    from fmgguf.errors import UnknownModelError
+
+    try:
+        card = dl.catalog.get(rec.id)
+        card_dict = card.model_dump(mode="json", exclude={"builtin"}, exclude_none=True)
+        builtin = card.builtin
+    except UnknownModelError:  # a store entry the catalog lost: carry a minimal card
+        card_dict, builtin = None, False
+    return {"id": rec.id, "quant": rec.quant, "repo": rec.repo, "revision": rec.revision,
+            "commit": rec.commit, "builtin": builtin, "card": card_dict,
+            "files": [{"name": f.name, "path": f"models/{rec.id}/{rec.quant}/{f.name}", "size": f.size,
+                       "sha256": f.sha256, "source": f.source} for f in rec.files]}
+
+
+def _write_tar(tmp: Path, manifest: dict[str, Any], sources: list[tuple[dict[str, Any], Path]],
+               progress: Progress | None) -> None:
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        data = json.dumps(manifest, indent=1).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        info.mtime = int(os.path.getmtime(sources[0][1])) if sources else 0
+        tar.addfile(info, io.BytesIO(data))
+        for f, src in sources:
+            info = tarfile.TarInfo(f["path"])
+            info.size = f["size"]
+            info.mode = 0o644
+            with open(src, "rb") as fh:
+                reader = _HashingReader(fh, f["path"], f["size"], progress)
+                tar.addfile(info, reader)
+            reader.check(f["sha256"], src)
+
+
+def _write_dir(tmp: Path, manifest: dict[str, Any], sources: list[tuple[dict[str, Any], Path]],
+               progress: Progress | None) -> None:
+    for f, src in sources:
+        out = tmp / f["path"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fin, open(out, "wb") as fout:
+            actual, _ = _copy_hashing(fin, fout, f["path"], f["size"], progress)
+        if actual != f["sha256"]:
+            raise BundleError(f"{src} changed since it was verified (sha256 {actual}, recorded {f['sha256']})",
+                              fix="run `fmgguf verify` and pull the model again")
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
 
 class _HashingReader:
@@ -226,74 +244,15 @@ def _check_manifest(data: Any, where: Path) -> list[dict[str, Any]]:
 
 def import_bundle(dl: "ModelDownloader", path: Path, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Verify every file of the bundle, then install all of it (or nothing)."""
-    from fmgguf.catalog.user import add_user_entry
-
     src = _Source(Path(path))
     staging = dl.settings.hub_cache / f".fmgguf-import-{uuid.uuid4().hex[:12]}"
     try:
-        try:
-            with src.open(MANIFEST) as fh:
-                manifest = json.loads(fh.read().decode("utf-8"))
-        except BundleError:
-            raise BundleError(f"{path} has no {MANIFEST}", fix="give the folder or .tar that `fmgguf export` wrote") from None
-        except (ValueError, UnicodeDecodeError, tarfile.TarError, EOFError, OSError) as exc:
-            raise BundleError(f"{path}: {MANIFEST} is unreadable ({exc})", fix="export the bundle again") from None
-        entries = _check_manifest(manifest, Path(path))
-        for entry in entries:  # a bundle may not contradict this machine's catalog pins
-            if entry["id"] in dl.catalog:
-                variant = dl.catalog.get(entry["id"]).variants.get(entry["quant"])
-                pins = {g.name: g.sha256 for g in variant.files if g.sha256} if variant else {}
-                for f in entry["files"]:
-                    if pins.get(f["name"], f["sha256"]) != f["sha256"]:
-                        raise BundleError(f"bundle file {f['path']} has sha256 {f['sha256']} but the catalog pins "
-                                          f"{pins[f['name']]}", fix="export from a machine with the same catalog")
-        total = sum(f["size"] for e in entries for f in e["files"])
-        check_free(dl.settings.hub_cache, total, f"importing {path}")
+        entries = _read_manifest(src, Path(path))
+        _check_against_catalog(dl, entries)
+        check_free(dl.settings.hub_cache, sum(f["size"] for e in entries for f in e["files"]), f"importing {path}")
         staging.mkdir(parents=True)
-        staged: dict[str, Path] = {}
-        for entry in entries:
-            for f in entry["files"]:
-                out = staging / f"{len(staged)}.part"
-                try:
-                    with src.open(f["path"]) as fin, open(out, "wb") as fout:
-                        actual, size = _copy_hashing(fin, fout, f["path"], f["size"], progress)
-                except (tarfile.TarError, EOFError) as exc:
-                    raise BundleError(f"bundle file {f['path']} is truncated or unreadable ({exc})",
-                                      fix="copy the bundle again; nothing was installed") from None
-                if size != f["size"]:
-                    raise BundleError(f"bundle file {f['path']} is {human_bytes(size)} ({size} bytes), manifest says "
-                                      f"{f['size']}: truncated", fix="copy the bundle again; nothing was installed")
-                if actual != f["sha256"]:
-                    raise BundleError(f"bundle file {f['path']} is corrupt: sha256 {actual}, manifest says {f['sha256']}",
-                                      fix="copy or export the bundle again; nothing was installed")
-                staged[f["path"]] = out
-        # everything verified: install
-        installed = []
-        for entry in entries:
-            card = entry.get("card")
-            if isinstance(card, dict) and not entry.get("builtin") and card.get("id") == entry["id"]:
-                variants = card.get("variants") or {}
-                card = {**card, "variants": {k: v for k, v in variants.items() if k == entry["quant"]} or variants}
-                add_user_entry(dl.settings, card)
-            commit = entry.get("commit") if isinstance(entry.get("commit"), str) and _HEX40.match(entry["commit"] or "") \
-                else hashlib.sha1(json.dumps(entry["files"], sort_keys=True).encode()).hexdigest()  # noqa: S324
-            files = []
-            for f in entry["files"]:
-                blob = dl.cache.blob(entry["repo"], f["sha256"])
-                blob.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged[f["path"]], blob)
-                pointer = dl.cache.link(entry["repo"], f["sha256"], commit, f["name"], entry.get("revision"))
-                source = f.get("source") if f.get("source") in ("pin", "hub", "tofu", "local", "lock") else "bundle"
-                if source in ("hub", "tofu"):
-                    dl.hashlock.set(entry["repo"], f["name"], f["sha256"], f["size"], source, commit)
-                files.append(file_record(f["name"], pointer, f["sha256"], source, blob))
-            old = dl.records.get(entry["id"], entry["quant"])
-            dl.records.put(ModelRecord(id=entry["id"], quant=entry["quant"], repo=entry["repo"], commit=commit,
-                                       revision=entry.get("revision"), origin="bundle", files=files))
-            if old is not None:  # e.g. an earlier import-gguf of the same id: its hard link is ours to drop
-                dl.release_files(old)
-            installed.append({"id": entry["id"], "quant": entry["quant"], "files": len(files),
-                              "bytes": sum(f["size"] for f in entry["files"]), "path": str(files[0].path)})
+        staged = _stage(src, entries, staging, progress)
+        installed = [_install(dl, entry, staged) for entry in entries]  # everything verified: install
         dl.reload_catalog()
         return installed
     finally:
@@ -301,70 +260,77 @@ def import_bundle(dl: "ModelDownloader", path: Path, progress: Progress | None =
         shutil.rmtree(staging, ignore_errors=True)
 
 
-# --- import-gguf -----------------------------------------------------------------------------------
-def _guess_quant(name: str) -> str | None:
-    from fmgguf.catalog.schema import LLAMA_CPP_QUANTS
-
-    upper = name.upper()
-    for q in sorted(LLAMA_CPP_QUANTS, key=len, reverse=True):
-        if re.search(rf"(^|[^A-Z0-9]){re.escape(q)}([^A-Z0-9]|$)", upper):
-            return q
-    return None
-
-
-def check_new_id(dl: "ModelDownloader", model_id: str, force: bool = False, flag: str = "--as") -> str:
-    """A valid id for a new local model that does not shadow a built-in catalog entry (unless ``force``)."""
-    from fmgguf.catalog.schema import _ID
-
-    if not _ID.match(model_id) or ".." in model_id:
-        better = re.sub(r"[^a-z0-9._-]+", "-", model_id.lower()).strip("-._") or "my-model"
-        raise InvalidRequestError(f"{flag} {model_id!r}: ids are lower-case letters, digits, '.', '_' or '-'",
-                                  fix=f"e.g. {flag} {better}")
-    if model_id in dl.catalog and dl.catalog.get(model_id).builtin and not force:
-        raise InvalidRequestError(f"{model_id} is already a built-in catalog model; importing would replace its entry",
-                                  fix=f"pick another {flag}, or pass --force to replace it")
-    return model_id
-
-
-def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | None = None,
-                force: bool = False) -> dict[str, Any]:
-    """Register one local GGUF as ``model_id``: a hard link in the store (or a reference), no copy.
-    A built-in catalog id is refused unless ``force``."""
-    from fmgguf.catalog import normalize_quant
-    from fmgguf.catalog.user import add_user_entry
-    from fmgguf.download.hashing import sha256_file
-
-    check_new_id(dl, model_id, force)
-    file = Path(file).expanduser()
-    if not file.is_file():
-        raise GGUFError(f"{file} is not a file", fix="give the path of a .gguf file")
-    with open(file, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise GGUFError(f"{file} is not a GGUF file (no GGUF magic)", fix="convert it with llama.cpp first")
-    q = normalize_quant(quant) if quant else _guess_quant(file.name)
-    if q is None:
-        raise UnknownQuantError(f"cannot tell the quantization of {file.name} from its name", fix="pass --quant Q4_K_M (or the right one)")
-    name = file.name if file.name.endswith(".gguf") else f"{file.name}.gguf"
-    sha = sha256_file(file)
-    size = file.stat().st_size
-    card = add_user_entry(dl.settings, {"id": model_id, "family": "custom", "display_name": model_id,
-                                        "variants": {q: {"repo": f"local/{model_id}",
-                                                         "files": [{"name": name, "size": size, "sha256": sha}]}}})
-    local = dl.settings.store_dir / "local" / card.id / q / name
-    local.parent.mkdir(parents=True, exist_ok=True)
-    mode = "hardlink"
+def _read_manifest(src: _Source, path: Path) -> list[dict[str, Any]]:
     try:
-        local.unlink(missing_ok=True)
-        os.link(file, local)
-        path = local
-    except OSError:  # another filesystem (or no hard links): reference the original file
-        mode, path = "reference", file.resolve()
-    rec = ModelRecord(id=card.id, quant=q, repo=f"local/{card.id}", commit=None, revision=None, origin="local",
-                      files=[file_record(name, path, sha, "local", None)])
-    old = dl.records.get(card.id, q)
-    dl.records.put(rec)
-    if old is not None:  # a re-import replaces the old record: drop what it owned (a blob, another hard link)
-        dl.release_files(old)
-    dl.reload_catalog()
-    return {"id": card.id, "quant": q, "path": str(path), "mode": mode, "sha256": sha, "bytes": size}
+        with src.open(MANIFEST) as fh:
+            manifest = json.loads(fh.read().decode("utf-8"))
+    except BundleError:
+        raise BundleError(f"{path} has no {MANIFEST}", fix="give the folder or .tar that `fmgguf export` wrote") from None
+    except (ValueError, UnicodeDecodeError, tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"{path}: {MANIFEST} is unreadable ({exc})", fix="export the bundle again") from None
+    return _check_manifest(manifest, path)
 
+
+def _check_against_catalog(dl: "ModelDownloader", entries: list[dict[str, Any]]) -> None:
+    """A bundle may not contradict this machine's catalog pins."""
+    for entry in entries:
+        if entry["id"] not in dl.catalog:
+            continue
+        variant = dl.catalog.get(entry["id"]).variants.get(entry["quant"])
+        pins = {g.name: g.sha256 for g in variant.files if g.sha256} if variant else {}
+        for f in entry["files"]:
+            if pins.get(f["name"], f["sha256"]) != f["sha256"]:
+                raise BundleError(f"bundle file {f['path']} has sha256 {f['sha256']} but the catalog pins "
+                                  f"{pins[f['name']]}", fix="export from a machine with the same catalog")
+
+
+def _stage(src: _Source, entries: list[dict[str, Any]], staging: Path, progress: Progress | None) -> dict[str, Path]:
+    """Copy every file next to the hub cache, hashing as it goes; BundleError at the first bad one."""
+    staged: dict[str, Path] = {}
+    for entry in entries:
+        for f in entry["files"]:
+            out = staging / f"{len(staged)}.part"
+            try:
+                with src.open(f["path"]) as fin, open(out, "wb") as fout:
+                    actual, size = _copy_hashing(fin, fout, f["path"], f["size"], progress)
+            except (tarfile.TarError, EOFError) as exc:
+                raise BundleError(f"bundle file {f['path']} is truncated or unreadable ({exc})",
+                                  fix="copy the bundle again; nothing was installed") from None
+            if size != f["size"]:
+                raise BundleError(f"bundle file {f['path']} is {human_bytes(size)} ({size} bytes), manifest says "
+                                  f"{f['size']}: truncated", fix="copy the bundle again; nothing was installed")
+            if actual != f["sha256"]:
+                raise BundleError(f"bundle file {f['path']} is corrupt: sha256 {actual}, manifest says {f['sha256']}",
+                                  fix="copy or export the bundle again; nothing was installed")
+            staged[f["path"]] = out
+    return staged
+
+
+def _install(dl: "ModelDownloader", entry: dict[str, Any], staged: dict[str, Path]) -> dict[str, Any]:
+    """Move one model's verified files into the hub cache and record it (and its card)."""
+    from fmgguf.catalog.user import add_user_entry
+
+    card = entry.get("card")
+    if isinstance(card, dict) and not entry.get("builtin") and card.get("id") == entry["id"]:
+        variants = card.get("variants") or {}
+        card = {**card, "variants": {k: v for k, v in variants.items() if k == entry["quant"]} or variants}
+        add_user_entry(dl.settings, card)
+    commit = entry.get("commit") if isinstance(entry.get("commit"), str) and _HEX40.match(entry["commit"] or "") \
+        else hashlib.sha1(json.dumps(entry["files"], sort_keys=True).encode()).hexdigest()  # noqa: S324
+    files = []
+    for f in entry["files"]:
+        blob = dl.cache.blob(entry["repo"], f["sha256"])
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged[f["path"]], blob)
+        pointer = dl.cache.link(entry["repo"], f["sha256"], commit, f["name"], entry.get("revision"))
+        source = f.get("source") if f.get("source") in ("pin", "hub", "tofu", "local", "lock") else "bundle"
+        if source in ("hub", "tofu"):
+            dl.hashlock.set(entry["repo"], f["name"], f["sha256"], f["size"], source, commit)
+        files.append(file_record(f["name"], pointer, f["sha256"], source, blob))
+    old = dl.records.get(entry["id"], entry["quant"])
+    dl.records.put(ModelRecord(id=entry["id"], quant=entry["quant"], repo=entry["repo"], commit=commit,
+                               revision=entry.get("revision"), origin="bundle", files=files))
+    if old is not None:  # e.g. an earlier import-gguf of the same id: its hard link is ours to drop
+        dl.release_files(old)
+    return {"id": entry["id"], "quant": entry["quant"], "files": len(files),
+            "bytes": sum(f["size"] for f in entry["files"]), "path": str(files[0].path)}

@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 from fmgguf._util import atomic_write_text, human_bytes
@@ -91,7 +92,8 @@ def quarantine(path: Path, quarantine_dir: Path, label: str) -> Path | None:
     if not path.exists():
         return None
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    dest = quarantine_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{label}"
+    # unique per move: two bad copies within a second must not overwrite each other
+    dest = quarantine_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}-{label}"
     try:
         os.replace(path, dest)
     except OSError:  # another filesystem: copy then remove

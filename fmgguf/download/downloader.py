@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf._util import PerSettings
-from fmgguf.download import housekeeping as hk
-from fmgguf.download.cache import HubCache, check_free, quarantine
+from fmgguf.download.cache import check_free
 from fmgguf.download.fetch import Expected, Fetcher, Progress
 from fmgguf.download.hashing import sha256_file
-from fmgguf.download.records import HashLock, ModelRecord, StoreRecords, file_record
-from fmgguf.errors import IntegrityError, LockTimeoutError, NotDownloadedError, OfflineError
+from fmgguf.download.records import ModelRecord, file_record
+from fmgguf.download.store import LOCAL_REPO_PREFIX, FileCheck, Store, VerifyResult, refetch_fix
+from fmgguf.errors import IntegrityError, LockTimeoutError, NotDownloadedError, OfflineError, UnknownModelError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,32 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fmgguf.download")
 
 
-@dataclass
-class FileCheck:
-    model_id: str
-    quant: str
-    file: str
-    path: str
-    expected: str | None
-    actual: str | None
-    source: str
-    ok: bool
-    problem: str | None = None
-
-
-@dataclass
-class VerifyResult:
-    checks: list[FileCheck] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "files": [c.__dict__ for c in self.checks]}
+__all__ = ["FileCheck", "ModelDownloader", "VerifyResult", "get_model_downloader"]
 
 
 class ModelDownloader:
@@ -62,9 +36,9 @@ class ModelDownloader:
             settings = load_settings()
         self.settings = settings
         self._catalog = catalog
-        self.records = StoreRecords(settings.store_dir)
-        self.hashlock = HashLock(settings.store_dir)
-        self.cache = HubCache(settings.hub_cache)
+        #: what is installed and the files it owns (records, hash lock, hub cache)
+        self.store = Store(settings, lambda: self.catalog)
+        self.records, self.hashlock, self.cache = self.store.records, self.store.hashlock, self.store.cache
         #: transfer policy (tests shorten these)
         self.read_timeout = 60.0
         self.backoff_base = 1.0
@@ -100,7 +74,12 @@ class ModelDownloader:
     def _fetcher(self, progress: Progress | None, max_rate: int | None = None, verify: bool = True) -> Fetcher:
         settings = self.settings if max_rate is None else self.settings.replace(max_rate=max_rate)
         return Fetcher(settings, read_timeout=self.read_timeout, backoff_base=self.backoff_base,
-                       lock_timeout=self.lock_timeout, progress=progress, verify=verify)
+                       lock_timeout=self.lock_timeout, progress=progress, verify=verify, vouch=self._vouch)
+
+    def _vouch(self, path: Path, sha256: str) -> str | None:
+        """Which installed model verified these bytes at ``path`` (``id:QUANT``), if any."""
+        rec = self.store.vouched_by(path, sha256)
+        return f"{rec.id}:{rec.quant}" if rec is not None else None
 
     # --- pulling ---------------------------------------------------------------------------------
     def download_model(self, model_id: "str | ModelConfig", quant: "str | ModelConfig | None" = "Q4_K_M",
@@ -117,9 +96,9 @@ class ModelDownloader:
         rec = self.records.get(card.id, q)
         if rec is not None and self._record_ok(rec, variant, revision):
             return Path(rec.files[0].path)
-        if variant.repo.startswith(hk.LOCAL_REPO_PREFIX):  # import-gguf / bundle entries exist on no hub
+        if variant.repo.startswith(LOCAL_REPO_PREFIX):  # import-gguf / bundle entries exist on no hub
             raise NotDownloadedError(f"{card.id}:{q} is not in the local store",
-                                     fix=hk.refetch_fix(card.id, q, variant.repo, rec.origin if rec else None),
+                                     fix=refetch_fix(card.id, q, variant.repo, rec.origin if rec else None),
                                      model_id=card.id, quant=q)
         if self.settings.offline if offline is None else offline:
             return self._offline_install(card, q, variant, rev)
@@ -227,18 +206,10 @@ class ModelDownloader:
 
     # --- the store -------------------------------------------------------------------------------
     def _record(self, model_id: str, quant: str | None) -> ModelRecord | None:
-        from fmgguf.catalog import normalize_quant
-
-        if quant:
-            return self.records.get(model_id, normalize_quant(quant))
-        quants = self.records.quants(model_id)
-        if not quants:
-            return None
-        pick = self.settings.default_quant if self.settings.default_quant in quants else quants[0]
-        return self.records.get(model_id, pick)
+        return self.store.record(model_id, quant)
 
     def _catalog_repo(self, model_id: str, quant: str | None) -> str | None:
-        return hk.catalog_repo(self, model_id, quant)
+        return self.store.catalog_repo(model_id, quant)
 
     def known_id(self, model_id: str) -> str:
         """The canonical id of a model the store or the catalog knows; else UnknownModelError (did you mean…)."""
@@ -251,7 +222,7 @@ class ModelDownloader:
             return model_id
         try:
             return self.catalog.get(model_id).id
-        except Exception:  # noqa: BLE001 - an id only the store knows
+        except UnknownModelError:  # an id only the store knows
             return model_id
 
     def model_path(self, model_id: str, quant: str | None = None) -> Path:
@@ -260,14 +231,21 @@ class ModelDownloader:
         rec = self._record(model_id, quant)
         if rec is None or not rec.files:
             raise NotDownloadedError(f"{model_id}{':' + quant if quant else ''} is not downloaded",
-                                     fix=hk.refetch_fix(model_id, quant, self._catalog_repo(model_id, quant)),
+                                     fix=refetch_fix(model_id, quant, self._catalog_repo(model_id, quant)),
                                      model_id=model_id)
+        pins = self.store.pins(rec)
         for fr in rec.files:
             if not fr.unchanged():
                 raise IntegrityError(f"{fr.path} changed or vanished since it was verified",
-                                     fix=f"{hk.refetch_fix(model_id, rec.quant, rec.repo, rec.origin)} "
+                                     fix=f"{refetch_fix(model_id, rec.quant, rec.repo, rec.origin)} "
                                          f"(`fmgguf verify {model_id}` names the bad file)",
                                      file=fr.name)
+            pin, source = pins.get(fr.name, (fr.sha256, fr.source))
+            if source == "pin" and pin != fr.sha256:  # the catalog changed since this copy was verified
+                raise IntegrityError(f"{fr.name}: the catalog now pins sha256 {pin}, but the installed copy is the "
+                                     f"{fr.sha256} verified when it was installed",
+                                     fix=f"{refetch_fix(model_id, rec.quant, rec.repo, rec.origin)} to get the pinned "
+                                         "file, or correct the catalog pin", file=fr.name, expected=pin, actual=fr.sha256)
         return Path(rec.files[0].path)
 
     def is_model_downloaded(self, model_id: str, quant: str | None = None) -> bool:
@@ -280,55 +258,33 @@ class ModelDownloader:
     def list_downloaded(self) -> list[dict[str, Any]]:
         return [rec.as_dict() for rec in self.records.all()]
 
-    def verify_model_integrity(self, model_id: str, quant: str | None = None) -> VerifyResult:
-        """Re-hash every installed file against its pin (catalog, hub lock, bundle or first use).
-        A bad file is moved to quarantine and the model is no longer reported as downloaded."""
+    def verify_and_quarantine(self, model_id: str, quant: str | None = None) -> VerifyResult:
+        """Re-hash every installed file against what it must match today (catalog pin, hub lock, bundle
+        or first use). A model with a bad file loses its record (it is no longer downloaded); a really
+        corrupt file (matching neither that nor what was verified at install) is moved to quarantine,
+        unless another model's record vouches for its bytes. A changed pin moves nothing."""
         model_id = self.known_id(model_id)
         quants = [quant] if quant else self.records.quants(model_id)
         if not quants:
             raise NotDownloadedError(f"{model_id} is not downloaded, so there is nothing to verify",
-                                     fix=hk.refetch_fix(model_id, None, self._catalog_repo(model_id, None)), model_id=model_id)
+                                     fix=refetch_fix(model_id, None, self._catalog_repo(model_id, None)), model_id=model_id)
         result = VerifyResult()
         for q in quants:
             rec = self._record(model_id, q)
             if rec is None:
                 raise NotDownloadedError(f"{model_id}:{q} is not downloaded",
-                                         fix=hk.refetch_fix(model_id, q, self._catalog_repo(model_id, q)), model_id=model_id)
-            pins = self._pins(rec)
-            bad = False
-            for fr in rec.files:
-                expected, source = pins.get(fr.name, (fr.sha256, fr.source))
-                path = Path(fr.path)
-                actual = sha256_file(path) if path.is_file() else None
-                ok = actual is not None and actual == expected
-                problem = None if ok else ("missing" if actual is None else "sha256 mismatch")
-                if not ok and actual is not None:
-                    moved = quarantine(path.resolve(), self.settings.store_dir / "quarantine", f"{fr.name}.bad")
-                    problem += f" (moved to {moved})"
-                bad = bad or not ok
-                result.checks.append(FileCheck(model_id, rec.quant, fr.name, fr.path, expected, actual, source, ok, problem))
-            if bad:
-                self.records.delete(model_id, rec.quant)
+                                         fix=refetch_fix(model_id, q, self._catalog_repo(model_id, q)), model_id=model_id)
+            checks = self.store.check_files(rec)
+            if all(c.ok for c in checks):
+                self.store.refresh(rec)
             else:
-                self.records.put(ModelRecord(**{**rec.__dict__, "files": [
-                    file_record(f.name, Path(f.path), f.sha256, f.source, Path(f.blob) if f.blob else None)
-                    for f in rec.files]}))
+                self.store.quarantine_corrupt(rec, checks)
+                self.records.delete(model_id, rec.quant)
+            result.checks.extend(checks)
         return result
 
-    def _pins(self, rec: ModelRecord) -> dict[str, tuple[str, str]]:
-        out: dict[str, tuple[str, str]] = {}
-        try:
-            variant = self.catalog.get(rec.id).variants.get(rec.quant)
-        except Exception:  # noqa: BLE001 - a model the catalog no longer has: its record is the pin
-            variant = None
-        for fr in rec.files:
-            pinned = next((f.sha256 for f in variant.files if f.name == fr.name and f.sha256), None) if variant else None
-            locked = self.hashlock.get(rec.repo, fr.name)
-            if pinned:
-                out[fr.name] = (pinned, "pin")
-            elif locked and fr.source in ("hub", "lock", "tofu"):
-                out[fr.name] = (locked["sha256"], locked.get("source", "lock"))
-        return out
+    #: the seed's name for :meth:`verify_and_quarantine` (it moves corrupt files and drops records)
+    verify_model_integrity = verify_and_quarantine
 
     def delete_model(self, model_id: str, quant: str | None = None) -> bool:
         from fmgguf.catalog import normalize_quant
@@ -343,16 +299,15 @@ class ModelDownloader:
             self.records.delete(model_id, q)
             self.release_files(rec)
             removed = True
-        # what an earlier import left under store/local/<id> that no record points at any more
-        hk.drop_unowned_local(self, model_id)
+        self.store.drop_unowned_local(model_id)
         return removed
 
     def release_files(self, old: ModelRecord) -> None:
         """Remove the files of a deleted or replaced record that no current record uses (only files fmgguf owns)."""
-        hk.release_files(self, old)
+        self.store.release_files(old)
 
     def disk_usage(self) -> dict[str, Any]:
-        return hk.disk_usage(self)
+        return self.store.disk_usage()
 
     # --- pins without downloading -----------------------------------------------------------------
     def lock_hashes(self, model_ids: list[str] | None = None) -> list[dict[str, Any]]:

@@ -1,8 +1,11 @@
 """One file from the hub into the cache: resumable, retried, rate-capped, hashed while streaming.
 
 The partial file is ``blobs/<etag>.incomplete``; a new run re-hashes its bytes and asks for the
-rest with ``Range``. A finished file whose sha256 differs from the expected one is moved to
-quarantine and fetched once more from scratch; a second mismatch is an :class:`IntegrityError`.
+rest with ``Range``. A file whose sha256 differs from the expected one is sorted out:
+- the hub's own hash (or another installed model's verified record) matches its bytes: the pin is
+  wrong, not the file: :class:`IntegrityError` at once with both hashes, nothing moved or fetched;
+- it matches neither (real corruption): moved to quarantine and fetched at most once more; a
+  second mismatch is an :class:`IntegrityError`.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class Fetcher:
 
     def __init__(self, settings: "Settings", *, read_timeout: float = 60.0, backoff_base: float = 1.0,
                  backoff_cap: float = 30.0, lock_timeout: float = 6 * 3600, progress: Progress | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, vouch: "Callable[[Path, str], str | None] | None" = None) -> None:
         self.settings = settings
         self.cache = HubCache(settings.hub_cache)
         self.read_timeout = read_timeout
@@ -61,6 +64,8 @@ class Fetcher:
         self.lock_timeout = lock_timeout
         self.progress = progress
         self.verify = verify
+        #: vouch(path, sha256): the installed model ("id:QUANT") that verified these bytes, or None
+        self.vouch = vouch or (lambda _path, _sha: None)
         self.retries = max(0, settings.download_retries)
 
     # --- retry policy ------------------------------------------------------------------------
@@ -103,14 +108,17 @@ class Fetcher:
     def _fetch_locked(self, repo: str, filename: str, revision: str | None, remote: RemoteFile,
                       expected: Expected, blob: Path) -> Fetched:
         qdir = self.settings.store_dir / "quarantine"
+        attempts = 2
         if blob.exists():  # placed by an earlier pull, another process or huggingface_hub itself
             actual = sha256_file(blob) if self.verify else (expected.sha256 or "")
             problem = self._problem(actual, None, blob.stat().st_size, remote, expected)
             if problem is None:
                 return self._place(repo, filename, revision, remote, blob, actual, expected)
+            self._refuse_if_vouched(filename, blob, actual, remote, expected)
             moved = quarantine(blob, qdir, f"{filename}.bad")
             log.warning("%s in the cache was bad (%s); moved to %s, downloading again", filename, problem, moved)
-        for attempt in (1, 2):
+            attempts = 1  # the bad cached copy was the first: fetch at most once more
+        for attempt in range(1, attempts + 1):
             partial = self.cache.incomplete(repo, remote.etag)
             actual, git_oid, size = self._transfer(filename, remote, partial, expected.size or remote.size)
             if not self.verify:
@@ -118,14 +126,43 @@ class Fetcher:
             problem = self._problem(actual, git_oid, size, remote, expected)
             if problem is None:
                 return self._place(repo, filename, revision, remote, partial, actual, expected)
+            if self._is_hubs(actual, git_oid, size, remote):  # the hub's own bytes: the pin is what is wrong
+                self._place(repo, filename, revision, remote, partial, actual, expected)
+                raise self._pin_error(filename, actual, expected, f"the hub's own hash ({remote.etag}) matches the "
+                                      "downloaded bytes")
             moved = quarantine(partial, qdir, f"{filename}.bad")
-            if attempt == 1:
+            if attempt < attempts:
                 log.warning("%s: %s (moved to %s); downloading it again from scratch", filename, problem, moved)
         raise IntegrityError(
-            f"{filename} from {repo} failed verification twice: {problem}; the bad copy is in {moved}",
+            f"{filename} from {repo} failed verification: {problem}; the bad copy is in {moved}",
             fix="the mirror or network corrupts data: try another HF_ENDPOINT, or check the catalog pin",
             file=filename, expected=expected.sha256, actual=actual,
         )
+
+    def _refuse_if_vouched(self, filename: str, blob: Path, actual: str, remote: RemoteFile, expected: Expected) -> None:
+        """A cached blob that the hub's hash or another model's verified record vouches for is good
+        bytes under a wrong expectation: fail at once, moving and fetching nothing."""
+        owner = self.vouch(blob, actual)
+        if owner is not None:
+            raise self._pin_error(filename, actual, expected, f"{owner} verified these bytes and uses them")
+        if remote.sha256 is not None and actual == remote.sha256:
+            raise self._pin_error(filename, actual, expected, "the hub's own sha256 matches them")
+        if remote.git_oid is not None and blob.stat().st_size == remote.size and _git_oid(blob) == remote.git_oid:
+            raise self._pin_error(filename, actual, expected, "the hub's git blob id matches them")
+
+    @staticmethod
+    def _is_hubs(actual: str, git_oid: str | None, size: int, remote: RemoteFile) -> bool:
+        if remote.size is not None and size != remote.size:
+            return False
+        return (remote.sha256 is not None and actual == remote.sha256) or \
+            (remote.git_oid is not None and git_oid is not None and git_oid == remote.git_oid)
+
+    def _pin_error(self, filename: str, actual: str, expected: Expected, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"{filename}: the {expected.source} expects sha256 {expected.sha256}, but the file is {actual} and "
+            f"{why}: the expectation is wrong, not the file (nothing was moved or downloaded again)",
+            fix="correct the catalog entry's sha256 (or its revision) to the file's real hash, then pull again",
+            file=filename, expected=expected.sha256, actual=actual)
 
     def _problem(self, actual: str, git_oid: str | None, size: int, remote: RemoteFile, expected: Expected) -> str | None:
         want_size = expected.size or remote.size
@@ -264,3 +301,14 @@ class _Sink:
         self.offset += n
         if self.progress is not None:
             self.progress(self.filename, self.offset, self.size)
+
+
+def _git_oid(path: Path) -> str | None:
+    """git's blob id of a file (how a plain git mirror names its content)."""
+    size = path.stat().st_size
+    hasher = StreamHasher(size)
+    try:
+        feed_file(hasher, path, size)
+        return hasher.git_oid()
+    finally:
+        hasher.close()

@@ -6,6 +6,10 @@ memory llama.cpp itself plans with. The package is located with ``importlib.util
 without importing llama_cpp. Where NVML (``pynvml``) is importable, it supplies the GPU memory
 numbers for NVIDIA devices (matched by PCI bus id). RAM comes from psutil.
 ``settings.vram_override`` (``--vram 8GB``) plans for another card: one GPU with that much free.
+
+The same bindings reach llama.cpp's RPC backend: attaching a worker's devices (``rpc_attach``, what
+llama.cpp's ``--rpc`` does) and serving this machine's devices (``rpc_serve``, `fmgguf worker`).
+Everything goes through ``libllama``'s handle: the wheel's libggml copies each have a registry.
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ class Device:
     index: int  # position among ggml devices (llama.cpp's device order)
     name: str  # CUDA0, Vulkan0, Metal, CPU, ...
     description: str
-    kind: str  # CPU | GPU | IGPU | ACCEL
+    kind: str  # CPU | GPU | IGPU | ACCEL | RPC (a worker's device attached in this process)
     free: int
     total: int
     backend: str  # the ggml backend registry it belongs to (CUDA, Vulkan, Metal, CPU, ...)
     pci_id: str | None = None
-    memory_source: str = "ggml"  # ggml | nvml | override | psutil
+    memory_source: str = "ggml"  # ggml | nvml | override | psutil | rpc (probe) | budget (--rpc @BUDGET)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,10 +49,14 @@ class SystemMemory:
     ram_total: int
     backends: list[str] = field(default_factory=list)
     source: str = "ggml"  # ggml | override | none
+    #: RPC workers' devices (kind "RPC"), in the order llama.cpp puts them: before the local GPUs
+    workers: list[Device] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"gpus": [g.as_dict() for g in self.gpus], "ram_free": self.ram_free, "ram_total": self.ram_total,
-                "backends": self.backends, "source": self.source}
+                "backends": self.backends, "source": self.source, "workers": [w.as_dict() for w in self.workers],
+                "notes": self.notes}
 
 
 def llama_cpp_lib_dir() -> Path | None:
@@ -79,13 +87,16 @@ class _Props(ctypes.Structure):
 
 @lru_cache(maxsize=1)
 def _ggml() -> ctypes.CDLL | None:
+    """ggml's API through ``libllama``: the wheel ships libggml as separate *copies* (``.so``, ``.so.0``,
+    ``.so.0.x.y``), each with its own backend registry, so binding ``libggml.so`` directly can give a
+    registry llama.cpp never sees. libllama, opened by the very path llama_cpp opens, is one shared
+    handle whichever is loaded first, and its symbol lookup reaches the libggml llama.cpp uses."""
     lib_dir = llama_cpp_lib_dir()
     if lib_dir is None:
         return None
     mode = getattr(os, "RTLD_GLOBAL", 0)
     try:
-        ctypes.CDLL(str(lib_dir / _lib_name("ggml-base")), mode=mode)
-        lib = ctypes.CDLL(str(lib_dir / _lib_name("ggml")), mode=mode)
+        lib = ctypes.CDLL(str(lib_dir / _lib_name("llama")), mode=mode)
     except OSError:
         return None
     vp = ctypes.c_void_p
@@ -96,7 +107,11 @@ def _ggml() -> ctypes.CDLL | None:
             "ggml_backend_dev_get_props": ([vp, ctypes.POINTER(_Props)], None),
             "ggml_backend_dev_backend_reg": ([vp], vp), "ggml_backend_reg_name": ([vp], ctypes.c_char_p),
             "ggml_backend_reg_count": ([], ctypes.c_size_t), "ggml_backend_reg_get": ([ctypes.c_size_t], vp),
-            "ggml_backend_load_all": ([], None)}
+            "ggml_backend_load_all": ([], None), "ggml_backend_reg_by_name": ([ctypes.c_char_p], vp),
+            "ggml_backend_reg_get_proc_address": ([vp, ctypes.c_char_p], vp), "ggml_backend_register": ([vp], None),
+            "ggml_backend_reg_dev_count": ([vp], ctypes.c_size_t),
+            "ggml_backend_reg_dev_get": ([vp, ctypes.c_size_t], vp),
+            "ggml_backend_dev_by_name": ([ctypes.c_char_p], vp)}
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
@@ -121,16 +136,96 @@ def ggml_devices() -> list[Device]:
     out = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
+        reg = lib.ggml_backend_dev_backend_reg(dev)
+        if reg and lib.ggml_backend_reg_name(reg) == b"RPC":  # attached worker: asking it would go over the
+            out.append(Device(index=i, name=lib.ggml_backend_dev_name(dev).decode(), kind="RPC", free=0, total=0,
+                              description=(lib.ggml_backend_dev_description(dev) or b"").decode(),
+                              backend="RPC", memory_source="rpc"))  # network (fmgguf.runtime.rpc.probe does)
+            continue
         props = _Props()
         lib.ggml_backend_dev_get_props(dev, ctypes.byref(props))
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        reg = lib.ggml_backend_dev_backend_reg(dev)
         out.append(Device(index=i, name=(props.name or b"?").decode(), description=(props.description or b"").decode(),
                           kind=DEV_TYPES.get(props.type, str(props.type)), free=int(free.value), total=int(total.value),
                           backend=lib.ggml_backend_reg_name(reg).decode() if reg else "?",
                           pci_id=props.device_id.decode() if props.device_id else None))
     return out
+
+
+# --- llama.cpp's RPC backend (workers) -----------------------------------------------------------------
+#: endpoint -> its device names, for the workers attached in this process (mirrors ggml's own registry,
+#: which is process-wide and has no way to unregister a backend)
+_ATTACHED: dict[str, list[str]] = {}
+_ADD_SERVER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
+_START_SERVER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
+                                 ctypes.POINTER(ctypes.c_void_p))
+
+
+def _rpc_fn(name: str, proto: Any) -> Any:
+    lib = _ggml()
+    reg = lib.ggml_backend_reg_by_name(b"RPC") if lib is not None else None
+    addr = lib.ggml_backend_reg_get_proc_address(reg, name.encode()) if reg else None
+    return proto(addr) if addr else None
+
+
+def rpc_supported() -> bool:
+    """True when this llama.cpp build has the RPC backend (built with GGML_RPC=on)."""
+    return _rpc_fn("ggml_backend_rpc_add_server", _ADD_SERVER) is not None
+
+
+def rpc_attach(endpoint: str) -> list[str]:
+    """Register the devices of the worker at ``endpoint`` with llama.cpp's registry, as llama.cpp's own
+    ``--rpc`` does (they come first in llama.cpp's device order, in the order attached); returns their
+    names (RPC0, RPC1, ...). Attaching the same endpoint again is a no-op. **Probe the worker first**
+    (:func:`fmgguf.runtime.rpc.probe`): llama.cpp aborts the process when it cannot reach it."""
+    lib, add = _ggml(), _rpc_fn("ggml_backend_rpc_add_server", _ADD_SERVER)
+    if lib is None or add is None:
+        from fmgguf.errors import WorkerError
+
+        raise WorkerError("this llama.cpp build has no RPC backend",
+                          fix="reinstall with `make install` (it builds llama-cpp-python with -DGGML_RPC=on)")
+    attached = _ATTACHED
+    if endpoint not in attached:
+        reg = add(endpoint.encode())
+        if not reg:
+            from fmgguf.errors import WorkerError
+
+            raise WorkerError(f"RPC worker {endpoint} reports no devices", fix="restart it with --device")
+        lib.ggml_backend_register(reg)
+        attached[endpoint] = [lib.ggml_backend_dev_name(lib.ggml_backend_reg_dev_get(reg, i)).decode()
+                              for i in range(lib.ggml_backend_reg_dev_count(reg))]
+    return list(attached[endpoint])
+
+
+def attached_workers() -> list[str]:
+    """Endpoints attached in this process (they stay: ggml has no way to unregister a backend)."""
+    return list(_ATTACHED)
+
+
+def rpc_serve(endpoint: str, device_names: list[str], n_threads: int, cache_dir: str | None = None) -> str:
+    """Serve ``device_names`` as an RPC worker on ``endpoint`` (``ggml_backend_rpc_start_server``). Blocks
+    for as long as it serves, so run it in a process of its own; returns why it stopped."""
+    lib, start = _ggml(), _rpc_fn("ggml_backend_rpc_start_server", _START_SERVER)
+    if lib is None or start is None:
+        return "this llama.cpp build has no RPC backend (reinstall with `make install`: -DGGML_RPC=on)"
+    devs = []
+    for name in device_names:
+        dev = lib.ggml_backend_dev_by_name(name.encode())
+        if not dev:
+            known = ", ".join(d.name for d in ggml_devices())
+            return f"no device named {name!r} here (devices: {known})"
+        devs.append(dev)
+    arr = (ctypes.c_void_p * len(devs))(*devs)
+    start(endpoint.encode(), cache_dir.encode() if cache_dir else None, n_threads, len(devs), arr)
+    return f"the RPC server on {endpoint} stopped (port in use, or the address is not on this machine?)"
+
+
+def default_worker_devices() -> list[str]:
+    """What a worker serves when no --device is given: every GPU-like device, else the CPU (as rpc-server)."""
+    devs = ggml_devices()
+    gpus = [d.name for d in devs if d.kind in ("GPU", "IGPU") and d.backend != "RPC"]
+    return gpus or [d.name for d in devs if d.kind == "CPU"][:1]
 
 
 def _nvml_memory() -> dict[str, tuple[int, int]]:

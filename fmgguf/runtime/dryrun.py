@@ -11,6 +11,7 @@ loads the model, which is how tests check our estimates against what llama.cpp a
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -114,8 +115,11 @@ def measure(path: str | Path, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch
     if use_extra_bufts is not None:  # False: no CPU repack/AMX buffers (AMX + MoE aborts in this llama.cpp)
         request["use_extra_bufts"] = use_extra_bufts
     cmd = [sys.executable, "-m", module, "--dry-run", json.dumps(request)]
+    # GGML_NO_BACKTRACE: on a GGML_ASSERT, ggml_abort would fork to attach gdb, which can hang the
+    # child instead of letting it die at once
+    env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired:
         raise EngineError(f"llama.cpp's dry run of {path} took more than {timeout:.0f}s",
                           fix="check the file with `fmgguf inspect`; plan without measuring (--no-measure)") from None
@@ -126,6 +130,7 @@ def measure(path: str | Path, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch
         raise EngineError(f"llama.cpp's dry run of {path} died ({why}): {' | '.join(tail)[-300:]}",
                           fix="check the file with `fmgguf inspect` and the parameters (type_v needs flash_attn)")
     data = json.loads(line[len(_MARK):])
+    _forward_log(data.get("log", ""), failed=not data.get("ok"))
     parsed = parse_log(data.get("log", ""))
     meas = Measurement(ok=bool(data.get("ok")), n_ctx=data.get("n_ctx"), model_size=data.get("model_size"),
                        model_buffers=parsed["model"], kv_buffers={**parsed["KV"], **parsed["RS"]},
@@ -138,6 +143,21 @@ def measure(path: str | Path, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch
         raise GGUFError(f"llama.cpp could not load {path}: {reason}",
                         fix="check the file with `fmgguf inspect`, or download it again")
     return meas
+
+
+def _forward_log(text: str, failed: bool) -> None:
+    """The child's llama.cpp log into ours (the log file; the terminal with -v): info when it failed, so
+    the lines that explain it are kept, else debug."""
+    import logging
+
+    from fmgguf.runtime.llama_log import llama_log
+
+    level = logging.INFO if failed else logging.DEBUG
+    if not llama_log.isEnabledFor(level):
+        return
+    for ln in text.splitlines():
+        if ln.strip(". "):
+            llama_log.log(level, "%s", ln)
 
 
 def _log_reason(log: str) -> str:

@@ -27,6 +27,9 @@ from fmgguf.runtime.llama_log import LoadListener, LogRouter
 
 log = logging.getLogger(__name__)
 
+#: the shortest run of cached tokens moved in the KV cache rather than decoded again (llama.cpp's --cache-reuse)
+KV_REUSE_MIN = 64
+
 _KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
@@ -50,7 +53,11 @@ def lib() -> Any:
 
 
 def supports_gpu_offload() -> bool:
-    return bool(lib().llama_supports_gpu_offload())
+    """A local GPU to offload to (llama_supports_gpu_offload() is true on any build with the RPC backend)."""
+    from fmgguf.runtime.devices import ggml_devices
+
+    lib()
+    return any(d.kind in ("GPU", "IGPU") and d.backend != "RPC" for d in ggml_devices())
 
 
 def release_memory() -> None:
@@ -85,6 +92,8 @@ class LoadOptions:
     split_mode: str | int | None = None
     use_mmap: bool = True
     swa_full: bool | None = None
+    #: RPC workers ("host:port") attached before loading, in tensor_split order (ahead of local GPUs)
+    rpc_servers: tuple[str, ...] | None = None
 
     def llama_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -151,6 +160,10 @@ class Engine:
         self.path = Path(path)
         self.options = options
         mod = lib()
+        if options.rpc_servers:  # probed in Python first: llama.cpp aborts on a worker it cannot reach
+            from fmgguf.runtime.rpc import attach_workers
+
+            attach_workers(options.rpc_servers)
         listener = LoadListener(progress)
         _ROUTER.add(listener)
         started = time.perf_counter()
@@ -277,8 +290,11 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         llm.set_seed(int(seed) if seed is not None else random.randint(0, 2**31 - 1))
         pending = ""
-        gen = llm.generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p, temp=float(temperature),
-                           repeat_penalty=repeat_penalty, reset=True)
+        # KV prefix reuse: what the context already holds for the start of this prompt is kept, only
+        # the rest is decoded (an editor's next FIM request on the same file differs near the cursor)
+        stats.cached_tokens = cached = self._keep_common_prefix(llm, tokens)
+        gen = llm.generate(tokens[cached:], top_k=top_k, top_p=top_p, min_p=min_p, temp=float(temperature),
+                           repeat_penalty=repeat_penalty, reset=False)
         finish = None
         try:
             while True:
@@ -335,6 +351,54 @@ class Engine:
         tail = pending + decoder.decode(b"", final=True)
         if tail and finish != "cancelled":
             yield tail
+
+    @staticmethod
+    def _keep_common_prefix(llm: Any, tokens: Sequence[int]) -> int:
+        """Trim the KV cache to the longest prefix it shares with ``tokens`` and return its length.
+
+        At least the last prompt token is always decoded again (its logits choose the first new
+        token). Where the cache cannot be trimmed (some recurrent or sliding-window models) it is
+        cleared and the whole prompt decoded."""
+        import numpy as np  # noqa: PLC0415 - llama_cpp's own dependency
+
+        held = int(llm.n_tokens)
+        limit = min(held, len(tokens) - 1)
+        n = 0
+        if limit > 0:
+            diff = np.nonzero(llm.input_ids[:limit] != np.asarray(tokens[:limit], dtype=llm.input_ids.dtype))[0]
+            n = int(diff[0]) if len(diff) else limit
+        if n > 0:
+            n = Engine._shift_chunks(llm, tokens, n)
+        if n <= 0 or not llm._ctx.kv_cache_seq_rm(-1, n, -1):
+            llm.reset()
+            return 0
+        llm.n_tokens = n
+        return n
+
+    @staticmethod
+    def _shift_chunks(llm: Any, tokens: Sequence[int], n: int) -> int:
+        """llama.cpp's cache reuse, after the common prefix ``n``: where text was removed from the prompt
+        (an editor's oldest context chunk dropped, the window over a long file moved), runs of at least
+        :data:`KV_REUSE_MIN` cached tokens that the new prompt has next are moved down in the KV cache
+        instead of being decoded again. Returns how many leading prompt tokens the cache now holds."""
+        held, limit = int(llm.n_tokens), len(tokens) - 1
+        mem = getattr(llm._ctx, "memory", None)
+        if held - n < KV_REUSE_MIN or limit - n < KV_REUSE_MIN or mem is None or not lib().llama_memory_can_shift(mem):
+            return n
+        cache = llm.input_ids[:held].tolist()
+        head_c = head_p = n
+        while head_c < held and head_p < limit:
+            m = 0
+            while head_c + m < held and head_p + m < limit and cache[head_c + m] == tokens[head_p + m]:
+                m += 1
+            if m < KV_REUSE_MIN:
+                head_c += 1
+                continue
+            llm._ctx.kv_cache_seq_rm(0, head_p, head_c)
+            llm._ctx.kv_cache_seq_shift(0, head_c, head_c + m, head_p - head_c)
+            llm.input_ids[head_p: head_p + m] = cache[head_c: head_c + m]
+            head_c, head_p = head_c + m, head_p + m
+        return head_p
 
     # --- errors and teardown -------------------------------------------------------------------
     def _oom_error(self, listener: LoadListener | None, when: str, code: str | None = None) -> InsufficientMemoryError:

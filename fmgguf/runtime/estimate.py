@@ -59,6 +59,11 @@ class Estimate:
     source: str  # "file" | "header" | "catalog"
     compute_source: str  # "dry-run" | "formula"
     notes: list[str] = field(default_factory=list)
+    #: CPU-only: llama.cpp's model buffers (CPU_Mapped/CPU + CPU_REPACK, as printed) minus weights_total
+    host_extra: int = 0
+    #: bytes each block / the output layer adds in CPU_REPACK while it stays on the CPU (mmap: a second copy)
+    repack_layers: list[int] = field(default_factory=list)
+    repack_output: int = 0
 
     @property
     def n_layers(self) -> int:
@@ -71,8 +76,14 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        """Everything on one device (CPU-only or full offload): weights + KV + compute + output buffer."""
-        return self.weights_total + self.kv_total + self.compute + self.output_buffer
+        """Everything on one device (CPU-only or full offload): weights (+ the CPU's repacked copies) + KV
+        + compute + output buffer."""
+        return self.weights_total + self.host_extra + self.kv_total + self.compute + self.output_buffer
+
+    @property
+    def model_buffers(self) -> int:
+        """llama.cpp's model buffers on a CPU-only load, as its log prints them."""
+        return self.weights_total + self.host_extra
 
     def device_bytes(self, k: int) -> int:
         """Bytes on the (single) GPU with ``n_gpu_layers=k``: output layer first, then blocks from the top."""
@@ -95,6 +106,10 @@ class Estimate:
         kv = sum(self.kv_layers[i] for i in range(self.n_layer) if i not in on_gpu)
         # with every layer offloaded the host keeps only small staging buffers for the inputs
         compute = self.compute if k < self.n_layers else 4 * self.n_ubatch * 1024
+        if k == 0:
+            weights += self.host_extra
+        else:  # the blocks still on the CPU keep their repacked copies
+            weights += sum(self.repack_layers[i] for i in range(min(first, len(self.repack_layers))))
         return weights + kv + compute + self.output_buffer
 
     def as_dict(self) -> dict[str, Any]:
@@ -206,9 +221,10 @@ def split_weights(info: GGUFInfo) -> tuple[list[int], int, int, bool]:
 def estimate_file(info: GGUFInfo, n_ctx: int | None = None, type_k: str = "f16", type_v: str = "f16",
                   flash_attn: bool = False, swa_full: bool = True, n_ubatch: int = 512, n_batch: int = 512,
                   n_seq_max: int = 1, measure: bool = False, source: str = "file",
-                  use_extra_bufts: bool | None = None, n_gpu_layers: int = 0) -> Estimate:
+                  use_extra_bufts: bool | None = None, n_gpu_layers: int = 0, use_mmap: bool = True) -> Estimate:
     """Breakdown for a parsed GGUF. ``measure=True`` runs llama.cpp's dry run for the compute buffer
-    (and the KV/output sizes, which must agree with ours)."""
+    (and the KV/output sizes, which must agree with ours). The CPU's extra buffers (repacked weights,
+    fmgguf.runtime.repack) count as llama.cpp allocates them with ``use_mmap`` (the engine's default)."""
     check_kv_types(type_k, type_v, flash_attn)
     n_ctx = int(n_ctx or info.n_ctx_train or 4096)
     n_ubatch = min(n_ubatch, n_batch, n_ctx)
@@ -227,6 +243,7 @@ def estimate_file(info: GGUFInfo, n_ctx: int | None = None, type_k: str = "f16",
                    input_weights=inp, output_weights=out, tied_output=tied, weights_total=info.tensor_bytes,
                    kv_layers=kv, compute=compute, output_buffer=4 * n_vocab * n_seq_max, source=source,
                    compute_source="formula")
+    _add_extra_buffers(est, info, use_extra_bufts is not False, use_mmap)
     if measure:
         from fmgguf.errors import EngineError
         from fmgguf.runtime.dryrun import measure as dry_run
@@ -252,6 +269,26 @@ def estimate_file(info: GGUFInfo, n_ctx: int | None = None, type_k: str = "f16",
         elif m.error:
             est.notes.append(f"dry run: {m.error}")
     return est
+
+
+def _add_extra_buffers(est: Estimate, info: GGUFInfo, extra_bufts: bool, use_mmap: bool) -> None:
+    """The CPU's model buffers as llama.cpp prints them: the mapped (or allocated) weights and CPU_REPACK.
+
+    Modelled for CPU builds; where the build has a GPU backend, CPU-resident weights go to its pinned
+    host buffers first (llama.cpp's make_cpu_buft_list), which this does not model (a note says so)."""
+    from fmgguf.runtime.devices import ggml_devices
+    from fmgguf.runtime.repack import cpu_kernels, host_buffers
+
+    kernels = cpu_kernels() if extra_bufts else None
+    if kernels is not None and any(d.kind in ("GPU", "IGPU") for d in ggml_devices()):
+        est.notes.append("GPU build: CPU-side buffers (pinned host, repack) are not modelled")
+        kernels = None
+    if kernels is not None and kernels.amx:
+        est.notes.append("this CPU build has AMX buffers, which the estimate does not model")
+    bufs = host_buffers(info, kernels, use_mmap)
+    est.host_extra = bufs.total - info.tensor_bytes
+    est.repack_layers = list(bufs.repack_layers)
+    est.repack_output = bufs.repack_output
 
 
 # --- from a catalog card (before download) --------------------------------------------------------

@@ -12,8 +12,8 @@ layer and the top blocks, and ``tensor_split`` holds the per-device layer counts
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from fmgguf.runtime.estimate import GPU_RUNTIME_OVERHEAD, Estimate, estimate_car
 if TYPE_CHECKING:
     from fmgguf.catalog.schema import ModelCard
     from fmgguf.runtime.gguf_info import GGUFInfo
+    from fmgguf.runtime.rpc import WorkerSpec
     from fmgguf.settings import Settings
 
 N_CTX_MIN = 4096
@@ -33,12 +34,24 @@ class DevicePlan:
     name: str
     layers: int
     needed: int
-    free: int
+    free: int  # the budget the plan had on this device (free memory, or a worker's --rpc @BUDGET)
     output_layer: bool = False
+    kind: str = "GPU"  # GPU | RPC (a worker) | CPU (this machine's RAM: the layers left over)
+    first_layer: int | None = None  # the blocks it holds, in llama.cpp's numbering (None: none)
+    last_layer: int | None = None
+    memory_source: str = "ggml"
+
+    @property
+    def layer_range(self) -> str:
+        if self.first_layer is None or self.last_layer is None:
+            return "-"
+        span = str(self.first_layer) if self.first_layer == self.last_layer else f"{self.first_layer}-{self.last_layer}"
+        return span + (" + output" if self.output_layer else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "layers": self.layers, "needed": self.needed, "free": self.free,
-                "output_layer": self.output_layer}
+                "output_layer": self.output_layer, "kind": self.kind, "first_layer": self.first_layer,
+                "last_layer": self.last_layer, "layer_range": self.layer_range, "memory_source": self.memory_source}
 
 
 @dataclass
@@ -86,14 +99,17 @@ class FitPlan:
 
 
 # --- placing layers ---------------------------------------------------------------------------------
-def place(est: Estimate, gpus: list[Device], margin: int, overhead: int = GPU_RUNTIME_OVERHEAD) -> list[DevicePlan]:
+def place(est: Estimate, gpus: list[Device], margin: int, overhead: int = GPU_RUNTIME_OVERHEAD,
+          margins: list[int] | None = None) -> list[DevicePlan]:
     """Layers per GPU, filling from the last GPU backwards: it takes the output layer and the top blocks
-    (the output layer is never split off: if the last GPU cannot hold it, nothing is offloaded)."""
-    plans: dict[int, DevicePlan] = {i: DevicePlan(d.name, 0, 0, d.free) for i, d in enumerate(gpus)}
+    (the output layer is never split off: if the last GPU cannot hold it, nothing is offloaded).
+    ``gpus`` in llama.cpp's device order (RPC workers first); ``margins``: per device, else ``margin``."""
+    plans: dict[int, DevicePlan] = {i: DevicePlan(d.name, 0, 0, d.free, kind=d.kind, memory_source=d.memory_source)
+                                    for i, d in enumerate(gpus)}
     top = est.n_layer  # blocks below `top` are still unassigned
     for pos in range(len(gpus) - 1, -1, -1):
         dev, last = gpus[pos], pos == len(gpus) - 1
-        budget = dev.free - margin - overhead - est.compute
+        budget = dev.free - (margins[pos] if margins else margin) - overhead - est.compute
         used, n = (est.output_weights, 1) if last else (0, 0)
         if budget < used:
             break
@@ -102,20 +118,50 @@ def place(est: Estimate, gpus: list[Device], margin: int, overhead: int = GPU_RU
             used += est.layer_weights[top] + est.kv_layers[top]
             n += 1
         if n:
-            plans[pos] = DevicePlan(dev.name, n, used + est.compute + overhead, dev.free, output_layer=last)
+            plans[pos] = DevicePlan(dev.name, n, used + est.compute + overhead, dev.free, output_layer=last,
+                                    kind=dev.kind, memory_source=dev.memory_source)
         if top == 0:
             break
-    return [plans[i] for i in range(len(gpus))]
+    return _number_layers([plans[i] for i in range(len(gpus))], est.n_layer)
+
+
+def _number_layers(devs: list[DevicePlan], n_layer: int) -> list[DevicePlan]:
+    """Which blocks each device holds, as llama.cpp assigns them from ``tensor_split`` (layer counts in
+    device order, the output layer counted on the last device): the offloaded ones are the top ones."""
+    cur = n_layer + 1 - sum(d.layers for d in devs)
+    for d in devs:
+        blocks = d.layers - (1 if d.output_layer else 0)
+        if blocks > 0:
+            d.first_layer, d.last_layer = cur, cur + blocks - 1
+        cur += d.layers
+    return devs
+
+
+def host_plan(est: Estimate, k: int, needed: int, free: int) -> DevicePlan:
+    """The row for this machine's RAM: the input embeddings and the blocks no device took."""
+    first_dev = est.n_layer + 1 - k
+    plan = DevicePlan("CPU (this machine)", max(first_dev, 0) if k < est.n_layers else 0, needed, free, kind="CPU",
+                      output_layer=k == 0, memory_source="psutil")
+    if first_dev > 0:
+        plan.first_layer, plan.last_layer = 0, min(first_dev, est.n_layer) - 1
+    return plan
 
 
 def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: str) -> FitPlan:
-    devs = place(est, mem.gpus, settings.vram_margin) if mem.gpus else []
+    targets = list(mem.workers) + list(mem.gpus)  # llama.cpp's order: RPC workers first, then local GPUs
+    margins = [0 if d.memory_source == "budget" else settings.vram_margin for d in targets]
+    devs = place(est, targets, settings.vram_margin, margins=margins) if targets else []
     k = sum(d.layers for d in devs)
     ram_needed = est.host_bytes(k)
     ram_budget = mem.ram_free - settings.ram_margin
     fits = ram_needed <= ram_budget
+    on_workers = sum(d.layers for d in devs if d.kind == "RPC")
     if not fits:
         label = "Won't fit"
+    elif on_workers:
+        n_w = len({d.name.split("#")[0] for d in devs if d.layers and d.kind == "RPC"})
+        label = (f"Split: {n_w} worker{'s' if n_w > 1 else ''}" + (" + GPU" if k > on_workers else "")
+                 + ("" if k >= est.n_layers else f" + RAM ({est.n_layers - k} of {est.n_layers} layers)"))
     elif k >= est.n_layers:
         label = "Full GPU"
     elif k > 0:
@@ -123,12 +169,14 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
     else:
         label = "CPU only"
     used = [d for d in devs if d.layers]
-    split = [float(d.layers) for d in devs] if len(used) > 1 else None
+    split = [float(d.layers) for d in devs] if len(used) > 1 or (mem.workers and k) else None
+    if mem.workers:
+        devs = devs + [host_plan(est, k, ram_needed, mem.ram_free)]
     return FitPlan(label=label, fits=fits, n_gpu_layers=k, n_layers=est.n_layers, n_ctx=est.n_ctx,
                    type_k=est.type_k, type_v=est.type_v, flash_attn=est.flash_attn,
-                   vram_needed=sum(d.needed for d in devs), ram_needed=ram_needed,
-                   vram_free=sum(g.free for g in mem.gpus), ram_free=mem.ram_free, devices=devs,
-                   tensor_split=split, estimate=est, source=source, notes=list(est.notes))
+                   vram_needed=sum(d.needed for d in devs if d.kind != "CPU"), ram_needed=ram_needed,
+                   vram_free=sum(g.free for g in targets), ram_free=mem.ram_free, devices=devs,
+                   tensor_split=split, estimate=est, source=source, notes=list(est.notes) + list(mem.notes))
 
 
 def choose(make: Callable[[int, str, str, bool], Estimate], mem: SystemMemory, settings: "Settings", *,
@@ -139,7 +187,7 @@ def choose(make: Callable[[int, str, str, bool], Estimate], mem: SystemMemory, s
     auto = n_ctx == "auto"
     ctx = int(n_ctx_train or settings.default_ctx) if auto else int(n_ctx or settings.default_ctx)
     plan = _plan_from(make(ctx, type_k, type_v, flash_attn), mem, settings, source)
-    want_full = bool(mem.gpus)
+    want_full = bool(mem.gpus or mem.workers)
 
     def good(p: FitPlan) -> bool:
         return p.fits and (p.full_gpu or not want_full)
@@ -178,19 +226,27 @@ def choose(make: Callable[[int, str, str, bool], Estimate], mem: SystemMemory, s
 
 
 # --- public entry points ------------------------------------------------------------------------------
-def _memory(settings: "Settings", vram: int | None, mem: SystemMemory | None) -> SystemMemory:
-    if mem is not None:
-        return mem
-    override = vram if vram is not None else settings.vram_override
-    return system_memory(vram_override=override)
+def _memory(settings: "Settings", vram: int | None, mem: SystemMemory | None,
+            workers: "Sequence[WorkerSpec] | None" = None, need_workers: bool = True) -> SystemMemory:
+    if mem is None:
+        override = vram if vram is not None else settings.vram_override
+        mem = system_memory(vram_override=override)
+    if workers:
+        from fmgguf.runtime.rpc import worker_devices
+
+        devs, notes = worker_devices(workers, need_reachable=need_workers)
+        mem = replace(mem, workers=devs, notes=list(mem.notes) + notes)
+    return mem
 
 
 def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "Settings | None" = None,
                   vram: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = False,
                   kv_quant: bool = False, swa_full: bool = True, n_ubatch: int = 512, measure: bool = True,
-                  mem: SystemMemory | None = None, info: "GGUFInfo | None" = None) -> FitPlan:
+                  mem: SystemMemory | None = None, info: "GGUFInfo | None" = None,
+                  workers: "Sequence[WorkerSpec] | None" = None, need_workers: bool = True) -> FitPlan:
     """The plan for a local GGUF on this machine (or for ``vram`` bytes of GPU memory). ``info``: the
-    file's header as :func:`~fmgguf.runtime.gguf_file.read_gguf` already returned it (not read again)."""
+    file's header as :func:`~fmgguf.runtime.gguf_file.read_gguf` already returned it (not read again).
+    ``workers``: RPC workers the layers may go to as well (probed; see :func:`fmgguf.runtime.rpc.worker_devices`)."""
     from fmgguf.settings import load_settings
 
     settings = settings or load_settings()
@@ -198,7 +254,7 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
         from fmgguf.runtime.gguf_file import read_gguf
 
         info = read_gguf(path)
-    mem = _memory(settings, vram, mem)
+    mem = _memory(settings, vram, mem, workers, need_workers)
 
     def make(ctx: int, tk: str, tv: str, fa: bool) -> Estimate:
         return estimate_file(info, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full,
@@ -212,14 +268,15 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
                             n_gpu_layers=plan.n_gpu_layers if mem.source == "ggml" else 0)
         notes = [n for n in plan.notes if n not in est.notes]
         plan = _plan_from(est, mem, settings, "file")
-        plan.notes = notes + plan.notes
+        plan.notes = notes + [n for n in plan.notes if n not in notes]
     return plan
 
 
 def plan_for_card(card: "ModelCard", quant: str, n_ctx: int | str | None = None, settings: "Settings | None" = None,
                   vram: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = False,
                   kv_quant: bool = False, swa_full: bool = True, n_ubatch: int = 512, path: str | Path | None = None,
-                  remote: bool = True, mem: SystemMemory | None = None) -> FitPlan:
+                  remote: bool = True, mem: SystemMemory | None = None, workers: "Sequence[WorkerSpec] | None" = None,
+                  need_workers: bool = True) -> FitPlan:
     """The plan for a catalog model: from the local file when given, else from its header read with
     HTTP Range requests, else (offline, or the hub unreachable) from catalog numbers."""
     from fmgguf.errors import FmggufError
@@ -228,8 +285,8 @@ def plan_for_card(card: "ModelCard", quant: str, n_ctx: int | str | None = None,
     settings = settings or load_settings()
     if path is not None:
         return plan_for_file(path, n_ctx, settings, vram, type_k, type_v, flash_attn, kv_quant, swa_full, n_ubatch,
-                             mem=mem)
-    mem = _memory(settings, vram, mem)
+                             mem=mem, workers=workers, need_workers=need_workers)
+    mem = _memory(settings, vram, mem, workers, need_workers)
     variant = card.variant(quant)
     note = None
     if remote and not settings.offline and len(variant.files) == 1:

@@ -13,7 +13,9 @@ The byte source is pluggable (a local file, or HTTP Range reads of a remote file
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import struct
 from collections.abc import Callable
 from functools import lru_cache
@@ -207,9 +209,10 @@ def _read_value(cur: _Cursor, vtype: int, key: str) -> Any:
     raise cur.fail(f"metadata {key} has unknown value type {vtype}")
 
 
-def parse_gguf(src: ByteSource, check_data: bool = True) -> GGUFInfo:
+def parse_gguf(src: ByteSource, check_data: bool = True, *, model: bool = True) -> GGUFInfo:
     """Parse and validate the header from ``src``. ``check_data=False`` skips the file-length checks
-    (for a header fetched alone, when the total size is not known)."""
+    (for a header fetched alone, when the total size is not known). ``model=False`` reads a file that
+    need not describe a model (the 2nd, 3rd… part of a gguf-split model holds tensors and split.* keys only)."""
     where = src.where
 
     def fail(reason: str) -> GGUFError:
@@ -294,7 +297,8 @@ def parse_gguf(src: ByteSource, check_data: bool = True) -> GGUFInfo:
                        f"past the end of the file ({src.size} bytes): truncated")
 
     info = GGUFInfo(where, src.size, version, alignment, data_offset, metadata, tensors)
-    _check_architecture(info, fail)
+    if model:
+        _check_architecture(info, fail)
     return info
 
 
@@ -315,14 +319,22 @@ def _check_architecture(info: GGUFInfo, fail: Callable[[str], GGUFError]) -> Non
             raise fail(f"tensor {t.name!r} belongs to layer {t.layer} but the model has {n_layer}")
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
-    """Validated header, metadata and tensor table of a local GGUF (GGUFError on any problem)."""
+def read_gguf(path: str | os.PathLike[str], *, check: bool = True) -> GGUFInfo:
+    """Validated header, metadata and tensor table of a local GGUF (GGUFError on any problem).
+
+    ``check`` (default) also holds the metadata against the tensors the way llama.cpp's loader
+    uses them (:func:`fmgguf.runtime.validation.check_model`) and raises for the first problem;
+    ``check=False`` returns a well-formed file's header even when llama.cpp could not load it
+    (``fmgguf inspect`` shows the problems itself)."""
     p = Path(path)
     if p.is_dir():
         raise GGUFError(f"{p} is a directory, not a GGUF file", fix="pass the .gguf file itself")
     src = FileSource(p)
     try:
-        return parse_gguf(src)
+        info = parse_gguf(src)
+        if check:
+            require_loadable(info)
+        return info
     except GGUFError:
         raise
     except (MemoryError, RecursionError, OverflowError, struct.error, ValueError) as exc:  # never a traceback
@@ -330,3 +342,45 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
                         fix="delete it and download it again, or check its source") from None
     finally:
         src.close()
+
+
+_SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def with_split_tensors(info: GGUFInfo) -> GGUFInfo | None:
+    """A gguf-split model's first part with the tensor tables of all its parts (llama.cpp loads them
+    together); ``info`` itself for a single file; None when a part is missing or unreadable."""
+    count = info.metadata.get("split.count", 1)
+    if not isinstance(count, int) or count <= 1:
+        return info
+    m = _SPLIT_NAME.match(Path(info.path).name)
+    if m is None or int(m["count"]) != count:
+        return None
+    tensors = list(info.tensors)
+    for no in range(1, count + 1):
+        part = Path(info.path).with_name(f"{m['stem']}-{no:05d}-of-{count:05d}.gguf")
+        if part.name == Path(info.path).name:
+            continue
+        try:
+            src = FileSource(part)
+        except GGUFError:
+            return None
+        try:
+            tensors += parse_gguf(src, model=False).tensors
+        except (GGUFError, MemoryError, OverflowError, struct.error, ValueError):
+            return None
+        finally:
+            src.close()
+    return dataclasses.replace(info, tensors=tensors)
+
+
+def require_loadable(info: GGUFInfo) -> None:
+    """GGUFError naming the first field llama.cpp would refuse or abort on (see validation.py)."""
+    from fmgguf.runtime.validation import file_problems
+
+    problems = file_problems(info)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise GGUFError(f"{info.path} cannot be loaded by llama.cpp: {problems[0]}{more}",
+                        fix="its metadata disagrees with what llama.cpp needs: get a correct GGUF "
+                            "(`fmgguf inspect FILE` lists every problem)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +135,8 @@ class GGUFInfo:
 
     def summary(self) -> dict[str, Any]:
         """What `fmgguf inspect` shows (JSON-safe)."""
-        scalars = {k: v for k, v in self.metadata.items()
+        scalars = {k: repr(v) if isinstance(v, float) and not math.isfinite(v) else v  # strict JSON: no NaN
+                   for k, v in self.metadata.items()
                    if not isinstance(v, (list, GGUFArray)) and k != "tokenizer.chat_template"}
         return {
             "path": self.path, "file_size": self.file_size, "gguf_version": self.version,

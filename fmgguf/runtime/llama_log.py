@@ -9,14 +9,21 @@ This module does not import llama_cpp.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-#: llama.cpp's own messages land here (level mapped from ggml's)
+#: llama.cpp's own messages land here (level mapped from ggml's). Quiet by default: the NullHandler
+#: keeps Python's last-resort handler from printing them when the application configured no logging.
 llama_log = logging.getLogger("fmgguf.llama_cpp")
+llama_log.addHandler(logging.NullHandler())
+#: the log file under the fmgguf home, and how big it may grow (rotated, 2 old files kept)
+LOG_FILE = Path("logs") / "llama.cpp.log"
+_LOG_MAX_BYTES = 2 * 1024 * 1024
 
 #: ggml log level -> logging level (GGML_LOG_LEVEL_CONT=5 continues the previous line)
 _LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
@@ -124,3 +131,52 @@ class LoadListener:
 
     def oom(self) -> bool:
         return any(h in line.lower() for line in self.lines for h in _OOM_HINTS)
+
+
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """The llama.cpp log file, created on its first line (a command that loads no model writes nothing);
+    a write that fails (disk full, read-only home) is dropped, never printed."""
+
+    def _open(self):  # noqa: ANN202 - logging's signature
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
+class _NotLlama(logging.Filter):
+    """Keeps llama.cpp's lines off a terminal handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(llama_log.name)
+
+
+def configure(home: Path, verbose: int = 0) -> Path:
+    """Send llama.cpp's log to ``home/logs/llama.cpp.log``, and to the terminal only with ``verbose``
+    >= 1 (-v: info and up, -vv: llama.cpp's debug chatter too). Returns the file's path.
+
+    For the CLI, the server and runner processes; the library itself only installs a NullHandler.
+    The terminal is the root logger's stream handlers (``logging.basicConfig``): without -v they get a
+    filter that drops llama.cpp's records; other handlers (a test's capture, an application's) still
+    see them. Failures still carry their explaining lines: :class:`LoadListener` collects them.
+    """
+    path = Path(home) / LOG_FILE
+    for handler in list(llama_log.handlers):
+        if isinstance(handler, _LogFile):
+            llama_log.removeHandler(handler)
+            handler.close()
+    handler = _LogFile(path, maxBytes=_LOG_MAX_BYTES, backupCount=2, delay=True, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+    llama_log.addHandler(handler)
+    llama_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    for term in logging.getLogger().handlers:
+        if type(term) is not logging.StreamHandler:
+            continue
+        quiet = [f for f in term.filters if isinstance(f, _NotLlama)]
+        if verbose >= 1:
+            for f in quiet:
+                term.removeFilter(f)
+        elif not quiet:
+            term.addFilter(_NotLlama())
+    return path

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmgguf.errors import FmggufError, GGUFError, InsufficientMemoryError, InvalidRequestError
+from fmgguf.errors import FmggufError, GGUFError, InsufficientMemoryError, InvalidRequestError, WorkerError
 
 if TYPE_CHECKING:
     from fmgguf.settings import Settings
@@ -49,6 +49,7 @@ class LoadRequest:
     type_v: str | None
     flash: bool
     needs_plan: bool
+    workers: tuple = ()  # RPC workers (fmgguf.runtime.rpc.WorkerSpec) the layers may go to
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,28 @@ class LoadedModel:
         return out
 
 
+class SwitchResult:
+    """What :meth:`ModelManager.switch_model` did: the model, its quant, the plan used, load time."""
+
+    def __init__(self, success: bool, model_id: str, quant: str | None, plan: Any, load_s: float,
+                 path: Path, n_ctx: int, n_gpu_layers: int) -> None:
+        self.success, self.model_id, self.quant, self.plan, self.load_s = success, model_id, quant, plan, load_s
+        self.path, self.n_ctx, self.n_gpu_layers = path, n_ctx, n_gpu_layers
+
+    @classmethod
+    def of(cls, info: LoadedModel) -> "SwitchResult":
+        return cls(True, info.id, info.quant, info.plan, info.load_s, Path(info.path), info.n_ctx, info.n_gpu_layers)
+
+    def as_dict(self) -> dict[str, Any]:
+        plan = self.plan.as_dict() if hasattr(self.plan, "as_dict") else self.plan
+        return {"success": self.success, "model_id": self.model_id, "quant": self.quant, "plan": plan,
+                "load_s": round(self.load_s, 4), "path": str(self.path), "n_ctx": self.n_ctx,
+                "n_gpu_layers": self.n_gpu_layers}
+
+    def __repr__(self) -> str:
+        return f"SwitchResult({self.as_dict()!r})"
+
+
 def validate(path: Path, cache: dict[tuple, FileFacts]) -> FileFacts:
     """Validate the GGUF (GGUFError for anything llama.cpp could choke on) and keep the few facts
     the load needs, with the parsed header (the fit plan reuses it instead of reading the file
@@ -110,7 +133,7 @@ def validate(path: Path, cache: dict[tuple, FileFacts]) -> FileFacts:
 
 
 def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: int | str, type_k: str, type_v: str,
-             flash: bool, gpu: bool, info: Any = None) -> Any:
+             flash: bool, gpu: bool, info: Any = None, workers: tuple = ()) -> Any:
     """The fit plan for ``path`` (``info``: its header, already read). On a CPU-only build the plan can
     only say "CPU only", so a plan that fits is kept per file identity, options and margins; with a GPU
     it is made afresh (free VRAM changes)."""
@@ -120,11 +143,11 @@ def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: i
         return None
     key = (identity(path), n_ctx, type_k, type_v, flash, settings.ram_margin, settings.vram_margin,
            settings.vram_override)
-    if not gpu and key in cache:
+    if not gpu and not workers and key in cache:
         return cache[key]
     plan = plan_for_file(path, n_ctx=n_ctx, settings=settings, type_k=type_k, type_v=type_v,
-                         flash_attn=flash, measure=gpu, info=info)
-    if not gpu and plan.fits:  # "won't fit" is measured again next time: memory may have been freed
+                         flash_attn=flash, measure=gpu, info=info, workers=workers)  # workers: probed
+    if not gpu and not workers and plan.fits:  # "won't fit" is measured again next time: memory may have been freed
         cache[key] = plan
         while len(cache) > 16:
             cache.pop(next(iter(cache)))
@@ -158,9 +181,13 @@ def load_request(facts: FileFacts, options: Mapping[str, Any], settings: "Settin
         except (TypeError, ValueError):
             raise InvalidRequestError(f"n_gpu_layers {layers_opt!r} is not a number",
                                       fix="use an integer (-1: all) or 'auto'") from None
+    from fmgguf.runtime.rpc import parse_workers
+
+    rpc = options.get("rpc")
+    workers = parse_workers(settings.rpc if rpc is None else rpc)
     return LoadRequest(n_ctx_opt=n_ctx_opt, layers_opt=layers_opt, want_ctx=want_ctx, type_k=options.get("type_k"),
                        type_v=options.get("type_v"), flash=bool(options.get("flash_attn") or False),
-                       needs_plan=layers_opt in (None, "auto") or n_ctx_opt == "auto")
+                       needs_plan=layers_opt in (None, "auto") or n_ctx_opt == "auto", workers=workers)
 
 
 #: llama_ftype values at or below Q4_K_M's size: suggesting "a smaller quant" there is no help
@@ -184,7 +211,9 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
     gpu = supports_gpu_offload()
     try:
         plan = fit_plan(path, s, plans, "auto" if n_ctx_opt == "auto" else want_ctx, type_k or "f16", type_v or "f16",
-                        flash, gpu, info=facts.info)
+                        flash, gpu, info=facts.info, workers=request.workers)
+    except WorkerError:
+        raise
     except Exception:
         if needs_plan:
             raise
@@ -211,7 +240,8 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
     opts = LoadOptions(n_ctx=n_ctx, n_gpu_layers=layers, n_threads=options.get("n_threads") or s.n_threads,
                        flash_attn=flash, type_k=type_k, type_v=type_v,
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),
-                       split_mode=options.get("split_mode"))
+                       split_mode=options.get("split_mode"),
+                       rpc_servers=tuple(w.endpoint for w in request.workers) or None)
     return opts, plan
 
 
@@ -220,6 +250,10 @@ def start_engine(path: Path, load_opts: Any, plan: Any, progress: Callable[[str,
     """The engine for ``path``: here (``inprocess``) or in a runner process of its own (``process``,
     an :class:`~fmgguf.runtime.runner.proxy.EngineProxy`); a load that runs out of memory says what
     the fit plan expected."""
+    if getattr(load_opts, "rpc_servers", None) and isolation != "process":
+        raise InvalidRequestError("RPC workers need the model in a runner process: llama.cpp aborts the whole "
+                                  "process when a worker is lost", fix="use isolation='process' (the default; "
+                                  "FMGGUF_ISOLATION=process), or load without --rpc")
     try:
         if isolation == "process":
             from fmgguf.runtime.runner.proxy import EngineProxy

@@ -261,3 +261,106 @@ def _int(value: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return out if out >= 0 else None
+
+
+# --- fill in the middle as prompt text: one layout per family, used by every API dialect -----------
+#: the repo-level tokens (repo name, file separator) of the families trained with them, by FIM prefix token
+_REPO_TOKENS: dict[str, tuple[str, str]] = {
+    "<|fim_prefix|>": ("<|repo_name|>", "<|file_sep|>"),   # Qwen2.5-Coder
+    "<fim_prefix>": ("<repo_name>", "<file_sep>"),         # StarCoder2
+}
+#: plain-text stops that end a completion in every family (the model starting a new file or turn)
+_FIM_STOPS: dict[str, tuple[str, ...]] = {
+    "<|fim_prefix|>": ("<|endoftext|>", "<|fim_pad|>", "<|im_start|>", "<|im_end|>"),
+    "<fim_prefix>": ("<|endoftext|>", "<fim_pad>"),
+    "<｜fim▁begin｜>": ("<｜end▁of▁sentence｜>",),
+    "▁<PRE>": ("<EOT>",), "<PRE>": ("<EOT>",),
+    "[PREFIX]": ("[INST]", "</s>"),
+}
+#: what goes between extra files for families without a file-separator token
+_SNIPPET_HEAD = "--- {name} ---\n"
+
+
+@dataclass(frozen=True)
+class FimFormat:
+    """How one family writes a fill-in-the-middle prompt as text (its special tokens spelled out).
+
+    ``order`` PSM: ``<pre>prefix<suf>suffix<mid>``; SPM (Codestral): ``<suf>suffix<pre>prefix``.
+    ``file_sep``/``repo_name``: the repo-level layout (other files of the project before the FIM
+    part, each after a file separator), where the family was trained with one.
+    """
+
+    prefix: str
+    suffix: str
+    middle: str | None = None
+    order: str = "PSM"
+    file_sep: str | None = None
+    repo_name: str | None = None
+    stop: tuple[str, ...] = ()
+
+
+def fim_format(card_fim: Any, model_name: str = "this model") -> FimFormat:
+    """The layout for a card's ``fim`` block; :class:`FIMNotSupportedError` where the card says no."""
+    if card_fim is None or not getattr(card_fim, "supported", False):
+        note = getattr(card_fim, "note", None) if card_fim is not None else None
+        raise FIMNotSupportedError(
+            f"{model_name} was not trained for fill-in-the-middle" + (f" ({note})" if note else ""),
+            fix="pick a model whose `fmgguf info ID` says FIM: yes")
+    pre, suf, mid = card_fim.prefix, card_fim.suffix, getattr(card_fim, "middle", None)
+    repo, sep = _REPO_TOKENS.get(pre, (None, None))
+    own = tuple(t for t in (pre, suf, mid, repo, sep) if t)
+    return FimFormat(pre, suf, mid, str(getattr(card_fim, "order", "PSM") or "PSM"), sep, repo,
+                     own + _FIM_STOPS.get(pre, ()))
+
+
+def render_fim(fmt: FimFormat, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (), *,
+               filename: str | None = None, repo: str | None = None, max_chars: int | None = None) -> str:
+    """The FIM prompt text: extra files (``(name, text)``, oldest first) as repo-level context, then the
+    FIM part. ``max_chars`` bounds the whole text: the suffix keeps at most a quarter, the prefix what is
+    left (cut at a coarse line boundary so the start stays put while the user types: the KV cache of the
+    previous request keeps matching), extra files only what still fits, newest kept."""
+    if max_chars is not None:
+        suffix = _head(suffix, max(max_chars // 4, 0))
+        prefix = _stable_tail(prefix, max(max_chars - len(suffix), 0))
+    fim = (f"{fmt.suffix}{suffix}{fmt.prefix}{prefix}" if fmt.order == "SPM"
+           else f"{fmt.prefix}{prefix}{fmt.suffix}{suffix}") + (fmt.middle or "")
+    room = None if max_chars is None else max_chars - len(prefix) - len(suffix)
+    context = _repo_context(fmt, extra, filename, repo, room)
+    return context + fim
+
+
+def _repo_context(fmt: FimFormat, extra: Sequence[tuple[str, str]], filename: str | None, repo: str | None,
+                  room: int | None) -> str:
+    if not extra and not (fmt.file_sep and filename):
+        return ""
+    parts: list[str] = []
+    used = 0
+    for name, text in reversed(list(extra)):  # newest last in the input; keep the newest that fit
+        block = (f"{fmt.file_sep}{name}\n{text}" if fmt.file_sep else _SNIPPET_HEAD.format(name=name) + text)
+        if not block.endswith("\n"):
+            block += "\n"
+        if room is not None and used + len(block) > room:
+            break
+        parts.insert(0, block)
+        used += len(block)
+    head = f"{fmt.repo_name}{repo or 'project'}\n" if fmt.repo_name and fmt.file_sep else ""
+    tail = f"{fmt.file_sep}{filename or 'current'}\n" if fmt.file_sep else ""
+    return head + "".join(parts) + tail
+
+
+def _head(text: str, n: int) -> str:
+    if len(text) <= n:
+        return text
+    cut = text.rfind("\n", 0, n)
+    return text[: cut + 1 if cut > 0 else n]
+
+
+def _stable_tail(text: str, n: int) -> str:
+    """The last ``n`` characters at most, starting after a line break at a position that only moves in
+    steps of n/8 (so typing at the end does not shift the start on every keystroke)."""
+    if len(text) <= n:
+        return text
+    step = max(n // 8, 1)
+    start = -(-(len(text) - n) // step) * step  # round the cut up to a step boundary
+    nl = text.find("\n", start)
+    return text[nl + 1:] if 0 <= nl < start + step else text[start:]

@@ -25,6 +25,8 @@ log = logging.getLogger("fmgguf.server")
 STATIC_DIR = Path(__file__).parent / "static"
 #: paths anyone may read without the API key: the page, its assets, the schema
 _PUBLIC_PREFIXES = ("/static/", "/openapi.json", "/docs", "/redoc", "/healthz")
+#: liveness checks that answer without the key (llama.cpp's /health is public there too)
+_PUBLIC_PATHS = ("/", "/models", "/health")
 
 
 def create_app(settings: "Settings", manager: Any = None, downloader: Any = None, benchmarker: Any = None,
@@ -52,6 +54,9 @@ def create_app(settings: "Settings", manager: Any = None, downloader: Any = None
     app.include_router(models_router)
     app.include_router(bench_router)
     app.include_router(openai_router)
+    from fmgguf.server.dialects import install as install_dialects
+
+    install_dialects(app)  # Ollama, llama.cpp, Tabby, Mistral FIM; /metrics
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -78,7 +83,12 @@ def _is_openai(request: Request) -> bool:
 
 def error_response(request: Request, status: int, payload: dict, headers: dict | None = None) -> JSONResponse:
     """Our errors as JSON: ``{"error", "message", "fix", ...}``; on /v1 the OpenAI shape as well."""
-    if _is_openai(request):
+    from fmgguf.server.dialects import error_body
+
+    dialect = error_body(request.url.path, status, payload)
+    if dialect is not None:
+        body = dialect
+    elif _is_openai(request):
         kind = "invalid_request_error" if status < 500 else "server_error"
         body = {"error": {"message": payload.get("message", ""), "type": kind, "code": payload.get("error"),
                           "param": payload.get("param"), "fix": payload.get("fix")}}
@@ -138,14 +148,22 @@ def _install_auth(app: FastAPI, state: ServerState) -> None:
     async def require_key(request: Request, call_next: Any) -> Any:
         key = state.api_key
         path = request.url.path
-        if key is None or request.method == "OPTIONS" or path in ("/", "/models") \
+        if key is None or request.method == "OPTIONS" or path in _PUBLIC_PATHS \
                 or path.startswith(_PUBLIC_PREFIXES):
             return await call_next(request)
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
+        token = _presented_key(request)
         if not token or not secrets.compare_digest(token.encode(), key.encode()):
             payload = {"error": "Unauthorized", "message": "this server needs an API key",
                        "fix": "send the header 'Authorization: Bearer <key>' with the key given to `fmgguf serve --api-key`"}
             return error_response(request, 401, payload, {"WWW-Authenticate": "Bearer"})
         return await call_next(request)
+
+
+def _presented_key(request: Request) -> str:
+    """The key in whichever form the client sends it: ``Authorization: Bearer`` (OpenAI, Continue,
+    llama.vscode, Tabby, the ollama client's headers) or ``Token``, ``x-api-key`` (Anthropic-style
+    tools), ``api-key`` (Azure-style clients)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() in ("bearer", "token") and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "") or request.headers.get("api-key", "")

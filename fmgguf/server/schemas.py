@@ -82,8 +82,8 @@ class _OpenAIBody(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: Any) -> Any:
-        if isinstance(v, list) and len(v) > 8:
-            raise ValueError("at most 8 stop sequences")
+        if isinstance(v, list) and len(v) > 32:  # Continue sends ~12 for a FIM template
+            raise ValueError("at most 32 stop sequences")
         return v
 
     def stop_list(self) -> list[str] | None:
@@ -133,3 +133,11 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's /v1/embeddings body (refused: no model served here embeds)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(default=None, max_length=200)
+    input: Union[str, list[Any], None] = None

@@ -21,6 +21,9 @@ _LAZY: dict[str, str] = {
     "smoke_generate": "fmgguf.testing.smoke:smoke_generate",
     "cuda_available": "fmgguf.testing.gpu:cuda_available",
     "HubServer": "fmgguf.testing.hub_server:HubServer",
+    "BAD_KINDS": "fmgguf.testing.bad_models:BAD_KINDS",
+    "build_bad_model": "fmgguf.testing.bad_models:build_bad_model",
+    "raw_llama_outcome": "fmgguf.testing.bad_models:raw_llama_outcome",
 }
 
 __all__ = list(_LAZY)

@@ -1,4 +1,5 @@
-"""The shipped catalog (catalog/models.yaml): it loads, holds the 20 models, and is internally consistent."""
+"""The shipped catalog (catalog/models.yaml): it loads, holds the 20 code models and the demo model, and is
+internally consistent."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ EXPECTED_IDS = {
     "codestral-22b-v0.1", "opencoder-1.5b-instruct", "opencoder-8b-instruct",
     "codegemma-2b", "codegemma-7b-it",
 }
+#: the real model `make run` and the real test tier use (one quant: the file the PyPI wheel embeds)
+DEMO_ID = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +44,18 @@ def _variants(catalog: Catalog):
             yield card, quant, variant
 
 
-def test_exactly_the_twenty_models(catalog: Catalog, raw: dict) -> None:
-    assert set(catalog.ids()) == EXPECTED_IDS
-    assert len(raw["models"]) == 20
+def test_exactly_the_twenty_models_and_the_demo(catalog: Catalog, raw: dict) -> None:
+    assert set(catalog.ids()) == EXPECTED_IDS | {DEMO_ID}
+    assert len(raw["models"]) == 21
 
 
 def test_every_entry_is_builtin_with_both_quants_arch_and_parameters(catalog: Catalog) -> None:
     for card in catalog.models():
         assert card.builtin, card.id
-        assert set(BUILTIN_QUANTS) <= set(card.variants), card.id
+        if card.id == DEMO_ID:
+            assert "demo" in card.capabilities and card.license == "apache-2.0" and card.fim is None
+        else:
+            assert set(BUILTIN_QUANTS) <= set(card.variants), card.id
         assert card.arch is not None and card.parameters is not None, card.id
         assert card.display_name and card.family and card.license != "unknown" and card.specialization, card.id
         if card.arch.moe is None:
@@ -144,7 +150,8 @@ def test_capability_tags_agree_with_the_card(catalog: Catalog) -> None:
         assert ("moe" in caps) == (card.arch.moe is not None), card.id  # type: ignore[union-attr]
         assert ("chat" in caps or "instruct" in caps) == (card.chat_template is not None), card.id
         assert caps <= {"code-completion", "chat", "fim", "instruct", "multilingual", "long-context", "moe",
-                        "lightweight"}, card.id
+                        "lightweight", "demo"}, card.id
+        assert ("demo" in caps) == (card.id == DEMO_ID), card.id
 
 
 def test_architecture_numbers_are_self_consistent(catalog: Catalog) -> None:
@@ -159,7 +166,11 @@ def test_architecture_numbers_are_self_consistent(catalog: Catalog) -> None:
 
 
 def test_file_sizes_are_plausible_for_the_parameter_count(catalog: Catalog) -> None:
+    demo = catalog.get(DEMO_ID)
+    assert 3.0 <= demo.variant("Q4_1").size * 8 / demo.parameters.total <= 12.0  # type: ignore[operator,union-attr]
     for card in catalog.models():
+        if card.id == DEMO_ID:
+            continue
         q4, q8 = card.variant("Q4_K_M").approx_size, card.variant("Q8_0").approx_size
         params = card.parameters.total  # type: ignore[union-attr]
         for quant, size in (("Q4_K_M", q4), ("Q8_0", q8)):
@@ -171,7 +182,7 @@ def test_file_sizes_are_plausible_for_the_parameter_count(catalog: Catalog) -> N
 
 def test_memory_estimate_works_for_every_card(catalog: Catalog) -> None:
     for card in catalog.models():
-        est = estimate_card(card, "Q4_K_M", n_ctx=4096)
+        est = estimate_card(card, "Q4_K_M" if "Q4_K_M" in card.variants else card.quants[0], n_ctx=4096)
         assert est.kv_cache > 0 and est.compute > 0, card.id
         assert est.total is not None and est.total > est.weights, card.id  # type: ignore[operator]
 

@@ -16,12 +16,15 @@ def run(*args: str) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def test_list_json_has_20_models_with_both_quants() -> None:
+def test_list_json_has_20_models_with_both_quants_and_the_demo() -> None:
     rc, out, err = run("list", "--json")
     assert rc == 0, err
     rows = json.loads(out)
-    assert len(rows) == 20
+    assert len(rows) == 21
     for row in rows:
+        if row["id"] == "smollm2-135m-instruct":  # the demo model: the one quant its wheel embeds
+            assert list(row["quants"]) == ["Q4_1"] and row["builtin"] is True
+            continue
         assert {"Q4_K_M", "Q8_0"} <= set(row["quants"]), row["id"]
         assert row["builtin"] is True
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.download.bundle import MANIFEST, export_models, import_bundle, import_gguf
+from fmgguf.download.bundle import MANIFEST, export_models, import_bundle
+from fmgguf.download.local import import_gguf
 from fmgguf.errors import BundleError, GGUFError, exit_code_for
 
 from .conftest import make_downloader, no_sockets

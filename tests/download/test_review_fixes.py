@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from fmgguf.cli.main import cli
-from fmgguf.download.bundle import export_models, import_bundle, import_gguf
+from fmgguf.download.bundle import export_models, import_bundle
+from fmgguf.download.local import import_gguf
 from fmgguf.errors import DownloadError, NotDownloadedError, UnknownModelError, exit_code_for
 from fmgguf.testing.hub_server import Fault, HubServer
 

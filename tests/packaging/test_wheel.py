@@ -34,7 +34,7 @@ def test_non_editable_install_ships_catalog(tmp_path: Path) -> None:
     out = subprocess.run([str(env_dir / "bin" / "fmgguf"), "list", "--json"], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert len(json.loads(out.stdout)) == 20
+    assert len(json.loads(out.stdout)) == 21  # 20 code models + the demo model
     where = subprocess.run([str(py), "-c", "import fmgguf.catalog.loader as l; print(l.builtin_catalog_path())"],
                            capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout
     assert str(env_dir) in where and "site-packages" in where

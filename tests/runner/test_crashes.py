@@ -115,3 +115,20 @@ def test_two_resident_models_one_killed_while_the_other_streams(runner_manager, 
     assert out.completion_tokens >= 1
     pids = _pids(m)
     assert pids[a.key] == a.pid and pids[b.key] != b.pid
+
+
+@pytest.mark.parametrize("lie", ["nan-rms-eps", "moe-used-zero"])
+def test_cli_on_an_aborting_file_exits_with_one_line(lying_files: dict[str, Path], lie: str) -> None:
+    """`fmgguf run FILE` on a file that aborts llama.cpp (at the first decode, at load): the CLI itself
+    never dies of the signal; it exits non-zero with one line (the runner's crash, or the validator's
+    refusal once the validator knows the lie) and no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "fmgguf", "run", str(lying_files[lie]), "def f(x):",
+                           "--max-tokens", "4", "--ctx", "128"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode > 0, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr and lines, proc.stderr
+    last = lines[-1]
+    assert "SIGABRT" in last or "GGUF" in last or lie in last, last

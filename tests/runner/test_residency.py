@@ -33,13 +33,15 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_lru_eviction_and_pinning(runner_manager, three: list[Path], isolation: str) -> None:
     a, b, c = (str(p) for p in three)
     m = runner_manager(max_loaded=2, isolation=isolation)
-    m.ensure_loaded(a, n_ctx=128, pinned=True)
+    m.ensure_loaded(a, n_ctx=128)
     m.ensure_loaded(b, n_ctx=128)
     assert _keys(m) == ["m-a", "m-b"]
-    m.generate_text("x", max_tokens=1, model="m-a")  # a is now the most recently used, and pinned anyway
-    m.ensure_loaded(c, n_ctx=128)  # over the cap: the LRU unpinned model (b) goes
+    m.generate_text("x", max_tokens=1, model="m-a")  # a is now the most recently used
+    m.ensure_loaded(c, n_ctx=128)  # over the cap: the least recently used (b) goes
     assert sorted(_keys(m)) == ["m-a", "m-c"]
-    m.ensure_loaded(b, n_ctx=128)  # c is the only unpinned one: it goes, pinned a stays
+    m.ensure_loaded("m-a", pinned=True)  # already resident: just pinned
+    m.generate_text("x", max_tokens=1, model="m-c")
+    m.ensure_loaded(b, n_ctx=128)  # a is the least recently used but pinned: c goes
     assert sorted(_keys(m)) == ["m-a", "m-b"]
     assert {i.key: i.pinned for i in m.loaded()} == {"m-a": True, "m-b": False}
     assert m.current_model() is None  # ensure_loaded never selects
@@ -103,3 +105,13 @@ def test_memory_budget_evicts_unpinned_models_before_giving_up(runner_manager, t
     with pytest.raises(InsufficientMemoryError, match="does not fit"):
         m.ensure_loaded(c, n_ctx=128)
     assert _keys(m) == ["m-a"]  # b was given up first; pinned a stayed
+
+
+def test_other_load_options_load_a_resident_model_again(runner_manager, three: list[Path]) -> None:
+    a = str(three[0])
+    m = runner_manager()
+    first = m.ensure_loaded(a, n_ctx=128)
+    assert m.ensure_loaded("m-a").pid == first.pid  # no options: the resident one as it is
+    assert m.ensure_loaded(a, n_ctx=128).pid == first.pid  # the same options: as it is
+    longer = m.ensure_loaded(a, n_ctx=512)  # another context: loaded again
+    assert longer.n_ctx == 512 and longer.pid != first.pid and _keys(m) == ["m-a"]

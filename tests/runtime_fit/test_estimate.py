@@ -26,7 +26,7 @@ def compare(path: Path, arch: str, type_k: str, type_v: str, fa: bool, swa_full:
     extra = False if arch in NO_EXTRA_BUFTS else None
     info = read_gguf(path)
     est = estimate_file(info, n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=fa, swa_full=swa_full,
-                        measure=True, use_extra_bufts=extra)
+                        measure=True, use_extra_bufts=extra, use_mmap=False)
     real = measure(path, n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=fa, swa_full=swa_full, alloc=True,
                    use_mmap=False, use_extra_bufts=extra)
     assert real.ok, real.error
@@ -44,6 +44,8 @@ def test_estimate_matches_llama_cpp(tiny: dict, arch: str, config: tuple) -> Non
     assert est.compute_source == "dry-run", est.notes
     assert est.weights_total == real.model_size  # exact: llama_model_size()
     assert sum(real.model_buffers.values()) >= real.model_size - PRINT_TOL * len(real.model_buffers)
+    # every model buffer llama.cpp prints (CPU, and CPU_REPACK where this CPU repacks Q4_K), to its 2 decimals
+    assert abs(est.model_buffers - sum(real.model_buffers.values())) <= PRINT_TOL * len(real.model_buffers)
     assert abs(est.kv_total - real.kv_total) <= PRINT_TOL * len(real.kv_caches)
     assert est.n_ctx == real.n_ctx
     assert abs(est.output_buffer - real.output_total) <= PRINT_TOL

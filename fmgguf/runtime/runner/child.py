@@ -97,7 +97,19 @@ class Runner:
         cancel = self.cancels.setdefault(rid, threading.Event())
         send = self.channel.send
         try:
-            for piece in self._engine().stream(msg["tokens"], stats, cancel=cancel, **msg.get("kwargs", {})):
+            engine, prompt = self._engine(), msg["prompt"]
+            tokens = prompt.get("tokens")
+            if tokens is None:  # a PromptText: tokenized here, in the same round trip
+                tokens = engine.tokenize(prompt["text"], add_bos=bool(prompt["add_bos"]),
+                                         special=bool(prompt["special"]))
+            if len(tokens) >= engine.n_ctx:
+                from fmgguf.errors import ContextOverflowError
+
+                raise ContextOverflowError(
+                    f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
+                    fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
+            send({"re": rid, "started": len(tokens)})  # the caller's errors-before-the-first-token end here
+            for piece in engine.stream(tokens, stats, cancel=cancel, **msg.get("kwargs", {})):
                 send({"re": rid, "piece": piece})
         finally:
             self.cancels.pop(rid, None)

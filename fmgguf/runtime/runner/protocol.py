@@ -41,6 +41,7 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._send_lock = threading.Lock()
+        self._buf = bytearray()  # what one recv brought beyond the frame asked for (streamed pieces queue up)
 
     def send(self, message: Mapping[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -51,22 +52,24 @@ class Channel:
             raise ChannelClosed(str(exc)) from None
 
     def recv(self) -> dict[str, Any]:
-        (size,) = _HEADER.unpack(self._read(_HEADER.size))
+        self._fill(_HEADER.size)
+        (size,) = _HEADER.unpack_from(self._buf)
         if size > MAX_FRAME:
             raise ChannelClosed(f"frame of {size} bytes")
-        return json.loads(self._read(size).decode("utf-8"))
+        self._fill(_HEADER.size + size)
+        data = bytes(self._buf[_HEADER.size:_HEADER.size + size])
+        del self._buf[:_HEADER.size + size]
+        return json.loads(data.decode("utf-8"))
 
-    def _read(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
+    def _fill(self, n: int) -> None:
+        while len(self._buf) < n:
             try:
-                chunk = self.sock.recv(n - len(buf))
+                chunk = self.sock.recv(max(65536, n - len(self._buf)))
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
             if not chunk:
                 raise ChannelClosed("end of stream")
-            buf += chunk
-        return bytes(buf)
+            self._buf += chunk
 
     def close(self) -> None:
         try:

@@ -9,6 +9,7 @@ lines; the proxy is dead from then on and the manager decides about restarting.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -211,6 +212,8 @@ class EngineProxy:
     """What the manager needs of an :class:`~fmgguf.runtime.engine.Engine`, served by a runner process."""
 
     isolation = "process"
+    #: ``stream`` also takes a :class:`~fmgguf.runtime.generation.PromptText` (tokenized in the runner)
+    tokenizes_in_stream = True
 
     def __init__(self, runner: RunnerProcess, path: Path, options: Any, facts: dict[str, Any]) -> None:
         self.runner = runner
@@ -288,16 +291,26 @@ class EngineProxy:
         return bool(self._call("is_eog", int(token)))
 
     # --- generation ------------------------------------------------------------------------------
-    def stream(self, tokens: Sequence[int], stats: Any, *, cancel: threading.Event | None = None,
+    def stream(self, tokens: Any, stats: Any, *, cancel: threading.Event | None = None,
                **kwargs: Any) -> Iterator[str]:
-        """Yield the runner's text pieces; ``stats`` gets the runner's numbers when the stream ends."""
+        """Start generating in the runner and return its text pieces; ``stats`` gets the runner's
+        numbers when the stream ends. ``tokens`` may be a PromptText (tokenized in the runner).
+        What fails before the first token (a prompt longer than the context) raises here, as in-process."""
         if self._closed:
             raise ModelNotLoadedError("the model was unloaded", fix="load it again (`switch_model`)")
         runner, doing = self.runner, "generating"
         if runner.dead is not None:
             raise runner.dead
-        rid = runner.send("stream", doing, tokens=[int(t) for t in tokens], started=stats.started,
-                          kwargs=to_wire(kwargs))
+        prompt = to_wire(tokens) if dataclasses.is_dataclass(tokens) else {"tokens": [int(t) for t in tokens]}
+        rid = runner.send("stream", doing, prompt=prompt, started=stats.started, kwargs=to_wire(kwargs))
+        first = runner.recv_for(rid, doing)
+        if "error" in first:
+            raise error_from_wire(first["error"])
+        stats.prompt_tokens = int(first.get("started", 0))
+        return self._pieces(rid, stats, cancel)
+
+    def _pieces(self, rid: int, stats: Any, cancel: threading.Event | None) -> Iterator[str]:
+        runner, doing = self.runner, "generating"
         ended = cancelled = False
         try:
             while True:

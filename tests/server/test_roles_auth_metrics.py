@@ -1,0 +1,95 @@
+"""Model roles (a FIM model and a chat model resident together, routed by ``model``), the API key on
+every dialect in each client's header form, and /metrics in Prometheus' text format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+KEY = "editor-key-123456"
+
+
+def test_fim_and_chat_models_stay_resident_together(served: Any) -> None:
+    url = served.url
+    chat = httpx.post(url + "/api/chat", json={"model": "tiny-llama", "stream": False, "options": {"num_predict": 2},
+                                               "messages": [{"role": "user", "content": "hi"}]}, timeout=120)
+    assert chat.status_code == 200 and chat.json()["model"] == "tiny-llama"
+    fim = httpx.post(url + "/infill", json={"input_prefix": "def f(", "input_suffix": ")\n", "n_predict": 2}, timeout=120)
+    assert fim.status_code == 200 and fim.json()["model"] == "tiny-qwen"  # no model named: the FIM-capable one
+    resident = {m["model"] for m in httpx.get(url + "/api/ps", timeout=10).json()["models"]}
+    assert {"tiny-qwen:F16", "tiny-llama:F16"} <= resident
+    again = httpx.post(url + "/api/chat", json={"model": "tiny-llama", "stream": False, "options": {"num_predict": 2},
+                                                "messages": [{"role": "user", "content": "hi"}]}, timeout=120)
+    assert again.json()["load_duration"] == 0 and again.status_code == 200
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    assert "fmgguf_loaded_models 2" in metrics
+
+
+@pytest.mark.parametrize("path,body", [("/infill", {"input_prefix": "x", "model": "tiny-llama"}),
+                                       ("/v1/fim/completions", {"prompt": "x", "model": "tiny-llama"}),
+                                       ("/api/generate", {"prompt": "x", "suffix": "y", "model": "tiny-llama"})])
+def test_fim_to_a_model_without_fim_names_a_downloaded_one(served: Any, path: str, body: dict) -> None:
+    r = httpx.post(served.url + path, json={**body, "stream": False}, timeout=60)
+    assert r.status_code == 422
+    assert "tiny-qwen" in r.text and "not trained for fill-in-the-middle" in r.text
+
+
+def test_unknown_model_gets_the_closest_ids(served: Any) -> None:
+    r = httpx.post(served.url + "/infill", json={"input_prefix": "x", "model": "tiny-qwenn"}, timeout=30)
+    assert r.status_code == 404 and "tiny-qwen" in r.json()["error"]["message"]
+
+
+def test_metrics_text_format(served: Any) -> None:
+    httpx.post(served.url + "/v1/fim/completions", json={"prompt": "x = ", "suffix": "\n", "max_tokens": 3}, timeout=60)
+    text = httpx.get(served.url + "/metrics", timeout=10).text
+    samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    for ln in samples:  # name{labels} value, as Prometheus parses it
+        name, value = ln.rsplit(" ", 1)
+        float(value)
+        assert name[0].isalpha()
+    assert 'fmgguf_requests_total{method="POST",route="/v1/fim/completions",status="200"}' in text
+    assert 'fmgguf_time_to_first_token_seconds_bucket{dialect="mistral",le="+Inf"}' in text
+    assert "fmgguf_queue_depth 0" in text and "fmgguf_runner_restarts_total" in text
+    assert "# TYPE fmgguf_tokens_per_second histogram" in text
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, hub: Any, tiny_entries: Any, live_server: Any) -> Any:
+    from fmgguf.server.app import create_app
+
+    from .conftest import make_settings  # noqa: PLC0415
+
+    app = create_app(make_settings(tmp_path_factory.mktemp("keyed"), hub.endpoint, tiny_entries[0]), api_key=KEY)
+    with live_server(app) as live:
+        yield live
+
+
+PROTECTED = [("GET", "/api/tags"), ("GET", "/api/version"), ("POST", "/api/show"), ("POST", "/infill"),
+             ("POST", "/completion"), ("POST", "/v1/completions"), ("POST", "/v1/fim/completions"),
+             ("GET", "/v1/health"), ("POST", "/v1/events"), ("GET", "/metrics"), ("GET", "/v1/models")]
+
+
+@pytest.mark.parametrize("method,path", PROTECTED)
+def test_the_key_guards_every_dialect(keyed: Any, method: str, path: str) -> None:
+    r = httpx.request(method, keyed.url + path, json={}, timeout=10)
+    assert r.status_code == 401, (path, r.status_code)
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"Authorization": f"bearer {KEY}"},
+                                     {"Authorization": f"Token {KEY}"}, {"x-api-key": KEY}, {"api-key": KEY}])
+def test_each_client_header_form_is_accepted(keyed: Any, headers: dict) -> None:
+    assert httpx.get(keyed.url + "/api/tags", headers=headers, timeout=10).status_code == 200
+    assert httpx.get(keyed.url + "/v1/health", headers=headers, timeout=10).status_code == 200
+    assert httpx.get(keyed.url + "/api/tags", headers={"Authorization": "Bearer wrong-key-0000"},
+                     timeout=10).status_code == 401
+
+
+def test_ollama_client_with_the_key_and_public_health(keyed: Any) -> None:
+    ollama = pytest.importorskip("ollama")
+    with pytest.raises(ollama.ResponseError) as info:
+        ollama.Client(host=keyed.url).list()
+    assert info.value.status_code == 401
+    assert ollama.Client(host=keyed.url, headers={"Authorization": f"Bearer {KEY}"}).list() is not None
+    assert httpx.get(keyed.url + "/health", timeout=10).json() == {"status": "ok"}  # liveness stays public
