@@ -67,6 +67,11 @@ class Measurement:
     def model_total(self) -> int:
         return sum(self.model_buffers.values())
 
+    @property
+    def allocated_total(self) -> int:
+        """Everything the buffers hold (a real load): model + KV + compute + output."""
+        return self.model_total + sum(self.kv_buffers.values()) + self.compute_total + self.output_total
+
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "n_ctx": self.n_ctx, "model_size": self.model_size, "model_buffers": self.model_buffers,
                 "kv_buffers": self.kv_buffers, "compute_buffers": self.compute_buffers,
