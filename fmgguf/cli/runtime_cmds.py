@@ -214,7 +214,7 @@ def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, lo
     if raw:
         return False
     current = manager.current_model()
-    has_template = bool(current and current.chat_template)
+    has_template = bool(current is not None and current.chat_template)
     card = None
     if not (model.endswith(".gguf") or Path(model).expanduser().is_file()):
         card, _ = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
