@@ -78,7 +78,9 @@ def infill(client: object, url: str, prefix: str, suffix: str) -> tuple[float, d
             "stream": True, "cache_prompt": True, "model": MODEL}
     t0 = time.perf_counter()
     first, final = None, {}
-    with client.stream("POST", url + "/infill", json=body, timeout=300) as r:  # type: ignore[attr-defined]
+    # a fresh connection each time: llama-server closes idle keep-alive connections under a pooled client
+    with client.stream("POST", url + "/infill", json=body, timeout=300,  # type: ignore[attr-defined]
+                       headers={"Connection": "close"}) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: "):

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import html
 from collections import defaultdict
+from collections.abc import Callable
 
-from fmgguf.bench.reports import comparison_markdown, comparison_rows
+from fmgguf.bench.reports import ComparisonRow, comparison_markdown, comparison_rows
+from fmgguf.bench.summary import BenchSummary
 
 _COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7"]
 
 
 def _esc(x: object) -> str:
     return html.escape(str(x), quote=True)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, f: str = "{:.2f}") -> str:
+    return "–" if x is None else f.format(x)
+
+
+def _gib(n: int | None) -> float | None:
+    """Bytes as a number of GiB for the charts and the GiB column (None when unknown or zero)."""
+    return n / 1024**3 if n else None
 
 
 def _bars(title: str, groups: list[str], series: list[tuple[str, list[float | None]]], unit: str = "",
@@ -59,72 +74,71 @@ def _bars(title: str, groups: list[str], series: list[tuple[str, list[float | No
     return "".join(parts)
 
 
-def _table(rows: list[dict]) -> str:
-    cats = sorted({c for r in rows for c in (r.get("by_category") or {})})
+def _table(rows: list[ComparisonRow]) -> str:
+    cats = sorted({c for r in rows for c in r.by_category})
     head = ["run", "pass@1", "95% CI", *cats, "TTFT s", "decode tok/s", "E2E s", "model memory GiB",
             "ruff findings/100 LOC", "eslint findings/100 LOC"]
     out = ["<table><thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for r in rows:
-        if r["status"] == "skipped":
-            out.append(f"<tr><td>{_esc(r['run'])}</td><td colspan='{len(head) - 1}'>skipped: "
-                       f"{_esc(r.get('reason'))}</td></tr>")
+        if r.skipped:
+            out.append(f"<tr><td>{_esc(r.run)}</td><td colspan='{len(head) - 1}'>skipped: "
+                       f"{_esc(r.reason)}</td></tr>")
             continue
-
-        def pct(x: float | None) -> str:
-            return "–" if x is None else f"{100 * x:.1f}%"
-
-        def num(x: float | None, f: str = "{:.2f}") -> str:
-            return "–" if x is None else f.format(x)
-
-        cells = [r["run"], pct(r["pass@1"]), f"{pct(r['ci95'][0])}–{pct(r['ci95'][1])}",
-                 *[pct(r["by_category"].get(c)) for c in cats], num(r["ttft_s"], "{:.3f}"),
-                 num(r["decode_tokens_per_s"], "{:.1f}"), num(r["e2e_s"]),
-                 num((r["model_memory_bytes"] or 0) / 1024**3 if r["model_memory_bytes"] else None),
-                 num(r.get("ruff_findings_per_100_loc"), "{:.1f}"), num(r.get("eslint_findings_per_100_loc"), "{:.1f}")]
+        cells = [r.run, _pct(r.pass_at_1), f"{_pct(r.ci95[0])}–{_pct(r.ci95[1])}",
+                 *[_pct(r.by_category.get(c)) for c in cats], _num(r.ttft_s, "{:.3f}"),
+                 _num(r.decode_tokens_per_s, "{:.1f}"), _num(r.e2e_s), _num(_gib(r.model_memory_bytes)),
+                 _num(r.ruff_findings_per_100_loc, "{:.1f}"), _num(r.eslint_findings_per_100_loc, "{:.1f}")]
         out.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
-def render_html(runs: list[dict], title: str = "fmgguf benchmark comparison") -> str:
+def _charts(done: list[ComparisonRow]) -> list[str]:
+    cats = sorted({c for r in done for c in r.by_category})
+    charts = [_bars("pass@1 by category (%)", ["overall", *cats],
+                    [(r.run, [100 * r.pass_at_1, *[100 * r.by_category[c] if c in r.by_category else None
+                                                   for c in cats]]) for r in done],
+                    unit="%", vmax=100.0, fmt="{:.0f}")]
+    if any(r.decode_tokens_per_s for r in done):
+        charts.append(_bars("decode speed (tokens/s, median)", [r.run for r in done],
+                            [("tokens/s", [r.decode_tokens_per_s for r in done])]))
+    if any(r.model_memory_bytes for r in done):
+        charts.append(_bars("model memory (GiB)", [r.run for r in done],
+                            [("GiB", [_gib(r.model_memory_bytes) or 0.0 for r in done])], fmt="{:.2f}"))
+    by_model: dict[str, dict[str, ComparisonRow]] = defaultdict(dict)
+    for r in done:
+        if r.quant:
+            by_model[r.model][r.quant] = r
+    for model, qs in by_model.items():
+        if "Q4_K_M" in qs and "Q8_0" in qs:
+            charts.append(_quant_pair_chart(model, [("Q4_K_M", qs["Q4_K_M"]), ("Q8_0", qs["Q8_0"])]))
+    return charts
+
+
+def _quant_pair_chart(model: str, pair: list[tuple[str, ComparisonRow]]) -> str:
+    metrics: list[tuple[str, Callable[[ComparisonRow], float | None], str]] = [
+        ("pass@1", lambda r: 100 * r.pass_at_1, "{:.1f}%"),
+        ("decode tokens/s", lambda r: r.decode_tokens_per_s, "{:.1f}"),
+        ("time to first token s", lambda r: r.ttft_s, "{:.3f}"),
+        ("model memory GiB", lambda r: _gib(r.model_memory_bytes), "{:.2f}")]
+    rel: list[list[float | None]] = [[] for _ in pair]
+    text: list[list[str]] = [[] for _ in pair]
+    for _, get, f in metrics:
+        vals = [get(r) for _, r in pair]
+        top = max((v for v in vals if v is not None), default=0) or 1.0
+        for i, v in enumerate(vals):
+            rel[i].append(None if v is None else 100 * v / top)
+            text[i].append("–" if v is None else f.format(v))
+    return _bars(f"{model}: Q4_K_M vs Q8_0 (bar height relative to the larger of the two)",
+                 [m[0] for m in metrics], [(q, rel[i]) for i, (q, _) in enumerate(pair)],
+                 vmax=100.0, labels=text, axis=False)
+
+
+def render_html(runs: list[BenchSummary], title: str = "fmgguf benchmark comparison") -> str:
     rows = comparison_rows(runs)
-    done = [r for r in rows if r["status"] != "skipped"]
-    cats = sorted({c for r in done for c in r["by_category"]})
-    charts = []
-    if done:
-        charts.append(_bars("pass@1 by category (%)", ["overall", *cats],
-                            [(r["run"], [100 * r["pass@1"], *[100 * r["by_category"][c] if c in r["by_category"]
-                                                              else None for c in cats]]) for r in done],
-                            unit="%", vmax=100.0, fmt="{:.0f}"))
-        if any(r["decode_tokens_per_s"] for r in done):
-            charts.append(_bars("decode speed (tokens/s, median)", [r["run"] for r in done],
-                                [("tokens/s", [r["decode_tokens_per_s"] for r in done])]))
-        if any(r["model_memory_bytes"] for r in done):
-            charts.append(_bars("model memory (GiB)", [r["run"] for r in done],
-                                [("GiB", [(r["model_memory_bytes"] or 0) / 1024**3 for r in done])], fmt="{:.2f}"))
-        by_model: dict[str, dict[str, dict]] = defaultdict(dict)
-        for r in done:
-            if r.get("quant"):
-                by_model[r["model"]][r["quant"]] = r
-        for model, qs in by_model.items():
-            if "Q4_K_M" in qs and "Q8_0" in qs:
-                pair = [("Q4_K_M", qs["Q4_K_M"]), ("Q8_0", qs["Q8_0"])]
-                metrics = [("pass@1", lambda r: 100 * r["pass@1"], "{:.1f}%"),
-                           ("decode tokens/s", lambda r: r["decode_tokens_per_s"], "{:.1f}"),
-                           ("time to first token s", lambda r: r["ttft_s"], "{:.3f}"),
-                           ("model memory GiB", lambda r: (r["model_memory_bytes"] or 0) / 1024**3 or None, "{:.2f}")]
-                rel: list[list[float | None]] = [[] for _ in pair]
-                text: list[list[str]] = [[] for _ in pair]
-                for _, get, f in metrics:
-                    vals = [get(r) for _, r in pair]
-                    top = max((v for v in vals if v is not None), default=0) or 1.0
-                    for i, v in enumerate(vals):
-                        rel[i].append(None if v is None else 100 * v / top)
-                        text[i].append("–" if v is None else f.format(v))
-                charts.append(_bars(f"{model}: Q4_K_M vs Q8_0 (bar height relative to the larger of the two)",
-                                    [m[0] for m in metrics], [(q, rel[i]) for i, (q, _) in enumerate(pair)],
-                                    vmax=100.0, labels=text, axis=False))
-    n = max((r.get("tasks") or 0 for r in done), default=0)
+    done = [r for r in rows if not r.skipped]
+    charts = _charts(done) if done else []
+    n = max((r.tasks for r in done), default=0)
     note = (f"One task = {100 / n:.1f} points of pass@1; differences inside the 95% bootstrap intervals are noise. "
             "Code-quality counts are separate columns in each run's report, never one score.") if n else ""
     md = _esc(comparison_markdown(runs))

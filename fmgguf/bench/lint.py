@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fmgguf._util import atomic_write_text
+
 if TYPE_CHECKING:
     from fmgguf.settings import Settings
 
@@ -146,7 +148,7 @@ class JsLinter:
                         if version is None:
                             return EslintStatus(False, reason=f"npm install {ESLINT_SPEC} left no eslint behind")
                     if not self._config_current():
-                        _write_atomic(self.config_path, config_text())
+                        atomic_write_text(self.config_path, config_text())
             except Timeout:
                 return EslintStatus(False, reason=f"another process holds {self.root / '.install.lock'}")
         return EslintStatus(True, version=version)
@@ -180,7 +182,7 @@ class JsLinter:
                 return f"npm install {ESLINT_SPEC} could not start: {exc}"
             if r.returncode != 0 or not (tmp / "node_modules" / "eslint" / "bin" / "eslint.js").exists():
                 return f"npm install {ESLINT_SPEC} failed: {_npm_reason(r.stderr or r.stdout, r.returncode)}"
-            _write_atomic(tmp / "eslint.config.js", config_text())
+            atomic_write_text(tmp / "eslint.config.js", config_text())
             (tmp / ".complete").write_text(ESLINT_SPEC + "\n", encoding="utf-8")
             if self.install_dir.exists():  # a broken earlier install (we hold the lock)
                 shutil.rmtree(self.install_dir, ignore_errors=True)
@@ -233,12 +235,6 @@ class JsLinter:
             else:  # rule findings only (not eslint's notes about ignored inline directives)
                 out.append(sum(1 for m in msgs if m.get("ruleId")))
         return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _npm_reason(text: str, returncode: int) -> str:

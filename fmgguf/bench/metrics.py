@@ -12,9 +12,11 @@ import math
 import random
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from fmgguf.bench.executors import OUTCOMES
+from fmgguf.bench.summary import BenchSummary, Dist, LanguageQuality, PassBlock, Speed, TaskScore
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -56,30 +58,47 @@ def percentile(values: list[float], q: float) -> float | None:
     return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
 
 
-def _dist(values: Iterable[float | None]) -> dict:
+def _dist(values: Iterable[float | None]) -> Dist:
     vals = [float(v) for v in values if v is not None]
     if not vals:
-        return {"median": None, "p90": None, "mean": None}
-    return {"median": statistics.median(vals), "p90": percentile(vals, 0.9), "mean": statistics.fmean(vals)}
+        return Dist()
+    return Dist(statistics.median(vals), percentile(vals, 0.9), statistics.fmean(vals))
 
 
-def _pass_block(per_task: dict[str, list[dict]], ks: tuple[int, ...]) -> dict:
-    rates, out = [], {}
+def _pass_block(per_task: dict[str, list[dict]], ks: tuple[int, ...]) -> PassBlock:
+    rates: list[float] = []
+    pass_at: dict[int, float] = {}
     for k in ks:
         vals = [pass_at_k(len(rs), sum(r["outcome"] == "passed" for r in rs), k) for rs in per_task.values()]
-        out[f"pass@{k}"] = statistics.fmean(vals) if vals else 0.0
+        pass_at[k] = statistics.fmean(vals) if vals else 0.0
         if k == 1:
             rates = vals
-    lo, hi = bootstrap_ci(rates)
-    out["ci95"] = [lo, hi]
-    out["tasks"] = len(per_task)
-    out["solved"] = sum(1 for rs in per_task.values() if any(r["outcome"] == "passed" for r in rs))
-    out["points_per_task"] = 100.0 / len(per_task) if per_task else None
-    return out
+    return PassBlock(pass_at, bootstrap_ci(rates), len(per_task),
+                     sum(1 for rs in per_task.values() if any(r["outcome"] == "passed" for r in rs)),
+                     100.0 / len(per_task) if per_task else None)
 
 
-def summarize(records: list[dict], samples: int = 1, meta: dict | None = None) -> dict:
-    """One model × quant summary from its records (one record per task × sample)."""
+def _task_score(tid: str, rs: list[dict]) -> TaskScore:
+    c = sum(r["outcome"] == "passed" for r in rs)
+    gens = [r.get("gen") or {} for r in rs]
+    return TaskScore(tid, rs[0]["language"], len(rs), c, pass_at_k(len(rs), c, 1),
+                     dict(Counter(r["outcome"] for r in rs)), rs[0].get("category"),
+                     next((r.get("detail") for r in rs if r["outcome"] != "passed"), "") or "",
+                     _dist(g.get("ttft_s") for g in gens).median, _dist(g.get("tokens_per_s") for g in gens).median)
+
+
+def _speed(records: list[dict]) -> Speed:
+    gens = [r.get("gen") or {} for r in records]
+    return Speed(_dist(g.get("ttft_s") for g in gens), _dist(g.get("tokens_per_s") for g in gens),
+                 _dist(g.get("total_s") for g in gens), sum(int(g.get("prompt_tokens") or 0) for g in gens),
+                 sum(int(g.get("completion_tokens") or 0) for g in gens), _throughput(gens))
+
+
+def summarize(records: list[dict], samples: int = 1, meta: Mapping[str, Any] | None = None) -> BenchSummary:
+    """One model × quant summary from its records (one record per task × sample).
+
+    ``meta`` holds the :class:`BenchSummary` fields about the run (model, quant, suite, timings…).
+    """
     ks = tuple(k for k in (1, 5, 10) if k <= max(1, samples))
     per_task: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -87,36 +106,18 @@ def summarize(records: list[dict], samples: int = 1, meta: dict | None = None) -
     by_cat: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for tid, rs in per_task.items():
         by_cat[rs[0].get("category") or rs[0]["language"]][tid] = rs
-    gens = [r.get("gen") or {} for r in records]
     outcomes = Counter(r["outcome"] for r in records)
-    tasks = []
-    for tid, rs in per_task.items():
-        c = sum(r["outcome"] == "passed" for r in rs)
-        tasks.append({"task_id": tid, "category": rs[0].get("category"), "language": rs[0]["language"], "n": len(rs),
-                      "c": c, "pass@1": pass_at_k(len(rs), c, 1),
-                      "outcomes": dict(Counter(r["outcome"] for r in rs)),
-                      "detail": next((r.get("detail") for r in rs if r["outcome"] != "passed"), ""),
-                      "ttft_s": _dist(g.get("ttft_s") for g in (r.get("gen") or {} for r in rs))["median"],
-                      "tokens_per_s": _dist(g.get("tokens_per_s") for g in (r.get("gen") or {} for r in rs))["median"]})
-    quality = _quality(records)
-    summary = {
-        **(meta or {}),
-        "samples": samples,
-        "overall": _pass_block(per_task, ks),
-        "by_category": {cat: _pass_block(tk, ks) for cat, tk in sorted(by_cat.items())},
-        "outcomes": {o: outcomes.get(o, 0) for o in (*OUTCOMES, "skipped") if outcomes.get(o, 0) or o in OUTCOMES},
-        "speed": {
-            "ttft_s": _dist(g.get("ttft_s") for g in gens),
-            "decode_tokens_per_s": _dist(g.get("tokens_per_s") for g in gens),
-            "e2e_s": _dist(g.get("total_s") for g in gens),
-            "prompt_tokens": sum(int(g.get("prompt_tokens") or 0) for g in gens),
-            "completion_tokens": sum(int(g.get("completion_tokens") or 0) for g in gens),
-            "throughput_tokens_per_s": _throughput(gens),
-        },
-        "quality": quality,
-        "tasks": sorted(tasks, key=lambda t: t["task_id"]),
-    }
-    return summary
+    meta = dict(meta or {"model": "?"})
+    return BenchSummary(
+        **meta,
+        samples=samples,
+        overall=_pass_block(per_task, ks),
+        by_category={cat: _pass_block(tk, ks) for cat, tk in sorted(by_cat.items())},
+        outcomes={o: outcomes.get(o, 0) for o in (*OUTCOMES, "skipped") if outcomes.get(o, 0) or o in OUTCOMES},
+        speed=_speed(records),
+        quality=_quality(records),
+        tasks=tuple(sorted((_task_score(tid, rs) for tid, rs in per_task.items()), key=lambda t: t.task_id)),
+    )
 
 
 def _throughput(gens: list[dict]) -> float | None:
@@ -125,29 +126,27 @@ def _throughput(gens: list[dict]) -> float | None:
     return toks / total_t if total_t > 0 else None
 
 
-def _quality(records: list[dict]) -> dict:
+def _quality(records: list[dict]) -> dict[str, LanguageQuality]:
     """Separate columns, never one score: parse/compile rate, g++ warnings, ruff / eslint findings per 100 lines."""
-    q: dict = {}
     by_lang: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_lang[r["language"]].append(r)
-    for lang, rs in sorted(by_lang.items()):
-        parsed = [r for r in rs if r.get("outcome") != "skipped"]
-        entry: dict = {"samples": len(parsed),
-                       "parses_rate": (sum(r.get("outcome") != "compile_error" for r in parsed) / len(parsed))
-                       if parsed else None,
-                       "extracted_rate": (sum(bool((r.get("quality") or {}).get("extracted", True)) for r in parsed)
-                                          / len(parsed)) if parsed else None}
-        if lang == "cpp":
-            warns = [r.get("compile_warnings") for r in parsed if r.get("compile_warnings") is not None]
-            entry["gxx_warnings_total"] = sum(warns)
-            entry["gxx_warnings_per_sample"] = (sum(warns) / len(warns)) if warns else None
-        if lang == "python":
-            entry["ruff_findings_per_100_loc"] = _per_100_loc(parsed, "ruff_findings")
-        if lang == "javascript":
-            entry["eslint_findings_per_100_loc"] = _per_100_loc(parsed, "eslint_findings")
-        q[lang] = entry
-    return q
+    return {lang: _language_quality(lang, rs) for lang, rs in sorted(by_lang.items())}
+
+
+def _language_quality(lang: str, rs: list[dict]) -> LanguageQuality:
+    parsed = [r for r in rs if r.get("outcome") != "skipped"]
+    n = len(parsed)
+    warns = [r["compile_warnings"] for r in parsed if r.get("compile_warnings") is not None]
+    return LanguageQuality(
+        samples=n,
+        parses_rate=sum(r.get("outcome") != "compile_error" for r in parsed) / n if n else None,
+        extracted_rate=sum(bool((r.get("quality") or {}).get("extracted", True)) for r in parsed) / n if n else None,
+        gxx_warnings_total=sum(warns) if lang == "cpp" else None,
+        gxx_warnings_per_sample=sum(warns) / len(warns) if lang == "cpp" and warns else None,
+        ruff_findings_per_100_loc=_per_100_loc(parsed, "ruff_findings") if lang == "python" else None,
+        eslint_findings_per_100_loc=_per_100_loc(parsed, "eslint_findings") if lang == "javascript" else None,
+    )
 
 
 def _per_100_loc(records: list[dict], key: str) -> float | None:

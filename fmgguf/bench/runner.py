@@ -5,104 +5,102 @@ streamed to JSONL under ``settings.bench_dir/<run id>/`` so an interrupted run r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import platform
 import resource
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from fmgguf._util import PerSettings, human_bytes
 from fmgguf.bench.executors import ExecResult, Executor
 from fmgguf.bench.metrics import summarize
+from fmgguf.bench.run_store import Progress, Run, RunStore, skipped_record, task_record
+from fmgguf.bench.summary import BenchSummary
 from fmgguf.bench.tasks import Task, load_suite, select_tasks
 from fmgguf.errors import BenchError, FIMNotSupportedError, FmggufError
 
 if TYPE_CHECKING:
+    from fmgguf.bench.lint import JsLinter
+    from fmgguf.catalog.schema import ModelCard
+    from fmgguf.runtime.generation import GenerationResult
+    from fmgguf.runtime.loading import LoadedModel
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int, str], None]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _safe(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
 
 
-class RunStore:
-    """One run's folder: ``records.jsonl`` (appended line by line), ``summary.json`` (written atomically)."""
+class Loaded(Protocol):
+    """What a load returns that the benchmark reads."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.records_path = root / "records.jsonl"
-        self._lock = threading.Lock()
-        self._tail_checked = False
+    load_s: float
 
-    def load(self) -> list[dict]:
-        out = []
-        if self.records_path.exists():
-            for line in self.records_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:  # a line cut short by an interrupted run
-                    continue
-        return out
 
-    def append(self, record: dict) -> None:
-        with self._lock:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.records_path, "a", encoding="utf-8") as fh:
-                if not self._tail_checked:  # a line cut short by an interrupted run: start a fresh one
-                    self._tail_checked = True
-                    if fh.tell() > 0:
-                        with open(self.records_path, "rb") as rb:
-                            rb.seek(-1, os.SEEK_END)
-                            if rb.read(1) != b"\n":
-                                fh.write("\n")
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                fh.flush()
+class Generator(Protocol):
+    """What the benchmark needs of a model manager (:class:`fmgguf.runtime.ModelManager` is one)."""
 
-    def reset(self) -> None:
-        self.records_path.unlink(missing_ok=True)
+    def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> Loaded: ...
+    def load_file(self, path: str | Path, model_id: str | None = None, **options: Any) -> Loaded: ...
+    def current_model(self) -> LoadedModel | None: ...
+    def generate_text(self, prompt: str, **kw: Any) -> GenerationResult: ...
+    def chat(self, messages: list[dict], **kw: Any) -> GenerationResult: ...
+    def fill_in_middle(self, prefix: str, suffix: str, **kw: Any) -> GenerationResult: ...
 
-    def write_summary(self, summary: dict) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+
+class Locator(Protocol):
+    """What the benchmark needs of a downloader: where a downloaded model's file is."""
+
+    def model_path(self, model_id: str, quant: str | None = None) -> Path: ...
+
+
+class Resolver(Protocol):
+    """What the benchmark needs of a catalog: ``id[:QUANT]`` -> (card, quant)."""
+
+    def resolve(self, spec: str) -> tuple[ModelCard, str]: ...
 
 
 class ModelBenchmarker:
-    """Benchmarks models on a task suite; see :meth:`benchmark_model`."""
+    """Benchmarks models on a task suite; see :meth:`benchmark_model`.
 
-    def __init__(self, settings: Settings | None = None, manager: Any = None, catalog: Any = None,
-                 executor: Executor | None = None) -> None:
+    Takes its collaborators: ``manager`` loads and runs the models (None: the benchmarker builds its own
+    :class:`ModelManager` from *its* settings on first need, never a process-wide one).
+    """
+
+    def __init__(self, settings: Settings | None = None, manager: Generator | None = None,
+                 catalog: Resolver | None = None, executor: Executor | None = None,
+                 downloader: Locator | None = None) -> None:
         from fmgguf.settings import load_settings
 
         self.settings = settings or load_settings()
         self._manager = manager
         self._catalog = catalog
+        self._downloader = downloader
         self.executor = executor or Executor(timeout_s=self.settings.bench_timeout,
                                              memory_bytes=self.settings.bench_memory)
-        self._linter: Any = None
+        self._linter: JsLinter | None = None
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> Generator:
         if self._manager is None:
-            from fmgguf.runtime import get_model_manager
+            from fmgguf.runtime.manager import ModelManager
 
-            self._manager = get_model_manager(self.settings)
+            self._manager = ModelManager(self.settings, catalog=self.catalog)
         return self._manager
 
     @property
-    def linter(self) -> Any:
+    def linter(self) -> JsLinter:
         """The ESLint runner for the JavaScript quality column (ESLint installs on first use)."""
         if self._linter is None:
             from fmgguf.bench.lint import JsLinter
@@ -123,7 +121,15 @@ class ModelBenchmarker:
         return res
 
     @property
-    def catalog(self) -> Any:
+    def downloader(self) -> Locator:
+        if self._downloader is None:
+            from fmgguf.download import ModelDownloader
+
+            self._downloader = ModelDownloader(self.settings, self.catalog)
+        return self._downloader
+
+    @property
+    def catalog(self) -> Resolver:
         if self._catalog is None:
             from fmgguf.catalog import Catalog
 
@@ -133,7 +139,7 @@ class ModelBenchmarker:
     # --- reference self-check ------------------------------------------------------------------
     def run_reference(self, suite: str = "builtin", tasks: list[str] | None = None,
                       languages: list[str] | None = None, which: str = "reference",
-                      progress: Progress | None = None) -> dict:
+                      progress: Progress | None = None) -> BenchSummary:
         """Run the suite's own reference (or ``which="wrong"``) answers: the harness's self-check."""
         chosen = select_tasks(load_suite(suite), tasks, languages)
         runnable = [t for t in chosen if self.executor.available(t.language)]
@@ -157,8 +163,8 @@ class ModelBenchmarker:
                                           [answers[i][0].entry_point for i in js])
             for i, n in zip(js, counts, strict=True):
                 qualities[i]["eslint_findings"] = n
-        records = [_record(t, 0, r, None, q) for (t, _), r, q in zip(answers, results, qualities, strict=True)]
-        records += [_skipped(t, 0, "toolchain missing") for t in chosen if t not in runnable]
+        records = [task_record(t, 0, r, None, q) for (t, _), r, q in zip(answers, results, qualities, strict=True)]
+        records += [skipped_record(t, 0, "toolchain missing") for t in chosen if t not in runnable]
         meta = {"model": which, "quant": None, "suite": suite, "kind": "reference",
                 "wall_s": time.monotonic() - t0, **_manifest(self.executor), **lint}
         return summarize(records, 1, meta)
@@ -167,7 +173,7 @@ class ModelBenchmarker:
     def benchmark_model(self, model_id: str, quant: str = "Q4_K_M", tasks: list[str] | None = None,
                         samples: int = 1, suite: str = "builtin", languages: list[str] | None = None,
                         max_tokens: int = 512, temperature: float | None = None, fresh: bool = False,
-                        model_path: str | Path | None = None, progress: Progress | None = None) -> dict:
+                        model_path: str | Path | None = None, progress: Progress | None = None) -> BenchSummary:
         """Generate ``samples`` answers per task with the model, execute them, and summarize.
 
         A model that does not fit this machine is skipped with the fit plan's reason (the summary's
@@ -181,76 +187,54 @@ class ModelBenchmarker:
         store = RunStore(self.settings.bench_dir / run_id)
         meta: dict[str, Any] = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
                                 "run_dir": str(store.root), "kind": "model", "max_tokens": max_tokens,
-                                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                **_manifest(self.executor)}
+                                "started": _now(), **_manifest(self.executor)}
         skip = None if model_path else self._fit_reason(model_id, quant)
         if skip:
-            summary = {**meta, "status": "skipped", "reason": skip}
-            store.write_summary(summary)
-            return summary
+            return store.write_summary(BenchSummary(**meta, status="skipped", reason=skip))
         if fresh:
             store.reset()
         done = {(r["task_id"], r["sample"]) for r in store.load()}
         todo = [(t, s) for t in chosen for s in range(samples) if (t.id, s) not in done]
         temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.8)
-        meta.update(temperature=temp, resumed=len(done))
-        mgr = self.manager
+        meta.update(temperature=temp, resumed=len(done), **self._lint_manifest([t for t, _ in todo] or chosen))
         if todo:
-            if model_path:
-                loaded = mgr.load_file(model_path, model_id=model_id)
-            else:
-                loaded = mgr.switch_model(model_id, quant)
-            meta["load_s"] = getattr(loaded, "load_s", None)
-            mgr.generate_text("def hello():", max_tokens=4, temperature=0.0, seed=0)  # warm-up
-        loaded_info = mgr.current_model()
-        info = loaded_info.as_dict() if loaded_info is not None else {}
-        meta.update(n_ctx=info.get("n_ctx"), n_gpu_layers=info.get("n_gpu_layers"),
-                    model_memory_bytes=info.get("memory"), chat_template=info.get("chat_template"))
-        total, count = len(chosen) * samples, [len(done)]
-        count_lock = threading.Lock()
+            meta["load_s"] = self._load(model_id, quant, model_path)
+        info = self.manager.current_model()
+        if info is not None:
+            meta.update(n_ctx=info.n_ctx, n_gpu_layers=info.n_gpu_layers, model_memory_bytes=info.memory,
+                        chat_template=info.chat_template)
+        run = Run(store, len(chosen) * samples, len(done), progress)
+        self._generate_all(run, todo, bool(info and info.chat_template), max_tokens, temp)
+        records = [r for r in store.load() if r["task_id"] in {t.id for t in chosen}]
+        meta.update(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, finished=_now())
+        return store.write_summary(summarize(records, samples, meta))
 
-        def advance(task_id: str) -> None:
-            with count_lock:
-                count[0] += 1
-                n = count[0]
-            if progress:
-                progress(n, total, task_id)
+    def _load(self, model_id: str, quant: str, model_path: str | Path | None) -> float | None:
+        """Load the model (the store's file, or ``model_path``) and warm it up; the load time."""
+        mgr = self.manager
+        loaded = mgr.load_file(model_path, model_id=model_id) if model_path else mgr.switch_model(model_id, quant)
+        mgr.generate_text("def hello():", max_tokens=4, temperature=0.0, seed=0)  # warm-up
+        return loaded.load_s
 
-        def finished(fut: Future, task: Task, sample: int, gen: dict | None, answer: str, quality: dict) -> None:
-            try:
-                res: ExecResult = fut.result()
-                rec = _record(task, sample, res, gen, quality)
-            except FmggufError as exc:
-                rec = {**_skipped(task, sample, exc.one_line()), "outcome": "error", "gen": gen}
-            rec["answer"] = answer[:20000]
-            store.append(rec)
-            advance(task.id)
+    def _generate_all(self, run: Run, todo: list[tuple[Task, int]], use_chat: bool, max_tokens: int,
+                      temp: float) -> None:
+        """Generate each answer in turn (one model), executing the tests in a pool meanwhile."""
+        from fmgguf.bench.prompting import static_quality
 
-        use_chat = bool(info.get("chat_template"))
-        meta.update(self._lint_manifest([t for t, _ in todo] or chosen))
         with ThreadPoolExecutor(max_workers=max(1, self.settings.bench_workers)) as pool:
             for task, sample in todo:
                 if not self.executor.available(task.language):
-                    store.append(_skipped(task, sample, f"{task.language} toolchain missing"))
-                    advance(task.id)
+                    run.record(skipped_record(task, sample, f"{task.language} toolchain missing"))
                     continue
                 try:
                     answer, gen, extracted = self._generate(task, sample, use_chat, max_tokens, temp)
                 except FIMNotSupportedError as exc:
-                    store.append(_skipped(task, sample, exc.one_line()))
-                    advance(task.id)
+                    run.record(skipped_record(task, sample, exc.one_line()))
                     continue
-                from fmgguf.bench.prompting import static_quality
-
                 quality = static_quality(task, task.source(answer), extracted)
                 fut = pool.submit(self._execute_and_lint, task, answer, quality)
-                fut.add_done_callback(lambda f, t=task, s=sample, g=gen, a=answer, q=quality: finished(f, t, s, g, a, q))
-        records = [r for r in store.load() if r["task_id"] in {t.id for t in chosen}]
-        meta["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        summary = {**summarize(records, samples, meta), "status": "done"}
-        store.write_summary(summary)
-        return summary
+                fut.add_done_callback(
+                    lambda f, t=task, s=sample, g=gen, a=answer, q=quality: run.executed(f, t, s, g, a, q))
 
     def _fit_reason(self, model_id: str, quant: str) -> str | None:
         try:
@@ -259,9 +243,7 @@ class ModelBenchmarker:
             card, q = self.catalog.resolve(f"{model_id}:{quant}")
             path = None
             try:  # the local file's header when it is there (no network), else the planner's fallbacks
-                from fmgguf.download import ModelDownloader
-
-                path = ModelDownloader(self.settings, self.catalog).model_path(card.id, q)
+                path = self.downloader.model_path(card.id, q)
             except FmggufError:
                 path = None
             plan = plan_for_card(card, q, settings=self.settings, path=path, remote=path is None)
@@ -272,8 +254,8 @@ class ModelBenchmarker:
             return None
         if plan.fits:
             return None
-        return (f"{plan.label}: needs {plan.ram_needed / 1024**3:.1f} GiB RAM + {plan.vram_needed / 1024**3:.1f} GiB "
-                f"VRAM, {plan.ram_free / 1024**3:.1f} GiB RAM and {plan.vram_free / 1024**3:.1f} GiB VRAM free")
+        return (f"{plan.label}: needs {human_bytes(plan.ram_needed)} RAM + {human_bytes(plan.vram_needed)} VRAM, "
+                f"{human_bytes(plan.ram_free)} RAM and {human_bytes(plan.vram_free)} VRAM free")
 
     def _generate(self, task: Task, sample: int, use_chat: bool, max_tokens: int,
                   temp: float) -> tuple[str, dict, bool]:
@@ -305,9 +287,9 @@ class ModelBenchmarker:
         return answer, gen, extracted
 
     # --- the seed's API ------------------------------------------------------------------------
-    async def benchmark_multiple_models(self, model_configs: dict[str, Any], **kw: Any) -> dict[str, dict]:
+    async def benchmark_multiple_models(self, model_configs: dict[str, Any], **kw: Any) -> dict[str, BenchSummary]:
         """Benchmark each ``{id: config}`` in turn (config: a ModelConfig, a dict or a quant string)."""
-        out: dict[str, dict] = {}
+        out: dict[str, BenchSummary] = {}
         for model_id, cfg in model_configs.items():
             opts = dict(kw)
             quant = "Q4_K_M"
@@ -321,34 +303,23 @@ class ModelBenchmarker:
             out[model_id] = await asyncio.to_thread(self.benchmark_model, model_id, quant, **opts)
         return out
 
-    def generate_comparison_report(self, summaries: dict[str, dict] | list[dict]) -> dict:
+    def generate_comparison_report(self, summaries: Mapping[Any, BenchSummary] | list[BenchSummary]) -> dict:
         """Markdown, JSON-ready rows and a self-contained HTML page comparing the runs."""
         from fmgguf.bench.html_report import render_html
         from fmgguf.bench.reports import comparison_markdown, comparison_rows
 
-        runs = list(summaries.values()) if isinstance(summaries, dict) else list(summaries)
-        return {"markdown": comparison_markdown(runs), "rows": comparison_rows(runs), "html": render_html(runs)}
-
-
-def _record(task: Task, sample: int, res: ExecResult, gen: dict | None, quality: dict | None) -> dict:
-    return {"task_id": task.id, "category": task.category, "language": task.language, "sample": sample,
-            "outcome": res.outcome, "detail": res.detail[:500], "exec_s": round(res.duration_s, 4),
-            "compile_warnings": res.compile_warnings, "compile_s": res.compile_s,
-            "max_rss_bytes": res.max_rss_bytes, "gen": gen, "quality": quality or {}}
-
-
-def _skipped(task: Task, sample: int, why: str) -> dict:
-    return {"task_id": task.id, "category": task.category, "language": task.language, "sample": sample,
-            "outcome": "skipped", "detail": why, "gen": None, "quality": {}}
+        runs = list(summaries.values()) if isinstance(summaries, Mapping) else list(summaries)
+        return {"markdown": comparison_markdown(runs), "rows": [r.as_dict() for r in comparison_rows(runs)],
+                "html": render_html(runs)}
 
 
 def _manifest(executor: Executor) -> dict:
     caps = executor.sandbox.caps
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        llama_v = version("llama_cpp_python")
-    except Exception:  # noqa: BLE001
+    try:
+        llama_v: str | None = version("llama_cpp_python")
+    except PackageNotFoundError:
         llama_v = None
     return {"host": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "python": platform.python_version(), "llama_cpp_python": llama_v},
@@ -357,13 +328,16 @@ def _manifest(executor: Executor) -> dict:
                        "memory_bytes": executor.sandbox.limits.memory_bytes}}
 
 
-_default: dict[str, ModelBenchmarker] = {}
-_default_lock = threading.Lock()
+def _build_default(settings: Settings) -> ModelBenchmarker:
+    from fmgguf.download import get_model_downloader
+    from fmgguf.runtime import get_model_manager
+
+    return ModelBenchmarker(settings, manager=get_model_manager(settings), downloader=get_model_downloader(settings))
+
+
+_DEFAULT: PerSettings[ModelBenchmarker] = PerSettings(_build_default)
 
 
 def get_model_benchmarker(settings: Settings | None = None) -> ModelBenchmarker:
-    """The process-wide benchmarker (built on first call; ``settings`` only matter then)."""
-    with _default_lock:
-        if "b" not in _default:
-            _default["b"] = ModelBenchmarker(settings)
-        return _default["b"]
+    """The shared benchmarker for these settings (one per distinct settings), on the shared manager and downloader."""
+    return _DEFAULT.get(settings)

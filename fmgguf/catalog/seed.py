@@ -10,7 +10,6 @@ one is an error saying what to add.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,10 +84,3 @@ def seed_entries(models_block: dict[str, Any], path: Path) -> list[dict[str, Any
         out.append(overlay)
     return out
 
-
-def parse_params(text: str) -> int | None:
-    """'7B' -> 7_000_000_000; '1.5B' -> 1_500_000_000; '236B' ..."""
-    m = re.match(r"^\s*([\d.]+)\s*([KMBT])\s*$", str(text), re.I)
-    if not m:
-        return None
-    return int(float(m.group(1)) * {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[m.group(2).upper()])

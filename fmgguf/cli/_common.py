@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from fmgguf._util import human_bytes, jsonable  # noqa: F401 - human_bytes: the CLI's formatter
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog
@@ -68,23 +71,7 @@ rpc_option = click.option(
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=_default, ensure_ascii=False))
-
-
-def _default(obj: Any) -> Any:
-    from pathlib import Path
-
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if hasattr(obj, "as_dict"):
-        return obj.as_dict()
-    if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(obj)
-    return str(obj)
+    click.echo(json.dumps(jsonable(data), indent=2, ensure_ascii=False))
 
 
 def output(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
@@ -95,15 +82,22 @@ def output(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
-def human_bytes(n: int | float | None, unknown: str = "?") -> str:
-    if n is None:
-        return unknown
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+def trained_context(path: str | os.PathLike[str]) -> int | None:
+    """The context length a GGUF file says its model was trained with (None: unreadable or not said)."""
+    from fmgguf.errors import FmggufError
+    from fmgguf.runtime.gguf_file import read_gguf
+
+    try:
+        return read_gguf(path).n_ctx_train
+    except FmggufError:
+        return None
+
+
+def context_warning(n_ctx: int, trained: int | None) -> str | None:
+    """The one warning for a context longer than the trained one (None when it is not)."""
+    if trained and n_ctx > trained:
+        return f"context {n_ctx} exceeds the model's trained context {trained}; quality degrades past it"
+    return None
 
 
 def human_count(n: int | None) -> str:

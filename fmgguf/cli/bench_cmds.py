@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from fmgguf.cli._common import emit_json, json_option, pass_app, rpc_option
+from fmgguf._util import atomic_write_text
+from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app, rpc_option
 from fmgguf.errors import BenchError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from fmgguf.bench.run_store import Progress
+    from fmgguf.bench.summary import BenchSummary
 
 
 def _split(values: tuple[str, ...]) -> list[str] | None:
@@ -15,25 +23,30 @@ def _split(values: tuple[str, ...]) -> list[str] | None:
     return out or None
 
 
-def _progress_bar(enabled: bool):
-    """A rich progress bar on stderr (a no-op when stderr is not a terminal or JSON is asked)."""
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr while the block runs; yields its update function (None: no bar, when
+    stderr is not a terminal or JSON is asked)."""
     import sys
 
     if not enabled or not sys.stderr.isatty():
-        return None, None
+        yield None
+        return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
 
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[current]}"), console=Console(stderr=True), transient=True)
-    holder: dict = {}
+    bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+              TextColumn("{task.fields[current]}"), console=Console(stderr=True), transient=True)
+    ids: list = []
 
     def update(done: int, total: int, current: str) -> None:
-        if "id" not in holder:
-            holder["id"] = prog.add_task("bench", total=total, current="")
-        prog.update(holder["id"], completed=done, total=total, current=current)
+        if not ids:
+            ids.append(bar.add_task("bench", total=total, current=""))
+        bar.update(ids[0], completed=done, total=total, current=current)
 
-    return prog, update
+    with bar:
+        yield update
 
 
 @click.command("bench")
@@ -55,83 +68,89 @@ def _progress_bar(enabled: bool):
 @rpc_option
 @json_option
 @pass_app
-def bench_cmd(app, model_ids, quant, tasks, languages, samples, suite, reference, wrong, list_tasks, max_tokens,
-              gguf_path, fresh, html_out, as_json) -> None:
+def bench_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str, tasks: tuple[str, ...],
+              languages: tuple[str, ...], samples: int, suite: str, reference: bool, wrong: bool, list_tasks: bool,
+              max_tokens: int, gguf_path: str | None, fresh: bool, html_out: str | None, as_json: bool) -> None:
     """Run coding tasks through models (or the reference solutions) in a sandbox and report pass@k, speed, memory."""
-    from fmgguf.bench.tasks import load_suite, select_tasks
-
     if list_tasks:
-        chosen = select_tasks(load_suite(suite), _split(tasks), _split(languages))
-        if as_json:
-            emit_json([t.as_dict() for t in chosen])
-            return
-        from rich.table import Table
-
-        from fmgguf.cli._common import console
-
-        table = Table("id", "category", "language", "entry point", "title")
-        for t in chosen:
-            table.add_row(t.id, t.category, t.language, t.entry_point or "", t.title or t.prompt.splitlines()[0][:60])
-        console().print(table)
-        click.echo(f"{len(chosen)} tasks; one task = {100 / len(chosen):.1f} points of pass@1")
-        return
-    from fmgguf.bench.reports import comparison_markdown, summary_markdown
-    from fmgguf.bench.runner import ModelBenchmarker
-
-    bm = ModelBenchmarker(app.settings)
-    prog, update = _progress_bar(not as_json)
-    if reference:
+        _list_tasks(suite, _split(tasks), _split(languages), as_json)
+    elif reference:
         if model_ids:
             raise InvalidRequestError("--reference runs no model", fix="drop the model ids or drop --reference")
-        if prog:
-            prog.start()
-        try:
-            summary = bm.run_reference(suite, _split(tasks), _split(languages), "wrong" if wrong else "reference",
-                                       progress=update)
-        finally:
-            if prog:
-                prog.stop()
-        if as_json:
-            emit_json(summary)
-        else:
-            click.echo(summary_markdown(summary))
-        ov = summary["overall"]
-        if not wrong and ov["solved"] < ov["tasks"]:
-            raise BenchError(f"{ov['tasks'] - ov['solved']} reference solution(s) did not pass",
-                             fix="see the failing tasks above; the harness or the toolchain is broken")
-        return
-    if not model_ids:
-        raise InvalidRequestError("no model to benchmark", fix="give model ids, or use --reference / --list-tasks")
-    q = quant.upper()
-    quants = ["Q4_K_M", "Q8_0"] if q == "BOTH" else [quant]
-    if gguf_path and (len(model_ids) != 1 or len(quants) != 1):
-        raise InvalidRequestError("--gguf benchmarks one file", fix="give exactly one model id and one --quant")
-    summaries = []
-    if prog:
-        prog.start()
-    try:
-        from fmgguf.errors import InsufficientMemoryError, NotDownloadedError, UnknownQuantError
+        _run_reference(app, suite, _split(tasks), _split(languages), wrong, as_json)
+    else:
+        if not model_ids:
+            raise InvalidRequestError("no model to benchmark", fix="give model ids, or use --reference / --list-tasks")
+        quants = ["Q4_K_M", "Q8_0"] if quant.upper() == "BOTH" else [quant]
+        if gguf_path and (len(model_ids) != 1 or len(quants) != 1):
+            raise InvalidRequestError("--gguf benchmarks one file", fix="give exactly one model id and one --quant")
+        options = {"tasks": _split(tasks), "samples": samples, "suite": suite, "languages": _split(languages),
+                   "max_tokens": max_tokens, "fresh": fresh, "model_path": gguf_path}
+        _bench_models(app, [(m, q) for m in model_ids for q in quants], options, html_out, as_json)
 
-        several = len(model_ids) * len(quants) > 1
-        for mid in model_ids:
-            for qq in quants:
-                try:
-                    summaries.append(bm.benchmark_model(mid, qq, tasks=_split(tasks), samples=samples, suite=suite,
-                                                        languages=_split(languages), max_tokens=max_tokens,
-                                                        fresh=fresh, model_path=gguf_path, progress=update))
-                except (UnknownQuantError, NotDownloadedError, InsufficientMemoryError) as exc:
-                    if not several:
-                        raise
-                    # one of several runs cannot happen: say why in the report, run the others
-                    summaries.append({"model": mid, "quant": qq, "status": "skipped", "reason": exc.one_line()})
-    finally:
-        if prog:
-            prog.stop()
+
+def _list_tasks(suite: str, tasks: list[str] | None, languages: list[str] | None, as_json: bool) -> None:
+    """`bench --list-tasks`: the suite's tasks, as a table or JSON."""
+    from fmgguf.bench.tasks import load_suite, select_tasks
+
+    chosen = select_tasks(load_suite(suite), tasks, languages)
+    if as_json:
+        emit_json([t.as_dict() for t in chosen])
+        return
+    from rich.table import Table
+
+    from fmgguf.cli._common import console
+
+    table = Table("id", "category", "language", "entry point", "title")
+    for t in chosen:
+        table.add_row(t.id, t.category, t.language, t.entry_point or "", t.title or t.prompt.splitlines()[0][:60])
+    console().print(table)
+    click.echo(f"{len(chosen)} tasks; one task = {100 / len(chosen):.1f} points of pass@1")
+
+
+def _run_reference(app: AppContext, suite: str, tasks: list[str] | None, languages: list[str] | None,
+                   wrong: bool, as_json: bool) -> None:
+    """`bench --reference`: the suite's own solutions through the sandbox (exit != 0 when one fails)."""
+    from fmgguf.bench.reports import summary_markdown
+    from fmgguf.bench.runner import ModelBenchmarker
+
+    bm = ModelBenchmarker(app.settings, catalog=app.catalog)
+    with _progress(not as_json) as update:
+        summary = bm.run_reference(suite, tasks, languages, "wrong" if wrong else "reference", progress=update)
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(summary_markdown(summary))
+    ov = summary.overall
+    if not wrong and ov is not None and ov.solved < ov.tasks:
+        raise BenchError(f"{ov.tasks - ov.solved} reference solution(s) did not pass",
+                         fix="see the failing tasks above; the harness or the toolchain is broken")
+
+
+def _bench_models(app: AppContext, runs: list[tuple[str, str]], options: dict[str, Any], html_out: str | None,
+                  as_json: bool) -> None:
+    """`bench ID…`: each model × quant in turn, then the reports and the comparison."""
+    from fmgguf.bench.reports import comparison_markdown, summary_markdown
+    from fmgguf.bench.runner import ModelBenchmarker
+    from fmgguf.bench.summary import BenchSummary
+    from fmgguf.errors import InsufficientMemoryError, NotDownloadedError, UnknownQuantError
+
+    bm = ModelBenchmarker(app.settings, catalog=app.catalog)
+    summaries: list[BenchSummary] = []
+    with _progress(not as_json) as update:
+        for mid, qq in runs:
+            try:
+                summaries.append(bm.benchmark_model(mid, qq, progress=update, **options))
+            except (UnknownQuantError, NotDownloadedError, InsufficientMemoryError) as exc:
+                if len(runs) == 1:
+                    raise
+                # one of several runs cannot happen: say why in the report, run the others
+                summaries.append(BenchSummary(mid, qq, status="skipped", reason=exc.one_line()))
     report = bm.generate_comparison_report(summaries)
     for s in summaries:
         _write_run_reports(s)
     if html_out:
-        _atomic_write(Path(html_out), report["html"])
+        atomic_write_text(Path(html_out), report["html"])
     if as_json:
         emit_json({"runs": summaries, "comparison": report["rows"]})
         return
@@ -140,26 +159,17 @@ def bench_cmd(app, model_ids, quant, tasks, languages, samples, suite, reference
     if len(summaries) > 1:
         click.echo("## Comparison\n")
         click.echo(comparison_markdown(summaries))
-    click.echo("Runs: " + ", ".join(s.get("run_id", "?") for s in summaries) + "  (fmgguf compare RUN… --html out.html)")
+    click.echo("Runs: " + ", ".join(s.run_id or "?" for s in summaries) + "  (fmgguf compare RUN… --html out.html)")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_run_reports(summary: dict) -> None:
+def _write_run_reports(summary: BenchSummary) -> None:
     from fmgguf.bench.html_report import render_html
     from fmgguf.bench.reports import summary_markdown
 
-    run_dir = summary.get("run_dir")
-    if run_dir:
-        _atomic_write(Path(run_dir) / "report.md", summary_markdown(summary))
-        _atomic_write(Path(run_dir) / "report.html", render_html([summary], title=f"fmgguf bench: {summary.get('run_id')}"))
+    if summary.run_dir:
+        run_dir = Path(summary.run_dir)
+        atomic_write_text(run_dir / "report.md", summary_markdown(summary))
+        atomic_write_text(run_dir / "report.html", render_html([summary], title=f"fmgguf bench: {summary.run_id}"))
 
 
 @click.command("compare")
@@ -174,9 +184,9 @@ def compare_cmd(app, runs, html_out, as_json) -> None:
 
     summaries = [load_run(r, app.settings.bench_dir) for r in runs]
     if html_out:
-        _atomic_write(Path(html_out), render_html(summaries))
+        atomic_write_text(Path(html_out), render_html(summaries))
     if as_json:
-        emit_json({"runs": comparison_rows(summaries)})
+        emit_json({"runs": [r.as_dict() for r in comparison_rows(summaries)]})
         return
     click.echo(comparison_markdown(summaries))
     if html_out:

@@ -5,7 +5,7 @@ Cold start matters here (`fmgguf list` is benchmarked): nothing heavy is importe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,20 +20,22 @@ from fmgguf.cli._common import (
     pass_app,
     print_table,
 )
+from fmgguf.cli.store_cmds import catalog_lock_cmd
+
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import ModelCard
 
 CTX_TABLE = (4096, 16384, 32768)
 
 
 def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
     """(id, quant) -> downloaded, from the store's records (cheap: no hub import)."""
-    try:
-        from fmgguf.download.records import downloaded_quants
-    except ImportError:
-        return {}
+    from fmgguf.download.records import downloaded_quants
+
     return downloaded_quants(app.settings)
 
 
-def _row(card: Any, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
+def _row(card: ModelCard, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
     return {
         "id": card.id,
         "family": card.family,
@@ -107,7 +109,7 @@ def search_cmd(app: AppContext, text: str | None, family: str | None, max_params
     output(rows, as_json, lambda r: _table(r, f"{len(r)} matching") if r else click.echo("no model matches"))
 
 
-def _with_file_numbers(app: AppContext, card: Any, local: dict[tuple[str, str], bool]) -> tuple[Any, str | None]:
+def _with_file_numbers(app: AppContext, card: ModelCard, local: dict[tuple[str, str], bool]) -> tuple[Any, str | None]:
     """A user card without architecture numbers, completed from its downloaded GGUF header."""
     if card.arch is not None:
         return card, None
@@ -129,7 +131,7 @@ def _with_file_numbers(app: AppContext, card: Any, local: dict[tuple[str, str], 
     return card, None
 
 
-def card_details(card: Any, local: dict[tuple[str, str], bool], app: AppContext | None = None) -> dict[str, Any]:
+def card_details(card: ModelCard, local: dict[tuple[str, str], bool], app: AppContext | None = None) -> dict[str, Any]:
     from fmgguf.catalog.sizing import estimate_card
 
     file_template = None
@@ -258,20 +260,4 @@ def catalog_path_cmd(app: AppContext, as_json: bool) -> None:
                                                + ("" if d["user_exists"] else " (not created yet)")))
 
 
-def _attach_lock() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("fmgguf.cli.store_cmds") is None:
-        return
-
-    @catalog_group.command("lock", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                           add_help_option=False)
-    @click.pass_context
-    def catalog_lock_cmd(ctx: click.Context) -> None:
-        """Pin SHA256 for catalog models from the hub without downloading (fmgguf catalog lock [ID…])."""
-        from fmgguf.cli.store_cmds import catalog_lock_cmd as real
-
-        real.main(args=ctx.args, prog_name="fmgguf catalog lock", standalone_mode=False, obj=ctx.obj)
-
-
-_attach_lock()
+catalog_group.add_command(catalog_lock_cmd)  # the store owns it: it asks the hub for hashes

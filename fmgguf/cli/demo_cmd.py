@@ -49,9 +49,11 @@ def _step(n: int, text: str) -> None:
 @contextlib.contextmanager
 def _local_mirror(model: DemoModel) -> Iterator[str]:
     """A hub-compatible mirror of the model's repo on 127.0.0.1; yields its endpoint (HF_ENDPOINT)."""
-    from fmgguf.testing.hub_server import HubServer
+    from fmgguf.mirror.server import MirrorServer, as_repo
 
-    with HubServer({model.repo: model.files}, revision=model.revision) as hub:
+    repo = as_repo(model.files)
+    repo.revisions.add(model.revision)
+    with MirrorServer({model.repo: repo}) as hub:
         yield hub.endpoint
 
 

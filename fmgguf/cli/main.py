@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "compare": "fmgguf.cli.bench_cmds:compare_cmd",
     # server and tools
     "serve": "fmgguf.cli.serve_cmd:serve_cmd",
+    "mirror": "fmgguf.cli.mirror_cmd:mirror_group",
     "worker": "fmgguf.cli.worker_cmd:worker_cmd",
     "connect": "fmgguf.cli.connect_cmd:connect_cmd",
     "convert": "fmgguf.cli.convert_cmd:convert_cmd",

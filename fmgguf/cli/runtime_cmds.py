@@ -12,7 +12,15 @@ from typing import Any
 
 import click
 
-from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app, rpc_option
+from fmgguf.cli._common import (
+    AppContext,
+    context_warning,
+    emit_json,
+    json_option,
+    pass_app,
+    rpc_option,
+    trained_context,
+)
 
 
 def _load_options(f: Any) -> Any:
@@ -95,13 +103,15 @@ def _stderr_is_tty() -> bool:
 
 def _reword_memory_fix(app: AppContext, exc: Any, model: str, quant: str | None, is_file: bool) -> None:
     """No "use a smaller quant" where there is none: a file path, or already the catalog's smallest."""
+    from fmgguf.errors import FmggufError
+
     smallest = is_file
     if not is_file:
         try:
             card, q = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
             sizes = {k: v.size or v.approx_size or 0 for k, v in card.variants.items()}
             smallest = sizes.get(q, 0) <= min(sizes.values())
-        except Exception:  # noqa: BLE001 - only the wording of the fix is at stake
+        except FmggufError:  # an unknown id or quant: only the wording of the fix is at stake
             smallest = False
     if smallest and exc.fix and "smaller quant" in exc.fix:
         what = "a file has no smaller quant" if is_file else "this is already the smallest quant"
@@ -111,17 +121,8 @@ def _reword_memory_fix(app: AppContext, exc: Any, model: str, quant: str | None,
 
 def _context_warnings(result: Any) -> list[str]:
     """A warning when the context is longer than the one the model was trained with."""
-    from fmgguf.errors import FmggufError
-    from fmgguf.runtime.gguf_file import read_gguf
-
-    try:
-        trained = read_gguf(result.path).n_ctx_train
-    except FmggufError:
-        return []
-    if trained and result.n_ctx > trained:
-        return [f"context {result.n_ctx} exceeds the model's trained context {trained}; "
-                "quality degrades past it"]
-    return []
+    line = context_warning(result.n_ctx, trained_context(result.path))
+    return [line] if line else []
 
 
 def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
@@ -212,7 +213,7 @@ def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, lo
 
     if raw:
         return False
-    current = manager.current_model()  # a LoadedModel (attributes), not a dict
+    current = manager.current_model()
     has_template = bool(current is not None and current.chat_template)
     card = None
     if not (model.endswith(".gguf") or Path(model).expanduser().is_file()):

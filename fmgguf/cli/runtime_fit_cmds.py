@@ -7,20 +7,25 @@ and the compute buffer from llama.cpp's dry run in a child process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fmgguf.cli._common import (
     AppContext,
     console,
+    context_warning,
     emit_json,
     human_bytes,
     human_count,
     json_option,
     pass_app,
     rpc_option,
+    trained_context,
 )
+
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import ModelCard
 
 
 def _is_file(target: str) -> bool:
@@ -29,12 +34,9 @@ def _is_file(target: str) -> bool:
 
 def _local_path(app: AppContext, card_id: str, quant: str) -> Path | None:
     """The verified local file of a catalog model, or None when it is not downloaded."""
+    from fmgguf.download import ModelDownloader
     from fmgguf.errors import FmggufError
 
-    try:
-        from fmgguf.download import ModelDownloader
-    except ImportError:
-        return None
     try:
         return ModelDownloader(settings=app.settings, catalog=app.catalog).model_path(card_id, quant)
     except FmggufError:
@@ -92,7 +94,7 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     trained: dict[str, int | None] = {}
     if _is_file(target):
         plans[Path(target).name] = plan_for_file(target, measure=not no_measure, **common)
-        trained[Path(target).name] = _trained_ctx(target)
+        trained[Path(target).name] = trained_context(target)
         title = Path(target).name
     else:
         card, q = app.catalog.resolve(target)
@@ -102,7 +104,7 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
             try:
                 if local is not None:
                     plans[qq] = plan_for_file(local, measure=not no_measure, **common)
-                    trained[qq] = _trained_ctx(local)
+                    trained[qq] = trained_context(local)
                 else:
                     plans[qq] = plan_for_card(card, qq, **common)
                     trained[qq] = card.arch.context_length if card.arch else None
@@ -123,25 +125,13 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     _render_plans(title, plans)
 
 
-def _trained_ctx(path: str | Path) -> int | None:
-    from fmgguf.errors import FmggufError
-    from fmgguf.runtime.gguf_file import read_gguf
-
-    try:
-        return read_gguf(path).n_ctx_train
-    except FmggufError:
-        return None
-
-
 def _context_warnings(plans: dict[str, Any], trained: dict[str, int | None]) -> list[str]:
     """One line per distinct (context, trained context) pair where the plan's context is the longer."""
     out: list[str] = []
     for name, plan in plans.items():
-        n = trained.get(name)
-        if n and plan.n_ctx > n:
-            line = f"context {plan.n_ctx} exceeds the model's trained context {n}; quality degrades past it"
-            if line not in out:
-                out.append(line)
+        line = context_warning(plan.n_ctx, trained.get(name))
+        if line and line not in out:
+            out.append(line)
     return out
 
 
@@ -271,7 +261,7 @@ def _render_header(summary: dict[str, Any]) -> None:
             con.print(f"  {p['field']} {p['message']}", markup=False, highlight=False)
 
 
-def _inspect_from_card(card: Any, quant: str, reason: str, as_json: bool) -> None:
+def _inspect_from_card(card: ModelCard, quant: str, reason: str, as_json: bool) -> None:
     """What the catalog card says about the file whose header could not be read."""
     v = card.variant(quant)
     a = card.arch

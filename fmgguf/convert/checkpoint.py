@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fmgguf._util import human_bytes
 from fmgguf.errors import ConvertError, DiskSpaceError
 
 #: files any one of which gives the converter a tokenizer
@@ -127,15 +128,6 @@ def check_architecture(arch: str, supported: dict[str, str]) -> None:
     hint = f" (similar: {', '.join(near)})" if near else ""
     raise ConvertError(f"architecture {arch} is not supported by llama.cpp's converter{hint}",
                        fix="use a checkpoint of a supported architecture (e.g. LlamaForCausalLM, Qwen2ForCausalLM)")
-
-
-def human_bytes(n: float) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def check_disk(out_dir: Path, f16_bytes: int, already: int = 0, factor: float = DISK_FACTOR) -> int:

@@ -71,9 +71,11 @@ def build_entry(model_id: str, name: str, files: dict[str, Path], repo: str | No
         entry["notes"].append(f"architecture {arch['name']} is not one fmgguf sizes; arch numbers left out")
         del entry["arch"]
     entry = {k: v for k, v in entry.items() if v is not None}
+    from pydantic import ValidationError
+
     try:
         ModelCard.model_validate({**entry, "builtin": False})
-    except Exception as exc:  # pydantic.ValidationError
+    except ValidationError as exc:
         first_err = str(exc).splitlines()
         raise ConvertError(f"the catalog entry for {model_id} does not validate: {' '.join(first_err[:3])}",
                            fix="report this as a bug with the GGUF header (`fmgguf inspect FILE`)") from None

@@ -43,7 +43,7 @@ def _load_gguf_imatrix(p: Path, np) -> dict:
 
     try:
         reader = GGUFReader(str(p))
-    except Exception as exc:  # noqa: BLE001 - the reader raises plain ValueError/struct errors
+    except (OSError, ValueError, KeyError, IndexError) as exc:  # what gguf's reader raises on a bad file
         raise ConvertError(f"{p} is not a readable GGUF imatrix ({exc})", fix="regenerate it with llama-imatrix") from None
     keys = set(reader.fields)
     if not {"imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"} <= keys:

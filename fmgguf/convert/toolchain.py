@@ -1,6 +1,6 @@
 """llama.cpp's own HF → GGUF converter, taken from the pinned llama-cpp-python sdist, and what it needs.
 
-The sdist (cached by :func:`fmgguf.testing.vocab.ensure_sdist` under ``<shared_cache>/sdist``) vendors
+The sdist (cached by :func:`fmgguf.convert.sdist.ensure_sdist` under ``<shared_cache>/sdist``) vendors
 llama.cpp. We extract only the converter (``convert_hf_to_gguf.py``, its ``conversion`` package, its
 own ``gguf-py`` and the chat templates it reads) to ``<shared_cache>/convert/<version>``, atomically
 and under a file lock. Nothing of it is committed.
@@ -111,16 +111,14 @@ def _lock(path: Path):
 
 
 def _sdist(cache_dir: Path | None) -> tuple[Path, str]:
-    try:
-        from fmgguf.testing.vocab import SDIST_VERSION, ensure_sdist
-    except ImportError as exc:  # pragma: no cover - shipped with fmgguf
-        raise ConvertError("fmgguf.testing.vocab is missing", fix="reinstall fmgguf") from exc
+    from fmgguf.convert.sdist import SDIST_VERSION, ensure_sdist
+
     return ensure_sdist(cache_dir), SDIST_VERSION
 
 
 def ensure_converter(cache_dir: str | os.PathLike[str] | None = None) -> Converter:
     """The extracted converter of the pinned sdist, extracting it once (safe across processes)."""
-    from fmgguf.testing.vocab import SDIST_VERSION, shared_cache
+    from fmgguf.convert.sdist import SDIST_VERSION, shared_cache
 
     root = shared_cache(cache_dir) / "convert" / f"llama-cpp-python-{SDIST_VERSION}"
     if (root / ".complete").is_file():

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+from fmgguf._util import atomic_write_text, human_bytes
 from fmgguf.errors import DiskSpaceError
 
 #: errno values that mean "the disk is full" (EFBIG: a file-size limit, reported the same way)
@@ -66,9 +67,7 @@ class HubCache:
             ref = self.storage(repo) / "refs" / revision
             ref.parent.mkdir(parents=True, exist_ok=True)
             if not ref.is_file() or ref.read_text().strip() != commit:
-                tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
-                tmp.write_text(commit)
-                os.replace(tmp, ref)
+                atomic_write_text(ref, commit)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
             try:
@@ -100,14 +99,6 @@ def quarantine(path: Path, quarantine_dir: Path, label: str) -> Path | None:
     except OSError:  # another filesystem: copy then remove
         shutil.move(str(path), str(dest))
     return dest
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def existing_parent(path: Path) -> Path:

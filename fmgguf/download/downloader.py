@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fmgguf._util import PerSettings
 from fmgguf.download.cache import check_free
 from fmgguf.download.fetch import Expected, Fetcher, Progress
 from fmgguf.download.hashing import sha256_file
@@ -335,18 +335,9 @@ class ModelDownloader:
         return out
 
 
-_SHARED: dict[str, ModelDownloader] = {}
-_SHARED_LOCK = threading.Lock()
+_SHARED: PerSettings[ModelDownloader] = PerSettings(ModelDownloader)
 
 
 def get_model_downloader(settings: "Settings | None" = None) -> ModelDownloader:
-    """The shared downloader for these settings (one per FMGGUF_HOME)."""
-    if settings is None:
-        from fmgguf.settings import load_settings
-
-        settings = load_settings()
-    key = f"{settings.home}|{settings.hub_cache}|{settings.hf_endpoint}|{settings.offline}"
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = ModelDownloader(settings)
-        return _SHARED[key]
+    """The shared downloader for these settings (one per distinct settings)."""
+    return _SHARED.get(settings)

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,6 @@ class LoadOptions:
     rpc_servers: tuple[str, ...] | None = None
 
     def llama_kwargs(self) -> dict[str, Any]:
-        mod = lib()
         kw: dict[str, Any] = {
             "n_ctx": int(self.n_ctx), "n_gpu_layers": int(self.n_gpu_layers), "n_batch": int(self.n_batch),
             "n_ubatch": int(self.n_batch), "n_threads": self.n_threads, "n_threads_batch": self.n_threads,
@@ -106,7 +105,7 @@ class LoadOptions:
         if self.tensor_split:
             kw["tensor_split"] = [float(x) for x in self.tensor_split]
         if self.split_mode is not None:
-            kw["split_mode"] = split_mode_value(self.split_mode, mod)
+            kw["split_mode"] = split_mode_value(self.split_mode)
         for name in ("type_k", "type_v"):
             value = getattr(self, name)
             if value is not None:
@@ -127,7 +126,7 @@ def kv_type_value(name: str | int) -> int:
     return _KV_TYPES[key]
 
 
-def split_mode_value(mode: str | int, mod: Any = None) -> int:
+def split_mode_value(mode: str | int) -> int:
     if isinstance(mode, int):
         return mode
     table = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
@@ -150,7 +149,6 @@ class GenerationStats:
     first_token_at: float | None = None
     finished_at: float | None = None
     cached_tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the engine ------------------------------------------------------------------------------------

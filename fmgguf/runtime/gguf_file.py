@@ -63,10 +63,6 @@ def supported_architectures() -> frozenset[str]:
     return (frozenset(MODEL_ARCH_NAMES.values()) | _LLAMA_CPP_EXTRA_ARCHES) - _NOT_LOADABLE
 
 
-def type_name(type_id: int) -> str:
-    return ggml_types().get(type_id, (f"type{type_id}", 0, 0))[0]
-
-
 def row_bytes(type_name_or_id: str | int, n: int) -> int:
     """Bytes of a row of ``n`` elements of a ggml type (ggml_row_size)."""
     types = ggml_types()

@@ -76,10 +76,6 @@ def create_app(settings: "Settings", manager: Any = None, downloader: Any = None
     return app
 
 
-def get_state(request: Request) -> ServerState:
-    return request.app.state.fmgguf
-
-
 # --- errors: the one table, one handler -----------------------------------------------------------
 def _is_openai(request: Request) -> bool:
     return request.url.path.startswith("/v1/")

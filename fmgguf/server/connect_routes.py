@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.server.convert import downloaded_pairs
 from fmgguf.server.editor_config import TOOLS, config_for, pick_roles
+from fmgguf.server.json_views import downloaded_pairs
+from fmgguf.server.state import state_of
 
 router = APIRouter(prefix="/api", tags=["editors"])
 
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/api", tags=["editors"])
 def connect(request: Request, tool: str | None = Query(None, max_length=40)) -> dict:
     """Settings that point each editor (or ``tool``) at this server, with the right model ids and roles.
     The API key is shown as a placeholder, never echoed."""
-    state = request.app.state.fmgguf
+    state = state_of(request)
     if tool is not None and tool not in TOOLS:
         raise InvalidRequestError(f"unknown tool {tool!r}", fix=f"use one of {', '.join(TOOLS)}")
     base = str(request.base_url).rstrip("/")

@@ -11,16 +11,24 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Request
 
+from fmgguf._util import jsonable
+from fmgguf.bench.summary import BenchSummary
 from fmgguf.errors import FmggufError
-from fmgguf.server.convert import jsonable
 from fmgguf.server.schemas import BenchmarkRequest
-from fmgguf.server.state import ServerState
+from fmgguf.server.state import ServerState, state_of
 
 router = APIRouter(prefix="/api/models/benchmark", tags=["benchmark"])
+
+
+class Benchmarker(Protocol):
+    """What a run needs of the server's benchmarker (:class:`fmgguf.bench.ModelBenchmarker` is one)."""
+
+    def benchmark_model(self, model_id: str, quant: str = ..., **options: Any) -> BenchSummary: ...
+    def generate_comparison_report(self, summaries: list[BenchSummary]) -> dict: ...
 
 
 @dataclass
@@ -30,46 +38,45 @@ class BenchRun:
     options: dict
     state: str = "running"  # running | done | failed
     progress: dict = field(default_factory=dict)
-    summaries: dict = field(default_factory=dict)
-    report: Any = None
+    #: one summary per (model id, quant): one run may hold the same model in two quants
+    summaries: dict[tuple[str, str], BenchSummary] = field(default_factory=dict)
+    report: dict | None = None
     error: dict | None = None
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
     def as_dict(self) -> dict:
+        """The run's JSON; ``results`` is keyed ``"id:QUANT"`` (the model reference the API takes)."""
         return {"run_id": self.id, "models": [{"model_id": m, "quant": q} for m, q in self.models],
                 "options": self.options, "state": self.state, "progress": self.progress, "error": self.error,
-                "results": {k: compact(v) for k, v in self.summaries.items()},
+                "results": {f"{m}:{q}": compact(v) for (m, q), v in self.summaries.items()},
                 "started_at": self.started_at, "finished_at": self.finished_at,
                 "report_url": f"/api/models/benchmark/{self.id}/report"}
 
 
-def compact(summary: dict) -> dict:
+def compact(summary: BenchSummary) -> dict:
     """The headline numbers of a benchmark summary."""
-    overall = summary.get("overall") or {}
-    speed = (summary.get("speed") or {}).get("decode_tokens_per_s") or {}
-    return {"status": summary.get("status"), "reason": summary.get("reason"), "quant": summary.get("quant"),
-            "suite": summary.get("suite"), "samples": summary.get("samples"), "pass_at_1": overall.get("pass@1"),
-            "ci95": overall.get("ci95"), "tasks": overall.get("tasks"), "solved": overall.get("solved"),
-            "decode_tokens_per_s": speed.get("median"), "finished": summary.get("finished")}
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.fmgguf
+    ov = summary.overall
+    return {"status": summary.status, "reason": summary.reason, "quant": summary.quant, "suite": summary.suite,
+            "samples": summary.samples, "pass_at_1": ov.pass_at_1 if ov else None,
+            "ci95": list(ov.ci95) if ov else None, "tasks": ov.tasks if ov else None,
+            "solved": ov.solved if ov else None, "decode_tokens_per_s": summary.speed.decode_tokens_per_s.median,
+            "finished": summary.finished}
 
 
 def _run(state: ServerState, run: BenchRun) -> None:
     outcome: tuple[str, dict | None] = ("failed", None)
     try:
-        bench = state.benchmarker
+        bench: Benchmarker = state.benchmarker
         for i, (model_id, quant) in enumerate(run.models):
             def progress(done: int, total: int, task: str, i: int = i, model_id: str = model_id) -> None:
                 run.progress = {"model": model_id, "model_index": i, "models": len(run.models), "done": done,
                                 "total": total, "task": task}
 
             progress(0, 0, "")
-            run.summaries[model_id] = bench.benchmark_model(model_id, quant, progress=progress, **run.options)
-        run.report = bench.generate_comparison_report(run.summaries)
+            run.summaries[(model_id, quant)] = bench.benchmark_model(model_id, quant, progress=progress,
+                                                                     **run.options)
+        run.report = bench.generate_comparison_report(list(run.summaries.values()))
         outcome = ("done", None)
     except FmggufError as exc:
         outcome = ("failed", exc.to_dict())
@@ -106,7 +113,7 @@ def _restore(state: ServerState) -> None:
 @router.post("", status_code=202)
 async def start(request: Request, body: BenchmarkRequest) -> dict:
     """Benchmark downloaded models on a task suite (executed tests, sandboxed); returns a run id."""
-    state = _state(request)
+    state = state_of(request)
     models = []
     for spec in body.model_ids:
         card, quant = state.catalog.resolve(spec if body.quant is None else f"{spec.partition(':')[0]}:{body.quant}")
@@ -129,7 +136,7 @@ async def start(request: Request, body: BenchmarkRequest) -> dict:
 
 @router.get("")
 def runs(request: Request) -> dict:
-    return {"runs": [r.as_dict() for r in _state(request).bench_runs.values()]}
+    return {"runs": [r.as_dict() for r in state_of(request).bench_runs.values()]}
 
 
 def _get(state: ServerState, run_id: str) -> BenchRun:
@@ -141,33 +148,35 @@ def _get(state: ServerState, run_id: str) -> BenchRun:
 
 @router.get("/{run_id}")
 def run_status(request: Request, run_id: str) -> dict:
-    return _get(_state(request), run_id).as_dict()
+    return _get(state_of(request), run_id).as_dict()
 
 
 @router.get("/{run_id}/report")
 def run_report(request: Request, run_id: str) -> dict:
     """The comparison report (markdown, rows, a self-contained HTML page) and the full summaries."""
-    run = _get(_state(request), run_id)
+    run = _get(state_of(request), run_id)
     if run.state == "running":
         raise HTTPException(409, "the benchmark is still running; poll GET /api/models/benchmark/{run_id} until done")
-    return {**run.as_dict(), "summaries": jsonable(run.summaries), "report": jsonable(run.report)}
+    return {**run.as_dict(), "summaries": {f"{m}:{q}": s.as_dict() for (m, q), s in run.summaries.items()},
+            "report": jsonable(run.report)}
 
 
 def stored_results(state: ServerState, model_id: str) -> dict | None:
     """The latest finished benchmark of ``model_id``: this server's runs first, then the run folders."""
     for run in sorted(state.bench_runs.values(), key=lambda r: r.started_at, reverse=True):
-        if model_id in run.summaries and run.summaries[model_id].get("status") == "done":
-            return compact(run.summaries[model_id])
-    best: dict | None = None
+        done = [s for (m, _), s in run.summaries.items() if m == model_id and s.status == "done"]
+        if done:
+            return compact(max(done, key=lambda s: s.finished or ""))
+    best: BenchSummary | None = None
     root = state.settings.bench_dir
     if not root.is_dir():
         return None
     for path in root.glob("*/summary.json"):
         try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            summary = BenchSummary.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        if summary.get("model") == model_id and summary.get("status") == "done" and summary.get("kind", "model") == "model":
-            if best is None or str(summary.get("finished") or "") > str(best.get("finished") or ""):
+        if summary.model == model_id and summary.status == "done" and summary.kind == "model":
+            if best is None or (summary.finished or "") > (best.finished or ""):
                 best = summary
     return compact(best) if best else None

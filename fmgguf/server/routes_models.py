@@ -12,20 +12,17 @@ import anyio
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from fmgguf._util import jsonable
 from fmgguf.catalog import normalize_quant
 from fmgguf.errors import FmggufError, InvalidRequestError, ModelNotLoadedError
-from fmgguf.server.convert import card_summary, downloaded_pairs, jsonable
+from fmgguf.server.json_views import card_summary, downloaded_pairs
 from fmgguf.server.schemas import CompareRequest, DownloadRequest, GenerateRequest, SelectRequest
-from fmgguf.server.state import ServerState
+from fmgguf.server.state import ServerState, state_of
 from fmgguf.server.streaming import StreamedGeneration, error_payload, result_dict, run_generation, sse
 
 log = logging.getLogger("fmgguf.server")
 router = APIRouter(prefix="/api/models", tags=["models"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def state_of(request: Request) -> ServerState:
-    return request.app.state.fmgguf
 
 
 def _resolve(state: ServerState, model_id: str, quant: str | None) -> tuple[Any, str]:

@@ -20,21 +20,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from fmgguf.server.convert import downloaded_pairs
 from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, start
 from fmgguf.server.dialects.routing import loaded_names
+from fmgguf.server.json_views import downloaded_pairs
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
-from fmgguf.server.state import ServerState
+from fmgguf.server.state import ServerState, state_of
 from fmgguf.server.streaming import error_payload, sse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 DEFAULT_MAX_TOKENS = 256
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _FINISH = {"stop": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.fmgguf
 
 
 def _usage(result: Any) -> dict:
@@ -59,7 +55,7 @@ def list_models(request: Request) -> dict:
     several quants on disk is listed once per quant as ``id:QUANT`` (the bare id still works in requests:
     it means the loaded quant, else the catalog default, else the first quant on disk). Never both forms.
     """
-    state = _state(request)
+    state = state_of(request)
     now = int(state.started_at)
     local = _local_quants(state)
     manager = state.manager_if_built
@@ -124,7 +120,7 @@ async def completions(request: Request) -> Any:
 
         return await tabby_completion(request, _validated(TabbyCompletion, data))
     body: CompletionRequest = _validated(CompletionRequest, data)
-    state = _state(request)
+    state = state_of(request)
     if body.suffix is not None:
         req = GenRequest("fim", "openai", body.model, prompt=body.prompt, suffix=body.suffix,
                          sampling=_sampling(body), stream=bool(body.stream), client=_client(request, body))
@@ -152,7 +148,7 @@ async def completions(request: Request) -> Any:
 @router.post("/chat/completions")
 async def chat_completions(request: Request, body: ChatRequest) -> Any:
     """Chat with the model (its chat template)."""
-    state = _state(request)
+    state = state_of(request)
     messages = tuple({"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                      for m in body.messages)
     gen = await start(state, GenRequest("chat", "openai", body.model, messages=messages, sampling=_sampling(body),

@@ -16,6 +16,8 @@ from fmgguf.server.gate import GenerationGate
 from fmgguf.server.jobs import DownloadJobs
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from fmgguf.catalog import Catalog
     from fmgguf.settings import Settings
 
@@ -227,3 +229,8 @@ def _build_benchmarker(cls: Any, state: ServerState) -> Any:
         if name in params:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def state_of(request: "Request") -> ServerState:
+    """The :class:`ServerState` of the app serving ``request`` (the one accessor every route uses)."""
+    return request.app.state.fmgguf

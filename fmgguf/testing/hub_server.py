@@ -1,33 +1,29 @@
-"""A small hub-compatible HTTP server on 127.0.0.1 with fault injection (tests, demo, benchmarks).
+"""The product mirror (:mod:`fmgguf.mirror.server`) on 127.0.0.1 with fault injection, for tests and benchmarks.
 
-Serves what ``huggingface_hub`` and fmgguf's downloader ask of the hub: ``HEAD``/``GET``
-``/{repo}/resolve/{revision}/{filename}`` (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` = sha256,
-``X-Linked-Size``, ``Range``), ``/api/models/{repo}[/revision/{rev}]`` and the tree listing.
+It serves what the product mirror serves (the hub's resolve, model-info and tree endpoints).
 :class:`Fault` makes it misbehave like real networks: status sequences (500 then 200, 429 +
-Retry-After, 404), a dropped connection, a flipped byte, a lying ``Content-Length``, a stall, an ignored ``Range``;
-a redirect to a CDN on another loopback host (``redirect_to``);
-``throttle`` caps bytes/s per response. ``with HubServer({"org/x-GGUF": {"x-Q8_0.gguf": path}}) as
-hub: hub.add_fault(Fault(drop_after=4096))``. ``python -m fmgguf.testing.hub_server --file
-org/repo:name=PATH [--throttle B/s] [--plain]`` runs it as its own process (prints ``READY <url>``).
+Retry-After, 404), a dropped connection, a flipped byte, a lying ``Content-Length``, a stall, an ignored
+``Range``; a redirect to a CDN on another loopback host (``redirect_to``); ``throttle`` caps bytes/s per response; ``lfs=False`` serves files as plain git files (no sha256).
+``with HubServer({"org/x-GGUF": {"x-Q8_0.gguf": path}}) as hub: hub.add_fault(Fault(drop_after=4096))``.
+``python -m fmgguf.testing.hub_server --file org/repo:name=PATH [--throttle B/s] [--plain]`` runs it
+as its own process (prints ``READY <url>``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-CHUNK = 256 * 1024
+from fmgguf.mirror.server import CHUNK, MirrorHandler, MirrorServer, read_chunks
+from fmgguf.mirror.sources import MirrorFile
 
 
 @dataclass
@@ -54,28 +50,17 @@ class Fault:
         return self.file is None or self.file == filename
 
 
-@dataclass
-class _Entry:
-    path: Path
-    size: int
-    sha256: str
-    git_oid: str
-
-
-def _digests(path: Path, size: int, git: bool) -> tuple[str, str]:
-    """(sha256, git blob id or "") of a file."""
-    sha = hashlib.sha256()
-    oid = hashlib.sha1(f"blob {size}\0".encode()) if git else None  # noqa: S324 - git's object id
+def _git_oid(path: Path, size: int) -> str:
+    """git's blob id of a file (what the hub sends as ETag for files not in LFS)."""
+    oid = hashlib.sha1(f"blob {size}\0".encode())  # noqa: S324 - git's object id
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
-            sha.update(chunk)
-            if oid is not None:
-                oid.update(chunk)
-    return sha.hexdigest(), oid.hexdigest() if oid is not None else ""
+            oid.update(chunk)
+    return oid.hexdigest()
 
 
-class HubServer:
-    """The loopback hub. ``repos``: repo id -> {file name in repo: local path}.
+class HubServer(MirrorServer):
+    """The product mirror on loopback, plus what tests need. ``repos``: repo id -> {file name: local path}.
 
     ``lfs=True`` serves files the way the hub serves LFS files (sha256 in ``X-Linked-Etag``);
     ``lfs=False`` like plain git files (``ETag`` = git blob id, no sha256 anywhere).
@@ -84,57 +69,23 @@ class HubServer:
 
     def __init__(self, repos: dict[str, dict[str, Path | str]], *, lfs: bool = True, throttle: float | None = None,
                  port: int = 0, revision: str = "main", host: str = "127.0.0.1", redirect_to: str | None = None) -> None:
+        super().__init__(repos, host=host, port=port)
         self.lfs = lfs
         #: ``redirect_to``: answer file requests with a 302 to this base URL (a CDN on another host), the way
         #: the hub sends LFS files to its CDN; ``host``: the loopback address to listen on (127.0.0.2 is another host)
-        self.host, self.redirect_to = host, redirect_to
+        self.redirect_to = redirect_to
         self.throttle = throttle
         self.revision = revision
         self.faults: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._port = port
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.repos: dict[str, dict[str, _Entry]] = {}
-        self.commits: dict[str, str] = {}
-        for repo, files in repos.items():
-            entries = {}
-            for name, p in files.items():
-                p = Path(p)
-                size = p.stat().st_size
-                entries[name] = _Entry(p, size, *_digests(p, size, git=not lfs))
-            self.repos[repo] = entries
-            digest = hashlib.sha1(repo.encode())  # noqa: S324 - a stand-in commit id
-            for name in sorted(entries):
-                digest.update(f"{name}\0{entries[name].sha256}\n".encode())
-            self.commits[repo] = digest.hexdigest()
-
-    # --- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "HubServer":
-        handler = type("Handler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer((self.host, self._port), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> "HubServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def endpoint(self) -> str:
-        assert self._httpd is not None, "start the server first"
-        return f"http://{self.host}:{self._httpd.server_address[1]}"
+        self.commits = {repo_id: repo.commit for repo_id, repo in self.repos.items()}
+        self.git_oids: dict[tuple[str, str], str] = {}
+        for repo_id, repo in self.repos.items():
+            repo.revisions.add(revision)
+            if not lfs:
+                for name, f in repo.files.items():
+                    self.git_oids[(repo_id, name)] = _git_oid(f.path, f.size)
 
     # --- faults and the log ------------------------------------------------------------------
     def add_fault(self, fault: Fault) -> Fault:
@@ -147,7 +98,7 @@ class HubServer:
             self.faults.clear()
             self.requests.clear()
 
-    def _take_fault(self, method: str, filename: str) -> Fault | None:
+    def take_fault(self, method: str, filename: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
                 if fault.matches(method, filename):
@@ -155,7 +106,7 @@ class HubServer:
                     return fault
         return None
 
-    def _log(self, **entry: Any) -> dict[str, Any]:
+    def log(self, **entry: Any) -> dict[str, Any]:
         with self._lock:
             entry.setdefault("path", getattr(threading.current_thread(), "hub_path", None))
             entry.setdefault("auth", getattr(threading.current_thread(), "hub_auth", None))
@@ -171,202 +122,113 @@ class HubServer:
     def bytes_sent(self, filename: str | None = None) -> int:
         return sum(r.get("sent", 0) for r in self.gets(filename))
 
-    def sha256(self, repo: str, filename: str) -> str:
-        return self.repos[repo][filename].sha256
 
+class _FaultyHandler(MirrorHandler):
+    """The mirror's handler with the test hub's faults, throttle, plain-git mode and request log."""
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    hub: HubServer
+    mirror: HubServer
+    _fault: Fault | None = None
+    _record: dict[str, Any] | None = None
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-        pass
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._route("HEAD")
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._route("GET")
-
-    # --- routing -----------------------------------------------------------------------------
     def _route(self, method: str) -> None:
-        path = unquote(urlsplit(self.path).path)
         threading.current_thread().hub_path = self.path  # type: ignore[attr-defined]
         threading.current_thread().hub_auth = self.headers.get("Authorization")  # type: ignore[attr-defined]
-        parts = [p for p in path.split("/") if p]
-        try:
-            if len(parts) >= 3 and parts[0] == "api" and parts[1] in ("models",):
-                self._api(method, parts[2:])
-            elif len(parts) >= 5 and parts[2] == "resolve":
-                self._resolve(method, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
-            else:
-                self._error(method, 404, "EntryNotFound", "not found")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def _repo(self, method: str, repo: str, revision: str) -> tuple[dict[str, _Entry], str] | None:
-        files = self.hub.repos.get(repo)
-        if files is None:
-            self._error(method, 404, "RepoNotFound", f"repository {repo} not found")
-            return None
-        commit = self.hub.commits[repo]
-        if revision not in (self.hub.revision, commit, "main"):
-            self._error(method, 404, "RevisionNotFound", f"revision {revision} not found")
-            return None
-        return files, commit
-
-    def _api(self, method: str, rest: list[str]) -> None:
-        repo = "/".join(rest[:2])
-        revision = "main"
-        tree_path = None
-        if len(rest) >= 4 and rest[2] == "revision":
-            revision = "/".join(rest[3:])
-        elif len(rest) >= 4 and rest[2] == "tree":
-            revision = rest[3]
-            tree_path = "/".join(rest[4:])
-        found = self._repo(method, repo, revision)
-        if found is None:
-            return
-        files, commit = found
-        if tree_path is not None:
-            body: Any = [{"type": "file", "path": name, "size": e.size, "oid": e.git_oid or e.sha256[:40],
-                          **({"lfs": {"oid": e.sha256, "size": e.size, "pointerSize": 132}} if self.hub.lfs else {})}
-                         for name, e in sorted(files.items()) if name.startswith(tree_path)]
-        else:
-            body = {"id": repo, "modelId": repo, "sha": commit, "private": False, "gated": False,
-                    "siblings": [{"rfilename": name} for name in sorted(files)]}
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Repo-Commit", commit)
-        self.end_headers()
-        if method == "GET":
-            self.wfile.write(data)
+        self._fault, self._record = None, None
+        super()._route(method)
 
     def _error(self, method: str, status: int, code: str, message: str, commit: str | None = None,
-               retry_after: float | None = None, filename: str | None = None) -> None:
-        data = json.dumps({"error": message}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
-        if commit:
-            self.send_header("X-Repo-Commit", commit)
-        if retry_after is not None:
-            self.send_header("Retry-After", str(int(retry_after) if float(retry_after).is_integer() else retry_after))
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if method == "GET":
-            self.wfile.write(data)
-        self.hub._log(method=method, file=filename, range=self.headers.get("Range"), status=status, sent=0)
+               extra: Any = None, filename: str | None = None) -> None:
+        super()._error(method, status, code, message, commit, extra, filename)
+        self.mirror.log(method=method, file=filename, range=self.headers.get("Range"), status=status, sent=0)
 
-    def _resolve(self, method: str, repo: str, revision: str, filename: str) -> None:
-        found = self._repo(method, repo, revision)
-        if found is None:
-            return
-        files, commit = found
-        entry = files.get(filename)
-        if entry is None:
-            self._error(method, 404, "EntryNotFound", f"{filename} not found in {repo}", commit=commit)
-            return
-        fault = self.hub._take_fault(method, filename)
+    def _tree_entry(self, repo_id: str, name: str, f: MirrorFile) -> dict[str, Any]:
+        if self.mirror.lfs:
+            return super()._tree_entry(repo_id, name, f)
+        return {"type": "file", "path": name, "size": f.size, "oid": self.mirror.git_oids[(repo_id, name)]}
+
+    def _file_response(self, method: str, repo_id: str, commit: str, filename: str, entry: MirrorFile) -> None:
+        fault = self.mirror.take_fault(method, filename)
         if fault is not None and fault.status is not None:
-            self._error(method, fault.status, "Fault", f"injected {fault.status}", commit=commit,
-                        retry_after=fault.retry_after, filename=filename)
+            extra = {}
+            if fault.retry_after is not None:
+                ra = fault.retry_after
+                extra["Retry-After"] = str(int(ra) if float(ra).is_integer() else ra)
+            self._error(method, fault.status, "Fault", f"injected {fault.status}", commit=commit, extra=extra,
+                        filename=filename)
             return
-        if self.hub.redirect_to:
-            self._redirect(method, repo, commit, filename, entry)
+        if self.mirror.redirect_to:
+            self._redirect(method, repo_id, commit, filename, entry)
             return
-        start, end = 0, entry.size - 1
-        status = 200
-        rng = self.headers.get("Range")
-        if rng and method == "GET" and not (fault is not None and fault.ignore_range):
-            try:
-                first, _, last = rng.strip().removeprefix("bytes=").partition("-")
-                start = int(first)
-                end = min(int(last), entry.size - 1) if last else entry.size - 1
-            except ValueError:
-                start = -1
-            if start < 0 or start >= entry.size or start > end:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{entry.size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                self.hub._log(method=method, file=filename, range=rng, status=416, sent=0)
-                return
-            status = 206
-        length = end - start + 1
-        claimed = max(0, length + (fault.length_delta if fault else 0))
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("X-Repo-Commit", commit)
-        if self.hub.lfs:
-            self.send_header("ETag", f'"{entry.sha256}"')
-            self.send_header("X-Linked-Etag", f'"{entry.sha256}"')
-            self.send_header("X-Linked-Size", str(entry.size))
-        else:
-            self.send_header("ETag", f'"{entry.git_oid}"')
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{entry.size}")
-        self.send_header("Content-Length", str(claimed))
-        self.end_headers()
-        if method == "HEAD":
-            self.hub._log(method=method, file=filename, range=None, status=status, sent=0)
-            return
-        record = self.hub._log(method=method, file=filename, range=rng, status=status, sent=0)
-        self._send_body(entry, start, min(length, claimed), fault, record)
-        if fault is not None and (fault.drop_after is not None or fault.length_delta):
+        self._fault = fault
+        rng = self.headers.get("Range") if method == "GET" else None
+        partial = rng is not None and not (fault is not None and fault.ignore_range)
+        self._record = self.mirror.log(method=method, file=filename, range=rng, status=206 if partial else 200, sent=0)
+        super()._file_response(method, repo_id, commit, filename, entry)
+        if fault is not None and method == "GET" and (fault.drop_after is not None or fault.length_delta):
             self._hang_up()
 
-    def _redirect(self, method: str, repo: str, commit: str, filename: str, entry: _Entry) -> None:
+    def _redirect(self, method: str, repo_id: str, commit: str, filename: str, entry: MirrorFile) -> None:
         """302 to the CDN, with the file's metadata on the redirect itself (as the hub does for LFS)."""
         self.send_response(302)
-        self.send_header("Location", f"{self.hub.redirect_to}/{repo}/resolve/{commit}/{filename}")
+        self.send_header("Location", f"{self.mirror.redirect_to}/{repo_id}/resolve/{commit}/{filename}")
         self.send_header("X-Repo-Commit", commit)
-        self.send_header("ETag", f'"{entry.sha256}"')
-        self.send_header("X-Linked-Etag", f'"{entry.sha256}"')
-        self.send_header("X-Linked-Size", str(entry.size))
+        for k, v in self._file_etags(repo_id, filename, entry).items():
+            self.send_header(k, v)
         self.send_header("Content-Length", "0")
         self.end_headers()
-        self.hub._log(method=method, file=filename, range=self.headers.get("Range"), status=302, sent=0)
+        self.mirror.log(method=method, file=filename, range=self.headers.get("Range"), status=302, sent=0)
 
-    def _send_body(self, entry: _Entry, start: int, length: int, fault: Fault | None, record: dict[str, Any]) -> int:
+    def _file_range(self, method: str, filename: str, entry: MirrorFile) -> tuple[int, int, int] | None:
+        if self._fault is not None and self._fault.ignore_range:
+            return 200, 0, entry.size - 1
+        return super()._file_range(method, filename, entry)
+
+    def _file_refused(self, method: str, filename: str, rng: str) -> None:
+        if self._record is not None:
+            self._record["status"] = 416
+
+    def _file_etags(self, repo_id: str, filename: str, entry: MirrorFile) -> dict[str, str]:
+        if self.mirror.lfs:
+            return super()._file_etags(repo_id, filename, entry)
+        return {"ETag": f'"{self.mirror.git_oids[(repo_id, filename)]}"'}
+
+    def _file_length(self, filename: str, length: int) -> int:
+        return max(0, length + (self._fault.length_delta if self._fault else 0))
+
+    def _file_body(self, filename: str, entry: MirrorFile, start: int, length: int) -> int:
+        fault, record = self._fault, self._record if self._record is not None else {}
         if fault is not None and fault.stall_s:
             time.sleep(fault.stall_s)
-        limit = length
+        limit = min(length, self._file_length(filename, length))
         if fault is not None and fault.drop_after is not None:
             limit = min(limit, fault.drop_after)
-        rate = self.hub.throttle
+        rate = self.mirror.throttle
         chunk_size = CHUNK if not rate else max(16 * 1024, min(4 << 20, int(rate / 50)))
         sent = 0
         t0 = time.monotonic()
-        with open(entry.path, "rb") as fh:
-            fh.seek(start)
-            while sent < limit:
-                data = fh.read(min(chunk_size, limit - sent))
-                if not data:
-                    break
-                if fault is not None and fault.flip_byte_at is not None:
-                    rel = fault.flip_byte_at - (start + sent)
-                    if 0 <= rel < len(data):
-                        buf = bytearray(data)
-                        buf[rel] ^= 0xFF
-                        data = bytes(buf)
-                self.wfile.write(data)
-                sent += len(data)
-                record["sent"] = sent
-                if rate:
-                    ahead = sent / rate - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
+        for data in read_chunks(entry, start, limit, chunk_size):
+            if fault is not None and fault.flip_byte_at is not None:
+                rel = fault.flip_byte_at - (start + sent)
+                if 0 <= rel < len(data):
+                    buf = bytearray(data)
+                    buf[rel] ^= 0xFF
+                    data = bytes(buf)
+            self.wfile.write(data)
+            sent += len(data)
+            record["sent"] = sent
+            if rate:
+                ahead = sent / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
         return sent
 
     def _hang_up(self) -> None:
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
+
+
+HubServer.handler_class = _FaultyHandler
 
 
 class HubServerProcess:

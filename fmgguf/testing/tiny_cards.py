@@ -7,10 +7,10 @@ names that entry lists to the local built files, ready for a loopback hub to ser
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from fmgguf._util import atomic_write_text
 from fmgguf.download.hashing import sha256_file
 from fmgguf.testing.tiny_models import build_tiny_model
 from fmgguf.testing.tiny_specs import TinySpec, tiny_spec
@@ -29,12 +29,10 @@ def file_sha256(path: Path) -> str:
     except (OSError, ValueError):
         pass
     digest = sha256_file(path)
-    tmp = side.with_name(f".{side.name}.{os.getpid()}")
     try:
-        tmp.write_text(f"{digest} {stamp}\n")
-        os.replace(tmp, side)
+        atomic_write_text(side, f"{digest} {stamp}\n")
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass  # a read-only cache: the digest is simply computed again next time
     return digest
 
 

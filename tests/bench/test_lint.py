@@ -41,7 +41,7 @@ def test_eslint_rate_per_100_lines_and_the_markdown_column() -> None:
                                                  "lint": {"eslint": {"available": True, "version": "9.1.0",
                                                                      "reason": None, "rules": list(RULES)}}})
     # the unparsable sample (None) is left out of both the findings and the lines
-    assert s["quality"]["javascript"]["eslint_findings_per_100_loc"] == pytest.approx(100 * 3 / 40)
+    assert s.quality["javascript"].eslint_findings_per_100_loc == pytest.approx(100 * 3 / 40)
     md = summary_markdown(s)
     assert "eslint findings/100 LOC" in md and "| javascript | 3 |" in md
     row = [ln for ln in md.splitlines() if ln.startswith("| javascript | 3 |")][-1]  # after the category table
@@ -54,7 +54,7 @@ def test_eslint_rate_per_100_lines_and_the_markdown_column() -> None:
 def test_no_eslint_means_a_dash_and_a_reason() -> None:
     s = summarize(_js_records([None, None]), 1, {"model": "m", "lint": {"eslint": {
         "available": False, "reason": "node not found on PATH", "version": None, "rules": []}}})
-    assert s["quality"]["javascript"]["eslint_findings_per_100_loc"] is None
+    assert s.quality["javascript"].eslint_findings_per_100_loc is None
     md = summary_markdown(s)
     row = [ln for ln in md.splitlines() if ln.startswith("| javascript |")][-1]
     assert row.rstrip().endswith("| – |")
@@ -81,9 +81,9 @@ def test_offline_without_a_cached_eslint_never_fails_the_run(tmp_path: Path) -> 
     st = linter.status()
     assert not st.available and st.reason.startswith("offline mode")
     s = ModelBenchmarker(settings).run_reference(languages=["javascript"])
-    assert s["overall"]["pass@1"] == 1.0  # the run itself is unaffected
-    assert s["lint"]["eslint"]["available"] is False and "offline" in s["lint"]["eslint"]["reason"]
-    assert s["quality"]["javascript"]["eslint_findings_per_100_loc"] is None
+    assert s.pass_at_1 == 1.0  # the run itself is unaffected
+    assert s.lint["eslint"]["available"] is False and "offline" in s.lint["eslint"]["reason"]
+    assert s.quality["javascript"].eslint_findings_per_100_loc is None
     assert "eslint column is –: offline mode" in summary_markdown(s)
 
 
@@ -140,12 +140,15 @@ def test_reference_javascript_answers_get_counts(linter: JsLinter) -> None:
 
     tasks = [t for t in builtin_tasks() if t.language == "javascript"]
     counts = linter.findings([t.source(t.reference) for t in tasks], [t.entry_point for t in tasks])
-    assert len(counts) == len(tasks) >= 4 and all(isinstance(n, int) for n in counts)
+    assert len(tasks) >= 4 and counts == [0] * len(tasks)  # the references are clean code
+    # the wrong answers are wrong in behaviour, not in style: lint finds nothing (it never measures correctness)
     wrong = linter.findings([t.source(t.wrong or "") for t in tasks], [t.entry_point for t in tasks])
-    assert all(n is None or isinstance(n, int) for n in wrong)
+    assert wrong == [0] * len(tasks)
+    # ... while the same check does count a sloppy answer
+    assert linter.findings([SLOPPY], ["chunk"]) == [3]
     s = ModelBenchmarker(load_settings()).run_reference(languages=["javascript"])
-    assert s["lint"]["eslint"]["available"] is True
-    rate = s["quality"]["javascript"]["eslint_findings_per_100_loc"]
-    assert isinstance(rate, float) and rate >= 0.0
+    assert s.lint["eslint"]["available"] is True
+    rate = s.quality["javascript"].eslint_findings_per_100_loc
+    assert rate == 0.0  # checked samples, all clean (None would mean nothing was checked)
     md = summary_markdown(s)
     assert "eslint findings/100 LOC" in md and f"{rate:.1f} |" in md

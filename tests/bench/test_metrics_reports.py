@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fmgguf.bench.html_report import render_html
 from fmgguf.bench.metrics import bootstrap_ci, pass_at_k, percentile, summarize
 from fmgguf.bench.reports import comparison_markdown, load_run, summary_markdown
+from fmgguf.bench.summary import BenchSummary
 from fmgguf.cli.main import cli
 from fmgguf.errors import BenchError
 
@@ -57,14 +58,19 @@ def _records() -> list[dict]:
 def test_summarize_per_category_and_pass_at_k() -> None:
     s = summarize(_records(), samples=3, meta={"model": "m", "quant": "Q8_0"})
     # t0: 3/3, t1: 1/3, t2: 0/3, t3: 0/3
-    assert s["overall"]["pass@1"] == pytest.approx((1 + 1 / 3) / 4)
-    assert "pass@5" not in s["overall"] and s["overall"]["tasks"] == 4
-    assert s["by_category"]["python"]["pass@1"] == pytest.approx((1 + 1 / 3) / 2)
-    assert s["by_category"]["cpp"]["pass@1"] == 0.0
-    assert s["outcomes"]["passed"] == 4 and s["outcomes"]["failed"] == 8
-    assert s["speed"]["completion_tokens"] == 240 and s["speed"]["decode_tokens_per_s"]["median"] == 50.0
-    assert s["quality"]["python"]["ruff_findings_per_100_loc"] == pytest.approx(10.0)
-    assert s["quality"]["cpp"]["gxx_warnings_per_sample"] == 1.0
+    assert s.overall.pass_at_1 == pytest.approx((1 + 1 / 3) / 4)
+    assert set(s.overall.pass_at) == {1} and s.overall.tasks == 4
+    assert s.by_category["python"].pass_at_1 == pytest.approx((1 + 1 / 3) / 2)
+    assert s.by_category["cpp"].pass_at_1 == 0.0
+    assert s.outcomes["passed"] == 4 and s.outcomes["failed"] == 8
+    assert s.speed.completion_tokens == 240 and s.speed.decode_tokens_per_s.median == 50.0
+    assert s.quality["python"].ruff_findings_per_100_loc == pytest.approx(10.0)
+    assert s.quality["cpp"].gxx_warnings_per_sample == 1.0
+    # the JSON form round-trips, with the layout summary.json always had
+    d = s.as_dict()
+    assert d["overall"]["pass@1"] == s.overall.pass_at_1 and d["quality"]["cpp"]["gxx_warnings_total"] == 6
+    assert "ruff_findings_per_100_loc" not in d["quality"]["cpp"]
+    assert BenchSummary.from_dict(json.loads(json.dumps(d))) == s
     md = summary_markdown(s)
     assert "pass@1" in md and "95% bootstrap CI" in md and "one task = 25.0 points" in md
 
@@ -72,7 +78,7 @@ def test_summarize_per_category_and_pass_at_k() -> None:
 def test_html_is_self_contained_with_charts() -> None:
     a = summarize(_records(), 3, {"model": "m", "quant": "Q4_K_M", "model_memory_bytes": 2 * 1024**3})
     b = summarize(_records()[:6], 3, {"model": "m", "quant": "Q8_0", "model_memory_bytes": 3 * 1024**3})
-    skipped = {"model": "huge", "quant": "Q8_0", "status": "skipped", "reason": "Won't fit: needs 400 GiB"}
+    skipped = BenchSummary("huge", "Q8_0", status="skipped", reason="Won't fit: needs 400 GiB")
     page = render_html([a, b, skipped])
     assert page.startswith("<!doctype html>") and page.count("<svg") >= 3
     assert "Q4_K_M vs Q8_0" in page and "Won&#x27;t fit" in page

@@ -60,7 +60,8 @@ def tiny_in_catalog(tiny_files, isolated_home, monkeypatch):
 
 
 def test_benchmark_model_streams_records_and_resumes(tiny_in_catalog) -> None:
-    from fmgguf.bench.runner import ModelBenchmarker, RunStore
+    from fmgguf.bench.run_store import RunStore
+    from fmgguf.bench.runner import ModelBenchmarker
     from fmgguf.runtime import ModelManager
 
     settings = tiny_in_catalog
@@ -68,30 +69,30 @@ def test_benchmark_model_streams_records_and_resumes(tiny_in_catalog) -> None:
     bm = ModelBenchmarker(settings, manager=mgr)
     seen: list[tuple[int, int]] = []
     s = bm.benchmark_model("tiny-bench", "F16", tasks=TASKS, max_tokens=16, progress=lambda d, t, _: seen.append((d, t)))
-    assert s["status"] == "done" and s["overall"]["tasks"] == len(TASKS)
+    assert s.status == "done" and s.overall.tasks == len(TASKS)
     assert seen and seen[-1] == (len(TASKS), len(TASKS))
-    store = RunStore(Path(s["run_dir"]))
+    store = RunStore(Path(s.run_dir))
     recs = store.load()
     assert {r["task_id"] for r in recs} == set(TASKS)
     assert all(r["outcome"] in ("passed", "failed", "error", "compile_error", "timeout", "memory", "skipped")
                for r in recs)
     gen = next(r["gen"] for r in recs if r["gen"])
     assert gen["completion_tokens"] >= 1 and gen["ttft_s"] > 0
-    assert s["speed"]["decode_tokens_per_s"]["median"] and s["model_memory_bytes"]
-    eslint = s["lint"]["eslint"]  # js_chunk is in the run: the manifest says whether eslint could lint it
+    assert s.speed.decode_tokens_per_s.median and s.model_memory_bytes
+    eslint = s.lint["eslint"]  # js_chunk is in the run: the manifest says whether eslint could lint it
     js = next(r for r in recs if r["task_id"] == "js_chunk")
     assert "eslint_findings" in js["quality"] if eslint["available"] else eslint["reason"]
     # an interrupted run resumes: drop the last record (and leave a half-written line), run again
     lines = store.records_path.read_text().splitlines()
     store.records_path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
     s2 = bm.benchmark_model("tiny-bench", "F16", tasks=TASKS, max_tokens=16)
-    assert s2["resumed"] == len(TASKS) - 1 and s2["overall"]["tasks"] == len(TASKS)
+    assert s2.resumed == len(TASKS) - 1 and s2.overall.tasks == len(TASKS)
     assert len(store.load()) == len(TASKS)
     # the seed's API: benchmark_multiple_models + generate_comparison_report (resumes: nothing to generate)
     import asyncio
 
     many = asyncio.run(bm.benchmark_multiple_models({"tiny-bench": {"quant": "F16", "tasks": TASKS, "max_tokens": 16}}))
-    assert many["tiny-bench"]["resumed"] == len(TASKS)
+    assert many["tiny-bench"].resumed == len(TASKS)
     report = bm.generate_comparison_report(many)
     assert "tiny-bench F16" in report["markdown"] and report["rows"][0]["tasks"] == len(TASKS)
     assert report["html"].startswith("<!doctype html>")
@@ -103,7 +104,7 @@ def test_models_that_do_not_fit_are_skipped(tiny_in_catalog) -> None:
 
     tight = tiny_in_catalog.replace(ram_margin=10**15)  # leave "no" RAM free: nothing fits
     s = ModelBenchmarker(tight).benchmark_model("tiny-bench", "Q8_0", tasks=TASKS[:1])
-    assert s["status"] == "skipped" and "GiB" in s["reason"]
+    assert s.status == "skipped" and "needs" in s.reason and "RAM" in s.reason
 
 
 def test_cli_bench_both_quants_then_compare(tiny_in_catalog, tiny_files, tmp_path: Path) -> None:

@@ -90,6 +90,23 @@ def test_memory_bomb_is_classified_as_memory(ex: Executor, language: str, code: 
     assert r.outcome == "memory", r
 
 
+def test_the_address_space_limit_holds(ex: Executor) -> None:
+    """Not only the label: inside the sandbox the limit is set, and allocation stops below it (bounded
+    to 2 GiB, so a sandbox without the limit fails this test instead of eating the machine)."""
+    code = ("import resource\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_AS)\n"
+            "assert 0 < soft <= 512 * 1024**2 and 0 < hard <= 512 * 1024**2, (soft, hard)\n"
+            "blocks = []\n"
+            "try:\n"
+            "    while len(blocks) < 40:\n"
+            "        blocks.append(bytearray(50 * 1024 * 1024))\n"
+            "except MemoryError:\n"
+            "    pass\n"
+            "assert len(blocks) * 50 < 512, len(blocks)\n")
+    r = ex.execute(_task(timeout=10.0), code)
+    assert r.outcome == "passed", r
+
+
 def test_disk_filling_write_is_stopped(ex: Executor) -> None:
     code = ("import os\nf = open(os.path.join(os.environ['TMPDIR'], 'fill.bin'), 'wb')\n"
             "while True:\n    f.write(b'x' * 65536)\n")

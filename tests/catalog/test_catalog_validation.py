@@ -63,6 +63,8 @@ def mutate(path: str, value: Any) -> dict[str, Any]:
 BAD = [
     ("variants.Q4_K_M.files.0.sha256", "xyz", "sha256"),
     ("variants.Q4_K_M.files.0.sha256", "A" * 64, "sha256"),
+    ("variants.Q4_K_M.files.0.sha256", "a" * 63, "sha256"),  # valid digits, one short
+    ("variants.Q4_K_M.files.0.sha256", "a" * 65, "sha256"),  # one too many
     ("variants.Q4_K_M.files.0.name", "../evil.gguf", "name"),
     ("variants.Q4_K_M.files.0.name", "/abs.gguf", "name"),
     ("variants.Q4_K_M.files.0.name", "dir\\x.gguf", "name"),

@@ -29,6 +29,39 @@ def test_list_json_has_20_models_with_both_quants_and_the_demo() -> None:
         assert row["builtin"] is True
 
 
+
+#: the documented columns of `list --json` (a row losing or renaming one breaks scripts)
+ROW_KEYS = {"id", "family", "display_name", "parameters", "active_parameters", "context_length", "fim", "license",
+            "chat", "builtin", "quants"}
+QUANT_KEYS = {"repo", "size", "approx_size", "downloaded"}
+
+
+def test_list_json_rows_carry_every_field_with_the_catalogs_values() -> None:
+    from fmgguf.catalog import Catalog
+    from fmgguf.settings import load_settings
+
+    res = CliRunner().invoke(cli, ["list", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["id"]: r for r in json.loads(res.output)}
+    cards = {c.id: c for c in Catalog.load(load_settings()).models()}
+    assert set(rows) == set(cards)
+    for mid, row in rows.items():
+        card = cards[mid]
+        assert set(row) == ROW_KEYS, (mid, set(row) ^ ROW_KEYS)
+        assert (row["family"], row["display_name"], row["context_length"], row["license"]) == \
+            (card.family, card.title, card.context_length, card.license), mid
+        assert row["parameters"] == (card.parameters.total if card.parameters else None), mid
+        assert row["active_parameters"] == (card.parameters.active if card.parameters else None), mid
+        assert (row["fim"], row["chat"], row["builtin"]) == \
+            (card.fim_supported, card.chat_template is not None, card.builtin), mid
+        assert set(row["quants"]) == set(card.variants), mid
+        for q, info in row["quants"].items():
+            v = card.variants[q]
+            assert set(info) == QUANT_KEYS, (mid, q)
+            assert (info["repo"], info["size"], info["approx_size"], info["downloaded"]) == \
+                (v.repo, v.size, v.approx_size, False), (mid, q)
+    assert any(r["fim"] for r in rows.values()) and not all(r["fim"] for r in rows.values())
+
 def test_list_does_not_import_llama_cpp_or_hub() -> None:
     code = ("import sys; from fmgguf.cli.main import main\n"
             "try:\n main(['list','--json'])\nexcept SystemExit: pass\n"

@@ -20,6 +20,21 @@ def test_env_overrides_config_file(tmp_path: Path) -> None:
     assert s.catalog_file == tmp_path / "h" / "catalog.yaml"
 
 
+
+@pytest.mark.parametrize(("env_name", "key", "file_value", "env_value", "expected"), [
+    ("HF_ENDPOINT", "hf_endpoint", "http://file-mirror:8090", "http://env-mirror:8091", "http://env-mirror:8091"),
+    ("FMGGUF_CATALOG", "catalog_file", "/from/file/catalog.yaml", "/from/env/catalog.yaml", Path("/from/env/catalog.yaml")),
+    ("FMGGUF_DEFAULT_QUANT", "default_quant", "Q8_0", "Q4_K_M", "Q4_K_M"),
+])
+def test_env_beats_the_config_file_for_each_string_setting(tmp_path: Path, env_name: str, key: str, file_value: str,
+                                                           env_value: str, expected: object) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"{key}: {file_value}\n")
+    base = {"FMGGUF_HOME": str(tmp_path / "h"), "FMGGUF_CONFIG": str(cfg)}
+    from_file = Settings.load(env=base)
+    assert getattr(from_file, key) == (Path(file_value) if isinstance(expected, Path) else file_value)
+    assert getattr(Settings.load(env={**base, env_name: env_value}), key) == expected
+
 def test_hf_variables_are_honoured(tmp_path: Path) -> None:
     env = {"FMGGUF_HOME": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:5000/", "HF_TOKEN": "t0k",
            "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}

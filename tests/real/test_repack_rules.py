@@ -46,6 +46,8 @@ def test_host_buffers_with_and_without_mmap(tmp_path: Path) -> None:
     w.add_feed_forward_length(96)
     w.add_head_count(1)
     w.add_context_length(128)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
     rng = np.random.default_rng(0)
     tensors = {"token_embd.weight": (64, 32), "blk.0.attn_q.weight": (32, 32), "blk.0.attn_norm.weight": (32,),
                "blk.0.ffn_up.weight": (96, 32)}

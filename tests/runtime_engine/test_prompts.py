@@ -141,5 +141,13 @@ def test_fim_refused_where_the_catalog_says_so(fresh_manager, starcoder_path: Pa
 def test_fim_with_starcoder_tokens(fresh_manager, starcoder_path: Path) -> None:
     m = fresh_manager()
     m.load_file(starcoder_path, n_ctx=256)
-    res = m.fill_in_middle("def f(x):\n    return ", "\n", max_tokens=4, temperature=0)
-    assert res.completion_tokens >= 1 or res.finish_reason == "stop"
+    prefix, suffix = "def f(x):\n    return ", "\n\nprint(f(2))\n"
+    res = m.fill_in_middle(prefix, suffix, max_tokens=6, temperature=0, seed=1)
+    # the same tokens written out: StarCoder's prefix-suffix-middle layout with its three special tokens
+    raw = m.generate_text(f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>", max_tokens=6, temperature=0, seed=1)
+    assert res.prompt_tokens == raw.prompt_tokens and res.text == raw.text, (res, raw)
+    plain = m.generate_text(prefix + suffix, max_tokens=1)
+    assert res.prompt_tokens >= plain.prompt_tokens + 3  # the three FIM tokens are single tokens in the prompt
+    swapped = m.generate_text(f"<fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>", max_tokens=6, temperature=0,
+                              seed=1)
+    assert swapped.prompt_tokens == res.prompt_tokens and swapped.text != res.text  # the order matters too

@@ -68,6 +68,17 @@ def test_wont_fit_when_ram_is_short(setup: tuple) -> None:
     assert plan.label == "Full GPU" and plan.fits
 
 
+
+def test_ram_exactly_equal_to_the_need_fits_and_one_byte_less_does_not(setup: tuple) -> None:
+    settings, path, est = setup
+    need = est.host_bytes(0)  # no GPU: everything in RAM
+    exact = plan_for_file(path, n_ctx=2048, settings=settings, measure=False, mem=mem(ram=settings.ram_margin + need))
+    assert exact.ram_needed == need
+    assert exact.fits and exact.label == "CPU only", exact.as_dict()
+    short = plan_for_file(path, n_ctx=2048, settings=settings, measure=False,
+                          mem=mem(ram=settings.ram_margin + need - 1))
+    assert not short.fits and short.label == "Won't fit", short.as_dict()
+
 def test_two_gpus_share_the_layers(setup: tuple) -> None:
     settings, path, est = setup
     n = est.n_layers

@@ -9,16 +9,23 @@ import pytest
 from fmgguf.errors import BusyError, http_status_for
 from fmgguf.server.gate import GenerationGate
 
+#: a broken gate fails the test at once (TimeoutError) instead of hanging until pytest's timeout
+WAIT_S = 2.0
+
+
+async def acquire(gate: GenerationGate, what: str = "generate") -> None:
+    await asyncio.wait_for(gate.acquire(what), WAIT_S)
+
 
 def test_one_at_a_time_and_bounded_queue() -> None:
     async def main() -> None:
         gate = GenerationGate(max_queue=2)
         order: list[str] = []
-        await gate.acquire("a")
+        await acquire(gate, "a")
         assert gate.busy
 
         async def waiter(name: str) -> None:
-            await gate.acquire(name)
+            await acquire(gate, name)
             order.append(name)
             await asyncio.sleep(0.01)
             gate.release()
@@ -27,10 +34,10 @@ def test_one_at_a_time_and_bounded_queue() -> None:
         await asyncio.sleep(0.01)
         assert gate.queue_depth == 2
         with pytest.raises(BusyError) as info:
-            await gate.acquire("d")
+            await acquire(gate, "d")
         assert http_status_for(info.value) == 429
         gate.release()
-        await asyncio.gather(*tasks)
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
         assert order == ["b", "c"]
         assert gate.queue_depth == 0 and not gate.busy
 
@@ -40,11 +47,11 @@ def test_one_at_a_time_and_bounded_queue() -> None:
 def test_release_from_another_thread() -> None:
     async def main() -> None:
         gate = GenerationGate(max_queue=1)
-        await gate.acquire()
-        second = asyncio.create_task(gate.acquire())
+        await acquire(gate)
+        second = asyncio.create_task(acquire(gate))
         await asyncio.sleep(0.01)
         await asyncio.to_thread(gate.release)
-        await asyncio.wait_for(second, 2)
+        await asyncio.wait_for(second, WAIT_S)
         gate.release()
 
     asyncio.run(main())
@@ -53,11 +60,11 @@ def test_release_from_another_thread() -> None:
 def test_queue_of_zero_refuses_while_busy() -> None:
     async def main() -> None:
         gate = GenerationGate(max_queue=0)
-        await gate.acquire()
+        await acquire(gate)
         with pytest.raises(BusyError):
-            await gate.acquire()
+            await acquire(gate)
         gate.release()
-        await gate.acquire()  # free again
+        await acquire(gate)  # free again
         gate.release()
 
     asyncio.run(main())

@@ -145,14 +145,10 @@ def test_benchmark_over_http_then_compare_shows_it(served: Any) -> None:
                                    "max_tokens": 24}, timeout=60)
     assert start.status_code == 202, start.text
     run_id = start.json()["run_id"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        run = httpx.get(f"{base}/{run_id}", timeout=10).json()
-        if run["state"] != "running":
-            break
-        time.sleep(0.2)
+    run = _wait_for_run(base, run_id)
     assert run["state"] == "done", run
-    result = run["results"]["tiny-llama"]
+    assert list(run["results"]) == ["tiny-llama:F16"]
+    result = run["results"]["tiny-llama:F16"]
     assert result["status"] == "done" and result["tasks"] == 1 and 0.0 <= result["pass_at_1"] <= 1.0
     report = httpx.get(f"{base}/{run_id}/report", timeout=10).json()
     assert "tiny-llama" in report["report"]["markdown"] and report["report"]["html"].lstrip().startswith("<")
@@ -161,3 +157,33 @@ def test_benchmark_over_http_then_compare_shows_it(served: Any) -> None:
     cmp = httpx.post(served.url + "/api/models/compare", json={"model_ids": ["tiny-llama", "tiny-qwen"]}, timeout=30).json()
     assert cmp["models"][0]["benchmarks"]["pass_at_1"] == result["pass_at_1"]
     assert cmp["models"][1]["benchmarks"] is None
+
+
+def _wait_for_run(base: str, run_id: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{base}/{run_id}", timeout=10).json()
+        if run["state"] != "running":
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"benchmark {run_id} still running after {timeout_s} s")
+
+
+def test_one_benchmark_of_two_quants_of_one_model_keeps_both_results(served: Any) -> None:
+    state = served.state
+    state.downloader.download_model("tiny-llama", "Q4_K_M")
+    try:
+        base = served.url + "/api/models/benchmark"
+        start = httpx.post(base, json={"model_ids": ["tiny-llama:Q4_K_M", "tiny-llama:F16"],
+                                       "tasks": ["barrier_cubic_damped"], "max_tokens": 16}, timeout=60)
+        assert start.status_code == 202, start.text
+        run = _wait_for_run(base, start.json()["run_id"])
+        assert run["state"] == "done", run
+        assert sorted(run["results"]) == ["tiny-llama:F16", "tiny-llama:Q4_K_M"]
+        assert {k: r["quant"] for k, r in run["results"].items()} == {"tiny-llama:F16": "F16",
+                                                                       "tiny-llama:Q4_K_M": "Q4_K_M"}
+        report = httpx.get(f"{base}/{run['run_id']}/report", timeout=10).json()
+        assert sorted(report["summaries"]) == sorted(run["results"])
+        assert sorted(r["quant"] for r in report["report"]["rows"]) == ["F16", "Q4_K_M"]
+    finally:
+        state.downloader.delete_model("tiny-llama", "Q4_K_M")

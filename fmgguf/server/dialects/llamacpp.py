@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fmgguf.errors import CancelledError
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_error_line, start
 from fmgguf.server.schemas import MAX_PROMPT_CHARS, MAX_TOKENS
+from fmgguf.server.state import state_of
 from fmgguf.server.streaming import sse
 
 router = APIRouter(tags=["llama.cpp"])
@@ -146,7 +147,7 @@ def _final(outcome: Outcome, body: _LlamaBody, content: str, stopped_by_indent: 
 
 
 async def _answer(request: Request, body: _LlamaBody, req: GenRequest, n_indent: int = 0) -> Any:
-    gen = await start(request.app.state.fmgguf, req)
+    gen = await start(state_of(request), req)
     guard = IndentGuard(n_indent)
     if not body.stream:
         parts: list[str] = []

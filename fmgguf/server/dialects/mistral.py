@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_error_line, start
 from fmgguf.server.schemas import MAX_PROMPT_CHARS, MAX_TOKENS
+from fmgguf.server.state import state_of
 from fmgguf.server.streaming import sse
 
 router = APIRouter(prefix="/v1", tags=["mistral"])
@@ -48,7 +49,7 @@ async def fim_completions(request: Request, body: FimBody) -> Any:
                                        top_p=body.top_p or 1.0, seed=body.random_seed,
                                        stop=tuple(s for s in stop if s)[:16]),
                      stream=body.stream, client=f"mistral|{host}|{request.headers.get('user-agent', '')}")
-    gen = await start(request.app.state.fmgguf, req)
+    gen = await start(state_of(request), req)
     cid, created = uuid.uuid4().hex, int(time.time())
     if not body.stream:
         o = await gen.collect()

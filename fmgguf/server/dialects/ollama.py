@@ -21,6 +21,7 @@ from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_er
 from fmgguf.server.dialects.ollama_models import NDJSON, ndjson, now_iso
 from fmgguf.server.dialects.routing import clean_name
 from fmgguf.server.schemas import MAX_PROMPT_CHARS
+from fmgguf.server.state import state_of
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 _DONE = {"stop": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
@@ -127,7 +128,7 @@ def _final(outcome: Outcome, created: str) -> dict:
 async def generate(request: Request, body: GenerateBody) -> Any:
     """Completion; with ``suffix`` fill-in-the-middle (the model's FIM tokens); ``raw`` skips the chat
     template; an empty prompt only loads the model (``keep_alive`` 0: unloads it)."""
-    state = request.app.state.fmgguf
+    state = state_of(request)
     keep = keep_alive_seconds(body.keep_alive)
     if not body.prompt and body.suffix is None:
         return await _load_or_unload(state, body.model, keep)
@@ -150,7 +151,7 @@ async def generate(request: Request, body: GenerateBody) -> Any:
 @router.post("/chat")
 async def chat(request: Request, body: ChatBody) -> Any:
     """Chat with the model's template; NDJSON ``message`` deltas."""
-    state = request.app.state.fmgguf
+    state = state_of(request)
     keep = keep_alive_seconds(body.keep_alive)
     if body.tools:
         raise InvalidRequestError(f"{clean_name(body.model) or 'this model'} does not support tools here",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError, NotDownloadedError
 from fmgguf.server.dialects.routing import clean_name, unknown_model
+from fmgguf.server.state import state_of
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 #: the Ollama API version we answer like (Copilot's BYOK provider wants >= 0.6.4)
@@ -39,10 +40,6 @@ class _Body(BaseModel):
 class PullBody(_Body):
     stream: bool = True
     insecure: bool = False
-
-
-def _state(request: Request) -> Any:
-    return request.app.state.fmgguf
 
 
 def ndjson(obj: Any) -> str:
@@ -96,7 +93,7 @@ def version() -> dict:
 @router.get("/tags")
 def tags(request: Request) -> dict:
     """Every downloaded model, as ``id:QUANT``."""
-    state = _state(request)
+    state = state_of(request)
     models = []
     for rec in sorted(_records(state), key=lambda r: (r.get("id"), r.get("quant"))):
         card = state.catalog.get(rec["id"]) if rec["id"] in state.catalog else None
@@ -111,7 +108,7 @@ def tags(request: Request) -> dict:
 @router.get("/ps")
 def ps(request: Request) -> dict:
     """The models resident in memory."""
-    state = _state(request)
+    state = state_of(request)
     manager = state.manager_if_built
     out = []
     for lm in (manager.loaded() if manager is not None else []):
@@ -133,7 +130,7 @@ def show(request: Request, body: _Body) -> dict:
     template as "does FIM"; Copilot reads ``<arch>.context_length`` and ``capabilities``)."""
     from fmgguf.runtime.prompts import fim_format
 
-    state = _state(request)
+    state = state_of(request)
     card, quant = resolve_local(state, body.ref())
     arch = card.arch.name if card.arch else "unknown"
     n_ctx = _serving_ctx(state, card)
@@ -177,7 +174,7 @@ def _template(fmt: Any) -> str:
 @router.post("/pull")
 async def pull(request: Request, body: PullBody) -> Any:
     """Download a catalog model (sha256-verified) with Ollama's NDJSON progress lines."""
-    state = _state(request)
+    state = state_of(request)
     from fmgguf.errors import UnknownModelError
 
     ref = clean_name(body.ref())
@@ -226,7 +223,7 @@ async def pull(request: Request, body: PullBody) -> Any:
 @router.delete("/delete")
 async def delete(request: Request, body: _Body) -> Response:
     """Delete a downloaded model (unloading it first if it is loaded)."""
-    state = _state(request)
+    state = state_of(request)
     card, quant = resolve_local(state, body.ref())
     if not any(r.get("id") == card.id and r.get("quant") == quant for r in _records(state)):
         raise NotDownloadedError(f"model {body.ref()!r} is not downloaded", fix="GET /api/tags lists the downloaded models")

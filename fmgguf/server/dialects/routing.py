@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fmgguf.errors import FIMNotSupportedError, ModelNotLoadedError, UnknownModelError
-from fmgguf.server.convert import downloaded_pairs
+from fmgguf.server.json_views import downloaded_pairs
 
 #: characters per token assumed when a FIM prompt is cut to the context window (code is ~3.5)
 _CHARS_PER_TOKEN = 3

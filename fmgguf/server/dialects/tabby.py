@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmgguf.server.dialects.core import GenRequest, Sampling, start
 from fmgguf.server.dialects.routing import loaded_names
 from fmgguf.server.schemas import MAX_PROMPT_CHARS
+from fmgguf.server.state import state_of
 
 router = APIRouter(tags=["tabby"])
 #: Tabby's own server generates at most this many tokens per completion (max_decoding_tokens)
@@ -65,7 +66,7 @@ async def tabby_completion(request: Request, body: TabbyCompletion) -> dict:
                                        temperature=0.1 if body.temperature is None else body.temperature,
                                        seed=None if body.seed is None else body.seed % 2**31),
                      client=f"tabby|{host}|{request.headers.get('user-agent', '')}|{body.user or ''}")
-    outcome = await (await start(request.app.state.fmgguf, req)).collect()
+    outcome = await (await start(state_of(request), req)).collect()
     return {"id": completion_id(), "choices": [{"index": 0, "text": outcome.text}]}
 
 
@@ -74,7 +75,7 @@ def health(request: Request) -> dict:
     """Tabby's health state: the completion and chat models, device and version."""
     from fmgguf import __version__
 
-    state = request.app.state.fmgguf
+    state = state_of(request)
     manager = state.manager_if_built
     resident = loaded_names(state, manager) if manager is not None else []
     fim = next((m for m, _ in resident if m in state.catalog and state.catalog.get(m).fim_supported), None)

@@ -1,35 +1,22 @@
-"""Turning fmgguf objects (cards, plans, manager records) into JSON-ready dicts."""
+"""JSON views the server answers with: a card's specs, the store's (model, quant) pairs.
+
+The generic converter of dataclasses and models to JSON is ``fmgguf._util.jsonable``."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import ModelCard
 
 
-def jsonable(obj: Any, depth: int = 0) -> Any:
-    """Plain JSON data from dataclasses, pydantic models, Paths and objects with ``as_dict``."""
-    if depth > 8:
-        return str(obj)
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v, depth + 1) for k, v in obj.items() if not str(k).startswith("_")}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v, depth + 1) for v in obj]
-    if hasattr(obj, "as_dict") and callable(obj.as_dict):
-        return jsonable(obj.as_dict(), depth + 1)
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name), depth + 1) for f in dataclasses.fields(obj)
-                if not f.name.startswith("_")}
-    return str(obj)
+class Store(Protocol):
+    """What the views need of the downloader: its list of downloaded models."""
+
+    def list_downloaded(self) -> list[Any]: ...
 
 
-def card_summary(card: Any) -> dict:
+def card_summary(card: ModelCard) -> dict:
     """The specs of a card the page and the compare view show."""
     params = card.parameters
     arch = card.arch
@@ -57,7 +44,7 @@ def card_summary(card: Any) -> dict:
     }
 
 
-def downloaded_pairs(downloader: Any) -> set[tuple[str, str]]:
+def downloaded_pairs(downloader: Store) -> set[tuple[str, str]]:
     """(model_id, quant) of everything in the local store, from ``downloader.list_downloaded()``."""
     out: set[tuple[str, str]] = set()
     for item in downloader.list_downloaded() or []:

@@ -1,0 +1,20 @@
+"""A read-only, hub-compatible mirror (``fmgguf mirror serve DIR|BUNDLE``): air-gapped machines pull
+through ``HF_ENDPOINT`` from one machine that holds the files.
+
+Importing this package is cheap; the parts load on first use.
+"""
+
+from __future__ import annotations
+
+from fmgguf._util import lazy_exports
+
+_LAZY = {
+    "MirrorServer": "fmgguf.mirror.server:MirrorServer",
+    "MirrorRepo": "fmgguf.mirror.sources:MirrorRepo",
+    "MirrorFile": "fmgguf.mirror.sources:MirrorFile",
+    "load_source": "fmgguf.mirror.sources:load_source",
+}
+
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_exports(__name__, _LAZY)
