@@ -94,16 +94,3 @@ def test_isolation_and_cap_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FMGGUF_MAX_LOADED_MODELS", "0")
     with pytest.raises(ConfigError, match="max_loaded_models"):
         load_settings()
-
-
-def test_stream_frames_are_coalesced_but_the_text_is_unchanged():
-    """The first piece goes out alone (time to first token); later ones share frames; nothing is lost."""
-    from fmgguf.runtime.runner.child import _send_coalesced
-
-    frames: list[str] = []
-    pieces = [f"t{i} " for i in range(50)]
-    _send_coalesced(iter(pieces), frames.append, interval=3600.0)
-    assert frames == ["t0 ", "".join(pieces[1:])]
-    frames.clear()
-    _send_coalesced(iter(pieces), frames.append, interval=0.0)
-    assert frames == pieces

@@ -109,8 +109,8 @@ class Runner:
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             send({"re": rid, "started": len(tokens)})  # the caller's errors-before-the-first-token end here
-            _send_coalesced(engine.stream(tokens, stats, cancel=cancel, **msg.get("kwargs", {})),
-                            lambda text: send({"re": rid, "piece": text}))
+            for piece in engine.stream(tokens, stats, cancel=cancel, **msg.get("kwargs", {})):
+                send({"re": rid, "piece": piece})
         finally:
             self.cancels.pop(rid, None)
         return stats
@@ -135,28 +135,6 @@ class Runner:
 
             raise ModelNotLoadedError("the runner has no model loaded", fix="load the model again")
         return self.engine
-
-
-#: after the first piece, pieces that come sooner than this after the last frame wait for the next
-#: one: on a machine with few cores every frame wakes the parent, which takes a core from
-#: llama.cpp's compute threads (measured: one frame per token cost 4-12% of tokens/s on 2 cores)
-FRAME_INTERVAL_S = 0.02
-
-
-def _send_coalesced(pieces: Any, send: Any, interval: float = FRAME_INTERVAL_S) -> None:
-    """Send the first piece at once (time to first token), then at most one frame per ``interval``
-    (plus the rest at the end): the text is the same, only the framing changes."""
-    held: list[str] = []
-    last = 0.0
-    for piece in pieces:
-        held.append(piece)
-        now = time.perf_counter()
-        if now - last >= interval:
-            send("".join(held))
-            held.clear()
-            last = now
-    if held:
-        send("".join(held))
 
 
 def main(argv: list[str] | None = None) -> None:
