@@ -120,6 +120,11 @@ def _ggml() -> ctypes.CDLL | None:
     return lib
 
 
+
+def ggml_lib() -> ctypes.CDLL | None:
+    """The one ctypes binding of ggml's backend API (see :func:`_ggml`); None without llama-cpp-python."""
+    return _ggml()
+
 def ggml_backends() -> list[str]:
     """Names of the ggml backends this llama.cpp build registers (CPU, CUDA, Metal, Vulkan, ...)."""
     lib = _ggml()

@@ -27,8 +27,6 @@ llama_cpp. AMX buffers (x86 AMX builds) are not modelled: :func:`cpu_kernels` sa
 from __future__ import annotations
 
 import ctypes
-import os
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -144,25 +142,13 @@ def host_buffers(info: "GGUFInfo", k: CpuKernels | None, use_mmap: bool = True) 
 @lru_cache(maxsize=1)
 def cpu_kernels() -> CpuKernels | None:
     """The CPU backend's feature list from the llama.cpp libraries llama-cpp-python ships (None if absent)."""
-    from fmgguf.runtime.devices import llama_cpp_lib_dir
+    from fmgguf.runtime.devices import ggml_lib
 
-    lib_dir = llama_cpp_lib_dir()
-    if lib_dir is None:
+    lib = ggml_lib()  # the libggml llama.cpp itself uses, not a second copy of the library
+    if lib is None:
         return None
-    ext = {"darwin": ".dylib", "win32": ".dll"}.get(sys.platform, ".so")
-    mode = getattr(os, "RTLD_GLOBAL", 0)
-    try:
-        ctypes.CDLL(str(lib_dir / f"libggml-base{ext}"), mode=mode)
-        lib = ctypes.CDLL(str(lib_dir / f"libggml{ext}"), mode=mode)
-        lib.ggml_backend_reg_by_name.argtypes, lib.ggml_backend_reg_by_name.restype = [ctypes.c_char_p], ctypes.c_void_p
-        lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-        if lib.ggml_backend_reg_by_name(b"CPU") is None and hasattr(lib, "ggml_backend_load_all"):
-            lib.ggml_backend_load_all()
-        reg = lib.ggml_backend_reg_by_name(b"CPU")
-        fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_get_features") if reg else None
-    except (OSError, AttributeError):
-        return None
+    reg = lib.ggml_backend_reg_by_name(b"CPU")
+    fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_get_features") if reg else None
     if not fn:
         return None
 
