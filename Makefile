@@ -39,6 +39,9 @@ install: $(STAMP)
 # (seen here) die with SIGILL in the AMX matmul as soon as a quantized model sees a prompt.
 LLAMA_CPP_VERSION := 0.3.36
 WHEELHOUSE ?= $(HOME)/.cache/fmgguf/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(GPU)-rpc
+# Two `make install`s at once (two clones, CI beside a developer) must not build into the same
+# folder: the second would delete the first one's build. flock serialises them where it exists.
+LOCK := $(if $(shell command -v flock 2>/dev/null),flock $(WHEELHOUSE).lock,)
 ifeq ($(shell uname -m),x86_64)
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 endif
@@ -46,13 +49,15 @@ endif
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@if ! ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	@mkdir -p $(dir $(WHEELHOUSE))
+	@$(LOCK) sh -c 'if ! ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) ($(GPU)); the first time takes ~9 min on 2 cores"; \
 	  rm -rf $(WHEELHOUSE).tmp && mkdir -p $(WHEELHOUSE).tmp && \
 	  CMAKE_ARGS="$(GPU_CMAKE)" CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(BIN)/python -m pip wheel --quiet --no-deps \
 	    --no-cache-dir --no-binary llama-cpp-python -w $(WHEELHOUSE).tmp "llama-cpp-python==$(LLAMA_CPP_VERSION)" && \
+	  ls $(WHEELHOUSE).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null && \
 	  rm -rf $(WHEELHOUSE) && mv $(WHEELHOUSE).tmp $(WHEELHOUSE); \
-	fi
+	fi'
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@rm -f $(VENV)/.installed-*
