@@ -112,6 +112,7 @@ def _started_at(pid: int) -> float:
     return boot_epoch + ticks / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process start times from /proc (Linux)")
 def test_each_restart_starts_its_backoff_after_the_crash(runner_manager, lying_files: dict[str, Path],
                                                          tmp_path: Path) -> None:
     """The new runner process itself starts backoff(n) after crash n (not just the call returning
