@@ -93,6 +93,76 @@ def test_verify_after_a_pin_change_moves_nothing_another_model_uses(tmp_path, mo
         assert len(hub.gets()) == 1
 
 
+class _NoHashHandler(HubServer.handler_class):  # type: ignore[name-defined, misc]
+    """A generic HTTP mirror: its ETag is no hash (size-mtime, as static file servers send), its tree no oid."""
+
+    def _file_etags(self, repo_id, filename, entry):  # noqa: ANN001, ANN202
+        return {"ETag": f'"{entry.size:x}-{int(entry.path.stat().st_mtime):x}"'}
+
+    def _tree_entry(self, repo_id, name, f):  # noqa: ANN001, ANN202
+        return {"type": "file", "path": name, "size": f.size}
+
+
+class NoHashHub(HubServer):
+    handler_class = _NoHashHandler
+
+
+def test_a_blob_another_model_verified_is_kept_when_the_mirror_sends_no_hash(tmp_path, monkeypatch):
+    """Only the other model's record can vouch for the cached bytes here (the mirror publishes no
+    sha256 and no git blob id): the wrong pin fails at once, nothing is moved or fetched again."""
+    from fmgguf.download.transfer import head_file
+    from fmgguf.settings import load_settings
+
+    files = {"blob-Q8_0.gguf": payload(tmp_path / "served" / "blob-Q8_0.gguf", 1_000_000)}
+    with NoHashHub({REPO: files}, lfs=False) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        remote = head_file(load_settings(), REPO, "blob-Q8_0.gguf", None, timeout=10)
+        assert remote.sha256 is None and remote.git_oid is None  # nothing from the mirror vouches
+        two_entries_one_blob(files)
+        dl = make_downloader()
+        good = dl.download_model("right", "Q8_0")
+        with pytest.raises(IntegrityError) as err:
+            dl.download_model("wrong", "Q8_0")
+        assert "right:Q8_0 verified these bytes" in str(err.value) and WRONG in str(err.value)
+        assert len(hub.gets()) == 1, "the wrong pin made it download again"
+        assert quarantined(dl) == [] and good.exists()
+        assert dl.verify_and_quarantine("right").ok and dl.model_path("right", "Q8_0") == good
+
+
+def test_verify_after_a_pin_change_of_the_only_model_moves_nothing(hub, files, downloader):
+    """No other model vouches for the file: what keeps it is that its bytes are the ones verified at install."""
+    name = "blob-Q8_0.gguf"
+    real = sha(files[name])
+    add_model("blob", files, pin={name: real})
+    downloader.reload_catalog()
+    path = downloader.download_model("blob", "Q8_0")
+    add_model("blob", files, pin={name: WRONG})  # the only model's pin is edited wrongly
+    downloader.reload_catalog()
+    result = downloader.verify_and_quarantine("blob")
+    assert not result.ok and "pin changed" in result.checks[0].problem, result.checks
+    assert quarantined(downloader) == []
+    assert path.exists() and sha(path) == real
+    assert len(hub.gets()) == 1
+
+
+def test_deleting_one_of_two_models_that_share_a_blob_keeps_the_other(tmp_path, monkeypatch):
+    files = {"blob-Q8_0.gguf": payload(tmp_path / "served" / "blob-Q8_0.gguf", 1_000_000)}
+    with HubServer({REPO: files}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        add_model("first", files)
+        add_model("second", files)
+        dl = make_downloader()
+        one, two = dl.download_model("first", "Q8_0"), dl.download_model("second", "Q8_0")
+        blob = one.resolve()
+        assert two.resolve() == blob and len(hub.gets()) == 1  # one blob, two records
+        assert dl.delete_model("first") is True
+        assert not dl.is_model_downloaded("first")
+        assert dl.verify_and_quarantine("second").ok
+        assert sha(dl.model_path("second", "Q8_0")) == sha(files["blob-Q8_0.gguf"])
+        assert len(hub.gets()) == 1 and quarantined(dl) == []
+        assert dl.delete_model("second") is True and not blob.exists()  # the last user takes it along
+
+
 # --- real corruption -----------------------------------------------------------------------------------
 def test_corrupt_cached_blob_is_quarantined_and_fetched_exactly_once_more(hub, files, downloader):
     path = downloader.download_model("blob", "Q8_0")

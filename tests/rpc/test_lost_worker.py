@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_worker_killed_mid_generation_fails_only_that_request(workers, tiny_path, tmp_path) -> None:  # noqa: ANN001
     from fmgguf.runtime import ModelManager
+    from fmgguf.runtime.runner.health import HealthBook
     from fmgguf.settings import load_settings
 
     settings = load_settings(home=tmp_path)
@@ -35,10 +36,13 @@ def test_worker_killed_mid_generation_fails_only_that_request(workers, tiny_path
         assert isinstance(err, RunnerCrashedError), err
         assert "\n" not in str(err) and str(err).startswith("the runner for")
         assert b.endpoint in str(err)  # names the worker that was lost
+        # not the model's fault: no crash on record (three worker losses must not mark it broken)
+        assert HealthBook(settings.home).all() == [] and manager.broken() == {}
 
         # the selected model is started again on the next request: its lost worker is a one-line error
         with pytest.raises(WorkerError, match=rf"RPC worker {b.endpoint} is not reachable"):
             manager.generate_text("x", max_tokens=2, temperature=0)
+        assert HealthBook(settings.home).all() == []
         # the next request without that worker works, and so does the other model
         manager.load_file(tiny_path, n_ctx=256, rpc="")
         assert manager.generate_text("def f(x):", max_tokens=4, temperature=0).completion_tokens == 4

@@ -81,6 +81,27 @@ def test_fit_shows_both_workers_and_places_every_layer(workers, tiny_path) -> No
     assert a.endpoint in text and b.endpoint in text and "layers per device" in text
 
 
+def test_a_budget_above_the_workers_free_memory_is_planned_with_what_it_reports(tiny_path) -> None:  # noqa: ANN001
+    """`--rpc HOST@1000TB` on a worker with far less: the plan uses the memory the worker reports, and
+    its notes say so (a budget is the most the plan may use there, not memory the worker has)."""
+    from .conftest import start_worker  # noqa: PLC0415
+
+    w = start_worker()
+    try:
+        budget = 1000 * 1000**4
+        out = subprocess.run(fmgguf_cmd("fit", str(tiny_path), "--no-measure", "--rpc", f"{w.endpoint}@1000TB",
+                                        "--json"), capture_output=True, text=True, timeout=120, env=child_env())
+    finally:
+        w.kill()
+    assert out.returncode == 0, out.stderr
+    plan = next(iter(json.loads(out.stdout)["plans"].values()))
+    dev = next(d for d in plan["devices"] if d["kind"] == "RPC")
+    assert dev["name"] == w.endpoint
+    assert dev["memory_source"] == "rpc" and 0 < dev["free"] < budget, dev
+    assert any(w.endpoint in n and "less than its budget" in n and "planned with what it reports" in n
+               for n in plan["notes"]), plan["notes"]
+
+
 def test_fit_from_the_catalog_with_budgets_alone_places_every_layer() -> None:
     """No worker reachable (nothing listens): with budgets the plan is made from them, and says so."""
     ports = [closed_port() for _ in range(3)]

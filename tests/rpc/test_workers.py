@@ -161,3 +161,31 @@ def test_a_worker_of_another_protocol_version_is_named() -> None:
     port = srv.getsockname()[1]
     with srv, pytest.raises(WorkerError, match=rf"RPC worker 127\.0\.0\.1:{port} speaks protocol 6\.1\.0"):
         probe(WorkerSpec("127.0.0.1", port), timeout=5)
+
+
+def _hello_only_worker(version: tuple[int, int, int]) -> socket.socket:
+    """A peer that answers HELLO with ``version`` (then waits for the client to hang up)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            hello = conn.recv(64)
+            assert hello[0] == 14
+            conn.sendall((28).to_bytes(8, "little") + bytes([*version, 0]) + bytes(24))
+            conn.recv(64)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def test_a_worker_of_a_newer_minor_protocol_version_is_named() -> None:
+    """7.1.0 against this fmgguf's 7.0.x: a newer minor version may send what this client cannot read
+    (llama.cpp's client refuses it too), so the probe refuses it before llama.cpp connects."""
+    srv = _hello_only_worker((7, 1, 0))
+    port = srv.getsockname()[1]
+    with srv, pytest.raises(WorkerError, match=rf"RPC worker 127\.0\.0\.1:{port} speaks protocol 7\.1\.0") as err:
+        probe(WorkerSpec("127.0.0.1", port), timeout=5)
+    assert "same fmgguf" in err.value.fix

@@ -96,8 +96,43 @@ def test_three_crashes_in_a_row_mark_a_model_broken(runner_manager, lying_files:
     # a changed file (re-downloaded, re-imported) starts afresh
     os.utime(bad, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert HealthBook(m.settings.home).broken() == {}
-    with pytest.raises(RunnerCrashedError):
+    with pytest.raises(RunnerCrashedError) as again:
         m.generate_text("x", max_tokens=2, model=str(bad))
+    assert "marked broken" not in str(again.value)  # the new file's first crash, not the old file's fourth
+    rec = HealthBook(m.settings.home).get("bad", bad)
+    assert rec is not None and rec.crashes == 1 and not rec.broken
+
+
+def _started_at(pid: int) -> float:
+    """When process ``pid`` started, on the time.time() clock (/proc's start time, in clock ticks since
+    boot, is floored to the tick: up to 10 ms early)."""
+    after_name = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = int(after_name[19])  # field 22 of proc(5), starttime; field 3 is after_name[0]
+    boot_epoch = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return boot_epoch + ticks / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process start times from /proc (Linux)")
+def test_each_restart_starts_its_backoff_after_the_crash(runner_manager, lying_files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """The new runner process itself starts backoff(n) after crash n (not just the call returning
+    that late: a runner's start-up alone takes longer than the first backoffs)."""
+    from fmgguf.runtime.runner.health import HealthBook, backoff
+
+    m = runner_manager(trusting=True)
+    bad = tmp_path / "late.gguf"
+    bad.write_bytes(lying_files["neg-rms-eps"].read_bytes())  # loads; aborts at the first decode
+    book = HealthBook(m.settings.home)
+    m.ensure_loaded(str(bad), n_ctx=128)
+    for n in (1, 2):
+        with pytest.raises(RunnerCrashedError):
+            m.generate_text("x", max_tokens=2, model="late")
+        rec = book.get("late", bad)
+        assert rec is not None and rec.crashes == n and not rec.broken
+        restarted = m.ensure_loaded(str(bad), n_ctx=128)  # at once: the restart must wait, not the caller
+        waited = _started_at(restarted.pid) - rec.at
+        assert waited >= backoff(n) - 0.02, f"restart {n} began {waited:.3f} s after the crash, backoff is {backoff(n)}"
+    assert m.runner_restarts == 2
 
 
 def test_two_resident_models_one_killed_while_the_other_streams(runner_manager, good_path: Path,

@@ -115,3 +115,30 @@ def test_other_load_options_load_a_resident_model_again(runner_manager, three: l
     assert m.ensure_loaded(a, n_ctx=128).pid == first.pid  # the same options: as it is
     longer = m.ensure_loaded(a, n_ctx=512)  # another context: loaded again
     assert longer.n_ctx == 512 and longer.pid != first.pid and _keys(m) == ["m-a"]
+
+
+def test_the_earliest_keep_alive_runs_out_first(runner_manager, three: list[Path]) -> None:
+    """The idle watcher sleeps until the *earliest* expiry: a 0.3 s model loaded after a 30 s one is
+    unloaded within seconds, while the 30 s one stays."""
+    a, b = str(three[0]), str(three[1])
+    m = runner_manager(keep_alive=0, max_loaded=3)
+    m.ensure_loaded(b, n_ctx=128, keep_alive=30)
+    m.ensure_loaded(a, n_ctx=128, keep_alive=0.3)
+    assert sorted(_keys(m)) == ["m-a", "m-b"]
+    deadline = time.monotonic() + 5
+    while "m-a" in _keys(m) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _keys(m) == ["m-b"]
+
+
+def test_loading_another_model_keeps_the_pinned_selected_one(runner_manager, three: list[Path]) -> None:
+    """`load_file` replaces the selected model, unless it is pinned: then both stay resident."""
+    a, b = three[0], three[1]
+    m = runner_manager(max_loaded=3)
+    m.ensure_loaded(str(a), n_ctx=128, pinned=True)
+    m.select("m-a")
+    assert m.current_model().key == "m-a"
+    m.load_file(b, n_ctx=128)
+    assert sorted(_keys(m)) == ["m-a", "m-b"] and m.current_model().key == "m-b"
+    assert {i.key: i.pinned for i in m.loaded()} == {"m-a": True, "m-b": False}
+    assert m.generate_text("x", max_tokens=1, model="m-a").model_id == "m-a"

@@ -205,3 +205,38 @@ def test_a_split_model_is_checked_whole(tiny: dict, tmp_path: Path) -> None:
     second.rename(second.with_suffix(".away"))  # a part missing: only the checks that need no tensor table
     assert check_model(read_gguf(first, check=False), tensors=False) == []
     read_gguf(first)
+
+
+# --- the bounds themselves, and the checks no other check stands in for ------------------------------------
+def _edited(path: Path, **metadata):  # noqa: ANN003, ANN202
+    import dataclasses
+
+    info = read_gguf(path, check=False)
+    return dataclasses.replace(info, metadata={**info.metadata, **metadata})
+
+
+def test_block_count_bound_is_llama_cpps_512(tiny: dict) -> None:
+    """LLAMA_MAX_LAYERS is 512: 512 blocks are allowed, 513 are not (without the tensor table, so only
+    the bound decides: a 2-block file claiming 512 is a split part whose other parts are elsewhere)."""
+    path = tiny[("llama", "F16")]
+    assert check_model(_edited(path, **{"llama.block_count": 512}), tensors=False) == []
+    problems = check_model(_edited(path, **{"llama.block_count": 513}), tensors=False)
+    assert problems and problems[0].field == "llama.block_count" and "512" in problems[0].message, problems
+
+
+def test_kv_heads_that_do_not_divide_the_heads_are_named(tiny: dict) -> None:
+    """4 heads over 3 KV heads: only the head-count check catches it when the tensor table is not at hand
+    (the first part of a split model), since no shape is checked then."""
+    path = tiny[("llama", "F16")]
+    assert check_model(_edited(path), tensors=False) == []
+    problems = check_model(_edited(path, **{"llama.attention.head_count_kv": 3}), tensors=False)
+    assert [p.field for p in problems] == ["llama.attention.head_count_kv"], problems
+    assert "divide" in problems[0].message
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_too_few_blocks_claimed_is_named(tiny: dict, arch: str) -> None:
+    """block_count 1 on the 2-block model: the file has tensors for a block past it."""
+    problems = check_model(_edited(tiny[(arch, "F16")], **{f"{arch}.block_count": 1}))
+    assert problems and problems[0].field == f"{arch}.block_count", problems
+    assert "block 1" in problems[0].message

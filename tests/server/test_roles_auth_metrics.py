@@ -27,13 +27,21 @@ def test_fim_and_chat_models_stay_resident_together(served: Any) -> None:
     assert "fmgguf_loaded_models 2" in metrics
 
 
-@pytest.mark.parametrize("path,body", [("/infill", {"input_prefix": "x", "model": "tiny-llama"}),
-                                       ("/v1/fim/completions", {"prompt": "x", "model": "tiny-llama"}),
-                                       ("/api/generate", {"prompt": "x", "suffix": "y", "model": "tiny-llama"})])
-def test_fim_to_a_model_without_fim_names_a_downloaded_one(served: Any, path: str, body: dict) -> None:
-    r = httpx.post(served.url + path, json={**body, "stream": False}, timeout=60)
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-llama:F16", "tiny-llama:latest"])
+@pytest.mark.parametrize("path,body", [("/infill", {"input_prefix": "x"}),
+                                       ("/v1/fim/completions", {"prompt": "x"}),
+                                       ("/v1/completions", {"prompt": "x", "suffix": "y"}),
+                                       ("/api/generate", {"prompt": "x", "suffix": "y"})])
+def test_fim_to_a_model_without_fim_names_a_downloaded_one(served: Any, path: str, body: dict, name: str) -> None:
+    """Refused before anything is loaded, whether the name has a quant (``id:QUANT``) or not."""
+    def resident() -> set[str]:
+        return {m["model"] for m in httpx.get(served.url + "/api/ps", timeout=10).json()["models"]}
+
+    before = resident()
+    r = httpx.post(served.url + path, json={**body, "model": name, "stream": False}, timeout=60)
     assert r.status_code == 422
     assert "tiny-qwen" in r.text and "not trained for fill-in-the-middle" in r.text
+    assert resident() == before
 
 
 def test_unknown_model_gets_the_closest_ids(served: Any) -> None:
@@ -53,6 +61,21 @@ def test_metrics_text_format(served: Any) -> None:
     assert 'fmgguf_time_to_first_token_seconds_bucket{dialect="mistral",le="+Inf"}' in text
     assert "fmgguf_queue_depth 0" in text and "fmgguf_runner_restarts_total" in text
     assert "# TYPE fmgguf_tokens_per_second histogram" in text
+
+
+@pytest.mark.parametrize("buckets,edges", [("TTFT_BUCKETS", (0.1, 0.25, 1.0)), ("TPS_BUCKETS", (10.0, 50.0))])
+def test_a_value_on_a_bucket_edge_counts_in_that_bucket(buckets: str, edges: tuple[float, ...]) -> None:
+    """Prometheus buckets are ``le``: less than *or equal to* the edge."""
+    from fmgguf.server import metrics
+
+    bounds = getattr(metrics, buckets)
+    for edge in edges:
+        hist = metrics.Histogram(bounds)
+        hist.observe(edge)
+        lines = hist.lines("x")
+        assert f'x_bucket{{le="{edge:g}"}} 1' in lines, lines  # on the edge: in its own bucket ...
+        for b in bounds:  # ... and in every one above it, none below
+            assert f'x_bucket{{le="{b:g}"}} {int(b >= edge)}' in lines, (edge, lines)
 
 
 @pytest.fixture(scope="module")
