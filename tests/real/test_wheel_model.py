@@ -5,7 +5,6 @@ offline; a file split over ordered wheels: joined in order, resumable per part, 
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,21 +13,14 @@ import pytest
 
 from fmgguf.download.wheel_model import WheelModel, WheelPart, cache_path, cached, fetch
 from fmgguf.errors import DownloadError, IntegrityError, OfflineError
+from fmgguf.testing.wheels import build_wheel, split_wheels
 
 MEMBER = "fake_model/model.gguf"
 PAYLOAD = b"GGUF" + bytes(range(256)) * 64
 
 
 def _wheel(where: Path, payload: bytes = PAYLOAD, dist: str = "fake_model_pkg", member: str = MEMBER) -> Path:
-    where.mkdir(parents=True, exist_ok=True)
-    path = where / f"{dist}-1.0.0-py3-none-any.whl"
-    name = dist.replace("_", "-")
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(member, payload)
-        zf.writestr(f"{dist}-1.0.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0.0\n")
-        zf.writestr(f"{dist}-1.0.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(f"{dist}-1.0.0.dist-info/RECORD", "")
-    return path
+    return build_wheel(where, dist, member, payload)
 
 
 def _sha(data: bytes) -> str:
@@ -43,14 +35,9 @@ def _model(wheel: Path, payload: bytes = PAYLOAD) -> WheelModel:
 
 def _split(links: Path, payload: bytes = PAYLOAD, n: int = 3) -> WheelModel:
     """``payload`` cut raw into ``n`` slices, slice i in the wheel fake-split-part<i> as data/part0<i>.bin."""
-    step = -(-len(payload) // n)
-    parts = []
-    for i in range(1, n + 1):
-        member = f"fake_split_part{i}/data/part0{i}.bin"
-        wheel = _wheel(links, payload[(i - 1) * step:i * step], dist=f"fake_split_part{i}", member=member)
-        parts.append(WheelPart(f"fake-split-part{i}", "1.0.0", _sha(wheel.read_bytes()), member))
+    parts = tuple(WheelPart(p["package"], p["version"], p["wheel_sha256"], p["member"]) for p in split_wheels(links, payload, n))
     return WheelModel(key="fake-split", file_name="split.gguf", size=len(payload), sha256=_sha(payload),
-                      parts=tuple(parts), license="apache-2.0", source="test")
+                      parts=parts, license="apache-2.0", source="test")
 
 
 @pytest.fixture
