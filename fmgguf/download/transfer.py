@@ -191,9 +191,10 @@ def _metadata(settings: "Settings", url: str, where: str, repo: str, filename: s
     except RepositoryNotFoundError:
         raise DownloadError(f"repository {repo} not found (or private) on {settings.hf_endpoint}",
                             fix="check the catalog's repo, HF_ENDPOINT and HF_TOKEN") from None
-    except RevisionNotFoundError:
-        raise DownloadError(f"revision {revision} not found for {repo} on {settings.hf_endpoint}",
-                            fix="check the catalog entry's revision pin") from None
+    except RevisionNotFoundError as exc:
+        said = f" ({exc.server_message})" if exc.server_message and "not found:" in exc.server_message else ""
+        raise DownloadError(f"revision {revision} not found for {repo} on {settings.hf_endpoint}{said}",
+                            fix="check the catalog entry's revision pin, or serve the pinned file from the mirror") from None
     except EntryNotFoundError:
         raise DownloadError(f"file {filename} not found in {repo}@{revision or 'main'} on {settings.hf_endpoint}",
                             fix="check the catalog entry's file names (`fmgguf info ID`)") from None
