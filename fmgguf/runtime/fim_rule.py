@@ -79,11 +79,13 @@ def fim_verdict(card: "ModelCard | None", *, name: str | None = None,
     if card is not None and card.fim is not None:
         return _from_card(who, card.fim)
     if card is not None and not imported(card):
-        return FimVerdict(False, f"{who} has no fill-in-the-middle format in its catalog card", "card")
+        return FimVerdict(False, f"{who} was not trained for fill-in-the-middle (its catalog card gives no FIM format)",
+                          "card")
     found = vocab_fim_set(lookup) if lookup is not None else file_fim_set(Path(path)) if path is not None else None
     if found is None:
-        where = "its vocabulary" if lookup is not None or path is not None else "no vocabulary to read"
-        return FimVerdict(False, f"{who} has no known fill-in-the-middle token set ({where})", "vocabulary")
+        where = "in its vocabulary" if lookup is not None or path is not None else "found: no vocabulary to read"
+        return FimVerdict(False, f"{who} was not trained for fill-in-the-middle (no known FIM token set {where})",
+                          "vocabulary")
     return FimVerdict(True, f"{who}'s vocabulary has the FIM tokens {' '.join(t for t in found if t)}", "vocabulary",
                       found, "SPM" if found[0] == "[PREFIX]" else "PSM")
 

@@ -16,6 +16,11 @@ be had (no network on a fresh machine). ``pytest -m real`` runs this tier alone.
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,3 +114,44 @@ def real_manager(real_path: Path, real_card: Any, tmp_path_factory: pytest.TempP
     manager.load_file(real_path, model_id=REAL_ID, card=real_card, n_ctx=2048)
     yield manager
     manager.close()
+
+
+class Served:
+    """`python -m fmgguf serve --port 0 --model FILE`, its URL read from the banner."""
+
+    def __init__(self, model: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "fmgguf", "serve", "--port", "0", "--model", str(model)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(120) or self.url is None:
+            self.stop()
+            raise AssertionError("fmgguf serve did not start:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.search(r"fmgguf serving on (http://\S+?) ", line)
+            if m:
+                self.url = m.group(1)
+                self._ready.set()
+        self._ready.set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def serve_process() -> type[Served]:
+    """The Served class: `fmgguf serve --port 0 --model FILE` as a real process (test modules cannot import
+    conftest under --import-mode=importlib)."""
+    return Served
