@@ -218,6 +218,7 @@ def _pull_and_verify(settings: Any, model: DemoModel) -> tuple[Any, Path]:
 def _fit_and_run(downloader: Any, model: DemoModel, path: Path, tasks: int) -> None:
     """Steps 5-8: the fit plan, load, a chat answer, a fill-in-the-middle, a small benchmark."""
     from fmgguf.runtime import ModelManager
+    from fmgguf.runtime.fim_rule import fim_verdict
     from fmgguf.runtime.fit import plan_for_file
 
     settings, catalog = downloader.settings, downloader.catalog
@@ -232,14 +233,14 @@ def _fit_and_run(downloader: Any, model: DemoModel, path: Path, tasks: int) -> N
         switched = manager.switch_model(model.model_id, quant=model.quant, n_ctx=2048)
         click.echo(f"  loaded in {switched.load_s:.2f} s")
         _answer(manager, model)
-        card = catalog.get(model.model_id)
-        if card.fim_supported and model.real:
+        verdict = fim_verdict(catalog.get(model.model_id))
+        if verdict.able and model.real:
             _step(7, "fmgguf fim  (fill in the middle of a function; the result must parse)")
             _fill(manager)
         elif not model.real:
             _step(7, "fmgguf fim  (skipped: random weights fill nothing useful)")
         else:
-            _step(7, f"fmgguf fim  (skipped: {card.title} was not trained for fill-in-the-middle)")
+            _step(7, f"fmgguf fim  (skipped: {verdict.reason})")
         if tasks > 0:
             _bench(settings, manager, catalog, model, tasks)
     finally:
