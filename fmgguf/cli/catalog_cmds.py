@@ -24,6 +24,7 @@ from fmgguf.cli.store_cmds import catalog_lock_cmd
 
 if TYPE_CHECKING:
     from fmgguf.catalog.schema import ModelCard
+    from fmgguf.settings import Settings
 
 CTX_TABLE = (4096, 16384, 32768)
 
@@ -35,7 +36,9 @@ def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
     return downloaded_quants(app.settings)
 
 
-def _row(card: ModelCard, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
+def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings) -> dict[str, Any]:
+    from fmgguf.runtime.fim_rule import card_verdict
+
     return {
         "id": card.id,
         "family": card.family,
@@ -43,7 +46,7 @@ def _row(card: ModelCard, local: dict[tuple[str, str], bool]) -> dict[str, Any]:
         "parameters": card.parameters.total if card.parameters else None,
         "active_parameters": card.parameters.active if card.parameters else None,
         "context_length": card.context_length,
-        "fim": card.fim_supported,
+        "fim": card_verdict(card, settings).able,
         "license": card.license,
         "chat": card.chat_template is not None,
         "builtin": card.builtin,
@@ -79,7 +82,7 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 def list_cmd(app: AppContext, as_json: bool) -> None:
     """Every model in the catalog: sizes of each quant, context, FIM, licence, local state."""
     local = _downloaded(app)
-    rows = [_row(c, local) for c in app.catalog.models()]
+    rows = [_row(c, local, app.settings) for c in app.catalog.models()]
     output(rows, as_json, lambda r: _table(r, f"{len(r)} models (~ = size rounded by the hub)"))
 
 
@@ -105,7 +108,7 @@ def search_cmd(app: AppContext, text: str | None, family: str | None, max_params
     cards = app.catalog.search(text=text, family=family, max_params=max_params, max_vram_gb=max_vram_gb, quant=quant,
                                fim=fim, min_context=min_context, capability=capability)
     local = _downloaded(app)
-    rows = [_row(c, local) for c in cards]
+    rows = [_row(c, local, app.settings) for c in cards]
     output(rows, as_json, lambda r: _table(r, f"{len(r)} matching") if r else click.echo("no model matches"))
 
 

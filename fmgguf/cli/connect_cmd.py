@@ -40,7 +40,7 @@ def connect_cmd(app: AppContext, tool: str, url: str, fim_model: str | None, cha
 
     if not re.match(r"^https?://[^\s/]+", url):
         raise ConfigError(f"--url {url!r} is not an http(s) URL", fix="e.g. --url http://127.0.0.1:8000")
-    roles = pick_roles(app.catalog, _downloaded(app), url.rstrip("/"), api_key)
+    roles = pick_roles(app.catalog, _downloaded(app), url.rstrip("/"), api_key, settings=app.settings)
     roles = Roles(roles.base_url, _checked(app, fim_model, fim=True) or roles.fim,
                   _checked(app, chat_model, fim=False) or roles.chat, api_key, roles.n_ctx)
     cfg = config_for(tool, roles)
@@ -68,12 +68,16 @@ def _checked(app: AppContext, ref: str | None, *, fim: bool) -> str | None:
     if ref is None:
         return None
     card, quant = app.catalog.resolve(ref)  # UnknownModelError names the closest ids
-    if fim and not card.fim_supported:
-        from fmgguf.errors import FIMNotSupportedError
+    if fim:
+        from fmgguf.runtime.fim_rule import card_verdict
 
-        able = [c.id for c in app.catalog.models() if c.fim_supported][:3]
-        raise FIMNotSupportedError(f"{card.id} was not trained for fill-in-the-middle",
-                                   fix=f"pick a FIM model for --fim-model, e.g. {', '.join(able) or 'one with FIM: yes'}")
+        verdict = card_verdict(card, app.settings)
+        if not verdict.able:
+            from fmgguf.errors import FIMNotSupportedError
+
+            able = [c.id for c in app.catalog.models() if c.fim_supported][:3]
+            raise FIMNotSupportedError(verdict.reason,
+                                       fix=f"pick a FIM model for --fim-model, e.g. {', '.join(able) or 'one with FIM: yes'}")
     return f"{card.id}:{quant}"
 
 

@@ -302,19 +302,16 @@ def fim_cmd(app: AppContext, model: str, prefix_file: str | None, suffix_file: s
 
 
 def _check_fim_card(app: AppContext, model: str, quant: str | None) -> None:
-    """Refuse FIM from the catalog card before any download or load: the card says it is not supported,
-    or a built-in card has no FIM tokens at all (a user entry without ``fim`` is left to the GGUF)."""
-    from fmgguf.errors import FIMNotSupportedError
-    from fmgguf.runtime.prompts import resolve_fim_tokens
+    """Refuse FIM before any download or load where the one FIM rule (fmgguf.runtime.fim_rule) says no
+    from the card alone; a file, or an imported entry without a ``fim`` block, is judged by its vocabulary
+    once loaded (``ModelManager.fill_in_middle`` applies the same rule)."""
+    from fmgguf.runtime.fim_rule import fim_verdict, needs_vocabulary
 
     if model.endswith(".gguf") or Path(model).expanduser().is_file():
         return
     card, _ = app.catalog.resolve(model if ":" in model or not quant else f"{model}:{quant}")
-    if card.fim is not None and not card.fim.supported:
-        resolve_fim_tokens(gguf_ids={}, lookup=lambda _t: None, card_fim=card.fim, model_name=card.id)
-    if card.fim is None and card.builtin:
-        raise FIMNotSupportedError(f"{card.id} has no fill-in-the-middle format in the catalog",
-                                   fix="pick a model whose `fmgguf info ID` says FIM: yes, or use `fmgguf run`")
+    if not needs_vocabulary(card):
+        fim_verdict(card).check()
 
 
 def _read_part(path: str | None, inline: str | None, name: str) -> str | None:

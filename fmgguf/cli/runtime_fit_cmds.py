@@ -201,15 +201,18 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
 
     Offline, or with the hub out of reach, a catalog id shows what the catalog card knows instead."""
     from fmgguf.errors import DownloadError, OfflineError
+    from fmgguf.runtime.fim_rule import card_verdict, fim_verdict
     from fmgguf.runtime.gguf_file import read_gguf
 
     if _is_file(target):
         info = read_gguf(target, check=False)  # a lying file is shown, with its problems
+        verdict = fim_verdict(None, name=Path(target).name, path=Path(target))
     else:
         card, q = app.catalog.resolve(target)
         q = quant or q
         v = card.variant(q)
         local = _local_path(app, card.id, q)
+        verdict = card_verdict(card, app.settings)
         if local is not None:
             info = read_gguf(local, check=False)
         else:
@@ -223,6 +226,7 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
     summary = info.summary()
     problems = _problems(info)
     summary["problems"] = problems
+    summary["fim"], summary["fim_reason"] = verdict.able, verdict.reason  # the one FIM rule
     if as_json:
         emit_json(summary)
     else:
@@ -249,7 +253,8 @@ def _render_header(summary: dict[str, Any]) -> None:
              ("context (trained)", summary["context_length"]), ("tensors", summary["n_tensors"]),
              ("weights", human_bytes(summary["tensor_bytes"])),
              ("chat template", "yes" if summary["chat_template"] else "no"),
-             ("FIM tokens", ", ".join(f"{k}={v}" for k, v in summary["fim_tokens"].items()) or "none")]
+             ("FIM tokens", ", ".join(f"{k}={v}" for k, v in summary["fim_tokens"].items()) or "none"),
+             ("fill-in-the-middle", f"{'yes' if summary['fim'] else 'no'}: {summary['fim_reason']}")]
     for k, v in pairs:
         con.print(f"  {k:<18} {v}")
     con.print("  quant mix:")
@@ -259,6 +264,12 @@ def _render_header(summary: dict[str, Any]) -> None:
         con.print("[bold red]problems[/bold red] (llama.cpp would refuse or abort on this file):", markup=True)
         for p in summary["problems"]:
             con.print(f"  {p['field']} {p['message']}", markup=False, highlight=False)
+
+
+def _fim_reason(card: ModelCard) -> str:
+    from fmgguf.runtime.fim_rule import fim_verdict
+
+    return fim_verdict(card).reason
 
 
 def _inspect_from_card(card: ModelCard, quant: str, reason: str, as_json: bool) -> None:
@@ -273,7 +284,7 @@ def _inspect_from_card(card: ModelCard, quant: str, reason: str, as_json: bool) 
         "n_head_kv": a.n_head_kv if a else None, "n_vocab": a.vocab if a else None,
         "context_length": a.context_length if a else None,
         "n_params": card.parameters.total if card.parameters else None,
-        "chat_template": card.chat_template, "fim": card.fim_supported,
+        "chat_template": card.chat_template, "fim": card.fim_supported, "fim_reason": _fim_reason(card),
     }
     if as_json:
         emit_json(summary)

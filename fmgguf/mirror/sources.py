@@ -19,10 +19,13 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from fmgguf.download.hashing import sha256_file
 from fmgguf.errors import BundleError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog
 
 BUNDLE_MANIFEST = "fmgguf-bundle.json"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -51,6 +54,36 @@ class MirrorRepo:
     files: dict[str, MirrorFile] = field(default_factory=dict)
     commit: str = ""
     revisions: set[str] = field(default_factory=lambda: {"main"})
+    #: catalog-pinned revisions this source has no history for, honoured only for the files whose sha256
+    #: matches the catalog's pin at that revision (revision -> those file names)
+    pinned: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HonouredPin:
+    """A catalog entry whose pinned revision a mirror serves because its files match the pins."""
+
+    repo: str
+    revision: str
+    entry: str  # id:QUANT
+    files: tuple[str, ...]
+
+
+def honour_catalog_pins(repos: dict[str, MirrorRepo], catalog: Catalog) -> list[HonouredPin]:
+    """Serve each catalog variant's pinned revision from a source without that history (a folder, a bundle
+    or a hub cache at another commit) when the source holds every one of its files with the pinned sha256."""
+    honoured = []
+    for card in catalog.models():
+        for quant, variant in card.variants.items():
+            repo = repos.get(variant.repo)
+            rev = variant.revision
+            if repo is None or rev is None or rev in repo.revisions:
+                continue
+            names = [f.name for f in variant.files]
+            if all(f.sha256 and f.name in repo.files and repo.files[f.name].sha256 == f.sha256 for f in variant.files):
+                repo.pinned.setdefault(rev, set()).update(names)
+                honoured.append(HonouredPin(variant.repo, rev, f"{card.id}:{quant}", tuple(names)))
+    return honoured
 
 
 def load_source(path: str | os.PathLike[str]) -> dict[str, MirrorRepo]:

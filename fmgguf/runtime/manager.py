@@ -131,11 +131,13 @@ class ModelManager:
     # --- what is there -----------------------------------------------------------------------
     def get_available_models(self) -> list[dict[str, Any]]:
         """Every catalog model with the quants downloaded here."""
+        from fmgguf.runtime.fim_rule import card_verdict
+
         out = []
         for card in self.catalog.models():
             local = [q for q in card.quants if self._is_downloaded(card.id, q)]
             out.append({"id": card.id, "name": card.title, "quants": card.quants, "downloaded": local,
-                        "fim": card.fim_supported, "chat": card.chat_template not in (None, "none")})
+                        "fim": card_verdict(card, self.settings).able, "chat": card.chat_template not in (None, "none")})
         return out
 
     def _is_downloaded(self, model_id: str, quant: str) -> bool:
@@ -327,14 +329,15 @@ class ModelManager:
                        stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
                        **sampling: Any) -> GenerationResult | GenerationStream:
         """Generate the code between ``prefix`` and ``suffix`` (refused where the model can't)."""
+        from fmgguf.runtime.fim_rule import fim_verdict
         from fmgguf.runtime.prompts import build_fim_tokens, resolve_fim_tokens
 
         def build(engine: Any, r: Resident) -> tuple[list[int], list[str]]:
             card = r.spec.card
-            if card is not None and card.fim is not None and not card.fim.supported:
-                resolve_fim_tokens(gguf_ids={}, lookup=lambda _t: None, card_fim=card.fim, model_name=card.id)
+            verdict = fim_verdict(card, name=r.info.id, lookup=engine.special_token_id)  # the one rule
+            verdict.check()
             fim = resolve_fim_tokens(gguf_ids=dict(r.info.fim_ids) or _gguf_fim_ids(engine),
-                                     lookup=engine.special_token_id, card_fim=card.fim if card else None,
+                                     lookup=engine.special_token_id, card_fim=verdict.card_fim(),
                                      vocab_ids=engine.fim_token_ids(), model_name=r.info.id)
             pre = engine.tokenize(prefix, add_bos=False, special=False) if prefix else []
             suf = engine.tokenize(suffix, add_bos=False, special=False) if suffix else []

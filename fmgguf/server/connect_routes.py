@@ -23,7 +23,7 @@ def connect(request: Request, tool: str | None = Query(None, max_length=40)) -> 
     cur = state.current()
     roles = pick_roles(state.catalog, sorted(downloaded_pairs(state.downloader)), base,
                        "YOUR-API-KEY" if state.api_key else None, [cur["id"]] if cur else [],
-                       int((cur or {}).get("n_ctx") or state.settings.default_ctx))
+                       int((cur or {}).get("n_ctx") or state.settings.default_ctx), settings=state.settings)
     tools = [tool] if tool else list(TOOLS)
     return {"base_url": base, "fim_model": roles.fim, "chat_model": roles.chat,
             "tools": [config_for(t, roles).as_dict() for t in tools]}

@@ -16,8 +16,8 @@ class Store(Protocol):
     def list_downloaded(self) -> list[Any]: ...
 
 
-def card_summary(card: ModelCard) -> dict:
-    """The specs of a card the page and the compare view show."""
+def card_summary(card: ModelCard, fim: bool) -> dict:
+    """The specs of a card the page and the compare view show (``fim``: the one FIM rule's answer)."""
     params = card.parameters
     arch = card.arch
     return {
@@ -33,7 +33,7 @@ def card_summary(card: ModelCard) -> dict:
         "license": card.license,
         "chat": card.chat_template not in (None, "none"),
         "chat_template": card.chat_template,
-        "fim": card.fim_supported,
+        "fim": fim,
         "fim_order": card.fim.order if card.fim else None,
         "specialization": card.specialization,
         "capabilities": list(card.capabilities),

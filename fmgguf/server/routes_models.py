@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from fmgguf._util import jsonable
 from fmgguf.catalog import normalize_quant
 from fmgguf.errors import FmggufError, InvalidRequestError, ModelNotLoadedError
+from fmgguf.server.dialects.routing import fim_verdict_for
 from fmgguf.server.json_views import card_summary, downloaded_pairs
 from fmgguf.server.schemas import CompareRequest, DownloadRequest, GenerateRequest, SelectRequest
 from fmgguf.server.state import ServerState, state_of
@@ -72,7 +73,7 @@ def _model_entry(state: ServerState, card: Any, local: set[tuple[str, str]], cur
             "estimate": est.as_dict(),
             "fit": _safe_fit(state, card, quant, n_ctx, (card.id, quant) in local, mem) if with_fit else None,
         })
-    entry = card_summary(card)
+    entry = card_summary(card, fim_verdict_for(state, card).able)
     entry.update({"status": status, "download": job if status == "downloading" else None,
                   "broken": job if status == "broken" else None, "quants": quants,
                   "loaded_quant": current.get("quant") if status == "loaded" and current else None})

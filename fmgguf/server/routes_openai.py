@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, start
-from fmgguf.server.dialects.routing import loaded_names
+from fmgguf.server.dialects.routing import fim_able, loaded_names
 from fmgguf.server.json_views import downloaded_pairs
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from fmgguf.server.state import ServerState, state_of
@@ -75,7 +75,19 @@ def list_models(request: Request) -> dict:
         if model_id in loaded_quant:  # the loaded quant first
             quants = sorted(quants, key=lambda q: q != loaded_quant[model_id])
         ids.extend(f"{model_id}:{q}" for q in quants)
-    return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "fmgguf"} for i in ids]}
+    return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "fmgguf",
+                                        "capabilities": _capabilities(state, i.partition(":")[0])} for i in ids]}
+
+
+def _capabilities(state: ServerState, model_id: str) -> list[str]:
+    """Ollama's words: ``completion``, ``insert`` (fill-in-the-middle, by the one FIM rule), ``chat``."""
+    if model_id in state.catalog:
+        card = state.catalog.get(model_id)
+        fim, chat = fim_able(state, model_id), card.chat_template not in (None, "none")
+    else:  # a file loaded by path: what the load found (the same rule, on its vocabulary)
+        cur = state.current() or {}
+        fim, chat = bool(cur.get("fim")) and cur.get("id") == model_id, bool(cur.get("chat_template"))
+    return ["completion"] + (["insert"] if fim else []) + (["chat"] if chat else [])
 
 
 def _sampling(body: Any) -> Sampling:

@@ -84,12 +84,13 @@ def machine_a(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
 
 
 @contextmanager
-def mirror(source: Path, *args: str) -> Iterator[str]:
-    """`fmgguf mirror serve SOURCE --port 0 ARGS` in its own process; yields its endpoint."""
+def mirror(source: Path, *args: str, banner: list[str] | None = None) -> Iterator[str]:
+    """`fmgguf mirror serve SOURCE --port 0 ARGS` in its own process; yields its endpoint (``banner``
+    receives the lines it printed before it)."""
     proc = subprocess.Popen([sys.executable, "-m", "fmgguf", "mirror", "serve", str(source), "--port", "0", *args],
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
-        lines = []
+        lines = banner if banner is not None else []
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.append(line)
@@ -140,6 +141,37 @@ def test_a_plain_folder_is_served_as_org_name_file(machine_a, tmp_path, monkeypa
         shutil.copy(path, folder / name)
     with mirror(tmp_path / "plain") as endpoint:
         pull_all(machine_b(tmp_path, monkeypatch, endpoint, machine_a["files"]), machine_a["files"])
+
+
+def test_a_folder_serves_a_pinned_catalog_revision_for_files_that_match_the_pin(machine_a, tmp_path, monkeypatch) -> None:
+    from fmgguf.catalog.user import add_user_entry
+    from fmgguf.errors import DownloadError
+
+    pinned = "fedcba9876543210fedcba9876543210fedcba98"
+    folder = tmp_path / "plain" / REPO
+    folder.mkdir(parents=True)
+    for name, path in machine_a["files"].items():
+        shutil.copy(path, folder / name)
+    entry = _entry(machine_a["files"])
+    for variant in entry["variants"].values():
+        variant["revision"] = pinned
+    entry["variants"]["Q4_K_M"]["files"][0]["sha256"] = "0" * 64  # the folder's Q4_K_M is not the pinned file
+    add_user_entry(use_home(tmp_path / "b", monkeypatch, "http://127.0.0.1:9").settings, entry)
+    banner: list[str] = []
+    with mirror(tmp_path / "plain", banner=banner) as endpoint:
+        said = "".join(banner)
+        assert "pinned revision fedcba987654 for blob:Q8_0 (blob-Q8_0.gguf: sha256 matches the catalog pin)" in said
+        assert "blob:Q4_K_M" not in said
+        dl = use_home(tmp_path / "b", monkeypatch, endpoint)
+        path = dl.download_model("blob", "Q8_0")
+        assert sha(path) == sha(machine_a["files"]["blob-Q8_0.gguf"]) and Path(path).parent.name == pinned
+        assert dl.records.get("blob", "Q8_0").commit == pinned
+        with pytest.raises(DownloadError) as err:
+            dl.download_model("blob", "Q4_K_M")
+        assert f"revision {pinned} not found" in err.value.message
+        assert "only for files whose sha256 matches the catalog pin" in err.value.message
+        r = httpx.head(f"{endpoint}/{REPO}/resolve/0123456789012345678901234567890123456789/blob-Q8_0.gguf", timeout=10)
+        assert r.status_code == 404 and "serves a catalog-pinned revision only for files" in r.headers["X-Error-Message"]
 
 
 def test_ranges_are_served_for_resumed_downloads(machine_a) -> None:

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import ast
 import re
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,45 +16,11 @@ pytestmark = pytest.mark.real
 CODE_PROMPT = "Write a Python function that returns the sum of a list."
 
 
-class Served:
-    """`python -m fmgguf serve --port 0 --model FILE`, its URL read from the banner."""
-
-    def __init__(self, model: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fmgguf", "serve", "--port", "0", "--model", str(model)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self.url: str | None = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(120) or self.url is None:
-            self.stop()
-            raise AssertionError("fmgguf serve did not start:\n" + "".join(self.lines))
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            m = re.search(r"fmgguf serving on (http://\S+?) ", line)
-            if m:
-                self.url = m.group(1)
-                self._ready.set()
-        self._ready.set()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
-def client(real_path: Path) -> Iterator[Any]:
+def client(real_path: Path, serve_process: Any) -> Iterator[Any]:
     import openai
 
-    served = Served(real_path)
+    served = serve_process(real_path)
     try:
         yield openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=120)
     finally:

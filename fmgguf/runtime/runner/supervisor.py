@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import FmggufError, InsufficientMemoryError, ModelBrokenError, RunnerCrashedError
+from fmgguf.runtime.fim_rule import fim_verdict
 from fmgguf.runtime.loading import FileFacts, LoadedModel, add_note, load_request, plan_load, start_engine, validate
 from fmgguf.runtime.runner.health import HealthBook, backoff
 from fmgguf.runtime.runner.residency import LoadSpec, Resident, Residents
@@ -95,7 +96,7 @@ class Supervisor:
             n_gpu_layers=load_opts.n_gpu_layers, load_s=round(engine.load_s, 4),
             loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), architecture=facts.arch,
             chat_template=bool(engine.chat_template),
-            fim=card.fim_supported if card is not None else bool(facts.fim_ids) or None,
+            fim=fim_verdict(card, name=spec.model_id, path=spec.path).able,
             fim_ids=dict(facts.fim_ids), key=spec.key, isolation=self.isolation, pid=getattr(engine, "pid", None))
         kept = {k: v for k, v in options.items() if k != "progress"}
         resident = Resident(spec=dataclasses.replace(spec, options=kept), engine=engine, info=info,

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError, NotDownloadedError
-from fmgguf.server.dialects.routing import clean_name, unknown_model
+from fmgguf.server.dialects.routing import clean_name, fim_verdict_for, unknown_model
 from fmgguf.server.state import state_of
 
 router = APIRouter(prefix="/api", tags=["ollama"])
@@ -134,7 +134,8 @@ def show(request: Request, body: _Body) -> dict:
     card, quant = resolve_local(state, body.ref())
     arch = card.arch.name if card.arch else "unknown"
     n_ctx = _serving_ctx(state, card)
-    fmt = fim_format(card.fim, card.id) if card.fim_supported else None
+    verdict = fim_verdict_for(state, card)  # the one FIM rule: `insert` exactly when FIM requests are served
+    fmt = fim_format(verdict.card_fim(), card.id) if verdict.able else None
     template = _template(fmt)
     params = [f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s)}" for s in (fmt.stop if fmt else ())]
     info: dict[str, Any] = {"general.architecture": arch, "general.basename": card.id,
@@ -144,7 +145,7 @@ def show(request: Request, body: _Body) -> dict:
         info.update({f"{arch}.block_count": card.arch.n_layer, f"{arch}.embedding_length": card.arch.n_embd,
                      f"{arch}.attention.head_count": card.arch.n_head,
                      f"{arch}.attention.head_count_kv": card.arch.n_head_kv})
-    caps = ["completion"] + (["insert"] if card.fim_supported else [])
+    caps = ["completion"] + (["insert"] if verdict.able else [])
     return {"license": card.license, "modelfile": f"# fmgguf: {card.id}:{quant}\nFROM {card.id}:{quant}\n"
             f"TEMPLATE {json.dumps(template)}\n" + "".join(f"PARAMETER {p}\n" for p in params),
             "parameters": "\n".join(params), "template": template, "details": details(card, quant),

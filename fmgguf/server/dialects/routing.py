@@ -12,10 +12,13 @@ import difflib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import FIMNotSupportedError, ModelNotLoadedError, UnknownModelError
 from fmgguf.server.json_views import downloaded_pairs
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.fim_rule import FimVerdict
 
 #: characters per token assumed when a FIM prompt is cut to the context window (code is ~3.5)
 _CHARS_PER_TOKEN = 3
@@ -87,19 +90,31 @@ def resolve(state: Any, manager: Any, requested: str | None, kind: str) -> Targe
     if ":" not in name:  # a bare id: the loaded quant, else the catalog default if on disk, else one on disk
         quant = _quant_for(state, manager, card, quant)
     target = Target(card.id, quant, card)
-    if kind == "fim" and not card.fim_supported:
+    if kind == "fim" and not fim_verdict_for(state, card).able:
         raise fim_refusal(state, card)
     return target
+
+
+def fim_verdict_for(state: Any, card: Any) -> "FimVerdict":
+    """The one FIM rule (fmgguf.runtime.fim_rule) for a catalog card; an imported card without a ``fim``
+    block is judged by its installed file's vocabulary."""
+    from fmgguf.runtime.fim_rule import card_verdict
+
+    return card_verdict(card, state.settings)
+
+
+def fim_able(state: Any, model_id: str) -> bool:
+    return model_id in state.catalog and fim_verdict_for(state, state.catalog.get(model_id)).able
 
 
 def _default_for(state: Any, manager: Any, kind: str) -> str:
     resident = loaded_names(state, manager) if manager is not None else []
     if kind == "fim":  # the resident model that does FIM, else a downloaded one (editors rarely name one)
         for mid, quant in resident:
-            if mid in state.catalog and state.catalog.get(mid).fim_supported:
+            if fim_able(state, mid):
                 return f"{mid}:{quant}" if quant else mid
         for mid, quant in sorted(downloaded_pairs(state.downloader)):
-            if mid in state.catalog and state.catalog.get(mid).fim_supported:
+            if fim_able(state, mid):
                 return f"{mid}:{quant}"
     elif kind == "chat":
         for mid, quant in resident:
@@ -138,10 +153,8 @@ def unknown_model(state: Any, name: str) -> UnknownModelError:
 
 
 def fim_refusal(state: Any, card: Any) -> FIMNotSupportedError:
-    note = card.fim.note if card.fim is not None and card.fim.note else None
-    why = f"{card.id} was not trained for fill-in-the-middle" + (f" ({note})" if note else "")
-    local = sorted({m for m, _ in downloaded_pairs(state.downloader)
-                    if m in state.catalog and state.catalog.get(m).fim_supported})
+    why = fim_verdict_for(state, card).reason  # the same reason `fmgguf fim` gives
+    local = sorted({m for m, _ in downloaded_pairs(state.downloader) if fim_able(state, m)})
     if local:
         fix = f"send \"model\": \"{local[0]}\" (downloaded, trained for FIM)" + \
               (f"; also downloaded: {', '.join(local[1:4])}" if len(local) > 1 else "")
@@ -172,7 +185,7 @@ def call_manager(state: Any, manager: Any, req: Any) -> tuple[Any, str, bool]:
     if req.kind == "fim" and target.card is None:  # a bare file: the manager's own FIM tokens, no extras
         return manager.fill_in_middle(req.prompt, req.suffix, **kw), target.model_id, False
     if req.kind == "fim":
-        fmt = fim_format(target.card.fim, target.card.id)
+        fmt = fim_format(fim_verdict_for(state, target.card).card_fim(), target.card.id)
         budget = max((n_ctx - int(kw.get("max_tokens") or 256) - 16) * _CHARS_PER_TOKEN, 512)
         text = render_fim(fmt, req.prompt, req.suffix, req.extra, filename=req.filename, max_chars=budget)
         cut = len(text) < len(render_fim(fmt, req.prompt, req.suffix, req.extra, filename=req.filename))

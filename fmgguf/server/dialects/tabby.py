@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.server.dialects.core import GenRequest, Sampling, start
-from fmgguf.server.dialects.routing import loaded_names
+from fmgguf.server.dialects.routing import fim_able, loaded_names
 from fmgguf.server.schemas import MAX_PROMPT_CHARS
 from fmgguf.server.state import state_of
 
@@ -78,7 +78,7 @@ def health(request: Request) -> dict:
     state = state_of(request)
     manager = state.manager_if_built
     resident = loaded_names(state, manager) if manager is not None else []
-    fim = next((m for m, _ in resident if m in state.catalog and state.catalog.get(m).fim_supported), None)
+    fim = next((m for m, _ in resident if fim_able(state, m)), None)
     chat = next((m for m, _ in resident if m in state.catalog and state.catalog.get(m).chat_template), None)
     return {"model": fim or (resident[0][0] if resident else state.settings.default_model),
             "chat_model": chat, "device": "cpu", "arch": platform.machine(),
