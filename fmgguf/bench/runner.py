@@ -182,7 +182,7 @@ class ModelBenchmarker:
         if samples < 1:
             raise BenchError(f"samples must be >= 1, not {samples}", fix="use --samples 1 or more")
         chosen = select_tasks(load_suite(suite), tasks, languages)
-        suite_name = Path(suite).stem if suite not in ("builtin", "humaneval") else suite
+        suite_name = Path(suite).stem if suite not in ("builtin", "humaneval", "humaneval-infill") else suite
         run_id = _safe(f"{model_id}-{quant}-{suite_name}-n{samples}")
         store = RunStore(self.settings.bench_dir / run_id)
         meta: dict[str, Any] = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
@@ -219,6 +219,7 @@ class ModelBenchmarker:
     def _generate_all(self, run: Run, todo: list[tuple[Task, int]], use_chat: bool, max_tokens: int,
                       temp: float) -> None:
         """Generate each answer in turn (one model), executing the tests in a pool meanwhile."""
+        from fmgguf.bench.infill import fim_quality
         from fmgguf.bench.prompting import static_quality
 
         with ThreadPoolExecutor(max_workers=max(1, self.settings.bench_workers)) as pool:
@@ -231,7 +232,7 @@ class ModelBenchmarker:
                 except FIMNotSupportedError as exc:
                     run.record(skipped_record(task, sample, exc.one_line()))
                     continue
-                quality = static_quality(task, task.source(answer), extracted)
+                quality = {**static_quality(task, task.source(answer), extracted), **fim_quality(task, answer)}
                 fut = pool.submit(self._execute_and_lint, task, answer, quality)
                 fut.add_done_callback(
                     lambda f, t=task, s=sample, g=gen, a=answer, q=quality: run.executed(f, t, s, g, a, q))
@@ -283,7 +284,7 @@ class ModelBenchmarker:
             res = mgr.generate_text(prompt, stop=stops, **kw)
             answer, extracted = completion_answer(task, res.text), True
         gen = {k: getattr(res, k, None) for k in ("prompt_tokens", "completion_tokens", "ttft_s", "tokens_per_s",
-                                                  "total_s", "finish_reason")}
+                                                  "total_s", "finish_reason", "stop_reason")}
         return answer, gen, extracted
 
     # --- the seed's API ------------------------------------------------------------------------
