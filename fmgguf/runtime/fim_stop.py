@@ -5,8 +5,9 @@ writes the middle, then the code after the cursor again, then a test harness of 
 :class:`FimCutter` watches the text as it streams and ends the middle at the first of:
 
 - ``suffix``: a line that repeats the suffix's first non-blank line (and the next one too when the
-  first says little, such as ``else:`` or ``}``); with the cursor inside a line, a first line that
-  ends with the rest of the cursor's line;
+  first says little, such as ``else:`` or ``}``), or one of its first three non-blank lines that say
+  something (at any indentation: the model skipped into the suffix); with the cursor inside a line, a
+  first line that ends with the rest of the cursor's line;
 - ``indent``: a line less indented than the block the cursor is in (outside open brackets and
   triple-quoted strings); a line of closing brackets there is kept (it closes the block) unless the
   suffix starts with it;
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 CUT_REASONS = ("suffix", "indent", "n_indent", "time")
 _OPEN, _CLOSE = "([{", ")]}"
 _WEAK_LEN = 8  # a suffix line shorter than this (stripped) is confirmed by the next line before a cut
+_HEAD_LINES = 3  # how many of the suffix's first non-blank lines a middle line is compared with
 
 
 def indent_of(line: str) -> int:
@@ -85,6 +87,9 @@ class FimRules:
 
     #: the suffix's first non-blank lines (right-stripped, indentation kept), at most two
     suffix_head: tuple[str, ...] = ()
+    #: the telling ones among the suffix's first three non-blank lines, stripped: a middle line equal to
+    #: one of them (at any indentation) means the model jumped into the suffix
+    suffix_lines: tuple[str, ...] = ()
     #: lines indented less than this end the middle (None: no such rule)
     block_indent: int | None = None
     #: whitespace before the cursor on its line when only whitespace is there (it starts the first line)
@@ -110,9 +115,10 @@ class FimRules:
             head_lines = suffix_lines[1:]
         else:
             head_lines = [cursor_line + rest, *suffix_lines[1:]] if suffix_lines else []
-        head = tuple(ln.rstrip() for ln in head_lines if ln.strip())[:2]
+        head = tuple(ln.rstrip() for ln in head_lines if ln.strip())[:_HEAD_LINES]
+        telling = tuple(h.strip() for h in head if not _weak(h))
         scan, block = _prefix_block(prefix, cursor_line, mid_line)
-        return cls(suffix_head=head, block_indent=block, cursor_indent="" if mid_line else cursor_line,
+        return cls(suffix_head=head[:2], suffix_lines=telling, block_indent=block, cursor_indent="" if mid_line else cursor_line,
                    mid_line=mid_line, line_rest=rest.strip() if mid_line else "", depth=max(scan.depth, 0),
                    in_string=scan.quote is not None, n_indent=max(int(n_indent or 0), 0),
                    time_limit_s=time_limit_s if time_limit_s and time_limit_s > 0 else None)
@@ -241,6 +247,8 @@ class FimCutter:
                 return self._stop(at, "suffix")
             self._candidate, self._hold = True, at
             return
+        if body.strip() in r.suffix_lines:
+            return self._stop(at, "suffix")
         if self._dedented(full):
             if _is_closer(body) and not (head and head[0].strip().startswith(body.strip())):
                 return self._stop(end, "indent")
@@ -276,7 +284,7 @@ class FimCutter:
         full = ((r.cursor_indent if first else "") + part).rstrip()
         if not full.strip():
             return 0
-        if any(h.startswith(full) for h in r.suffix_head[:1]):
+        if any(h.startswith(full) for h in r.suffix_head[:1]) or any(h.startswith(full.strip()) for h in r.suffix_lines):
             return 0
         if r.n_indent and not first and indent_of(part) < r.n_indent:
             return 0

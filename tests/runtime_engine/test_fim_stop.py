@@ -37,6 +37,17 @@ def test_repeat_of_the_suffix_ends_the_middle(step: int | None) -> None:
     assert run(PRE, SUF, out, step) == ("        t += x\n", "suffix")
 
 
+def test_a_jump_into_the_suffix_ends_the_middle(step: int | None) -> None:
+    prefix = "def sp(xs):\n    s, p = 0, 1\n    for n in xs:\n"
+    suffix = "        p *= n\n    return s, p\n"
+    assert run(prefix, suffix, "        s += n\n\n    return s, p\n\n# check\n", step) == ("        s += n\n", "suffix")
+    # the third non-blank suffix line too, at another indentation; a short one (``pass``) is not telling
+    suffix = "        p *= n\n        q = 0\n        total = s + p\n"
+    assert run(prefix, suffix, "        s += n\n    total = s + p\n", step) == ("        s += n\n", "suffix")
+    assert run(prefix, "        p *= n\n        pass\n", "        s += n\n        pass\n", step) == (
+        "        s += n\n        pass\n", None)
+
+
 def test_dedent_out_of_the_block_ends_the_middle(step: int | None) -> None:
     out = "        t += x\n    return t\n\n\nprint(total([1, 2]))\n"
     assert run(PRE, "", out, step) == ("        t += x\n    return t\n", "indent")
