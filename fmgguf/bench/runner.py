@@ -151,12 +151,13 @@ class ModelBenchmarker:
                 progress(done[0], len(runnable), "")
 
         t0 = time.monotonic()
+        from fmgguf.bench.infill import fim_quality
         from fmgguf.bench.prompting import static_quality
 
         answers = [(t, t.reference if which == "reference" else (t.wrong or "")) for t in runnable]
         lint = self._lint_manifest(runnable)
         results = self.executor.execute_many(answers, workers=self.settings.bench_workers, progress=tick)
-        qualities = [static_quality(t, t.source(a), True) for t, a in answers]
+        qualities = [{**static_quality(t, t.source(a), True), **fim_quality(t, a)} for t, a in answers]
         js = [i for i, (t, _) in enumerate(answers) if t.language == "javascript"]
         if js and lint["lint"]["eslint"]["available"]:
             counts = self.linter.findings([answers[i][0].source(answers[i][1]) for i in js],
