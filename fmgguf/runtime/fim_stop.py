@@ -190,6 +190,8 @@ class FimCutter:
             if nl < 0:
                 break
             self._line(self.text[self._line_start:nl], nl + 1, final=False)
+        if not self.stopped:
+            self._judge_start()
         return self._release()
 
     def close(self, ran_out: bool = False) -> str:
@@ -254,6 +256,25 @@ class FimCutter:
                 return self._stop(end, "indent")
             return self._stop(at, "indent")
         self._hold = None
+
+    def _judge_start(self) -> None:
+        """Cut at the unfinished current line as soon as its indentation rules it out (so the generation
+        stops there, not a line later); a line that may be a closing bracket waits for its end."""
+        start, first, r = self._line_start, self._line_no == 0, self.rules
+        part = self.text[start:]
+        if self.sent > start or (first and r.mid_line):
+            return
+        full = (r.cursor_indent if first else "") + part
+        body = full.strip()
+        if not body:
+            return
+        at = self._hold if self._hold is not None else start
+        if r.n_indent and not first and indent_of(part) < r.n_indent:
+            self._stop(at, "n_indent")
+        elif self._dedented(full) and body[0] not in _CLOSE and not body[0].isalpha():
+            self._stop(at, "suffix" if self._candidate else "indent")
+        elif self._dedented(full) and body[0].isalpha() and len(body) > 4 and not _is_closer(body.split()[0]):
+            self._stop(at, "suffix" if self._candidate else "indent")
 
     def _dedented(self, full: str) -> bool:
         r = self.rules
