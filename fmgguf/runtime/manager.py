@@ -336,25 +336,12 @@ class ModelManager:
         context, the whole cut to ``max_prompt_chars``); a bare file its FIM token ids. The middle ends
         where :mod:`fmgguf.runtime.fim_stop` says the gap ends (``n_indent``, ``time_limit_s``: llama.cpp's
         ``n_indent`` and ``t_max_predict_ms``); the result's ``stop_reason`` says why."""
+        from fmgguf.runtime.fim_prompt import fim_prompt
         from fmgguf.runtime.fim_stop import FimCutter, FimRules
-        from fmgguf.runtime.prompts import build_fim_tokens, fim_format, render_fim, resolve_fim_tokens
 
         def build(engine: Any, r: Resident) -> tuple[Any, list[str]]:
-            card = r.spec.card
-            if card is not None and card.fim is not None and card.fim.supported:
-                fmt = fim_format(card.fim, card.id)
-                text = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_prompt_chars)
-                if getattr(engine, "tokenizes_in_stream", False):
-                    return PromptText(text, engine.add_bos), list(fmt.stop)
-                return engine.tokenize(text, add_bos=engine.add_bos, special=True), list(fmt.stop)
-            if card is not None and card.fim is not None and not card.fim.supported:
-                resolve_fim_tokens(gguf_ids={}, lookup=lambda _t: None, card_fim=card.fim, model_name=card.id)
-            fim = resolve_fim_tokens(gguf_ids=dict(r.info.fim_ids) or _gguf_fim_ids(engine),
-                                     lookup=engine.special_token_id, card_fim=card.fim if card else None,
-                                     vocab_ids=engine.fim_token_ids(), model_name=r.info.id)
-            pre = engine.tokenize(prefix, add_bos=False, special=False) if prefix else []
-            suf = engine.tokenize(suffix, add_bos=False, special=False) if suffix else []
-            return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
+            return fim_prompt(engine, r.spec.card, r.info.fim_ids, r.info.id, prefix, suffix, extra, filename,
+                              max_prompt_chars, in_stream=bool(getattr(engine, "tokenizes_in_stream", False)))
         cutter = FimCutter(FimRules.for_gap(prefix, suffix, n_indent=n_indent, time_limit_s=time_limit_s))
         return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive,
                               cutter)
@@ -450,17 +437,6 @@ def _check_options(options: Mapping[str, Any]) -> None:
 
 def _alive(r: Resident) -> bool:
     return bool(getattr(r.engine, "alive", True))
-
-
-def _gguf_fim_ids(engine: Any) -> dict[str, int]:
-    out = {}
-    for role, keys in (("pre", ("fim_pre", "prefix")), ("suf", ("fim_suf", "suffix")), ("mid", ("fim_mid", "middle"))):
-        for k in keys:
-            v = engine.metadata.get(f"tokenizer.ggml.{k}_token_id")
-            if v is not None and str(v).lstrip("-").isdigit() and int(v) >= 0:
-                out[role] = int(v)
-                break
-    return out
 
 
 _default: dict[tuple, ModelManager] = {}
