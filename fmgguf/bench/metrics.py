@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fmgguf.bench.executors import OUTCOMES
-from fmgguf.bench.summary import BenchSummary, Dist, LanguageQuality, PassBlock, Speed, TaskScore
+from fmgguf.bench.summary import BenchSummary, Dist, FimScore, LanguageQuality, PassBlock, Speed, TaskScore
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -117,7 +117,19 @@ def summarize(records: list[dict], samples: int = 1, meta: Mapping[str, Any] | N
         speed=_speed(records),
         quality=_quality(records),
         tasks=tuple(sorted((_task_score(tid, rs) for tid, rs in per_task.items()), key=lambda t: t.task_id)),
+        fim=_fim(records),
     )
+
+
+def _fim(records: list[dict]) -> dict[str, FimScore]:
+    """Exact match and overrun rates of the FIM answers, by category."""
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        q = r.get("quality") or {}
+        if "fim_exact" in q:
+            by_cat[r.get("category") or r["language"]].append(q)
+    return {cat: FimScore(len(qs), sum(bool(q["fim_exact"]) for q in qs) / len(qs),
+                          sum(bool(q.get("fim_overrun")) for q in qs) / len(qs)) for cat, qs in sorted(by_cat.items())}
 
 
 def _throughput(gens: list[dict]) -> float | None:

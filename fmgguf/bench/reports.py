@@ -47,6 +47,10 @@ def summary_markdown(s: BenchSummary) -> str:
     for cat, b in s.by_category.items():
         lines.append(f"| {cat} | {b.tasks} | {_pct(b.pass_at_1)} | {_pct(b.ci95[0])}–{_pct(b.ci95[1])} |")
     lines += ["", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in s.outcomes.items()), ""]
+    if s.fim:
+        lines += ["| FIM category | answers | exact match | overran the gap |", "|---|---:|---:|---:|"]
+        lines += [f"| {c} | {f.samples} | {_pct(f.exact_match_rate)} | {_pct(f.overrun_rate)} |" for c, f in s.fim.items()]
+        lines.append("")
     lines += _speed_lines(s)
     lines += _quality_lines(s)
     failed = [t for t in s.tasks if t.c < t.n]

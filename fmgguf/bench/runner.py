@@ -151,12 +151,13 @@ class ModelBenchmarker:
                 progress(done[0], len(runnable), "")
 
         t0 = time.monotonic()
+        from fmgguf.bench.infill import fim_quality
         from fmgguf.bench.prompting import static_quality
 
         answers = [(t, t.reference if which == "reference" else (t.wrong or "")) for t in runnable]
         lint = self._lint_manifest(runnable)
         results = self.executor.execute_many(answers, workers=self.settings.bench_workers, progress=tick)
-        qualities = [static_quality(t, t.source(a), True) for t, a in answers]
+        qualities = [{**static_quality(t, t.source(a), True), **fim_quality(t, a)} for t, a in answers]
         js = [i for i, (t, _) in enumerate(answers) if t.language == "javascript"]
         if js and lint["lint"]["eslint"]["available"]:
             counts = self.linter.findings([answers[i][0].source(answers[i][1]) for i in js],
@@ -182,7 +183,7 @@ class ModelBenchmarker:
         if samples < 1:
             raise BenchError(f"samples must be >= 1, not {samples}", fix="use --samples 1 or more")
         chosen = select_tasks(load_suite(suite), tasks, languages)
-        suite_name = Path(suite).stem if suite not in ("builtin", "humaneval") else suite
+        suite_name = Path(suite).stem if suite not in ("builtin", "humaneval", "humaneval-infill") else suite
         run_id = _safe(f"{model_id}-{quant}-{suite_name}-n{samples}")
         store = RunStore(self.settings.bench_dir / run_id)
         meta: dict[str, Any] = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
@@ -219,6 +220,7 @@ class ModelBenchmarker:
     def _generate_all(self, run: Run, todo: list[tuple[Task, int]], use_chat: bool, max_tokens: int,
                       temp: float) -> None:
         """Generate each answer in turn (one model), executing the tests in a pool meanwhile."""
+        from fmgguf.bench.infill import fim_quality
         from fmgguf.bench.prompting import static_quality
 
         with ThreadPoolExecutor(max_workers=max(1, self.settings.bench_workers)) as pool:
@@ -231,7 +233,7 @@ class ModelBenchmarker:
                 except FIMNotSupportedError as exc:
                     run.record(skipped_record(task, sample, exc.one_line()))
                     continue
-                quality = static_quality(task, task.source(answer), extracted)
+                quality = {**static_quality(task, task.source(answer), extracted), **fim_quality(task, answer)}
                 fut = pool.submit(self._execute_and_lint, task, answer, quality)
                 fut.add_done_callback(
                     lambda f, t=task, s=sample, g=gen, a=answer, q=quality: run.executed(f, t, s, g, a, q))
@@ -283,7 +285,7 @@ class ModelBenchmarker:
             res = mgr.generate_text(prompt, stop=stops, **kw)
             answer, extracted = completion_answer(task, res.text), True
         gen = {k: getattr(res, k, None) for k in ("prompt_tokens", "completion_tokens", "ttft_s", "tokens_per_s",
-                                                  "total_s", "finish_reason")}
+                                                  "total_s", "finish_reason", "stop_reason")}
         return answer, gen, extracted
 
     # --- the seed's API ------------------------------------------------------------------------

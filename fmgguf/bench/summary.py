@@ -132,7 +132,25 @@ class TaskScore:
                    d.get("tokens_per_s"))
 
 
-_BLOCKS = ("overall", "by_category", "speed", "quality", "tasks")
+@dataclass(frozen=True)
+class FimScore:
+    """Fill-in-the-middle answers of one category: how often the middle was exactly the removed code, and
+    how often it ran past the gap (more lines than the gap had); see :mod:`fmgguf.bench.infill`."""
+
+    samples: int
+    exact_match_rate: float
+    overrun_rate: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FimScore:
+        return cls(int(d.get("samples") or 0), float(d.get("exact_match_rate") or 0.0),
+                   float(d.get("overrun_rate") or 0.0))
+
+
+_BLOCKS = ("overall", "by_category", "speed", "quality", "tasks", "fim")
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,8 @@ class BenchSummary:
     speed: Speed = Speed()
     quality: Mapping[str, LanguageQuality] = field(default_factory=dict)
     tasks: tuple[TaskScore, ...] = ()
+    #: fill-in-the-middle measures by category (FIM tasks with a reference middle only)
+    fim: Mapping[str, FimScore] = field(default_factory=dict)
     # --- how the run went
     started: str | None = None
     finished: str | None = None
@@ -209,7 +229,8 @@ class BenchSummary:
                 "by_category": {c: b.as_dict() for c, b in self.by_category.items()},
                 "outcomes": dict(self.outcomes), "speed": self.speed.as_dict(),
                 "quality": {lang: q.as_dict(lang) for lang, q in self.quality.items()},
-                "tasks": [t.as_dict() for t in self.tasks]}
+                "tasks": [t.as_dict() for t in self.tasks],
+                **({"fim": {c: f.as_dict() for c, f in self.fim.items()}} if self.fim else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchSummary:
@@ -222,4 +243,5 @@ class BenchSummary:
                    by_category={c: PassBlock.from_dict(b) for c, b in (d.get("by_category") or {}).items()},
                    speed=Speed.from_dict(d.get("speed")),
                    quality={lang: LanguageQuality.from_dict(q) for lang, q in (d.get("quality") or {}).items()},
-                   tasks=tuple(TaskScore.from_dict(t) for t in d.get("tasks") or ()))
+                   tasks=tuple(TaskScore.from_dict(t) for t in d.get("tasks") or ()),
+                   fim={c: FimScore.from_dict(f) for c, f in (d.get("fim") or {}).items()})

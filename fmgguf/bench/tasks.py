@@ -9,6 +9,9 @@ A built-in task is one YAML mapping in ``fmgguf/bench/tasks/*.yaml`` (a file hol
     fixture (SQL: schema + rows), fim_prefix / fim_suffix (fill-in-the-middle: the answer is the middle),
     time_limit_s (optional).
 
+``humaneval-infill`` cuts fill-in-the-middle tasks from HumanEval's canonical solutions
+(:mod:`fmgguf.bench.infill`).
+
 An *answer* is what a model returns: the whole solution code, the SQL query, or (FIM) the middle.
 :meth:`Task.source` turns an answer into the program the executor runs.
 """
@@ -145,11 +148,15 @@ def load_jsonl(path: str | Path, suite: str | None = None) -> list[Task]:
 
 
 def load_suite(name: str = "builtin") -> list[Task]:
-    """``builtin``, ``humaneval`` or a path to a JSONL (or .yaml task file)."""
+    """``builtin``, ``humaneval``, ``humaneval-infill`` or a path to a JSONL (or .yaml task file)."""
     if name == "builtin":
         return builtin_tasks()
     if name == "humaneval":
         return load_jsonl(humaneval_path(), suite="humaneval")
+    if name == "humaneval-infill":
+        from fmgguf.bench.infill import load_humaneval_infill
+
+        return load_humaneval_infill(humaneval_path())
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         import yaml

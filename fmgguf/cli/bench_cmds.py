@@ -56,7 +56,7 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
 @click.option("--language", "languages", multiple=True, help="python, javascript, cpp, sql, fim, barrier.")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(1, 200),
               help="Answers per task (pass@k needs k <= samples; >1 samples at temperature 0.8).")
-@click.option("--suite", default="builtin", show_default=True, help="builtin, humaneval or a JSONL/YAML file.")
+@click.option("--suite", default="builtin", show_default=True, help="builtin, humaneval, humaneval-infill (FIM gaps cut from HumanEval) or a JSONL/YAML file.")
 @click.option("--reference", is_flag=True, help="Run the suite's reference/canonical solutions (harness self-check).")
 @click.option("--wrong", is_flag=True, hidden=True, help="With --reference: run the deliberately wrong answers.")
 @click.option("--list-tasks", is_flag=True, help="List the suite's tasks and exit.")

@@ -29,6 +29,9 @@ class GenerationResult:
     quant: str | None
     #: prompt tokens whose KV cache was kept from the previous generation (not decoded again)
     cached_tokens: int = 0
+    #: fill-in-the-middle only: why the middle ended: "suffix" | "indent" | "n_indent" | "time" (cut by
+    #: :mod:`fmgguf.runtime.fim_stop`), else "eos" | "length" | "context" | "cancelled"
+    stop_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
+from fmgguf.runtime.fim_stop import cut_pieces
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, PromptText, Turnstile
 from fmgguf.runtime.loading import LoadedModel, SwitchResult
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
@@ -35,6 +36,7 @@ from fmgguf.runtime.runner.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog, ModelCard
+    from fmgguf.runtime.fim_stop import FimCutter
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -327,26 +329,32 @@ class ModelManager:
     def fill_in_middle(self, prefix: str, suffix: str, max_tokens: int | None = 256, temperature: float = 0.2,
                        top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
                        stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
+                       extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
+                       max_prompt_chars: int | None = None, n_indent: int = 0, time_limit_s: float | None = None,
                        **sampling: Any) -> GenerationResult | GenerationStream:
-        """Generate the code between ``prefix`` and ``suffix`` (refused where the model can't)."""
-        from fmgguf.runtime.fim_rule import fim_verdict
-        from fmgguf.runtime.prompts import build_fim_tokens, resolve_fim_tokens
+        """Generate the code between ``prefix`` and ``suffix`` (refused where the model can't).
 
-        def build(engine: Any, r: Resident) -> tuple[list[int], list[str]]:
-            card = r.spec.card
-            verdict = fim_verdict(card, name=r.info.id, lookup=engine.special_token_id)  # the one rule
+        A catalog model gets its family's text layout (``extra`` files ``(name, text)`` as repo-level
+        context, the whole cut to ``max_prompt_chars``); a bare file its FIM token ids. The middle ends
+        where :mod:`fmgguf.runtime.fim_stop` says the gap ends (``n_indent``, ``time_limit_s``: llama.cpp's
+        ``n_indent`` and ``t_max_predict_ms``); the result's ``stop_reason`` says why."""
+        from fmgguf.runtime.fim_prompt import fim_prompt
+        from fmgguf.runtime.fim_rule import fim_verdict
+        from fmgguf.runtime.fim_stop import FimCutter, FimRules
+
+        def build(engine: Any, r: Resident) -> tuple[Any, list[str]]:
+            verdict = fim_verdict(r.spec.card, name=r.info.id, lookup=engine.special_token_id)  # the one rule
             verdict.check()
-            fim = resolve_fim_tokens(gguf_ids=dict(r.info.fim_ids) or _gguf_fim_ids(engine),
-                                     lookup=engine.special_token_id, card_fim=verdict.card_fim(),
-                                     vocab_ids=engine.fim_token_ids(), model_name=r.info.id)
-            pre = engine.tokenize(prefix, add_bos=False, special=False) if prefix else []
-            suf = engine.tokenize(suffix, add_bos=False, special=False) if suffix else []
-            return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
-        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
+            return fim_prompt(engine, verdict.card_fim(), r.info.fim_ids, r.info.id, prefix, suffix, extra, filename,
+                              max_prompt_chars, in_stream=bool(getattr(engine, "tokenizes_in_stream", False)))
+        cutter = FimCutter(FimRules.for_gap(prefix, suffix, n_indent=n_indent, time_limit_s=time_limit_s))
+        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive,
+                              cutter)
 
     def _generate(self, build: Build, max_tokens: int | None, temperature: float, top_p: float,
                   stop: Sequence[str] | str | None, seed: int | None, stream: bool, sampling: Mapping[str, Any],
-                  model: str | None, keep_alive: float | None) -> GenerationResult | GenerationStream:
+                  model: str | None, keep_alive: float | None,
+                  cutter: "FimCutter | None" = None) -> GenerationResult | GenerationStream:
         from fmgguf.runtime.engine import GenerationStats
 
         allowed = {"top_k", "min_p", "repeat_penalty"}
@@ -374,6 +382,8 @@ class ModelManager:
             pieces = self._guard(resident, engine.stream(tokens, stats, max_tokens=max_tokens, temperature=temperature,
                                                          top_p=top_p, stop=stops + extra_stops, seed=seed,
                                                          cancel=cancel, **sampling))
+            if cutter is not None:
+                pieces = cut_pieces(pieces, cutter, cancel, lambda: stats.finish_reason)
         except BaseException:
             self._done(resident)
             raise
@@ -384,10 +394,14 @@ class ModelManager:
             first = stats.first_token_at or end
             n = stats.completion_tokens
             rate = (n - 1) / (end - first) if n > 1 and end > first else (n / (end - started) if end > started else 0.0)
+            reason = stats.finish_reason or "cancelled"
+            why = None if cutter is None else cutter.reason or ("eos" if reason == "stop" else reason)
             return GenerationResult(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=n,
                                     ttft_s=round(first - started, 6), tokens_per_s=round(rate, 3),
-                                    total_s=round(end - started, 6), finish_reason=stats.finish_reason or "cancelled",
-                                    model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens)
+                                    total_s=round(end - started, 6),
+                                    finish_reason="stop" if cutter is not None and cutter.stopped else reason,
+                                    model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens,
+                                    stop_reason=why)
 
         used = resident
         gs = GenerationStream(pieces, finish, lambda: self._done(used), cancel)
@@ -428,17 +442,6 @@ def _check_options(options: Mapping[str, Any]) -> None:
 
 def _alive(r: Resident) -> bool:
     return bool(getattr(r.engine, "alive", True))
-
-
-def _gguf_fim_ids(engine: Any) -> dict[str, int]:
-    out = {}
-    for role, keys in (("pre", ("fim_pre", "prefix")), ("suf", ("fim_suf", "suffix")), ("mid", ("fim_mid", "middle"))):
-        for k in keys:
-            v = engine.metadata.get(f"tokenizer.ggml.{k}_token_id")
-            if v is not None and str(v).lstrip("-").isdigit() and int(v) >= 0:
-                out[role] = int(v)
-                break
-    return out
 
 
 _default: dict[tuple, ModelManager] = {}

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, start
+from fmgguf.server.dialects.core import Generation, GenRequest, Outcome, Sampling, start
 from fmgguf.server.dialects.routing import fim_able, loaded_names
 from fmgguf.server.json_views import downloaded_pairs
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -146,7 +146,7 @@ async def completions(request: Request) -> Any:
         text = (body.prompt + o.text) if body.echo else o.text
         return {"id": cid, "object": "text_completion", "created": created, "model": o.model,
                 "choices": [{"text": text, "index": 0, "logprobs": None,
-                             "finish_reason": _FINISH.get(o.finish_reason, "stop")}],
+                             "finish_reason": _FINISH.get(o.finish_reason, "stop"), **_why(o)}],
                 "usage": _usage(o)}
 
     def chunk(text: str, finish: str | None) -> dict:
@@ -196,6 +196,11 @@ async def embeddings(body: EmbeddingRequest) -> dict:
     raise embeddings_refusal(body.model)
 
 
+def _why(o: Outcome) -> dict:
+    """FIM: why the middle ended (``stop_reason``, as vLLM names it: suffix, indent, eos, length...)."""
+    return {"stop_reason": o.stop_reason} if o.stop_reason else {}
+
+
 def _stream(gen: Generation, body: Any, chunk: Callable[[str, str | None], dict],
             usage_chunk: Callable[[dict], dict]) -> StreamingResponse:
     include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -206,7 +211,9 @@ def _stream(gen: Generation, body: Any, chunk: Callable[[str, str | None], dict]
                 if kind == "piece":
                     yield sse(chunk(value, None))
                 elif kind == "done":
-                    yield sse(chunk("", _FINISH.get(value.finish_reason, "stop")))
+                    last = chunk("", _FINISH.get(value.finish_reason, "stop"))
+                    last["choices"][0].update(_why(value))
+                    yield sse(last)
                     if include_usage:
                         yield sse(usage_chunk(_usage(value)))
                 else:

@@ -1,5 +1,5 @@
-"""The one FIM prompt builder (runtime/prompts.py: fim_format + render_fim) every dialect uses, and the
-/infill n_indent stop (llamacpp.IndentGuard)."""
+"""The one FIM prompt builder (runtime/prompts.py: fim_format + render_fim) every dialect uses (the
+post-processor, runtime/fim_stop.py, is tested in tests/runtime_engine/test_fim_stop.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 from fmgguf.catalog.schema import FIM
 from fmgguf.errors import FIMNotSupportedError
 from fmgguf.runtime.prompts import fim_format, render_fim
-from fmgguf.server.dialects.llamacpp import IndentGuard
 
 QWEN = FIM(prefix="<|fim_prefix|>", suffix="<|fim_suffix|>", middle="<|fim_middle|>", order="PSM", supported=True)
 CODESTRAL = FIM(prefix="[PREFIX]", suffix="[SUFFIX]", order="SPM", supported=True)
@@ -50,10 +49,3 @@ def test_cut_to_budget_keeps_a_stable_start() -> None:
     assert "z" * 100 not in text  # the extra file did not fit
     typed = render_fim(fmt, prefix + "x", suffix, extra, max_chars=4000)
     assert typed.split("<|fim_suffix|>")[0] == text.split("<|fim_suffix|>")[0] + "x"  # same start: KV reuse holds
-
-
-def test_indent_guard() -> None:
-    guard = IndentGuard(4)
-    shown = "".join(guard.feed(p) for p in ["x)\n", "    y = 1\n", "\n", "  ", "  z\n", "w\n", "more"])
-    assert shown == "x)\n    y = 1\n\n    z\n" and guard.stopped
-    assert IndentGuard(0).feed("a\nb") == "a\nb"

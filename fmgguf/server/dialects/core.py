@@ -59,8 +59,11 @@ class GenRequest:
     sampling: Sampling = field(default_factory=Sampling)
     stream: bool = False
     keep_alive: float | None = None
-    #: stop generating this many seconds after the first token (llama.cpp's t_max_predict_ms)
+    #: stop generating this many seconds after the first token (llama.cpp's t_max_predict_ms; FIM: at the
+    #: first line end after that, as llama.cpp does)
     time_limit_s: float | None = None
+    #: FIM: end the middle at a line (after the first) indented less than this (llama.cpp's n_indent)
+    n_indent: int = 0
     #: fill the KV cache with the prompt, return no text (llama.cpp's n_predict 0)
     warmup: bool = False
     #: requests with the same key supersede each other: a new one cancels the one before it
@@ -81,6 +84,8 @@ class Outcome:
     tokens_per_s: float = 0.0
     #: "stop" | "length" | "context" | "limit" (time limit) | "cancelled"
     finish_reason: str = "stop"
+    #: FIM: why the middle ended (fmgguf.runtime.fim_stop: suffix, indent, n_indent, time; else eos, length...)
+    stop_reason: str | None = None
     #: the prompt was cut to fit the context window
     truncated: bool = False
 
@@ -107,6 +112,8 @@ class Generation:
 
     def _arm_time_limit(self) -> None:
         limit = self.req.time_limit_s
+        if limit is not None and self.req.kind == "fim":  # fim_stop ends it at a line end, as llama.cpp
+            limit *= 2  # does; this is the backstop for a middle that never ends a line
         if limit is not None and limit > 0 and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(limit, self._expire)
 
@@ -159,7 +166,7 @@ class Generation:
                        ttft_s=float(getattr(result, "ttft_s", 0.0) or 0.0),
                        total_s=float(getattr(result, "total_s", 0.0) or 0.0),
                        tokens_per_s=float(getattr(result, "tokens_per_s", 0.0) or 0.0), finish_reason=reason,
-                       truncated=self.ticket.truncated)
+                       truncated=self.ticket.truncated, stop_reason=getattr(result, "stop_reason", None))
 
 
 class _Ticket:

@@ -5,8 +5,10 @@ llama.cpp provider) and GET /health.
 (where its family has them), then ``input_prefix`` + ``prompt`` before the cursor and ``input_suffix``
 after it. ``n_predict: 0`` is a warm-up: the prompt goes into the KV cache, no text comes back.
 ``tokens_cached`` is how many prompt tokens were reused from the previous request's KV cache;
-``timings.prompt_n`` the prompt tokens decoded this time. ``t_max_predict_ms`` stops generating
-that long after the first token (``stop_type: "limit"``). Accepted and not used: ``cache_prompt``
+``timings.prompt_n`` the prompt tokens decoded this time. Every middle ends where
+:mod:`fmgguf.runtime.fim_stop` says the gap ends: ``n_indent`` and ``t_max_predict_ms`` (at the first
+line end after that long, as llama.cpp) give ``stop_type: "limit"``, a repeated suffix or a dedent out
+of the cursor's block ``"word"``; ``stop_reason`` says which. Accepted and not used: ``cache_prompt``
 (the cache is always reused), ``t_max_prompt_ms``, ``samplers``, ``id_slot``, ``n_cmpl``, ``lora``.
 """
 
@@ -20,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fmgguf.errors import CancelledError
+from fmgguf.runtime.fim_stop import stop_type as fim_stop_type
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_error_line, start
 from fmgguf.server.schemas import MAX_PROMPT_CHARS, MAX_TOKENS
 from fmgguf.server.state import state_of
@@ -87,51 +89,20 @@ class CompletionBody(_LlamaBody):
         return v
 
 
-class IndentGuard:
-    """llama.cpp's ``n_indent``: stop when a new line starts less indented than ``n_indent`` columns
-    (the cursor's line itself is never judged; blank lines are fine)."""
-
-    def __init__(self, n_indent: int) -> None:
-        self.n_indent = n_indent
-        self.text = ""
-        self.stopped = False
-        self._line_at: int | None = None  # start of the first line not judged yet
-
-    def feed(self, piece: str) -> str:
-        """The part of ``piece`` that may be shown; sets ``stopped`` at the first too-shallow line."""
-        if self.stopped:
-            return ""
-        if self.n_indent <= 0:
-            return piece
-        start = len(self.text)
-        self.text += piece
-        search = start
-        while True:
-            if self._line_at is None:
-                nl = self.text.find("\n", search)
-                if nl < 0:
-                    return piece
-                self._line_at = nl + 1
-            line = self.text[self._line_at:]
-            body = line.lstrip(" \t")
-            if not body:
-                return piece  # only indentation so far
-            if body[0] != "\n" and len(line) - len(body) < self.n_indent:
-                self.stopped = True
-                return self.text[start: self._line_at] if self._line_at > start else ""
-            search, self._line_at = self._line_at, None
-
-
 def _client(request: Request, path: str, model: str | None) -> str:
     host = request.client.host if request.client else "?"
     return f"llama.cpp{path}|{host}|{request.headers.get('user-agent', '')}|{model or ''}"
 
 
-def _final(outcome: Outcome, body: _LlamaBody, content: str, stopped_by_indent: bool) -> dict:
+def _final(outcome: Outcome, body: _LlamaBody, content: str) -> dict:
     prompt_n = max(outcome.prompt_tokens - outcome.cached_tokens, 0)
     prompt_ms, predict_ms = outcome.prompt_s * 1000, outcome.predict_s * 1000
-    stop_type = "word" if stopped_by_indent else _STOP_TYPE.get(outcome.finish_reason, "eos")
-    return {"content": content, "id_slot": 0, "stop": True, "model": outcome.model,
+    if outcome.finish_reason in ("limit", "cancelled") or outcome.stop_reason is None:
+        stop_type = _STOP_TYPE.get(outcome.finish_reason, "eos")
+    else:
+        stop_type = fim_stop_type(outcome.stop_reason)
+    why = {"stop_reason": outcome.stop_reason} if outcome.stop_reason else {}
+    return {"content": content, "id_slot": 0, "stop": True, "model": outcome.model, **why,
             "tokens_predicted": outcome.completion_tokens, "tokens_evaluated": outcome.prompt_tokens,
             "tokens_cached": outcome.cached_tokens, "truncated": outcome.truncated, "stop_type": stop_type,
             "stopped_eos": stop_type == "eos", "stopped_limit": stop_type == "limit",
@@ -146,34 +117,19 @@ def _final(outcome: Outcome, body: _LlamaBody, content: str, stopped_by_indent: 
                         "predicted_per_second": outcome.tokens_per_s}}
 
 
-async def _answer(request: Request, body: _LlamaBody, req: GenRequest, n_indent: int = 0) -> Any:
+async def _answer(request: Request, body: _LlamaBody, req: GenRequest) -> Any:
     gen = await start(state_of(request), req)
-    guard = IndentGuard(n_indent)
     if not body.stream:
-        parts: list[str] = []
-        async with contextlib.aclosing(gen.events()) as items:
-            async for kind, value in items:
-                if kind == "piece":
-                    parts.append(guard.feed(value))
-                    if guard.stopped:
-                        gen.streamed.stream.cancel()
-                elif kind == "done":
-                    return _final(value, body, "".join(parts), guard.stopped)
-                else:
-                    raise value
-        raise CancelledError("the generation ended without a result", fix="retry the request")
+        outcome = await gen.collect()
+        return _final(outcome, body, outcome.text)
 
     async def events() -> Any:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":
-                    shown = guard.feed(value)
-                    if shown:
-                        yield sse({"content": shown, "stop": False, "id_slot": 0})
-                    if guard.stopped:
-                        gen.streamed.stream.cancel()
+                    yield sse({"content": value, "stop": False, "id_slot": 0})
                 elif kind == "done":
-                    yield sse(_final(value, body, "", guard.stopped))
+                    yield sse(_final(value, body, ""))
                 else:
                     yield sse({"error": {"code": 500, "message": fmgguf_error_line(value), "type": "server_error"}})
 
@@ -186,8 +142,8 @@ async def infill(request: Request, body: InfillBody) -> Any:
     req = GenRequest("fim", "llama.cpp", body.model, prompt=body.input_prefix + body.prompt, suffix=body.input_suffix,
                      extra=tuple((c.filename, c.text) for c in body.input_extra), sampling=body.sampling(),
                      stream=body.stream, time_limit_s=body.time_limit(), warmup=body.n_predict == 0,
-                     client=_client(request, "/infill", body.model))
-    return await _answer(request, body, req, body.n_indent)
+                     client=_client(request, "/infill", body.model), n_indent=body.n_indent)
+    return await _answer(request, body, req)
 
 
 @router.post("/completion")

@@ -55,7 +55,8 @@ async def fim_completions(request: Request, body: FimBody) -> Any:
         o = await gen.collect()
         return {"id": cid, "object": "chat.completion", "model": o.model, "created": created, "usage": _usage(o),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text},
-                             "finish_reason": _FINISH.get(o.finish_reason, "stop")}]}
+                             "finish_reason": _FINISH.get(o.finish_reason, "stop"),
+                             **({"stop_reason": o.stop_reason} if o.stop_reason else {})}]}
 
     def chunk(delta: dict, finish: str | None, usage: dict | None = None) -> dict:
         out = {"id": cid, "object": "chat.completion.chunk", "model": gen.model, "created": created,
@@ -70,7 +71,10 @@ async def fim_completions(request: Request, body: FimBody) -> Any:
                     yield sse(chunk({"role": "assistant", "content": value} if first else {"content": value}, None))
                     first = False
                 elif kind == "done":
-                    yield sse(chunk({}, _FINISH.get(value.finish_reason, "stop"), _usage(value)))
+                    last = chunk({}, _FINISH.get(value.finish_reason, "stop"), _usage(value))
+                    if value.stop_reason:
+                        last["choices"][0]["stop_reason"] = value.stop_reason
+                    yield sse(last)
                 else:
                     yield sse({"error": {"message": fmgguf_error_line(value), "type": "server_error"}})
         yield "data: [DONE]\n\n"

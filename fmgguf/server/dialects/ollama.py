@@ -121,7 +121,8 @@ def _final(outcome: Outcome, created: str) -> dict:
             "total_duration": int(outcome.total_s * ns), "load_duration": 0,
             "prompt_eval_count": outcome.prompt_tokens - outcome.cached_tokens,
             "prompt_eval_duration": int(outcome.prompt_s * ns), "eval_count": outcome.completion_tokens,
-            "eval_duration": int(outcome.predict_s * ns), "fmgguf_cached_tokens": outcome.cached_tokens}
+            "eval_duration": int(outcome.predict_s * ns), "fmgguf_cached_tokens": outcome.cached_tokens,
+            **({"fmgguf_stop_reason": outcome.stop_reason} if outcome.stop_reason else {})}
 
 
 @router.post("/generate")

@@ -182,15 +182,16 @@ def call_manager(state: Any, manager: Any, req: Any) -> tuple[Any, str, bool]:
     n_ctx = _make_resident(state, manager, target, req.keep_alive, kw)
     if req.kind == "chat":
         return manager.chat([dict(m) for m in req.messages], **kw), target.model_id, False
-    if req.kind == "fim" and target.card is None:  # a bare file: the manager's own FIM tokens, no extras
-        return manager.fill_in_middle(req.prompt, req.suffix, **kw), target.model_id, False
-    if req.kind == "fim":
+    if req.kind == "fim":  # one FIM path: the manager lays the prompt out and ends the middle (fim_stop)
+        kw.update(n_indent=req.n_indent, time_limit_s=req.time_limit_s)
+        if target.card is None:  # a bare file: the manager's own FIM tokens, no extras
+            return manager.fill_in_middle(req.prompt, req.suffix, **kw), target.model_id, False
         fmt = fim_format(fim_verdict_for(state, target.card).card_fim(), target.card.id)
         budget = max((n_ctx - int(kw.get("max_tokens") or 256) - 16) * _CHARS_PER_TOKEN, 512)
         text = render_fim(fmt, req.prompt, req.suffix, req.extra, filename=req.filename, max_chars=budget)
         cut = len(text) < len(render_fim(fmt, req.prompt, req.suffix, req.extra, filename=req.filename))
-        kw["stop"] = list(dict.fromkeys([*(kw.get("stop") or []), *fmt.stop]))
-        return manager.generate_text(text, **kw), target.model_id, cut
+        return manager.fill_in_middle(req.prompt, req.suffix, extra=req.extra, filename=req.filename,
+                                      max_prompt_chars=budget, **kw), target.model_id, cut
     return manager.generate_text(req.prompt, **kw), target.model_id, False
 
 

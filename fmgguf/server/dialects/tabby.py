@@ -67,7 +67,8 @@ async def tabby_completion(request: Request, body: TabbyCompletion) -> dict:
                                        seed=None if body.seed is None else body.seed % 2**31),
                      client=f"tabby|{host}|{request.headers.get('user-agent', '')}|{body.user or ''}")
     outcome = await (await start(state_of(request), req)).collect()
-    return {"id": completion_id(), "choices": [{"index": 0, "text": outcome.text}]}
+    why = {"stop_reason": outcome.stop_reason} if outcome.stop_reason else {}
+    return {"id": completion_id(), "choices": [{"index": 0, "text": outcome.text, **why}]}
 
 
 @router.get("/v1/health")
