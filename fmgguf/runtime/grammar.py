@@ -41,7 +41,7 @@ def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", roo
         converter = conv.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
         converter.visit(resolved, "" if root == "root" else root)
-        gbnf = converter.format_grammar()
+        gbnf = _no_control_chars(converter.format_grammar())
     except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, AssertionError,
             RecursionError) as exc:
         raise InvalidRequestError(f"{what} cannot be turned into a grammar: {_one_line(exc)}",
@@ -50,8 +50,15 @@ def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", roo
     return gbnf
 
 
+def _no_control_chars(gbnf: str) -> str:
+    """JSON strings hold no raw control characters (llama.cpp's C++ converter says so; the Python port
+    that llama-cpp-python ships lets a raw newline into a string, which ``json.loads`` then rejects)."""
+    return gbnf.replace(r'char ::= [^"\\] |', r'char ::= [^"\\\x7F\x00-\x1F] |')
+
+
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).replace("(use --allow-fetch for force)", "").split())
+    return text or type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,12 @@ from fmgguf.runtime.tools import ResponseFormat, ToolFormat, ToolRequest, ToolSp
 
 #: the trigger of a bare call object (Qwen2.5-Coder's habit) and of the generic envelope
 BARE_TRIGGER = '{"name"'
+#: the bare object as the grammar can continue it (its ``space`` is at most one " ", never a newline: a
+#: pretty-printed ``{\n  "name"`` trigger would hand llama.cpp text its grammar rejects)
+BARE_TRIGGERS = (BARE_TRIGGER, '{ "name"')
 ENVELOPE_TRIGGER = '{"tool_calls"'
-_OPENERS: dict[str, str] = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "generic": ENVELOPE_TRIGGER}
+_OPENERS: dict[str, tuple[str, ...]] = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",),
+                                         "generic": (ENVELOPE_TRIGGER, '{ "tool_calls"')}
 #: whitespace between the parts of a wrapper (bounded: a weak model cannot pad forever)
 _WS = 'ws ::= [ \\t\\n]{0,8}'
 
@@ -53,7 +57,7 @@ def tool_constraint(req: ToolRequest, fmt: ToolFormat) -> Constraint | None:
         return Constraint("root ::= wrapped\n" + wrapped + "\n" + _WS + "\n" + call)
     bare = 'bare ::= call' + (' (ws call)*' if many else '')
     return Constraint("root ::= wrapped | bare\n" + wrapped + "\n" + bare + "\n" + _WS + "\n" + call,
-                      triggers=(_OPENERS[fmt], BARE_TRIGGER))
+                      triggers=(*_OPENERS[fmt], *BARE_TRIGGERS))
 
 
 def _wrapper(fmt: ToolFormat, many: bool) -> str:
@@ -63,7 +67,7 @@ def _wrapper(fmt: ToolFormat, many: bool) -> str:
     more = ' (ws "," ws call)*' if many else ''
     if fmt == "mistral":
         return 'wrapped ::= "[TOOL_CALLS]" ws "[" ws call' + more + ' ws "]"'
-    return 'wrapped ::= "{\\"tool_calls\\"" ws ":" ws "[" ws call' + more + ' ws "]" ws "}"'
+    return 'wrapped ::= "{" ws "\\"tool_calls\\"" ws ":" ws "[" ws call' + more + ' ws "]" ws "}"'
 
 
 def format_constraint(rf: ResponseFormat) -> Constraint:

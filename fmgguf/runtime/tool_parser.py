@@ -119,7 +119,7 @@ class ToolCallParser:
 
     def _finish_calls(self, inner: str, rest: str, fenced: bool) -> tuple[list[ToolCall], str, bool]:
         try:
-            value = json.loads(inner)
+            value = json.loads(inner, strict=False)
         except ValueError:
             return [], "", False
         calls = self._calls_of(value)
@@ -128,7 +128,7 @@ class ToolCallParser:
     def _decode(self, body: str, fenced: bool, final: bool) -> tuple[list[ToolCall], str, bool] | None:
         stripped = body.lstrip()
         try:
-            value, end = json.JSONDecoder().raw_decode(stripped)
+            value, end = json.JSONDecoder(strict=False).raw_decode(stripped)
         except ValueError:
             return ([], "", False) if final else None
         calls = self._calls_of(value)
@@ -162,7 +162,7 @@ class ToolCallParser:
         args = fn.get("arguments", fn.get("parameters", {}))
         if isinstance(args, str):
             try:
-                args = json.loads(args) if args.strip() else {}
+                args = json.loads(args, strict=False) if args.strip() else {}
             except ValueError:
                 return None
         if not isinstance(args, dict):

@@ -22,8 +22,13 @@ from pydantic import BaseModel, ValidationError
 
 from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, ToolCall, start
 from fmgguf.server.dialects.routing import loaded_names
-from fmgguf.server.dialects.tooling import (openai_message, openai_response_format, openai_stream_call,
-                                            openai_tool_choice, openai_tools)
+from fmgguf.server.dialects.tooling import (
+    openai_message,
+    openai_response_format,
+    openai_stream_call,
+    openai_tool_choice,
+    openai_tools,
+)
 from fmgguf.server.json_views import downloaded_pairs
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from fmgguf.server.state import ServerState, state_of
