@@ -13,6 +13,7 @@ Reported rates:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +22,8 @@ from typing import Any, Protocol
 from fmgguf.bench.tool_cases import TOOLS, ToolCase, cases
 from fmgguf.runtime.tool_parser import ToolCallParser
 from fmgguf.runtime.tools import ToolCall, ToolRequest, ToolSpec
+
+log = logging.getLogger(__name__)
 
 
 class ChatModel(Protocol):
@@ -68,7 +71,7 @@ class ToolSuiteReport:
         return {"model": self.model, "rates": self.rates(), "results": [asdict(r) for r in self.results]}
 
 
-def run_tool_suite(model: ChatModel, label: str, *, max_tokens: int = 200,
+def run_tool_suite(model: ChatModel, label: str, *, max_tokens: int = 128,
                    progress: Callable[[int, int, str], None] | None = None, **chat_kw: Any) -> ToolSuiteReport:
     """Every case through ``model.chat`` (a ModelManager), temperature 0."""
     todo = cases()
@@ -77,12 +80,13 @@ def run_tool_suite(model: ChatModel, label: str, *, max_tokens: int = 200,
         if progress is not None:
             progress(i, len(todo), case.id)
         results.append(run_case(model, case, max_tokens=max_tokens, **chat_kw))
+        log.info("tool suite %s: %s called %s", label, case.id, ", ".join(results[-1].called) or "nothing")
     if progress is not None:
         progress(len(todo), len(todo), "")
     return ToolSuiteReport(label, tuple(results))
 
 
-def run_case(model: ChatModel, case: ToolCase, *, max_tokens: int = 200, **chat_kw: Any) -> CaseResult:
+def run_case(model: ChatModel, case: ToolCase, *, max_tokens: int = 128, **chat_kw: Any) -> CaseResult:
     started = time.perf_counter()
     result = model.chat([dict(m) for m in case.messages], max_tokens=max_tokens, temperature=0.0, seed=0,
                         tools=ToolRequest(TOOLS, "auto", True), **chat_kw)

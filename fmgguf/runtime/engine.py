@@ -53,26 +53,6 @@ def lib() -> Any:
         return mod
 
 
-def _llama_class() -> Any:
-    """``llama_cpp.Llama``, able to take a prepared sampler chain (a constraint's grammar) for its next
-    generation: ``Llama.generate`` builds its chain itself, with no lazy grammar."""
-    with _state_lock:
-        cls = _state.get("llama_class")
-    if cls is None:
-        base = lib().Llama
-
-        class ConstrainedLlama(base):  # type: ignore[misc, valid-type]
-            next_sampler: Any = None
-
-            def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
-                chain, self.next_sampler = self.next_sampler, None
-                return chain if chain is not None else super()._init_sampler(*args, **kwargs)
-
-        with _state_lock:
-            cls = _state.setdefault("llama_class", ConstrainedLlama)
-    return cls
-
-
 def supports_gpu_offload() -> bool:
     """A local GPU to offload to (llama_supports_gpu_offload() is true on any build with the RPC backend)."""
     from fmgguf.runtime.devices import ggml_devices
@@ -180,6 +160,8 @@ class Engine:
                  progress: Callable[[str, float], None] | None = None) -> None:
         self.path = Path(path)
         self.options = options
+        from fmgguf.runtime.grammar import constrained_llama_class
+
         lib()
         if options.rpc_servers:  # probed in Python first: llama.cpp aborts on a worker it cannot reach
             from fmgguf.runtime.rpc import attach_workers
@@ -190,7 +172,7 @@ class Engine:
         started = time.perf_counter()
         listener.report("weights", 0.1)
         try:
-            self._llama = _llama_class()(model_path=str(self.path), **options.llama_kwargs())
+            self._llama = constrained_llama_class()(model_path=str(self.path), **options.llama_kwargs())
         except MemoryError:
             raise self._oom_error(listener, "load") from None
         except (ValueError, RuntimeError) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,29 @@ def sampler_chain(llm: Any, constraint: Constraint, params: SamplerParams) -> An
         chain.add_temp(params.temperature)
         chain.add_dist(params.seed)
     return chain
+
+
+def constrained_llama_class() -> Any:
+    """``llama_cpp.Llama``, able to take a prepared sampler chain (a constraint's grammar) for its next
+    generation in ``next_sampler``: ``Llama.generate`` builds its chain itself, with no lazy grammar."""
+    with _class_lock:
+        cls = _class.get("llama")
+        if cls is None:
+            base = _lib().Llama
+
+            class ConstrainedLlama(base):  # type: ignore[misc, valid-type]
+                next_sampler: Any = None
+
+                def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
+                    chain, self.next_sampler = self.next_sampler, None
+                    return chain if chain is not None else super()._init_sampler(*args, **kwargs)
+
+            cls = _class["llama"] = ConstrainedLlama
+        return cls
+
+
+_class: dict[str, Any] = {}
+_class_lock = threading.Lock()
 
 
 def _lib() -> Any:

@@ -57,8 +57,11 @@ def tool_constraint(req: ToolRequest, fmt: ToolFormat) -> Constraint | None:
     if req.forced:
         return Constraint("root ::= wrapped\n" + wrapped + "\n" + _WS + "\n" + call)
     bare = 'bare ::= call' + (' (ws call)*' if many else '')
-    return Constraint("root ::= wrapped | bare\n" + wrapped + "\n" + bare + "\n" + _WS + "\n" + call,
-                      triggers=(*_OPENERS[fmt], *BARE_TRIGGERS))
+    body = wrapped + "\n" + bare + "\n" + _WS + "\n" + call
+    if req.response_format is not None:  # calls, or the answer in the asked format: from the first token
+        answer = _format_gbnf(req.response_format, "answer")
+        return Constraint("root ::= wrapped | bare | answer\n" + body + "\n" + answer)
+    return Constraint("root ::= wrapped | bare\n" + body, triggers=(*_OPENERS[fmt], *BARE_TRIGGERS))
 
 
 def _wrapper(fmt: ToolFormat, many: bool) -> str:
@@ -73,11 +76,15 @@ def _wrapper(fmt: ToolFormat, many: bool) -> str:
 
 def format_constraint(rf: ResponseFormat) -> Constraint:
     """The grammar of a structured-output request: any JSON object, or JSON valid against the schema."""
+    return Constraint(_format_gbnf(rf, "root"))
+
+
+def _format_gbnf(rf: ResponseFormat, root: str) -> str:
     if rf.kind == "json_object" or not rf.schema:
-        return Constraint(json_schema_to_gbnf({"type": "object"}, what="json_object"))
+        return json_schema_to_gbnf({"type": "object"}, what="json_object", root=root)
     schema = json.loads(json.dumps(rf.schema))
-    return Constraint(json_schema_to_gbnf(schema, what=f"the response_format schema{_named(rf.name)}",
-                                          strict=rf.strict))
+    return json_schema_to_gbnf(schema, what=f"the response_format schema{_named(rf.name)}", root=root,
+                               strict=rf.strict)
 
 
 def _named(name: str | None) -> str:

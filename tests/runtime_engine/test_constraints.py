@@ -90,3 +90,27 @@ def test_every_tool_grammar_parses_in_llama_cpp(engine: Engine, fmt: str, choice
 def test_a_schema_the_converter_cannot_express_is_refused_naming_it(schema: dict) -> None:
     with pytest.raises(InvalidRequestError, match="the parameters of tool 'bad' cannot be turned into a grammar"):
         tool_constraint(ToolRequest((ToolSpec("bad", "", schema),), "required"), "hermes")
+
+
+def test_json_strings_in_grammars_hold_no_raw_control_characters() -> None:
+    gbnf = json_schema_to_gbnf({"type": "object", "properties": {"s": {"type": "string"}}})
+    (char,) = [ln for ln in gbnf.splitlines() if ln.startswith("char ::=")]
+    assert "\\x00-\\x1F" in char  # else a raw newline in a string: JSON that json.loads rejects
+
+
+def test_strict_schemas_refuse_bounds_the_grammar_leaves_out() -> None:
+    schema = {"type": "object", "properties": {"minimum": {"type": "integer", "maximum": 3}}}
+    with pytest.raises(InvalidRequestError, match=r"uses \$\.properties\.minimum\.maximum"):
+        format_constraint(ResponseFormat("json_schema", schema, strict=True))
+    assert format_constraint(ResponseFormat("json_schema", schema, strict=False)).gbnf
+
+
+def test_tools_with_a_response_format_constrain_from_the_first_token(engine: Engine) -> None:
+    c = tool_constraint(ToolRequest(TOOLS, "auto", response_format=ResponseFormat("json_schema", SCHEMA)), "hermes")
+    assert c is not None and not c.triggers  # a call, or the answer in the format: never free text
+    check_grammar(engine._llama._model.vocab, c.gbnf)
+    text = "".join(_run(engine, "x", max_tokens=200, temperature=1.0, seed=9, constraint=c))
+    parser = ToolCallParser(TOOLS)
+    parser.feed(text)
+    parser.finish()
+    assert parser.calls or schema_errors(json.loads(text), SCHEMA) == []

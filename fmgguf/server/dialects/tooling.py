@@ -93,8 +93,8 @@ def ollama_format(value: Any) -> ResponseFormat | None:
         return None
     if value == "json":
         return ResponseFormat("json_object")
-    if isinstance(value, Mapping):
-        return ResponseFormat("json_schema", dict(value), True)
+    if isinstance(value, Mapping):  # not strict: bounds the grammar cannot enforce (minimum, ...) are left out
+        return ResponseFormat("json_schema", dict(value), False)
     raise InvalidRequestError(f"format {value!r} is not known", fix='send "json" or a JSON schema object')
 
 
