@@ -74,7 +74,7 @@ def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", roo
         converter = conv.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
         converter.visit(resolved, "" if root == "root" else root)
-        gbnf = _no_control_chars(converter.format_grammar())
+        gbnf = _pretty_space(_no_control_chars(converter.format_grammar()))
     except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, AssertionError,
             RecursionError) as exc:
         raise InvalidRequestError(f"{what} cannot be turned into a grammar: {_one_line(exc)}",
@@ -87,6 +87,13 @@ def _no_control_chars(gbnf: str) -> str:
     """JSON strings hold no raw control characters (llama.cpp's C++ converter says so; the Python port
     that llama-cpp-python ships lets a raw newline into a string, which ``json.loads`` then rejects)."""
     return gbnf.replace(r'char ::= [^"\\] |', r'char ::= [^"\\\x7F\x00-\x1F] |')
+
+
+def _pretty_space(gbnf: str) -> str:
+    """Whitespace between JSON tokens as llama.cpp's C++ converter allows it: a space, or a line break and
+    an indent. The Python port allows one space only, so pretty-printed JSON (how Qwen2.5-Coder writes
+    calls: ``{\n  "name": ...``) could never match, nor a lazy trigger on it."""
+    return gbnf.replace('space ::= " "?', 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}')
 
 
 def _one_line(exc: BaseException) -> str:

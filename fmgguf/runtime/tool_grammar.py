@@ -22,12 +22,14 @@ from fmgguf.runtime.tools import ResponseFormat, ToolFormat, ToolRequest, ToolSp
 
 #: the trigger of a bare call object (Qwen2.5-Coder's habit) and of the generic envelope
 BARE_TRIGGER = '{"name"'
-#: the bare object as the grammar can continue it (its ``space`` is at most one " ", never a newline: a
-#: pretty-printed ``{\n  "name"`` trigger would hand llama.cpp text its grammar rejects)
-BARE_TRIGGERS = (BARE_TRIGGER, '{ "name"')
+#: the bare object as models write it, pretty-printed too (each is a literal trigger; the grammar's
+#: ``space`` takes a line break and an indent, so what follows such a trigger still matches)
+BARE_TRIGGERS = (BARE_TRIGGER, '{ "name"', '{\n"name"', '{\n "name"', '{\n  "name"', '{\n   "name"',
+                 '{\n    "name"', '{\n\t"name"')
 ENVELOPE_TRIGGER = '{"tool_calls"'
 _OPENERS: dict[str, tuple[str, ...]] = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",),
-                                         "generic": (ENVELOPE_TRIGGER, '{ "tool_calls"')}
+                                         "generic": (ENVELOPE_TRIGGER, '{ "tool_calls"', '{\n  "tool_calls"',
+                                                     '{\n    "tool_calls"')}
 #: whitespace between the parts of a wrapper (bounded: a weak model cannot pad forever)
 _WS = 'ws ::= [ \\t\\n]{0,3}'
 
