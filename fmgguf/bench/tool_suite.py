@@ -71,10 +71,10 @@ class ToolSuiteReport:
         return {"model": self.model, "rates": self.rates(), "results": [asdict(r) for r in self.results]}
 
 
-def run_tool_suite(model: ChatModel, label: str, *, max_tokens: int = 128,
+def run_tool_suite(model: ChatModel, label: str, *, max_tokens: int = 128, only: Sequence[str] | None = None,
                    progress: Callable[[int, int, str], None] | None = None, **chat_kw: Any) -> ToolSuiteReport:
-    """Every case through ``model.chat`` (a ModelManager), temperature 0."""
-    todo = cases()
+    """Every case (or the ids in ``only``) through ``model.chat`` (a ModelManager), temperature 0."""
+    todo = [c for c in cases() if not only or c.id in only]
     results = []
     for i, case in enumerate(todo):
         if progress is not None:

@@ -74,7 +74,7 @@ def bench_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str, tasks: tu
               max_tokens: int, gguf_path: str | None, fresh: bool, html_out: str | None, as_json: bool) -> None:
     """Run coding tasks through models (or the reference solutions) in a sandbox and report pass@k, speed, memory."""
     if suite == "tools" and not list_tasks and not reference:
-        _run_tool_suite(app, model_ids, quant, gguf_path, as_json)
+        _run_tool_suite(app, model_ids, quant, gguf_path, _split(tasks), as_json)
     elif list_tasks:
         _list_tasks(suite, _split(tasks), _split(languages), as_json)
     elif reference:
@@ -93,7 +93,7 @@ def bench_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str, tasks: tu
 
 
 def _run_tool_suite(app: AppContext, model_ids: tuple[str, ...], quant: str, gguf_path: str | None,
-                    as_json: bool) -> None:
+                    only: list[str] | None, as_json: bool) -> None:
     """`bench ID --suite tools`: the fixed tool-call suite; schema-valid, right-tool and spurious-call rates."""
     from fmgguf.bench.runner import ModelBenchmarker
     from fmgguf.bench.tool_suite import report_markdown, run_tool_suite
@@ -106,7 +106,7 @@ def _run_tool_suite(app: AppContext, model_ids: tuple[str, ...], quant: str, ggu
         loaded = manager.load_file(gguf_path, model_id=mid) if gguf_path else manager.switch_model(mid, quant)
         label = f"{mid}:{getattr(loaded, 'quant', None) or quant}"
         with _progress(not as_json) as update:
-            report = run_tool_suite(manager, label, progress=update)
+            report = run_tool_suite(manager, label, only=only, progress=update)
     finally:
         manager.close()
     if as_json:
