@@ -20,8 +20,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from fmgguf.server.dialects.core import Generation, GenRequest, Outcome, Sampling, start
+from fmgguf.server.dialects.core import Generation, GenRequest, Outcome, Sampling, ToolCall, start
 from fmgguf.server.dialects.routing import fim_able, loaded_names
+from fmgguf.server.dialects.tooling import (
+    openai_message,
+    openai_response_format,
+    openai_stream_call,
+    openai_tool_choice,
+    openai_tools,
+)
 from fmgguf.server.json_views import downloaded_pairs
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from fmgguf.server.state import ServerState, state_of
@@ -30,7 +37,7 @@ from fmgguf.server.streaming import error_payload, sse
 router = APIRouter(prefix="/v1", tags=["openai"])
 DEFAULT_MAX_TOKENS = 256
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_FINISH = {"stop": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
+_FINISH = {"stop": "stop", "tool_calls": "tool_calls", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
 
 
 def _usage(result: Any) -> dict:
@@ -80,14 +87,22 @@ def list_models(request: Request) -> dict:
 
 
 def _capabilities(state: ServerState, model_id: str) -> list[str]:
-    """Ollama's words: ``completion``, ``insert`` (fill-in-the-middle, by the one FIM rule), ``chat``."""
+    """Ollama's words: ``completion``, ``insert`` (fill-in-the-middle, by the one FIM rule), ``chat``, ``tools``."""
+    from fmgguf.runtime.tools import tools_supported
+    from fmgguf.server.dialects.ollama_models import capabilities
+
     if model_id in state.catalog:
         card = state.catalog.get(model_id)
-        fim, chat = fim_able(state, model_id), card.chat_template not in (None, "none")
-    else:  # a file loaded by path: what the load found (the same rule, on its vocabulary)
+        caps = capabilities(card, insert=fim_able(state, model_id))
+        chat = card.chat_template not in (None, "none")
+    else:  # a file loaded by path: what the load found (the same rules, on its vocabulary and template)
         cur = state.current() or {}
-        fim, chat = bool(cur.get("fim")) and cur.get("id") == model_id, bool(cur.get("chat_template"))
-    return ["completion"] + (["insert"] if fim else []) + (["chat"] if chat else [])
+        ours = cur.get("id") == model_id
+        chat = ours and bool(cur.get("chat_template"))
+        caps = ["completion"] + (["insert"] if ours and cur.get("fim") else [])
+        caps += ["tools"] if chat and tools_supported(str(cur.get("chat_template")), None) else []
+    return caps[:1] + [c for c in caps[1:] if c == "insert"] + (["chat"] if chat else []) + \
+        [c for c in caps[1:] if c != "insert"]
 
 
 def _sampling(body: Any) -> Sampling:
@@ -157,29 +172,42 @@ async def completions(request: Request) -> Any:
                                                     "model": gen.model, "choices": [], "usage": usage})
 
 
+def _chat_request(body: ChatRequest) -> GenRequest:
+    tools = openai_tools(body.tools)
+    return GenRequest("chat", "openai", body.model, messages=tuple(openai_message(m) for m in body.messages),
+                      sampling=_sampling(body), stream=bool(body.stream), tools=tools,
+                      tool_choice=openai_tool_choice(body.tool_choice, bool(tools)),
+                      parallel_tool_calls=body.parallel_tool_calls is not False,
+                      response_format=openai_response_format(body.response_format))
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request, body: ChatRequest) -> Any:
-    """Chat with the model (its chat template)."""
+    """Chat with the model (its chat template); ``tools`` through the template, calls back as
+    ``tool_calls``; ``response_format`` JSON enforced by a grammar."""
     state = state_of(request)
-    messages = tuple({"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                     for m in body.messages)
-    gen = await start(state, GenRequest("chat", "openai", body.model, messages=messages, sampling=_sampling(body),
-                                        stream=bool(body.stream)))
+    gen = await start(state, _chat_request(body))
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if not body.stream:
         o = await gen.collect()
+        message: dict[str, Any] = {"role": "assistant", "content": o.text or (None if o.tool_calls else "")}
+        if o.tool_calls:
+            message["tool_calls"] = [c.openai() for c in o.tool_calls]
         return {"id": cid, "object": "chat.completion", "created": created, "model": o.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": None, "finish_reason": _FINISH.get(o.finish_reason, "stop")}],
                 "usage": _usage(o)}
-    first = [True]
+    first, calls = [True], [0]
 
-    def chunk(text: str, finish: str | None) -> dict:
+    def chunk(text: str | ToolCall, finish: str | None) -> dict:
         delta: dict[str, Any] = {}
         if first[0]:
             delta["role"] = "assistant"
             first[0] = False
-        if finish is None:
+        if isinstance(text, ToolCall):
+            delta["tool_calls"] = [openai_stream_call(calls[0], text)]
+            calls[0] += 1
+        elif finish is None:
             delta["content"] = text
         return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": gen.model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -201,14 +229,14 @@ def _why(o: Outcome) -> dict:
     return {"stop_reason": o.stop_reason} if o.stop_reason else {}
 
 
-def _stream(gen: Generation, body: Any, chunk: Callable[[str, str | None], dict],
+def _stream(gen: Generation, body: Any, chunk: Callable[[Any, str | None], dict],
             usage_chunk: Callable[[dict], dict]) -> StreamingResponse:
     include_usage = bool((body.stream_options or {}).get("include_usage"))
 
     async def events() -> Any:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
-                if kind == "piece":
+                if kind in ("piece", "tool_call"):
                     yield sse(chunk(value, None))
                 elif kind == "done":
                     last = chunk("", _FINISH.get(value.finish_reason, "stop"))

@@ -1,8 +1,17 @@
 """The one internal request every API dialect maps to, and the one response stream it maps back from.
 
 A dialect module (ollama, llama.cpp, Tabby, Mistral FIM, OpenAI, the seed REST) turns its JSON into a
-:class:`GenRequest`, calls :func:`start`, and renders the ``("piece", text)`` / ``("done", Outcome)`` /
-``("error", exc)`` events of the :class:`Generation` it gets back in its own shape. No dialect talks to
+:class:`GenRequest`, calls :func:`start`, and renders the ``("piece", text)`` / ``("tool_call", ToolCall)``
+/ ``("done", Outcome)`` / ``("error", exc)`` events of the :class:`Generation` it gets back in its own shape.
+
+Tools: ``GenRequest.tools`` (with ``tool_choice``, ``parallel_tool_calls``) are rendered through the model's
+own chat template; the calls the model makes come back as ``("tool_call", ToolCall)`` events, each once it is
+complete, and in ``Outcome.tool_calls`` with finish_reason ``tool_calls``. Visible text still streams as
+``("piece", text)``; text that may be the start of a tool call is held back until that is decided, so a
+piece never carries tool-call markup. Messages stay OpenAI-shaped dicts: ``role``, ``content``,
+``tool_calls`` ``[{"id", "type": "function", "function": {"name", "arguments"}}]`` on assistant messages,
+``tool_call_id`` (and ``name``) on ``role: tool`` results. ``response_format`` asks for JSON (any object,
+or valid against a schema), enforced by a grammar. No dialect talks to
 the engine or the manager: :func:`fmgguf.server.dialects.routing.call_manager` is the one place that does.
 """
 
@@ -17,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fmgguf.errors import CancelledError, FmggufError
+from fmgguf.runtime.tool_parser import ToolCallParser
+from fmgguf.runtime.tools import ResponseFormat, ToolCall, ToolRequest, ToolSpec
 from fmgguf.server.streaming import StreamedGeneration
 
 Kind = Literal["prompt", "chat", "fim"]
@@ -68,6 +79,21 @@ class GenRequest:
     warmup: bool = False
     #: requests with the same key supersede each other: a new one cancels the one before it
     client: str | None = None
+    #: functions the model may call (chat only); rendered with the model's own template
+    tools: tuple[ToolSpec, ...] = ()
+    #: "none" | "auto" | "required" | "tool:<name>"
+    tool_choice: str = "auto"
+    #: more than one call in one answer
+    parallel_tool_calls: bool = True
+    #: structured output (JSON, or JSON valid against a schema); None: free text
+    response_format: ResponseFormat | None = None
+
+    def tool_request(self) -> ToolRequest | None:
+        """The runtime's view of the tool fields (None: a plain chat); InvalidRequestError if they clash."""
+        if not self.tools and self.response_format is None:
+            return None
+        return ToolRequest(self.tools, self.tool_choice if self.tools else "none", self.parallel_tool_calls,
+                           self.response_format)
 
 
 @dataclass(frozen=True)
@@ -82,12 +108,14 @@ class Outcome:
     ttft_s: float = 0.0
     total_s: float = 0.0
     tokens_per_s: float = 0.0
-    #: "stop" | "length" | "context" | "limit" (time limit) | "cancelled"
+    #: "stop" | "tool_calls" | "length" | "context" | "limit" (time limit) | "cancelled"
     finish_reason: str = "stop"
     #: FIM: why the middle ended (fmgguf.runtime.fim_stop: suffix, indent, n_indent, time; else eos, length...)
     stop_reason: str | None = None
     #: the prompt was cut to fit the context window
     truncated: bool = False
+    #: the calls the model made (``text`` is then the visible text around them, often empty)
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def prompt_s(self) -> float:
@@ -121,17 +149,27 @@ class Generation:
         self.ticket.timed_out = True
         self.streamed.stream.cancel()
 
+    def _parser(self) -> ToolCallParser | None:
+        tools = self.req.tool_request() if self.req.kind == "chat" else None
+        if tools is None or not tools.calls_allowed:
+            return None
+        return ToolCallParser(tools.callable_tools(), tools.parallel)
+
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        """("piece", text) ..., then ("done", Outcome) or ("error", exc)."""
+        """("piece", text) and ("tool_call", ToolCall) ..., then ("done", Outcome) or ("error", exc)."""
+        parser = self._parser()
         try:
             async with contextlib.aclosing(self.streamed.events()) as items:
                 async for kind, value in items:
                     if kind == "piece":
                         self._arm_time_limit()
                         if value and not self.req.warmup:
-                            yield kind, value
+                            for event in (parser.feed(value) if parser is not None else [(kind, value)]):
+                                yield event
                     elif kind == "done":
-                        outcome = self._outcome(value)
+                        for event in (parser.finish() if parser is not None else []):
+                            yield event
+                        outcome = self._outcome(value, parser)
                         self.hub.metrics.observe(self.req.dialect, outcome)
                         yield "done", outcome
                     else:
@@ -143,22 +181,25 @@ class Generation:
             self.hub.forget(self.ticket)
 
     async def collect(self) -> Outcome:
-        parts: list[str] = []
+        """The whole answer (its text and tool calls are in the Outcome)."""
         async with contextlib.aclosing(self.events()) as items:
             async for kind, value in items:
-                if kind == "piece":
-                    parts.append(value)
-                elif kind == "done":
+                if kind == "done":
                     return value
-                else:
+                if kind == "error":
                     raise value
         raise CancelledError("the generation ended without a result", fix="retry the request")
 
-    def _outcome(self, result: Any) -> Outcome:
+    def _outcome(self, result: Any, parser: ToolCallParser | None = None) -> Outcome:
         reason = str(getattr(result, "finish_reason", None) or "cancelled")
         if reason == "cancelled" and self.ticket.timed_out:
             reason = "limit"
         text = "" if self.req.warmup else str(getattr(result, "text", "") or "")
+        calls: tuple[ToolCall, ...] = ()
+        if parser is not None:
+            text, calls = parser.text, tuple(parser.calls)
+            if calls and reason in ("stop", "length", "context", "limit"):
+                reason = "tool_calls"
         return Outcome(text=text, model=str(getattr(result, "model_id", None) or self.model),
                        prompt_tokens=int(getattr(result, "prompt_tokens", 0) or 0),
                        completion_tokens=0 if self.req.warmup else int(getattr(result, "completion_tokens", 0) or 0),
@@ -166,7 +207,8 @@ class Generation:
                        ttft_s=float(getattr(result, "ttft_s", 0.0) or 0.0),
                        total_s=float(getattr(result, "total_s", 0.0) or 0.0),
                        tokens_per_s=float(getattr(result, "tokens_per_s", 0.0) or 0.0), finish_reason=reason,
-                       truncated=self.ticket.truncated, stop_reason=getattr(result, "stop_reason", None))
+                       truncated=self.ticket.truncated, stop_reason=getattr(result, "stop_reason", None),
+                       tool_calls=calls)
 
 
 class _Ticket:

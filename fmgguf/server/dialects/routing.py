@@ -181,6 +181,9 @@ def call_manager(state: Any, manager: Any, req: Any) -> tuple[Any, str, bool]:
         kw["max_tokens"] = 1
     n_ctx = _make_resident(state, manager, target, req.keep_alive, kw)
     if req.kind == "chat":
+        tools = req.tool_request()
+        if tools is not None:  # never dropped: a model that cannot take them refuses (400) in chat()
+            kw["tools"] = tools
         return manager.chat([dict(m) for m in req.messages], **kw), target.model_id, False
     if req.kind == "fim":  # one FIM path: the manager lays the prompt out and ends the middle (fim_stop)
         kw.update(n_indent=req.n_indent, time_limit_s=req.time_limit_s)

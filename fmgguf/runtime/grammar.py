@@ -1,0 +1,180 @@
+"""Grammar-constrained sampling on llama.cpp, for :class:`~fmgguf.runtime.constraints.Constraint`.
+
+llama.cpp code reached through :func:`fmgguf.runtime.engine.lib` (the one module importing llama_cpp):
+the JSON-schema-to-GBNF converter that llama-cpp-python ships, a check that a GBNF grammar parses, and
+the sampler chain of a constrained generation: llama.cpp's grammar sampler, or its lazy grammar sampler
+with the triggers as one "anywhere in the output" pattern (how llama.cpp's own server builds it), so the
+grammar's root matches the text from the trigger on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.constraints import Constraint
+
+_REGEX_SPECIAL = set("\\^$.|?*+()[]{}/")
+
+
+def regex_escape(text: str) -> str:
+    """``text`` as a literal in an ECMAScript regex (std::regex, which llama.cpp uses)."""
+    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
+
+
+def trigger_pattern(triggers: tuple[str, ...]) -> str:
+    """The whole-output pattern whose first group starts where the first trigger does."""
+    return "^[\\s\\S]*?(" + "|".join(regex_escape(t) for t in triggers) + ")[\\s\\S]*"
+
+
+#: keywords llama-cpp-python's converter leaves out of the grammar (the value still has the right type
+#: and shape, but these bounds are not enforced)
+LOOSE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+                  "minProperties", "maxProperties", "propertyNames", "patternProperties", "dependentRequired",
+                  "dependentSchemas", "if", "then", "else", "contains", "unevaluatedProperties")
+
+
+def loose_parts(schema: Any, where: str = "$") -> list[str]:
+    """Where ``schema`` uses a keyword the grammar cannot enforce (``$.properties.n.minimum``)."""
+    out: list[str] = []
+    if isinstance(schema, Mapping):
+        for key, value in schema.items():
+            if key in ("properties", "$defs", "definitions") and isinstance(value, Mapping):
+                for name, sub in value.items():  # names here are the user's, not keywords
+                    out += loose_parts(sub, f"{where}.{key}.{name}")
+            elif key in LOOSE_KEYWORDS:
+                out.append(f"{where}.{key}")
+            elif key not in ("enum", "const", "default", "examples"):
+                out += loose_parts(value, f"{where}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            out += loose_parts(value, f"{where}[{i}]")
+    return out
+
+
+def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", root: str = "root",
+                        strict: bool = False) -> str:
+    """llama.cpp's JSON-schema-to-GBNF conversion; a schema it cannot express is an InvalidRequestError
+    naming the part. Bounds it leaves out (:data:`LOOSE_KEYWORDS`) are refused the same way when
+    ``strict``; otherwise the grammar keeps the types and shape and the bounds go unchecked."""
+    from fmgguf.runtime.engine import lib
+
+    loose = loose_parts(schema) if strict else []
+    if loose:
+        raise InvalidRequestError(f"{what} uses {loose[0]}, which the grammar cannot enforce",
+                                  fix="drop that keyword, or send the schema without strict")
+
+    conv = lib().llama_grammar
+    try:
+        converter = conv.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
+        converter.visit(resolved, "" if root == "root" else root)
+        gbnf = _pretty_space(_no_control_chars(converter.format_grammar()))
+    except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, AssertionError,
+            RecursionError) as exc:
+        raise InvalidRequestError(f"{what} cannot be turned into a grammar: {_one_line(exc)}",
+                                  fix="simplify that part of the JSON schema (no remote $ref, no unsupported "
+                                      "keywords)") from None
+    return gbnf
+
+
+def _no_control_chars(gbnf: str) -> str:
+    """JSON strings hold no raw control characters (llama.cpp's C++ converter says so; the Python port
+    that llama-cpp-python ships lets a raw newline into a string, which ``json.loads`` then rejects)."""
+    return gbnf.replace(r'char ::= [^"\\] |', r'char ::= [^"\\\x7F\x00-\x1F] |')
+
+
+def _pretty_space(gbnf: str) -> str:
+    """Whitespace between JSON tokens as llama.cpp's C++ converter allows it: a space, or a line break and
+    an indent. The Python port allows one space only, so pretty-printed JSON (how Qwen2.5-Coder writes
+    calls: ``{\n  "name": ...``) could never match, nor a lazy trigger on it."""
+    return gbnf.replace('space ::= " "?', 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}')
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).replace("(use --allow-fetch for force)", "").split())
+    return text or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    seed: int
+
+
+def check_grammar(vocab: Any, gbnf: str) -> None:
+    """InvalidRequestError unless llama.cpp parses ``gbnf`` (its sampler init returns NULL otherwise)."""
+    mod = _lib()
+    ptr = mod.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+    if not ptr:
+        raise InvalidRequestError("the grammar does not parse (llama.cpp's log names the line)",
+                                  fix="check the GBNF grammar")
+    mod.llama_sampler_free(ptr)
+
+
+def sampler_chain(llm: Any, constraint: Constraint, params: SamplerParams) -> Any:
+    """llama-cpp-python's sampler chain for one generation, the constraint's grammar sampler in it
+    (penalties, grammar, then top-k/top-p/min-p/temperature, as llama-cpp-python orders them)."""
+    mod = _lib()
+    chain = mod._internals.LlamaSampler()
+    chain.add_penalties(n_vocab=llm._n_vocab, penalty_last_n=llm.last_n_tokens_size,
+                        penalty_repeat=params.repeat_penalty, penalty_freq=0.0, penalty_present=0.0)
+    vocab, gbnf = llm._model.vocab, constraint.gbnf.encode("utf-8")
+    if constraint.triggers:
+        patterns = (ctypes.c_char_p * 1)(trigger_pattern(constraint.triggers).encode("utf-8"))
+        tokens = (mod.llama_token * 1)()
+        ptr = mod.llama_sampler_init_grammar_lazy_patterns(vocab, gbnf, b"root", patterns, 1, tokens, 0)
+    else:
+        ptr = mod.llama_sampler_init_grammar(vocab, gbnf, b"root")
+    if not ptr:
+        chain.close()
+        raise InvalidRequestError("the grammar does not parse (llama.cpp's log names the line)",
+                                  fix="check the GBNF grammar")
+    mod.llama_sampler_chain_add(chain.sampler, ptr)
+    if params.temperature <= 0.0:
+        chain.add_greedy()
+    else:
+        chain.add_top_k(params.top_k)
+        chain.add_top_p(params.top_p, 1)
+        chain.add_min_p(params.min_p, 1)
+        chain.add_temp(params.temperature)
+        chain.add_dist(params.seed)
+    return chain
+
+
+def constrained_llama_class() -> Any:
+    """``llama_cpp.Llama``, able to take a prepared sampler chain (a constraint's grammar) for its next
+    generation in ``next_sampler``: ``Llama.generate`` builds its chain itself, with no lazy grammar."""
+    with _class_lock:
+        cls = _class.get("llama")
+        if cls is None:
+            base = _lib().Llama
+
+            class ConstrainedLlama(base):  # type: ignore[misc, valid-type]
+                next_sampler: Any = None
+
+                def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
+                    chain, self.next_sampler = self.next_sampler, None
+                    return chain if chain is not None else super()._init_sampler(*args, **kwargs)
+
+            cls = _class["llama"] = ConstrainedLlama
+        return cls
+
+
+_class: dict[str, Any] = {}
+_class_lock = threading.Lock()
+
+
+def _lib() -> Any:
+    from fmgguf.runtime.engine import lib
+
+    return lib()
