@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
-from fmgguf.runtime.fim_stop import cut_pieces
 from fmgguf.runtime.constraints import Constraint
+from fmgguf.runtime.fim_stop import cut_pieces
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, PromptText, Turnstile
 from fmgguf.runtime.loading import LoadedModel, SwitchResult
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
