@@ -29,6 +29,10 @@ class GenerationResult:
     quant: str | None
     #: prompt tokens whose KV cache was kept from the previous generation (not decoded again)
     cached_tokens: int = 0
+    #: of ``cached_tokens``, those restored from the host-RAM prompt cache (runtime.prompt_cache)
+    restored_tokens: int = 0
+    #: the stop string that ended the generation (None: an end-of-generation token or another reason)
+    stop_sequence: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -76,6 +76,8 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    #: of ``cached_tokens``, those restored from the host-RAM prompt cache
+    restored_tokens: int = 0
     ttft_s: float = 0.0
     total_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -83,6 +85,8 @@ class Outcome:
     finish_reason: str = "stop"
     #: the prompt was cut to fit the context window
     truncated: bool = False
+    #: the stop string that ended the generation, if one did
+    stop_sequence: str | None = None
 
     @property
     def prompt_s(self) -> float:
@@ -156,10 +160,11 @@ class Generation:
                        prompt_tokens=int(getattr(result, "prompt_tokens", 0) or 0),
                        completion_tokens=0 if self.req.warmup else int(getattr(result, "completion_tokens", 0) or 0),
                        cached_tokens=int(getattr(result, "cached_tokens", 0) or 0),
+                       restored_tokens=int(getattr(result, "restored_tokens", 0) or 0),
                        ttft_s=float(getattr(result, "ttft_s", 0.0) or 0.0),
                        total_s=float(getattr(result, "total_s", 0.0) or 0.0),
                        tokens_per_s=float(getattr(result, "tokens_per_s", 0.0) or 0.0), finish_reason=reason,
-                       truncated=self.ticket.truncated)
+                       truncated=self.ticket.truncated, stop_sequence=getattr(result, "stop_sequence", None))
 
 
 class _Ticket:
