@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fmgguf.errors import ContextOverflowError, EngineError, InsufficientMemoryError
+from fmgguf.runtime.constraints import Constraint
 from fmgguf.runtime.llama_log import LoadListener, LogRouter
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,26 @@ def lib() -> Any:
             _state["callback"] = callback
             _state["lib"] = mod
         return mod
+
+
+def _llama_class() -> Any:
+    """``llama_cpp.Llama``, able to take a prepared sampler chain (a constraint's grammar) for its next
+    generation: ``Llama.generate`` builds its chain itself, with no lazy grammar."""
+    with _state_lock:
+        cls = _state.get("llama_class")
+    if cls is None:
+        base = lib().Llama
+
+        class ConstrainedLlama(base):  # type: ignore[misc, valid-type]
+            next_sampler: Any = None
+
+            def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
+                chain, self.next_sampler = self.next_sampler, None
+                return chain if chain is not None else super()._init_sampler(*args, **kwargs)
+
+        with _state_lock:
+            cls = _state.setdefault("llama_class", ConstrainedLlama)
+    return cls
 
 
 def supports_gpu_offload() -> bool:
@@ -178,7 +199,7 @@ class Engine:
         started = time.perf_counter()
         listener.report("weights", 0.1)
         try:
-            self._llama = mod.Llama(model_path=str(self.path), **options.llama_kwargs())
+            self._llama = _llama_class()(model_path=str(self.path), **options.llama_kwargs())
         except MemoryError:
             raise self._oom_error(listener, "load") from None
         except (ValueError, RuntimeError) as exc:
@@ -275,8 +296,9 @@ class Engine:
     def stream(self, tokens: Sequence[int], stats: GenerationStats, *, max_tokens: int | None = 256,
                temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                repeat_penalty: float = 1.0, stop: Sequence[str] | None = None, seed: int | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
-        """Yield text pieces for ``tokens``; ``stats`` says how it ended.
+               cancel: threading.Event | None = None, constraint: Constraint | None = None) -> Iterator[str]:
+        """Yield text pieces for ``tokens``; ``stats`` says how it ended. ``constraint``: a grammar the
+        output must match, from the first token or lazily from a trigger (:mod:`fmgguf.runtime.constraints`).
 
         Ends with finish_reason ``stop`` (end-of-generation token or a stop string), ``length``
         (``max_tokens``), ``context`` (the context window is full) or ``cancelled``.
@@ -298,13 +320,19 @@ class Engine:
         stops = [s for s in (stop or []) if s]
         hold = max((len(s) for s in stops), default=0)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        llm.set_seed(int(seed) if seed is not None else random.randint(0, 2**31 - 1))
+        seed = int(seed) if seed is not None else random.randint(0, 2**31 - 1)
+        llm.set_seed(seed)
         pending = ""
         # KV prefix reuse: what the context already holds for the start of this prompt is kept, only
         # the rest is decoded (an editor's next FIM request on the same file differs near the cursor)
         if self.prompt_states is not None:  # agents: an earlier conversation's state, from host RAM
             stats.restored_tokens = self.prompt_states.prepare(llm, tokens)
         stats.cached_tokens = cached = self._keep_common_prefix(llm, tokens)
+        if constraint is not None:
+            from fmgguf.runtime.grammar import SamplerParams, sampler_chain
+
+            llm.next_sampler = sampler_chain(llm, constraint, SamplerParams(
+                float(temperature), int(top_k), float(top_p), float(min_p), float(repeat_penalty), seed))
         gen = llm.generate(tokens[cached:], top_k=top_k, top_p=top_p, min_p=min_p, temp=float(temperature),
                            repeat_penalty=repeat_penalty, reset=False)
         finish = None
@@ -359,6 +387,7 @@ class Engine:
                               fix="reload the model (`unload` then load) and try again") from None
         finally:
             gen.close()
+            llm.next_sampler = None
             stats.finish_reason = finish or "cancelled"
             stats.finished_at = time.perf_counter()
         tail = pending + decoder.decode(b"", final=True)

@@ -364,7 +364,7 @@ class ModelManager:
                   model: str | None, keep_alive: float | None) -> GenerationResult | GenerationStream:
         from fmgguf.runtime.engine import GenerationStats
 
-        allowed = {"top_k", "min_p", "repeat_penalty"}
+        allowed = {"top_k", "min_p", "repeat_penalty", "constraint"}  # constraint: a runtime.constraints.Constraint
         if set(sampling) - allowed:
             raise InvalidRequestError(f"unknown option(s): {', '.join(sorted(set(sampling) - allowed))}",
                                       fix=f"use max_tokens, temperature, top_p, stop, seed, {', '.join(sorted(allowed))}")

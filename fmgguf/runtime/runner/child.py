@@ -109,7 +109,12 @@ class Runner:
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             send({"re": rid, "started": len(tokens)})  # the caller's errors-before-the-first-token end here
-            for piece in engine.stream(tokens, stats, cancel=cancel, **msg.get("kwargs", {})):
+            kwargs = dict(msg.get("kwargs", {}))
+            if kwargs.get("constraint") is not None:  # a Constraint travels as its fields
+                from fmgguf.runtime.constraints import Constraint
+
+                kwargs["constraint"] = from_wire(Constraint, kwargs["constraint"])
+            for piece in engine.stream(tokens, stats, cancel=cancel, **kwargs):
                 send({"re": rid, "piece": piece})
         finally:
             self.cancels.pop(rid, None)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fmgguf.errors import ModelNotLoadedError, RunnerCrashedError
+from fmgguf.runtime.constraints import Constraint
 from fmgguf.runtime.runner.protocol import (
     Channel,
     ChannelClosed,
@@ -316,9 +317,10 @@ class EngineProxy:
 
     # --- generation ------------------------------------------------------------------------------
     def stream(self, tokens: Any, stats: Any, *, cancel: threading.Event | None = None,
-               **kwargs: Any) -> Iterator[str]:
+               constraint: Constraint | None = None, **kwargs: Any) -> Iterator[str]:
         """Start generating in the runner and return its text pieces; ``stats`` gets the runner's
-        numbers when the stream ends. ``tokens`` may be a PromptText (tokenized in the runner).
+        numbers when the stream ends. ``tokens`` may be a PromptText (tokenized in the runner);
+        ``constraint`` (a grammar) travels as its fields.
         What fails before the first token (a prompt longer than the context) raises here, as in-process."""
         if self._closed:
             raise ModelNotLoadedError("the model was unloaded", fix="load it again (`switch_model`)")
@@ -326,6 +328,8 @@ class EngineProxy:
         if runner.dead is not None:
             raise runner.dead
         prompt = to_wire(tokens) if dataclasses.is_dataclass(tokens) else {"tokens": [int(t) for t in tokens]}
+        if constraint is not None:
+            kwargs["constraint"] = constraint
         rid = runner.send("stream", doing, prompt=prompt, started=stats.started, kwargs=to_wire(kwargs))
         first = runner.recv_for(rid, doing)
         if "error" in first:

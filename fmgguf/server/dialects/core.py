@@ -1,8 +1,17 @@
 """The one internal request every API dialect maps to, and the one response stream it maps back from.
 
 A dialect module (ollama, llama.cpp, Tabby, Mistral FIM, OpenAI, the seed REST) turns its JSON into a
-:class:`GenRequest`, calls :func:`start`, and renders the ``("piece", text)`` / ``("done", Outcome)`` /
-``("error", exc)`` events of the :class:`Generation` it gets back in its own shape. No dialect talks to
+:class:`GenRequest`, calls :func:`start`, and renders the ``("piece", text)`` / ``("tool_call", ToolCall)``
+/ ``("done", Outcome)`` / ``("error", exc)`` events of the :class:`Generation` it gets back in its own shape.
+
+Tools: ``GenRequest.tools`` (with ``tool_choice``, ``parallel_tool_calls``) are rendered through the model's
+own chat template; the calls the model makes come back as ``("tool_call", ToolCall)`` events, each once it is
+complete, and in ``Outcome.tool_calls`` with finish_reason ``tool_calls``. Visible text still streams as
+``("piece", text)``; text that may be the start of a tool call is held back until that is decided, so a
+piece never carries tool-call markup. Messages stay OpenAI-shaped dicts: ``role``, ``content``,
+``tool_calls`` ``[{"id", "type": "function", "function": {"name", "arguments"}}]`` on assistant messages,
+``tool_call_id`` (and ``name``) on ``role: tool`` results. ``response_format`` asks for JSON (any object,
+or valid against a schema), enforced by a grammar. No dialect talks to
 the engine or the manager: :func:`fmgguf.server.dialects.routing.call_manager` is the one place that does.
 """
 
@@ -17,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fmgguf.errors import CancelledError, FmggufError
+from fmgguf.runtime.tools import ResponseFormat, ToolCall, ToolSpec
 from fmgguf.server.streaming import StreamedGeneration
 
 Kind = Literal["prompt", "chat", "fim"]
@@ -65,6 +75,14 @@ class GenRequest:
     warmup: bool = False
     #: requests with the same key supersede each other: a new one cancels the one before it
     client: str | None = None
+    #: functions the model may call (chat only); rendered with the model's own template
+    tools: tuple[ToolSpec, ...] = ()
+    #: "none" | "auto" | "required" | "tool:<name>"
+    tool_choice: str = "auto"
+    #: more than one call in one answer
+    parallel_tool_calls: bool = True
+    #: structured output (JSON, or JSON valid against a schema); None: free text
+    response_format: ResponseFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -81,10 +99,12 @@ class Outcome:
     ttft_s: float = 0.0
     total_s: float = 0.0
     tokens_per_s: float = 0.0
-    #: "stop" | "length" | "context" | "limit" (time limit) | "cancelled"
+    #: "stop" | "tool_calls" | "length" | "context" | "limit" (time limit) | "cancelled"
     finish_reason: str = "stop"
     #: the prompt was cut to fit the context window
     truncated: bool = False
+    #: the calls the model made (``text`` is then the visible text around them, often empty)
+    tool_calls: tuple[ToolCall, ...] = ()
     #: the stop string that ended the generation, if one did
     stop_sequence: str | None = None
 
@@ -119,7 +139,7 @@ class Generation:
         self.streamed.stream.cancel()
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        """("piece", text) ..., then ("done", Outcome) or ("error", exc)."""
+        """("piece", text) and ("tool_call", ToolCall) ..., then ("done", Outcome) or ("error", exc)."""
         try:
             async with contextlib.aclosing(self.streamed.events()) as items:
                 async for kind, value in items:

@@ -1,0 +1,114 @@
+"""Grammar-constrained sampling on llama.cpp, for :class:`~fmgguf.runtime.constraints.Constraint`.
+
+llama.cpp code reached through :func:`fmgguf.runtime.engine.lib` (the one module importing llama_cpp):
+the JSON-schema-to-GBNF converter that llama-cpp-python ships, a check that a GBNF grammar parses, and
+the sampler chain of a constrained generation: llama.cpp's grammar sampler, or its lazy grammar sampler
+with the triggers as one "anywhere in the output" pattern (how llama.cpp's own server builds it), so the
+grammar's root matches the text from the trigger on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.constraints import Constraint
+
+_REGEX_SPECIAL = set("\\^$.|?*+()[]{}/")
+
+
+def regex_escape(text: str) -> str:
+    """``text`` as a literal in an ECMAScript regex (std::regex, which llama.cpp uses)."""
+    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
+
+
+def trigger_pattern(triggers: tuple[str, ...]) -> str:
+    """The whole-output pattern whose first group starts where the first trigger does."""
+    return "^[\\s\\S]*?(" + "|".join(regex_escape(t) for t in triggers) + ")[\\s\\S]*"
+
+
+def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema") -> str:
+    """llama.cpp's JSON-schema-to-GBNF conversion; a schema it cannot express is an InvalidRequestError
+    naming the part (never a grammar that silently accepts something else)."""
+    from fmgguf.runtime.engine import lib
+
+    conv = lib().llama_grammar
+    try:
+        converter = conv.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
+        converter.visit(resolved, "")
+        gbnf = converter.format_grammar()
+    except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, AssertionError,
+            RecursionError) as exc:
+        raise InvalidRequestError(f"{what} cannot be turned into a grammar: {_one_line(exc)}",
+                                  fix="simplify that part of the JSON schema (no remote $ref, no unsupported "
+                                      "keywords)") from None
+    errors = list(getattr(converter, "_errors", None) or [])
+    if errors:
+        raise InvalidRequestError(f"{what} cannot be turned into a grammar: {'; '.join(errors)}",
+                                  fix="simplify that part of the JSON schema") from None
+    return gbnf
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    seed: int
+
+
+def check_grammar(vocab: Any, gbnf: str) -> None:
+    """InvalidRequestError unless llama.cpp parses ``gbnf`` (its sampler init returns NULL otherwise)."""
+    mod = _lib()
+    ptr = mod.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+    if not ptr:
+        raise InvalidRequestError("the grammar does not parse (llama.cpp's log names the line)",
+                                  fix="check the GBNF grammar")
+    mod.llama_sampler_free(ptr)
+
+
+def sampler_chain(llm: Any, constraint: Constraint, params: SamplerParams) -> Any:
+    """llama-cpp-python's sampler chain for one generation, the constraint's grammar sampler in it
+    (penalties, grammar, then top-k/top-p/min-p/temperature, as llama-cpp-python orders them)."""
+    mod = _lib()
+    chain = mod._internals.LlamaSampler()
+    chain.add_penalties(n_vocab=llm._n_vocab, penalty_last_n=llm.last_n_tokens_size,
+                        penalty_repeat=params.repeat_penalty, penalty_freq=0.0, penalty_present=0.0)
+    vocab, gbnf = llm._model.vocab, constraint.gbnf.encode("utf-8")
+    if constraint.triggers:
+        patterns = (ctypes.c_char_p * 1)(trigger_pattern(constraint.triggers).encode("utf-8"))
+        tokens = (mod.llama_token * 1)()
+        ptr = mod.llama_sampler_init_grammar_lazy_patterns(vocab, gbnf, b"root", patterns, 1, tokens, 0)
+    else:
+        ptr = mod.llama_sampler_init_grammar(vocab, gbnf, b"root")
+    if not ptr:
+        chain.close()
+        raise InvalidRequestError("the grammar does not parse (llama.cpp's log names the line)",
+                                  fix="check the GBNF grammar")
+    mod.llama_sampler_chain_add(chain.sampler, ptr)
+    if params.temperature <= 0.0:
+        chain.add_greedy()
+    else:
+        chain.add_top_k(params.top_k)
+        chain.add_top_p(params.top_p, 1)
+        chain.add_min_p(params.min_p, 1)
+        chain.add_temp(params.temperature)
+        chain.add_dist(params.seed)
+    return chain
+
+
+def _lib() -> Any:
+    from fmgguf.runtime.engine import lib
+
+    return lib()
