@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, ToolCall, ToolSpec
+from fmgguf.server.dialects.core import GenRequest, Outcome, ResponseFormat, Sampling, ToolCall, ToolSpec
 
 
 def new_call_id(prefix: str) -> str:
@@ -31,7 +31,7 @@ def tool_spec(name: str, description: str | None, schema: Mapping[str, Any] | No
 
 def named_choice(name: str) -> str:
     """tool_choice naming one tool (the internal request's form)."""
-    return f"function:{name}"
+    return f"tool:{name}"
 
 
 def _arguments(value: Any, where: str) -> dict[str, Any]:
@@ -47,7 +47,9 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
 
 
 def call_message(call_id: str, name: str, arguments: Any, where: str = "tool call") -> dict[str, Any]:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": _arguments(arguments, where)}}
+    """An assistant turn's tool call, OpenAI-shaped (arguments as JSON text)."""
+    args = json.dumps(_arguments(arguments, where), ensure_ascii=False)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
 
 
 def assistant_message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -62,18 +64,17 @@ def tool_message(call_id: str, content: str) -> dict[str, Any]:
 
 
 def chat_request(dialect: str, model: str | None, messages: tuple[dict[str, Any], ...], sampling: Sampling, *,
-                 stream: bool, tools: tuple[ToolSpec, ...], tool_choice: Any, parallel: bool | None,
-                 response_format: Any = None) -> GenRequest:
-    if tool_choice not in (None, "auto", "none") and not tools:
+                 stream: bool, tools: tuple[ToolSpec, ...], tool_choice: str | None, parallel: bool | None,
+                 response_format: ResponseFormat | None = None) -> GenRequest:
+    choice = tool_choice or "auto"
+    if choice not in ("auto", "none") and not tools:
         raise InvalidRequestError("tool_choice asks for a tool call but the request declares no tools",
                                   fix="send `tools`, or leave tool_choice out")
-    if isinstance(tool_choice, str) and tool_choice.startswith("function:"):
-        wanted = tool_choice.partition(":")[2]
-        if wanted not in {t.name for t in tools}:
-            raise InvalidRequestError(f"tool_choice names {wanted!r}, which is not among the tools",
-                                      fix=f"name one of: {', '.join(t.name for t in tools)}")
+    if choice.startswith("tool:") and choice[5:] not in {t.name for t in tools}:
+        raise InvalidRequestError(f"tool_choice names {choice[5:]!r}, which is not among the tools",
+                                  fix=f"name one of: {', '.join(t.name for t in tools)}")
     return GenRequest("chat", dialect, model, messages=messages, sampling=sampling, stream=stream,
-                      tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel,
+                      tools=tools, tool_choice=choice, parallel_tool_calls=parallel is not False,
                       response_format=response_format)
 
 

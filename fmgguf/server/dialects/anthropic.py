@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.prompt_cache import normalize_volatile
 from fmgguf.server.dialects import agent_common as ac
-from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, start
+from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, ToolCall, ToolSpec, start
 from fmgguf.server.state import state_of
 from fmgguf.server.streaming import error_payload, sse
 
@@ -33,7 +33,7 @@ router = APIRouter(prefix="/v1", tags=["anthropic"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: seconds between ``ping`` events while the prompt is processed (clients time out idle streams)
 PING_EVERY_S = 10.0
-_STOP = {"stop": "end_turn", "length": "max_tokens", "context": "max_tokens", "limit": "max_tokens",
+_STOP = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens", "context": "max_tokens", "limit": "max_tokens",
          "cancelled": "end_turn"}
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error",
@@ -145,12 +145,12 @@ def _messages(body: CountBody) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def _tools(body: CountBody) -> tuple[Any, ...]:
+def _tools(body: CountBody) -> tuple[ToolSpec, ...]:
     # server tools (web search, code execution) run at Anthropic; nothing here can run them
     return tuple(ac.tool_spec(t.name, t.description, t.input_schema) for t in body.tools or [] if t.input_schema is not None)
 
 
-def _tool_choice(choice: ToolChoice | None) -> Any:
+def _tool_choice(choice: ToolChoice | None) -> str | None:
     if choice is None:
         return None
     if choice.type == "tool":
@@ -185,7 +185,7 @@ def _stop(o: Outcome) -> tuple[str, str | None]:
     return _STOP.get(o.finish_reason, "end_turn"), None
 
 
-def _tool_block(call: Any) -> dict:
+def _tool_block(call: ToolCall) -> dict:
     name, args, cid = ac.call_parts(call)
     return {"type": "tool_use", "id": cid, "name": name, "input": args}
 
@@ -226,7 +226,7 @@ class _Blocks:
         out.append(_ev("content_block_delta", {"index": self.index, "delta": {"type": "text_delta", "text": piece}}))
         return out
 
-    def tool(self, call: Any) -> list[str]:
+    def tool(self, call: ToolCall) -> list[str]:
         out = self.close()
         self.index += 1
         block = _tool_block(call)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError
 from fmgguf.server.dialects import agent_common as ac
-from fmgguf.server.dialects.core import Outcome, Sampling, start
+from fmgguf.server.dialects.core import GenRequest, Outcome, ResponseFormat, Sampling, ToolSpec, start
 from fmgguf.server.schemas import MAX_TOKENS
 from fmgguf.server.state import state_of
 from fmgguf.server.streaming import error_payload, sse
@@ -103,7 +103,7 @@ def _messages(body: ResponsesBody) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def _tools(body: ResponsesBody) -> tuple[Any, ...]:
+def _tools(body: ResponsesBody) -> tuple[ToolSpec, ...]:
     out = []
     for tool in body.tools or []:
         if tool.get("type") == "function":
@@ -114,7 +114,7 @@ def _tools(body: ResponsesBody) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: str | dict[str, Any] | None) -> str | None:
     if isinstance(choice, dict):
         if choice.get("type") == "function" and choice.get("name"):
             return ac.named_choice(str(choice["name"]))
@@ -123,19 +123,20 @@ def _tool_choice(choice: Any) -> Any:
     return choice
 
 
-def _response_format(text: dict[str, Any] | None) -> Any:
+def _response_format(text: dict[str, Any] | None) -> ResponseFormat | None:
     fmt = (text or {}).get("format")
     if not fmt or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":
-        return {"type": "json_object"}
+        return ResponseFormat("json_object")
     if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": fmt.get("name") or "output",
-                                                       "schema": fmt.get("schema") or {}, "strict": fmt.get("strict")}}
+        if not isinstance(fmt.get("schema"), dict):
+            raise InvalidRequestError("text.format json_schema has no schema", fix='send "schema": {...}')
+        return ResponseFormat("json_schema", schema=fmt["schema"], strict=bool(fmt.get("strict")), name=fmt.get("name"))
     raise InvalidRequestError(f"text.format type {fmt.get('type')!r} is unknown", fix="use text, json_object or json_schema")
 
 
-def to_request(body: ResponsesBody) -> Any:
+def to_request(body: ResponsesBody) -> GenRequest:
     if body.previous_response_id:
         raise InvalidRequestError("previous_response_id needs stored responses: this server keeps none",
                                   fix="send the whole conversation in `input` (and store: false)")
