@@ -195,14 +195,20 @@ def _merge_toml(old: str, data: dict, path: Path) -> str:
         tomllib.loads(old)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})", fix="fix or move the file; nothing was changed") from None
-    lines, skip = [], False
+    top, tables, skip, in_table = [], [], False, False
     for line in old.splitlines():
         header = re.match(r"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
         if header:
-            skip = header.group(1).strip() in data
-        if not skip:
-            lines.append(line)
-    block = EditorConfig("", "", path, "toml", data).text()
-    text = ("\n".join(lines).rstrip() + "\n\n" if any(ln.strip() for ln in lines) else "") + block
+            in_table, skip = True, header.group(1).strip() in data
+        key = re.match(r"^\s*([A-Za-z0-9_-]+)\s*=", line)
+        if not in_table and not (key and key.group(1) in data):  # our top-level keys are replaced
+            top.append(line)
+        elif in_table and not skip:
+            tables.append(line)
+    ours = EditorConfig("", "", path, "toml", data).text()
+    mine_top, _, mine_tables = ours.partition("\n[") if not ours.startswith("[") else ("", "", ours[1:])
+    text = "\n".join(ln for ln in [*top, mine_top.rstrip("\n")] if ln is not None).strip("\n")
+    text = (text + "\n\n" if text else "") + "\n".join(tables).strip("\n")
+    text = text.rstrip("\n") + ("\n\n[" + mine_tables if mine_tables else "\n")
     tomllib.loads(text)  # what we write must read back
     return text

@@ -2,8 +2,8 @@
 
 - Claude Code: environment variables (``ANTHROPIC_BASE_URL``, ``ANTHROPIC_AUTH_TOKEN``, the model names,
   telemetry off), merged into the ``env`` block of ``~/.claude/settings.json``; it speaks /v1/messages.
-- Codex CLI: a ``model_providers.fmgguf`` entry with ``wire_api = "responses"`` and a ``fmgguf`` profile
-  in ``~/.codex/config.toml`` (``codex --profile fmgguf``); it speaks /v1/responses.
+- Codex CLI: a profile file ``~/.codex/fmgguf.config.toml`` (Codex 0.17x reads profiles from their own
+  files) with a ``model_providers.fmgguf`` entry, ``wire_api = "responses"`` (``codex -p fmgguf``).
 - OpenCode: a provider in ``~/.config/opencode/opencode.json`` (OpenAI-compatible, /v1/chat/completions).
 - aider: ``~/.aider.model.metadata.json`` with the context size (aider itself is pointed at /v1 by flags).
 
@@ -81,17 +81,17 @@ def claude_code_config(r: Roles) -> EditorConfig:
 
 def codex_config(r: Roles) -> EditorConfig:
     provider: dict[str, Any] = {"name": "fmgguf", "base_url": r.base_url.rstrip("/") + "/v1", "wire_api": "responses",
-                                "request_max_retries": 1, "stream_idle_timeout_ms": 600000}
+                                "request_max_retries": 1, "stream_max_retries": 1, "stream_idle_timeout_ms": 600000}
     if r.api_key:
         provider["env_key"] = "FMGGUF_API_KEY"
-    profile = {"model": _model(r), "model_provider": "fmgguf", "model_context_window": r.n_ctx,
-               "model_max_output_tokens": AGENT_MAX_OUTPUT}
-    notes = ("run `codex --profile fmgguf` (or `codex exec -p fmgguf ...`); Codex speaks /v1/responses, "
-             "stateless: it resends the conversation each turn",)
+    data = {"model": _model(r), "model_provider": "fmgguf", "model_context_window": r.n_ctx,
+            "model_providers.fmgguf": provider}
+    notes = ("a Codex profile file: run `codex -p fmgguf` (or `codex exec -p fmgguf ...`); Codex speaks "
+             "/v1/responses, stateless: it resends the whole conversation each turn",)
     if r.api_key:
         notes += ("export FMGGUF_API_KEY=<the key> for Codex to send it",)
-    return EditorConfig("codex", "Codex CLI (~/.codex/config.toml)", Path.home() / ".codex" / "config.toml", "toml",
-                        {"model_providers.fmgguf": provider, "profiles.fmgguf": profile}, notes + _no_chat(r))
+    return EditorConfig("codex", "Codex CLI profile (~/.codex/fmgguf.config.toml)",
+                        Path.home() / ".codex" / "fmgguf.config.toml", "toml", data, notes + _no_chat(r))
 
 
 def opencode_config(r: Roles) -> EditorConfig:

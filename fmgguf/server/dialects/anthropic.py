@@ -56,7 +56,8 @@ class Block(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["user", "assistant"]
+    #: "system" inside messages: Claude Code sends its environment block that way
+    role: Literal["user", "assistant", "system"]
     content: Union[str, list[Block]]
 
 
@@ -129,6 +130,9 @@ def _messages(body: CountBody) -> tuple[dict[str, Any], ...]:
         out.append({"role": "system", "content": system})
     for i, msg in enumerate(body.messages):
         blocks = [Block(type="text", text=msg.content)] if isinstance(msg.content, str) else msg.content
+        if msg.role == "system":
+            out.append({"role": "system", "content": normalize_volatile(_text_of(blocks, f"messages.{i}"))})
+            continue
         if msg.role == "assistant":
             text = _text_of([b for b in blocks if b.type == "text"], f"messages.{i}")
             calls = [ac.call_message(b.id or ac.new_call_id("toolu_"), b.name or "", b.input or {})
