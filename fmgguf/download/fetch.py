@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fmgguf.download.cache import DISK_FULL, HubCache, human_bytes, quarantine
 from fmgguf.download.hashing import StreamHasher, feed_file, sha256_file
 from fmgguf.download.transfer import RemoteFile, Transient, head_file, open_stream
-from fmgguf.errors import DiskSpaceError, DownloadError, IntegrityError, LockTimeoutError
+from fmgguf.errors import DiskSpaceError, DownloadError, HubUnreachableError, IntegrityError, LockTimeoutError
 
 if TYPE_CHECKING:
     from fmgguf.settings import Settings
@@ -72,7 +72,7 @@ class Fetcher:
     def _backoff(self, failures: int, exc: Transient, what: str, resumes: bool = True) -> None:
         if failures > self.retries:
             then = "run the same pull again (it resumes)" if resumes else "run the same pull again"
-            raise DownloadError(f"{what} failed after {self.retries} retries: {exc}",
+            raise HubUnreachableError(f"{what} failed after {self.retries} retries: {exc}",
                                 fix=f"check the network or mirror (HF_ENDPOINT={self.settings.hf_endpoint}), then {then}") from None
         if exc.retry_after is not None:
             delay = min(exc.retry_after, 120.0)

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
-from fmgguf.errors import DownloadError
+from fmgguf.errors import DownloadError, HubUnreachableError, OfflineError
 
 if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
+
     from fmgguf.settings import Settings
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,7 +62,7 @@ _UNREACHABLE = (
 )
 
 
-def unreachable(settings: "Settings", exc: BaseException) -> DownloadError | None:
+def unreachable(settings: "Settings", exc: BaseException) -> HubUnreachableError | None:
     """A DownloadError when ``exc`` means the endpoint cannot be reached at all (DNS failure, connection
     refused): retrying does not help, so the caller fails at once. None for anything worth a retry."""
     import socket
@@ -80,7 +82,7 @@ def unreachable(settings: "Settings", exc: BaseException) -> DownloadError | Non
         e = e.__cause__ or e.__context__
     if why is None:
         return None
-    return DownloadError(
+    return HubUnreachableError(
         f"cannot reach {settings.hf_endpoint} (HF_ENDPOINT): {why}",
         fix="check the network or set HF_ENDPOINT to a reachable mirror; without a network, "
             "carry a bundle over (`fmgguf export` on a connected machine, then `fmgguf import BUNDLE`)")
@@ -122,23 +124,67 @@ def _headers(settings: "Settings") -> dict[str, str]:
     return build_hf_headers(token=settings.hf_token or None, library_name="fmgguf", library_version=__version__)
 
 
+OFFLINE_VARS = "HF_HUB_OFFLINE=1, FMGGUF_OFFLINE=1 or --offline"
+
+
+def offline_error(what: str) -> OfflineError:
+    """The one-line error for a hub request that offline mode forbids, naming the variables that set it."""
+    return OfflineError(f"{what}: offline mode is on ({OFFLINE_VARS})",
+                        fix="unset HF_HUB_OFFLINE and FMGGUF_OFFLINE (or drop --offline) to use the network; without one, "
+                            "carry a bundle over (`fmgguf export` on a connected machine, then `fmgguf import BUNDLE`)")
+
+
+def _follow_settings(settings: "Settings") -> None:
+    """fmgguf's settings decide offline mode, not the HF_HUB_OFFLINE huggingface_hub read at import: a caller
+    that cleared ``settings.offline`` on purpose (the demo's loopback mirror) must not be refused by it."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = bool(settings.offline)
+
+
 def head_file(settings: "Settings", repo: str, filename: str, revision: str | None, timeout: float = 20.0) -> RemoteFile:
     """Resolve ``repo/filename@revision`` on ``settings.hf_endpoint`` (no retries here)."""
+    url = file_url(settings, repo, filename, revision)
+    where = f"{repo}/{filename}@{revision or 'main'} on {settings.hf_endpoint}"
+    meta = _metadata(settings, url, where, repo, filename, revision, timeout)
+    if not meta.commit_hash or not meta.etag:
+        raise DownloadError(f"{settings.hf_endpoint} answered for {filename} without X-Repo-Commit/ETag: not a hub endpoint",
+                            fix="point HF_ENDPOINT at a hub or a hub mirror such as olah")
+    etag = meta.etag.lower()
+    from huggingface_hub.utils._http import _is_same_or_hub_host
+
+    return RemoteFile(url=meta.location or url, commit=meta.commit_hash, etag=meta.etag, size=meta.size,
+                      sha256=etag if _HEX64.match(etag) else None,
+                      git_oid=etag if _HEX40.match(etag) else None,
+                      send_auth=_is_same_or_hub_host(url, meta.location or url))
+
+
+def _metadata(settings: "Settings", url: str, where: str, repo: str, filename: str, revision: str | None,
+              timeout: float) -> "HfFileMetadata":
+    """huggingface_hub's HEAD, every one of its exceptions turned into its own one-line fmgguf error."""
     import httpx2
     from huggingface_hub import get_hf_file_metadata
     from huggingface_hub.errors import (
+        BadRequestError,
+        DisabledRepoError,
         EntryNotFoundError,
+        FileMetadataError,
         GatedRepoError,
         HfHubHTTPError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    url = file_url(settings, repo, filename, revision)
-    where = f"{repo}/{filename}@{revision or 'main'} on {settings.hf_endpoint}"
+    _follow_settings(settings)
     try:
-        meta = get_hf_file_metadata(url, token=settings.hf_token or None, timeout=timeout,
+        return get_hf_file_metadata(url, token=settings.hf_token or None, timeout=timeout,
                                     headers={"user-agent": "fmgguf"}, endpoint=settings.hf_endpoint)
+    except OfflineModeIsEnabled:
+        raise offline_error(f"cannot resolve {where}") from None
+    except DisabledRepoError:
+        raise DownloadError(f"{repo} has been disabled on {settings.hf_endpoint}",
+                            fix="pick another repository for this model (`fmgguf info ID` lists the catalog's)") from None
     except GatedRepoError:
         raise DownloadError(f"{repo} is gated: access was refused for {where}",
                             fix="accept its licence on the hub and set HF_TOKEN") from None
@@ -151,6 +197,12 @@ def head_file(settings: "Settings", repo: str, filename: str, revision: str | No
     except EntryNotFoundError:
         raise DownloadError(f"file {filename} not found in {repo}@{revision or 'main'} on {settings.hf_endpoint}",
                             fix="check the catalog entry's file names (`fmgguf info ID`)") from None
+    except BadRequestError as exc:
+        raise DownloadError(f"{settings.hf_endpoint} refused the request for {where} as malformed: {_first_line(exc)}",
+                            fix="check the catalog entry's repo, revision and file name") from None
+    except FileMetadataError as exc:
+        raise DownloadError(f"{settings.hf_endpoint} gave no usable metadata for {where}: {_first_line(exc)}",
+                            fix="point HF_ENDPOINT at a hub or a hub mirror such as olah") from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else 0
         if status in RETRY_STATUSES:
@@ -164,18 +216,12 @@ def head_file(settings: "Settings", repo: str, filename: str, revision: str | No
         raise Transient(f"{type(exc).__name__} talking to {settings.hf_endpoint}: {exc}") from None
     except httpx2.HTTPError as exc:
         raise DownloadError(f"cannot reach {settings.hf_endpoint}: {exc}", fix="check HF_ENDPOINT and your proxy") from None
-    except ValueError as exc:  # bad repo id / revision shape
-        raise DownloadError(f"cannot resolve {where}: {exc}", fix="check the catalog entry") from None
-    if not meta.commit_hash or not meta.etag:
-        raise DownloadError(f"{settings.hf_endpoint} answered for {filename} without X-Repo-Commit/ETag: not a hub endpoint",
-                            fix="point HF_ENDPOINT at a hub or a hub mirror such as olah")
-    etag = meta.etag.lower()
-    from huggingface_hub.utils._http import _is_same_or_hub_host
+    except ValueError as exc:  # bad repo id / revision shape (HFValidationError)
+        raise DownloadError(f"cannot resolve {where}: {_first_line(exc)}", fix="check the catalog entry") from None
 
-    return RemoteFile(url=meta.location or url, commit=meta.commit_hash, etag=meta.etag, size=meta.size,
-                      sha256=etag if _HEX64.match(etag) else None,
-                      git_oid=etag if _HEX40.match(etag) else None,
-                      send_auth=_is_same_or_hub_host(url, meta.location or url))
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 @contextlib.contextmanager
@@ -184,7 +230,9 @@ def open_stream(settings: "Settings", remote: RemoteFile, offset: int, read_time
     """GET the file from ``offset``: yields (start offset the server honoured, total size or None, chunks)."""
     import httpx2
     from huggingface_hub import get_session
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
+    _follow_settings(settings)
     headers = _headers(settings)
     if not remote.send_auth:
         headers.pop("authorization", None)
@@ -214,6 +262,8 @@ def open_stream(settings: "Settings", remote: RemoteFile, offset: int, read_time
             elif resp.headers.get("Content-Length"):
                 total = int(resp.headers["Content-Length"])
             yield start, total, _chunks(resp, chunk_size)
+    except OfflineModeIsEnabled:
+        raise offline_error(f"cannot download {remote.url}") from None
     except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
         if isinstance(exc, httpx2.ConnectError) and (hard := unreachable(settings, exc)) is not None:
             raise hard from None
