@@ -56,7 +56,8 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
 @click.option("--language", "languages", multiple=True, help="python, javascript, cpp, sql, fim, barrier.")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(1, 200),
               help="Answers per task (pass@k needs k <= samples; >1 samples at temperature 0.8).")
-@click.option("--suite", default="builtin", show_default=True, help="builtin, humaneval or a JSONL/YAML file.")
+@click.option("--suite", default="builtin", show_default=True,
+              help="builtin, humaneval, tools (the tool-call suite) or a JSONL/YAML file.")
 @click.option("--reference", is_flag=True, help="Run the suite's reference/canonical solutions (harness self-check).")
 @click.option("--wrong", is_flag=True, hidden=True, help="With --reference: run the deliberately wrong answers.")
 @click.option("--list-tasks", is_flag=True, help="List the suite's tasks and exit.")
@@ -72,7 +73,9 @@ def bench_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str, tasks: tu
               languages: tuple[str, ...], samples: int, suite: str, reference: bool, wrong: bool, list_tasks: bool,
               max_tokens: int, gguf_path: str | None, fresh: bool, html_out: str | None, as_json: bool) -> None:
     """Run coding tasks through models (or the reference solutions) in a sandbox and report pass@k, speed, memory."""
-    if list_tasks:
+    if suite == "tools" and not list_tasks and not reference:
+        _run_tool_suite(app, model_ids, quant, gguf_path, as_json)
+    elif list_tasks:
         _list_tasks(suite, _split(tasks), _split(languages), as_json)
     elif reference:
         if model_ids:
@@ -87,6 +90,29 @@ def bench_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str, tasks: tu
         options = {"tasks": _split(tasks), "samples": samples, "suite": suite, "languages": _split(languages),
                    "max_tokens": max_tokens, "fresh": fresh, "model_path": gguf_path}
         _bench_models(app, [(m, q) for m in model_ids for q in quants], options, html_out, as_json)
+
+
+def _run_tool_suite(app: AppContext, model_ids: tuple[str, ...], quant: str, gguf_path: str | None,
+                    as_json: bool) -> None:
+    """`bench ID --suite tools`: the fixed tool-call suite; schema-valid, right-tool and spurious-call rates."""
+    from fmgguf.bench.runner import ModelBenchmarker
+    from fmgguf.bench.tool_suite import report_markdown, run_tool_suite
+
+    if len(model_ids) != 1:
+        raise InvalidRequestError("--suite tools runs one model at a time", fix="give exactly one model id")
+    manager = ModelBenchmarker(app.settings, catalog=app.catalog).manager
+    mid = model_ids[0]
+    try:
+        loaded = manager.load_file(gguf_path, model_id=mid) if gguf_path else manager.switch_model(mid, quant)
+        label = f"{mid}:{getattr(loaded, 'quant', None) or quant}"
+        with _progress(not as_json) as update:
+            report = run_tool_suite(manager, label, progress=update)
+    finally:
+        manager.close()
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(report_markdown(report))
 
 
 def _list_tasks(suite: str, tasks: list[str] | None, languages: list[str] | None, as_json: bool) -> None:

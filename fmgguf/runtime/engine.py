@@ -187,7 +187,7 @@ class Engine:
                  progress: Callable[[str, float], None] | None = None) -> None:
         self.path = Path(path)
         self.options = options
-        mod = lib()
+        lib()
         if options.rpc_servers:  # probed in Python first: llama.cpp aborts on a worker it cannot reach
             from fmgguf.runtime.rpc import attach_workers
 

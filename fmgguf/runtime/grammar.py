@@ -31,7 +31,7 @@ def trigger_pattern(triggers: tuple[str, ...]) -> str:
     return "^[\\s\\S]*?(" + "|".join(regex_escape(t) for t in triggers) + ")[\\s\\S]*"
 
 
-def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema") -> str:
+def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", root: str = "root") -> str:
     """llama.cpp's JSON-schema-to-GBNF conversion; a schema it cannot express is an InvalidRequestError
     naming the part (never a grammar that silently accepts something else)."""
     from fmgguf.runtime.engine import lib
@@ -40,22 +40,25 @@ def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema") -> 
     try:
         converter = conv.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
-        converter.visit(resolved, "")
-        gbnf = converter.format_grammar()
+        converter.visit(resolved, "" if root == "root" else root)
+        gbnf = _no_control_chars(converter.format_grammar())
     except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, AssertionError,
             RecursionError) as exc:
         raise InvalidRequestError(f"{what} cannot be turned into a grammar: {_one_line(exc)}",
                                   fix="simplify that part of the JSON schema (no remote $ref, no unsupported "
                                       "keywords)") from None
-    errors = list(getattr(converter, "_errors", None) or [])
-    if errors:
-        raise InvalidRequestError(f"{what} cannot be turned into a grammar: {'; '.join(errors)}",
-                                  fix="simplify that part of the JSON schema") from None
     return gbnf
 
 
+def _no_control_chars(gbnf: str) -> str:
+    """JSON strings hold no raw control characters (llama.cpp's C++ converter says so; the Python port
+    that llama-cpp-python ships lets a raw newline into a string, which ``json.loads`` then rejects)."""
+    return gbnf.replace(r'char ::= [^"\\] |', r'char ::= [^"\\\x7F\x00-\x1F] |')
+
+
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).replace("(use --allow-fetch for force)", "").split())
+    return text or type(exc).__name__
 
 
 @dataclass(frozen=True)

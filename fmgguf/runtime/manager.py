@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
+from fmgguf.runtime.constraints import Constraint
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, PromptText, Turnstile
 from fmgguf.runtime.loading import LoadedModel, SwitchResult
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
 from fmgguf.runtime.runner.supervisor import Supervisor
+from fmgguf.runtime.tools import ToolRequest
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog, ModelCard
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 _LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_threads", "tensor_split",
               "main_gpu", "split_mode", "progress", "rpc")
 ISOLATIONS = ("process", "inprocess")
-Build = Callable[[Any, Resident], tuple[Any, list[str]]]
+#: (prompt tokens or PromptText, extra stops) or (..., a Constraint for the generation)
+Build = Callable[[Any, Resident], "tuple[Any, list[str]] | tuple[Any, list[str], Constraint | None]"]
 
 
 class ModelManager:
@@ -309,17 +312,26 @@ class ModelManager:
     def chat(self, messages: Sequence[Mapping[str, Any]], max_tokens: int | None = 256, temperature: float = 0.2,
              top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
              stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
-             **sampling: Any) -> GenerationResult | GenerationStream:
-        """Answer chat ``messages`` with the model's own template (GGUF, else the catalog family)."""
+             tools: ToolRequest | None = None, **sampling: Any) -> GenerationResult | GenerationStream:
+        """Answer chat ``messages`` with the model's own template (GGUF, else the catalog family).
+        ``tools``: functions the model may call and/or a response format, each enforced by a grammar
+        (the text that comes back still holds the calls: :mod:`fmgguf.runtime.tool_parser` reads them)."""
         from fmgguf.runtime.prompts import normalize_messages, render_chat
+        from fmgguf.runtime.tool_grammar import format_constraint, tool_constraint
 
         msgs = normalize_messages(messages)
 
-        def build(engine: Any, r: Resident) -> tuple[list[int], list[str]]:
+        def build(engine: Any, r: Resident) -> tuple[list[int], list[str], Constraint | None]:
             family = r.spec.card.chat_template if r.spec.card is not None else None
             prompt = render_chat(msgs, template=engine.chat_template, family=family,
-                                 bos_text=engine.bos_text, eos_text=engine.eos_text)
-            return engine.tokenize(prompt.text, add_bos=engine.add_bos, special=True), list(prompt.stop)
+                                 bos_text=engine.bos_text, eos_text=engine.eos_text, tools=tools)
+            constraint = None
+            if tools is not None:
+                constraint = tool_constraint(tools, prompt.tool_format)
+                if constraint is None and tools.response_format is not None:
+                    constraint = format_constraint(tools.response_format)
+            return (engine.tokenize(prompt.text, add_bos=engine.add_bos, special=True), list(prompt.stop),
+                    constraint)
         return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
 
     def count_chat_tokens(self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None,
@@ -376,7 +388,10 @@ class ModelManager:
             resident = self._selected(keep_alive) if model is None else self._resident(model, keep_alive, {})
             engine = resident.engine
             try:
-                tokens, extra_stops = build(engine, resident)
+                built = build(engine, resident)
+                tokens, extra_stops = built[0], built[1]
+                if len(built) > 2 and built[2] is not None:
+                    sampling = {**sampling, "constraint": built[2]}
             except RunnerCrashedError as exc:
                 self.sup.crashed(resident.spec, exc, resident)
                 raise

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from fmgguf.errors import FIMNotSupportedError, InvalidRequestError
+from fmgguf.runtime.tools import ToolFormat, ToolRequest, template_format, template_messages
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,13 @@ class ChatPrompt:
     stop: tuple[str, ...] = ()
     #: "gguf" (the file's own template) or "family:<name>"
     source: str = "gguf"
+    #: how this prompt asked for tool calls: the template's own format, or the generic envelope
+    tool_format: ToolFormat = "generic"
 
 
-def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Check and copy chat messages: each a mapping with a known role and string content."""
+def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check and copy chat messages: each a mapping with a known role and string content; an assistant's
+    ``tool_calls`` and a tool result's ``tool_call_id`` / ``name`` are kept."""
     if not messages:
         raise InvalidRequestError("chat needs at least one message", fix='pass [{"role": "user", "content": "..."}]')
     out = []
@@ -50,25 +54,37 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         content = msg.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             content = "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-        out.append({"role": role, "content": "" if content is None else str(content)})
+        item: dict[str, Any] = {"role": role, "content": "" if content is None else str(content)}
+        calls = msg.get("tool_calls")
+        if role == "assistant" and isinstance(calls, Sequence) and not isinstance(calls, str) and calls:
+            item["tool_calls"] = [dict(c) for c in calls if isinstance(c, Mapping)]
+        for key in ("tool_call_id", "name"):
+            if role == "tool" and msg.get(key):
+                item[key] = str(msg[key])
+        out.append(item)
     return out
 
 
 def render_chat(messages: Sequence[Mapping[str, Any]], *, template: str | None, family: str | None,
-                bos_text: str = "", eos_text: str = "") -> ChatPrompt:
-    """The prompt for ``messages``: GGUF template first, then the catalog family."""
+                bos_text: str = "", eos_text: str = "", tools: ToolRequest | None = None) -> ChatPrompt:
+    """The prompt for ``messages``: GGUF template first, then the catalog family. ``tools``: rendered by
+    the template where it carries tools (``ChatPrompt.tool_format`` says how), else described in the
+    system prompt as the generic JSON envelope."""
     msgs = normalize_messages(messages)
     if template:
+        fmt = template_format(template)
+        spec = [t.openai() for t in tools.callable_tools()] if tools and tools.calls_allowed and fmt != "generic" else None
         try:
-            text = _render_jinja(template, msgs, bos_text, eos_text)
-            return ChatPrompt(_strip_bos(text, bos_text), (), "gguf")
+            text = _render_jinja(template, template_messages(msgs, fmt, tools), bos_text, eos_text, spec)
+            return ChatPrompt(_strip_bos(text, bos_text), (), "gguf", fmt)
         except Exception as exc:  # noqa: BLE001 - any template failure falls back to the family
             log.warning("the GGUF chat template failed to render (%s); using the catalog family", exc)
     if family and family in FAMILIES:
-        text, stop = _FORMATTERS[family](msgs)
-        return ChatPrompt(text, stop, f"family:{family}")
+        text, stop = _FORMATTERS[family](template_messages(msgs, "generic", tools))
+        return ChatPrompt(text, stop, f"family:{family}", "generic")
+    why = ", so it cannot take tools either" if tools is not None and tools.tools else ""
     raise InvalidRequestError(
-        "this model has no chat template (it is a completion model)",
+        f"this model has no chat template (it is a completion model){why}",
         fix="use `fmgguf run` / generate_text, or set chat_template in its catalog entry")
 
 
@@ -79,7 +95,8 @@ def _strip_bos(text: str, bos_text: str) -> str:
     return text
 
 
-def _render_jinja(template: str, messages: list[dict[str, str]], bos_text: str, eos_text: str) -> str:
+def _render_jinja(template: str, messages: list[dict[str, Any]], bos_text: str, eos_text: str,
+                  tools: list[dict[str, Any]] | None = None) -> str:
     import jinja2  # noqa: PLC0415
     import jinja2.ext  # noqa: PLC0415
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
@@ -95,22 +112,22 @@ def _render_jinja(template: str, messages: list[dict[str, str]], bos_text: str, 
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template).render(messages=messages, bos_token=bos_text, eos_token=eos_text,
-                                            add_generation_prompt=True, tools=None)
+                                            add_generation_prompt=True, tools=tools)
 
 
 # --- family formats (used when the GGUF carries no template) -------------------------------------
-def _system_and_rest(msgs: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
+def _system_and_rest(msgs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     if msgs and msgs[0]["role"] == "system":
         return msgs[0]["content"], msgs[1:]
     return "", msgs
 
 
-def _chatml(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+def _chatml(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs]
     return "".join(parts) + "<|im_start|>assistant\n", ("<|im_end|>",)
 
 
-def _llama2(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+def _llama2(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out, first = "", True
     for m in rest:
@@ -125,7 +142,7 @@ def _llama2(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
     return out, ()
 
 
-def _mistral(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+def _mistral(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out, first = "", True
     for m in rest:
@@ -140,7 +157,7 @@ def _mistral(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
     return out, ()
 
 
-def _gemma(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+def _gemma(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out, first = "", True
     for m in rest:
@@ -153,7 +170,7 @@ def _gemma(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
     return out + "<start_of_turn>model\n", ("<end_of_turn>",)
 
 
-def _deepseek_v2(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+def _deepseek_v2(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out = f"{system}\n\n" if system else ""
     for m in rest:
@@ -164,7 +181,7 @@ def _deepseek_v2(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
     return out + "Assistant:", ("\nUser:",)
 
 
-def _alpaca(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+def _alpaca(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out = f"{system}\n" if system else ""
     for m in rest:
@@ -175,7 +192,7 @@ def _alpaca(msgs: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
     return out, ("### Instruction:", "<|EOT|>")
 
 
-_FORMATTERS: dict[str, Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]]] = {
+_FORMATTERS: dict[str, Callable[[list[dict[str, Any]]], tuple[str, tuple[str, ...]]]] = {
     "chatml": _chatml, "llama2": _llama2, "mistral-instruct": _mistral, "gemma": _gemma,
     "deepseek-v2": _deepseek_v2, "alpaca-instruction": _alpaca,
 }

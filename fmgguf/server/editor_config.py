@@ -102,7 +102,7 @@ def llama_vscode_config(r: Roles) -> EditorConfig:
 
 
 def zed_config(r: Roles) -> EditorConfig:
-    models = [{"name": m, "display_name": f"{m} (fmgguf)", "max_tokens": r.n_ctx, "supports_tools": False}
+    models = [{"name": m, "display_name": f"{m} (fmgguf)", "max_tokens": r.n_ctx, "supports_tools": m == r.chat}
               for m in dict.fromkeys(x for x in (r.chat, r.fim) if x)]
     data: dict[str, Any] = {"language_models": {"ollama": {"api_url": r.base_url.rstrip("/"),
                                                            "available_models": models}}}

@@ -20,8 +20,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, start
+from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, ToolCall, start
 from fmgguf.server.dialects.routing import loaded_names
+from fmgguf.server.dialects.tooling import (
+    openai_message,
+    openai_response_format,
+    openai_stream_call,
+    openai_tool_choice,
+    openai_tools,
+)
 from fmgguf.server.json_views import downloaded_pairs
 from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from fmgguf.server.state import ServerState, state_of
@@ -30,7 +37,7 @@ from fmgguf.server.streaming import error_payload, sse
 router = APIRouter(prefix="/v1", tags=["openai"])
 DEFAULT_MAX_TOKENS = 256
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_FINISH = {"stop": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
+_FINISH = {"stop": "stop", "tool_calls": "tool_calls", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
 
 
 def _usage(result: Any) -> dict:
@@ -77,7 +84,18 @@ def list_models(request: Request) -> dict:
         if model_id in loaded_quant:  # the loaded quant first
             quants = sorted(quants, key=lambda q: q != loaded_quant[model_id])
         ids.extend(f"{model_id}:{q}" for q in quants)
-    return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "fmgguf"} for i in ids]}
+    return {"object": "list", "data": [_model_entry(state, i, now) for i in ids]}
+
+
+def _model_entry(state: ServerState, model: str, created: int) -> dict:
+    """An OpenAI model object, with fmgguf's ``capabilities`` (as /api/show names them) for catalog models."""
+    from fmgguf.server.dialects.ollama_models import capabilities
+
+    entry: dict[str, Any] = {"id": model, "object": "model", "created": created, "owned_by": "fmgguf"}
+    base = model.partition(":")[0]
+    if base in state.catalog:
+        entry["capabilities"] = capabilities(state.catalog.get(base))
+    return entry
 
 
 def _sampling(body: Any) -> Sampling:
@@ -147,29 +165,42 @@ async def completions(request: Request) -> Any:
                                                     "model": gen.model, "choices": [], "usage": usage})
 
 
+def _chat_request(body: ChatRequest) -> GenRequest:
+    tools = openai_tools(body.tools)
+    return GenRequest("chat", "openai", body.model, messages=tuple(openai_message(m) for m in body.messages),
+                      sampling=_sampling(body), stream=bool(body.stream), tools=tools,
+                      tool_choice=openai_tool_choice(body.tool_choice, bool(tools)),
+                      parallel_tool_calls=body.parallel_tool_calls is not False,
+                      response_format=openai_response_format(body.response_format))
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request, body: ChatRequest) -> Any:
-    """Chat with the model (its chat template)."""
+    """Chat with the model (its chat template); ``tools`` through the template, calls back as
+    ``tool_calls``; ``response_format`` JSON enforced by a grammar."""
     state = state_of(request)
-    messages = tuple({"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                     for m in body.messages)
-    gen = await start(state, GenRequest("chat", "openai", body.model, messages=messages, sampling=_sampling(body),
-                                        stream=bool(body.stream)))
+    gen = await start(state, _chat_request(body))
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if not body.stream:
         o = await gen.collect()
+        message: dict[str, Any] = {"role": "assistant", "content": o.text or (None if o.tool_calls else "")}
+        if o.tool_calls:
+            message["tool_calls"] = [c.openai() for c in o.tool_calls]
         return {"id": cid, "object": "chat.completion", "created": created, "model": o.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": None, "finish_reason": _FINISH.get(o.finish_reason, "stop")}],
                 "usage": _usage(o)}
-    first = [True]
+    first, calls = [True], [0]
 
-    def chunk(text: str, finish: str | None) -> dict:
+    def chunk(text: str | ToolCall, finish: str | None) -> dict:
         delta: dict[str, Any] = {}
         if first[0]:
             delta["role"] = "assistant"
             first[0] = False
-        if finish is None:
+        if isinstance(text, ToolCall):
+            delta["tool_calls"] = [openai_stream_call(calls[0], text)]
+            calls[0] += 1
+        elif finish is None:
             delta["content"] = text
         return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": gen.model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -186,14 +217,14 @@ async def embeddings(body: EmbeddingRequest) -> dict:
     raise embeddings_refusal(body.model)
 
 
-def _stream(gen: Generation, body: Any, chunk: Callable[[str, str | None], dict],
+def _stream(gen: Generation, body: Any, chunk: Callable[[Any, str | None], dict],
             usage_chunk: Callable[[dict], dict]) -> StreamingResponse:
     include_usage = bool((body.stream_options or {}).get("include_usage"))
 
     async def events() -> Any:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
-                if kind == "piece":
+                if kind in ("piece", "tool_call"):
                     yield sse(chunk(value, None))
                 elif kind == "done":
                     yield sse(chunk("", _FINISH.get(value.finish_reason, "stop")))

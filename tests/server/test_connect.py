@@ -62,6 +62,8 @@ def test_zed_and_tabby(tmp_path: Path) -> None:
     assert doc["theme"] == "One Dark" and "anthropic" in doc["language_models"]
     models = [m["name"] for m in doc["language_models"]["ollama"]["available_models"]]
     assert f"{CHAT}:Q4_K_M" in models and doc["agent"]["default_model"]["model"] == f"{CHAT}:Q4_K_M"
+    tools = {m["name"]: m["supports_tools"] for m in doc["language_models"]["ollama"]["available_models"]}
+    assert tools == {f"{CHAT}:Q4_K_M": True, f"{FIM}:Q4_K_M": False}  # Zed's agent needs tools on the chat model
     tabby = tmp_path / "config.toml"
     tabby.write_text('[logs]\nlevel = "debug"\n\n[server]\nendpoint = "http://old"\n')
     assert _connect("tabby", "--api-key", "tok-12345678", "--write", "--config", str(tabby)).exit_code == 0

@@ -20,11 +20,11 @@ def test_list_show_ps(served: Any) -> None:
     names = [m.model for m in client.list().models]
     assert "tiny-qwen:F16" in names and "tiny-llama:F16" in names
     fim = client.show("tiny-qwen")
-    assert "insert" in fim.capabilities and "completion" in fim.capabilities and "tools" not in fim.capabilities
+    assert "insert" in fim.capabilities and "completion" in fim.capabilities and "tools" in fim.capabilities
     assert ".Suffix" in fim.template and "<|fim_prefix|>" in fim.template
     assert fim.modelinfo["qwen2.context_length"] == 4096  # what the loaded model really has
     plain = client.show("tiny-llama:latest")
-    assert plain.capabilities == ["completion"] and ".Suffix" not in plain.template
+    assert plain.capabilities == ["completion", "tools"] and ".Suffix" not in plain.template
     assert any(m.model == "tiny-qwen:F16" for m in client.ps().models)
     version = client._request_raw("GET", "/api/version").json()["version"]
     assert tuple(int(x) for x in version.split(".")) >= (0, 6, 4)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fmgguf.errors import CancelledError, FmggufError
-from fmgguf.runtime.tools import ResponseFormat, ToolCall, ToolSpec
+from fmgguf.runtime.tool_parser import ToolCallParser
+from fmgguf.runtime.tools import ResponseFormat, ToolCall, ToolRequest, ToolSpec
 from fmgguf.server.streaming import StreamedGeneration
 
 Kind = Literal["prompt", "chat", "fim"]
@@ -84,6 +85,13 @@ class GenRequest:
     #: structured output (JSON, or JSON valid against a schema); None: free text
     response_format: ResponseFormat | None = None
 
+    def tool_request(self) -> ToolRequest | None:
+        """The runtime's view of the tool fields (None: a plain chat); InvalidRequestError if they clash."""
+        if not self.tools and self.response_format is None:
+            return None
+        return ToolRequest(self.tools, self.tool_choice if self.tools else "none", self.parallel_tool_calls,
+                           self.response_format)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -138,17 +146,27 @@ class Generation:
         self.ticket.timed_out = True
         self.streamed.stream.cancel()
 
+    def _parser(self) -> ToolCallParser | None:
+        tools = self.req.tool_request() if self.req.kind == "chat" else None
+        if tools is None or not tools.calls_allowed:
+            return None
+        return ToolCallParser(tools.callable_tools(), tools.parallel)
+
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
         """("piece", text) and ("tool_call", ToolCall) ..., then ("done", Outcome) or ("error", exc)."""
+        parser = self._parser()
         try:
             async with contextlib.aclosing(self.streamed.events()) as items:
                 async for kind, value in items:
                     if kind == "piece":
                         self._arm_time_limit()
                         if value and not self.req.warmup:
-                            yield kind, value
+                            for event in (parser.feed(value) if parser is not None else [(kind, value)]):
+                                yield event
                     elif kind == "done":
-                        outcome = self._outcome(value)
+                        for event in (parser.finish() if parser is not None else []):
+                            yield event
+                        outcome = self._outcome(value, parser)
                         self.hub.metrics.observe(self.req.dialect, outcome)
                         yield "done", outcome
                     else:
@@ -171,11 +189,16 @@ class Generation:
                     raise value
         raise CancelledError("the generation ended without a result", fix="retry the request")
 
-    def _outcome(self, result: Any) -> Outcome:
+    def _outcome(self, result: Any, parser: ToolCallParser | None = None) -> Outcome:
         reason = str(getattr(result, "finish_reason", None) or "cancelled")
         if reason == "cancelled" and self.ticket.timed_out:
             reason = "limit"
         text = "" if self.req.warmup else str(getattr(result, "text", "") or "")
+        calls: tuple[ToolCall, ...] = ()
+        if parser is not None:
+            text, calls = parser.text, tuple(parser.calls)
+            if calls and reason in ("stop", "length", "context", "limit"):
+                reason = "tool_calls"
         return Outcome(text=text, model=str(getattr(result, "model_id", None) or self.model),
                        prompt_tokens=int(getattr(result, "prompt_tokens", 0) or 0),
                        completion_tokens=0 if self.req.warmup else int(getattr(result, "completion_tokens", 0) or 0),
@@ -184,7 +207,8 @@ class Generation:
                        ttft_s=float(getattr(result, "ttft_s", 0.0) or 0.0),
                        total_s=float(getattr(result, "total_s", 0.0) or 0.0),
                        tokens_per_s=float(getattr(result, "tokens_per_s", 0.0) or 0.0), finish_reason=reason,
-                       truncated=self.ticket.truncated, stop_sequence=getattr(result, "stop_sequence", None))
+                       truncated=self.ticket.truncated, tool_calls=calls,
+                       stop_sequence=getattr(result, "stop_sequence", None))
 
 
 class _Ticket:

@@ -3,8 +3,9 @@ system, options, keep_alive), /api/chat, and /api/embed + /api/embeddings (refus
 embeds). Streaming is NDJSON, on by default as in Ollama, the last line carrying the counters.
 
 ``options.num_ctx`` does not reload a model: the context it was loaded with applies (/api/show says
-which). ``format``, ``images``, ``think`` and ``context`` are accepted and not used; ``tools`` is
-refused with a 400, as Ollama does for a model without tool support."""
+which). ``tools`` go through the model's template and come back as ``message.tool_calls``; ``format``
+("json" or a JSON schema) is enforced by a grammar. ``images``, ``think`` and ``context`` are accepted
+and not used."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_error_line, start
+from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, ToolCall, fmgguf_error_line, start
 from fmgguf.server.dialects.ollama_models import NDJSON, ndjson, now_iso
 from fmgguf.server.dialects.routing import clean_name
+from fmgguf.server.dialects.tooling import ollama_call, ollama_format, ollama_message, ollama_tools
 from fmgguf.server.schemas import MAX_PROMPT_CHARS
 from fmgguf.server.state import state_of
 
 router = APIRouter(prefix="/api", tags=["ollama"])
-_DONE = {"stop": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
+_DONE = {"stop": "stop", "tool_calls": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
 
 
 class Options(BaseModel):
@@ -55,6 +57,8 @@ class _GenBody(BaseModel):
     stream: bool = True
     keep_alive: Union[str, float, int, None] = None
     options: Options | None = None
+    #: "json" or a JSON schema: the answer is JSON (valid against the schema)
+    format: Union[str, dict[str, Any], None] = None
 
 
 class GenerateBody(_GenBody):
@@ -65,7 +69,7 @@ class GenerateBody(_GenBody):
 
 
 class ChatMessageBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # tool_calls, tool_name, tool_call_id travel as sent
     role: str
     content: str | None = ""
 
@@ -133,14 +137,18 @@ async def generate(request: Request, body: GenerateBody) -> Any:
     if not body.prompt and body.suffix is None:
         return await _load_or_unload(state, body.model, keep)
     sampling = (body.options or Options()).sampling()
+    fmt = ollama_format(body.format)
+    if fmt is not None and (body.suffix is not None or body.raw):
+        raise InvalidRequestError("format applies to chat answers, not to raw prompts or fill-in-the-middle",
+                                  fix="drop `format`, or send the prompt without raw/suffix")
     if body.suffix is not None:
         req = GenRequest("fim", "ollama", body.model, prompt=body.prompt, suffix=body.suffix, sampling=sampling,
                          stream=body.stream, keep_alive=keep, client=_client(request, body.model))
-    elif not body.raw and _has_chat_template(state, body.model):
+    elif (not body.raw and _has_chat_template(state, body.model)) or fmt is not None:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + \
                [{"role": "user", "content": body.prompt}]
         req = GenRequest("chat", "ollama", body.model, messages=tuple(msgs), sampling=sampling, stream=body.stream,
-                         keep_alive=keep)
+                         keep_alive=keep, response_format=fmt)
     else:
         text = f"{body.system}\n\n{body.prompt}" if body.system and not body.raw else body.prompt
         req = GenRequest("prompt", "ollama", body.model, prompt=text, sampling=sampling, stream=body.stream,
@@ -153,16 +161,22 @@ async def chat(request: Request, body: ChatBody) -> Any:
     """Chat with the model's template; NDJSON ``message`` deltas."""
     state = state_of(request)
     keep = keep_alive_seconds(body.keep_alive)
-    if body.tools:
-        raise InvalidRequestError(f"{clean_name(body.model) or 'this model'} does not support tools here",
-                                  fix="send the chat without `tools` (fmgguf does not run tool calls yet)")
     if not body.messages:
         return await _load_or_unload(state, body.model, keep, chat=True)
-    msgs = tuple({"role": m.role, "content": m.content or ""} for m in body.messages)
+    ids: dict[str, str] = {}
+    msgs = tuple(ollama_message(m.model_dump(), ids) for m in body.messages)
+    tools = ollama_tools(body.tools)
     req = GenRequest("chat", "ollama", body.model, messages=msgs, sampling=(body.options or Options()).sampling(),
-                     stream=body.stream, keep_alive=keep)
-    return await _respond(state, req, lambda piece: {"message": {"role": "assistant", "content": piece}},
-                          lambda: {"message": {"role": "assistant", "content": ""}})
+                     stream=body.stream, keep_alive=keep, tools=tools, tool_choice="auto" if tools else "none",
+                     response_format=ollama_format(body.format))
+    return await _respond(state, req, _chat_message, lambda: {"message": {"role": "assistant", "content": ""}})
+
+
+def _chat_message(piece: str, calls: tuple[ToolCall, ...] = ()) -> dict:
+    msg: dict[str, Any] = {"role": "assistant", "content": piece}
+    if calls:
+        msg["tool_calls"] = [ollama_call(c, i) for i, c in enumerate(calls)]
+    return {"message": msg}
 
 
 async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
@@ -170,13 +184,20 @@ async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
     created = now_iso()
     if not req.stream:
         outcome = await gen.collect()
-        return {**_final(outcome, created), **piece(outcome.text)}
+        body = piece(outcome.text, outcome.tool_calls) if outcome.tool_calls else piece(outcome.text)
+        return {**_final(outcome, created), **body}
 
     async def lines() -> Any:
+        n_calls = 0
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":
                     yield ndjson({"model": gen.model, "created_at": now_iso(), **piece(value), "done": False})
+                elif kind == "tool_call":  # Ollama sends each call in a message of its own
+                    msg = piece("", (value,))
+                    msg["message"]["tool_calls"][0]["function"]["index"] = n_calls
+                    n_calls += 1
+                    yield ndjson({"model": gen.model, "created_at": now_iso(), **msg, "done": False})
                 elif kind == "done":
                     yield ndjson({**_final(value, now_iso()), **empty()})
                 else:

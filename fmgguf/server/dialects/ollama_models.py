@@ -144,11 +144,20 @@ def show(request: Request, body: _Body) -> dict:
         info.update({f"{arch}.block_count": card.arch.n_layer, f"{arch}.embedding_length": card.arch.n_embd,
                      f"{arch}.attention.head_count": card.arch.n_head,
                      f"{arch}.attention.head_count_kv": card.arch.n_head_kv})
-    caps = ["completion"] + (["insert"] if card.fim_supported else [])
+    caps = capabilities(card)
     return {"license": card.license, "modelfile": f"# fmgguf: {card.id}:{quant}\nFROM {card.id}:{quant}\n"
             f"TEMPLATE {json.dumps(template)}\n" + "".join(f"PARAMETER {p}\n" for p in params),
             "parameters": "\n".join(params), "template": template, "details": details(card, quant),
             "model_info": info, "capabilities": caps, "modified_at": now_iso()}
+
+
+def capabilities(card: Any) -> list[str]:
+    """What a catalog model does, in Ollama's words: ``insert`` (FIM), ``tools`` (its template carries
+    them, or it chats and takes them through the generic JSON envelope; a model that cannot chat cannot)."""
+    from fmgguf.runtime.tools import tools_supported
+
+    chat = card.chat_template if card.chat_template not in (None, "none") else None
+    return ["completion"] + (["insert"] if card.fim_supported else []) + (["tools"] if tools_supported(None, chat) else [])
 
 
 def _serving_ctx(state: Any, card: Any) -> int:

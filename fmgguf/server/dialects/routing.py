@@ -168,6 +168,9 @@ def call_manager(state: Any, manager: Any, req: Any) -> tuple[Any, str, bool]:
         kw["max_tokens"] = 1
     n_ctx = _make_resident(state, manager, target, req.keep_alive, kw)
     if req.kind == "chat":
+        tools = req.tool_request()
+        if tools is not None:  # never dropped: a model that cannot take them refuses (400) in chat()
+            kw["tools"] = tools
         return manager.chat([dict(m) for m in req.messages], **kw), target.model_id, False
     if req.kind == "fim" and target.card is None:  # a bare file: the manager's own FIM tokens, no extras
         return manager.fill_in_middle(req.prompt, req.suffix, **kw), target.model_id, False

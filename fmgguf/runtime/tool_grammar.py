@@ -1,0 +1,82 @@
+"""Grammars that keep tool calls and structured output parseable (a :class:`Constraint` each).
+
+The arguments of every call follow the tool's JSON schema (llama.cpp's JSON-schema-to-GBNF converter,
+:func:`fmgguf.runtime.grammar.json_schema_to_gbnf`). The call wrapper is the template's own format:
+
+- Hermes (Qwen2.5): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one or more;
+- Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]``;
+- generic envelope: ``{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}``;
+- and, for ``auto`` in every format, the bare call objects Qwen2.5-Coder writes without tags.
+
+``auto`` is lazy: free text until a trigger (the wrapper's opening, or ``{"name"``) appears, then the
+grammar from that trigger on. ``required`` and a named tool: the wrapper from the first token.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fmgguf.runtime.constraints import Constraint
+from fmgguf.runtime.grammar import json_schema_to_gbnf
+from fmgguf.runtime.tools import ResponseFormat, ToolFormat, ToolRequest, ToolSpec
+
+#: the trigger of a bare call object (Qwen2.5-Coder's habit) and of the generic envelope
+BARE_TRIGGER = '{"name"'
+#: the bare object as the grammar can continue it (its ``space`` is at most one " ", never a newline: a
+#: pretty-printed ``{\n  "name"`` trigger would hand llama.cpp text its grammar rejects)
+BARE_TRIGGERS = (BARE_TRIGGER, '{ "name"')
+ENVELOPE_TRIGGER = '{"tool_calls"'
+_OPENERS: dict[str, tuple[str, ...]] = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",),
+                                         "generic": (ENVELOPE_TRIGGER, '{ "tool_calls"')}
+#: whitespace between the parts of a wrapper (bounded: a weak model cannot pad forever)
+_WS = 'ws ::= [ \\t\\n]{0,8}'
+
+
+def call_schema(tool: ToolSpec) -> dict:
+    """One call of ``tool`` as a JSON schema: ``{"name": <the name>, "arguments": <its parameters>}``."""
+    params = dict(tool.parameters or {})
+    if not params or (params.get("type") == "object" and not params.get("properties")
+                      and "additionalProperties" not in params):
+        params = {"type": "object"}
+    return {"type": "object", "properties": {"name": {"const": tool.name}, "arguments": params},
+            "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def tool_constraint(req: ToolRequest, fmt: ToolFormat) -> Constraint | None:
+    """The grammar for ``req``'s calls in ``fmt`` (None where no call may be made)."""
+    tools = req.callable_tools()
+    if not req.calls_allowed or not tools:
+        return None
+    schemas = [call_schema(t) for t in tools]
+    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    what = f"the parameters of tool {tools[0].name!r}" if len(tools) == 1 else "the tools' parameters"
+    call = json_schema_to_gbnf(schema, what=what, root="call")
+    many = req.parallel
+    wrapped = _wrapper(fmt, many)
+    if req.forced:
+        return Constraint("root ::= wrapped\n" + wrapped + "\n" + _WS + "\n" + call)
+    bare = 'bare ::= call' + (' (ws call)*' if many else '')
+    return Constraint("root ::= wrapped | bare\n" + wrapped + "\n" + bare + "\n" + _WS + "\n" + call,
+                      triggers=(*_OPENERS[fmt], *BARE_TRIGGERS))
+
+
+def _wrapper(fmt: ToolFormat, many: bool) -> str:
+    if fmt == "hermes":
+        one = 'hcall ::= "<tool_call>" ws call ws "</tool_call>"'
+        return one + '\nwrapped ::= hcall' + (' (ws hcall)*' if many else '')
+    more = ' (ws "," ws call)*' if many else ''
+    if fmt == "mistral":
+        return 'wrapped ::= "[TOOL_CALLS]" ws "[" ws call' + more + ' ws "]"'
+    return 'wrapped ::= "{" ws "\\"tool_calls\\"" ws ":" ws "[" ws call' + more + ' ws "]" ws "}"'
+
+
+def format_constraint(rf: ResponseFormat) -> Constraint:
+    """The grammar of a structured-output request: any JSON object, or JSON valid against the schema."""
+    if rf.kind == "json_object" or not rf.schema:
+        return Constraint(json_schema_to_gbnf({"type": "object"}, what="json_object"))
+    schema = json.loads(json.dumps(rf.schema))
+    return Constraint(json_schema_to_gbnf(schema, what=f"the response_format schema{_named(rf.name)}"))
+
+
+def _named(name: str | None) -> str:
+    return f" {name!r}" if name else ""
