@@ -335,8 +335,8 @@ class ModelManager:
         return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
 
     def count_chat_tokens(self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None,
-                          keep_alive: float | None = None) -> int:
-        """How many tokens :meth:`chat` would feed the model for ``messages`` (nothing is generated)."""
+                          keep_alive: float | None = None, tools: ToolRequest | None = None) -> int:
+        """How many tokens :meth:`chat` would feed the model for ``messages`` and ``tools`` (nothing is generated)."""
         from fmgguf.runtime.prompts import normalize_messages, render_chat
 
         msgs = normalize_messages(messages)
@@ -347,7 +347,7 @@ class ModelManager:
             engine = resident.engine
             family = resident.spec.card.chat_template if resident.spec.card is not None else None
             prompt = render_chat(msgs, template=engine.chat_template, family=family,
-                                 bos_text=engine.bos_text, eos_text=engine.eos_text)
+                                 bos_text=engine.bos_text, eos_text=engine.eos_text, tools=tools)
             return len(engine.tokenize(prompt.text, add_bos=engine.add_bos, special=True))
         finally:
             self._done(resident)

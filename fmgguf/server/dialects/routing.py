@@ -189,7 +189,8 @@ def count_tokens(state: Any, manager: Any, req: Any) -> int:
     target = resolve(state, manager, req.model, "chat")
     kw: dict[str, Any] = {}
     _make_resident(state, manager, target, req.keep_alive, kw)
-    return int(manager.count_chat_tokens([dict(m) for m in req.messages], model=kw.get("model")))
+    return int(manager.count_chat_tokens([dict(m) for m in req.messages], model=kw.get("model"),
+                                         tools=req.tool_request()))
 
 
 def _make_resident(state: Any, manager: Any, target: Target, keep_alive: float | None, kw: dict) -> int:
