@@ -259,8 +259,9 @@ async def _events(gen: Any, mid: str) -> AsyncIterator[str]:
     yield _ev("message_start", {"message": start_msg})
     yield _ev("ping", {})
     blocks = _Blocks()
-    async with contextlib.aclosing(gen.events()) as items:
-        async for kind, value in ac.heartbeat(items, PING_EVERY_S):
+    async with contextlib.aclosing(gen.events()) as items, \
+            contextlib.aclosing(ac.heartbeat(items, PING_EVERY_S)) as beats:  # closed first: it may be awaiting items
+        async for kind, value in beats:
             if kind == "heartbeat":
                 yield _ev("ping", {})
             elif kind == "piece":

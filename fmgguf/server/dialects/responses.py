@@ -277,8 +277,9 @@ async def _events(gen: Any, shell: _Shell) -> AsyncIterator[str]:
     first = shell.response("in_progress", [])
     yield st.ev("response.created", response=first)
     yield st.ev("response.in_progress", response=first)
-    async with contextlib.aclosing(gen.events()) as items:
-        async for kind, value in ac.heartbeat(items, KEEPALIVE_S):
+    async with contextlib.aclosing(gen.events()) as items, \
+            contextlib.aclosing(ac.heartbeat(items, KEEPALIVE_S)) as beats:  # closed first: it may be awaiting items
+        async for kind, value in beats:
             if kind == "heartbeat":
                 yield ": keep-alive\n\n"
             elif kind == "piece":
