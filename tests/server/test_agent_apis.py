@@ -14,6 +14,10 @@ SYSTEM = ("You are a coding agent. Read files before you edit them, keep edits s
           "each change and report what changed. ") * 10
 
 
+#: the anthropic client (2.x) has no sampling arguments any more; the API still takes them
+GREEDY = {"temperature": 0, "top_k": 1}
+
+
 def _anthropic(live: Any, key: str = "unused") -> Any:
     import anthropic
 
@@ -40,7 +44,7 @@ def _sse_events(text: str) -> list[tuple[str | None, dict]]:
 # --- Anthropic ------------------------------------------------------------------------------------
 def test_messages_text_and_usage(served: Any) -> None:
     msg = _anthropic(served).messages.create(
-        model="tiny-qwen", max_tokens=8, temperature=0, system=[{"type": "text", "text": "Answer briefly."}],
+        model="tiny-qwen", max_tokens=8, extra_body=GREEDY, system=[{"type": "text", "text": "Answer briefly."}],
         messages=[{"role": "user", "content": "Write hello world in Python."}])
     assert msg.type == "message" and msg.role == "assistant" and msg.model == "tiny-qwen"
     assert [b.type for b in msg.content] == ["text"] and msg.content[0].text
@@ -62,7 +66,7 @@ def test_messages_stream_follows_anthropics_event_grammar(served: Any) -> None:
     assert set(blocks[1:-1]) == {"content_block_delta"}
     delta = events[names.index("message_delta")][1]
     assert delta["delta"]["stop_reason"] in ("end_turn", "max_tokens") and delta["usage"]["output_tokens"] >= 1
-    with _anthropic(served).messages.stream(model="tiny-qwen", max_tokens=10, temperature=0,
+    with _anthropic(served).messages.stream(model="tiny-qwen", max_tokens=10, extra_body=GREEDY,
                                             messages=[{"role": "user", "content": "Count to five."}]) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -71,7 +75,7 @@ def test_messages_stream_follows_anthropics_event_grammar(served: Any) -> None:
 
 def test_stop_sequence_is_reported(served: Any) -> None:
     client = _anthropic(served)
-    ask = {"model": "tiny-qwen", "max_tokens": 16, "temperature": 0,
+    ask = {"model": "tiny-qwen", "max_tokens": 16, "extra_body": GREEDY,
            "messages": [{"role": "user", "content": "Write a Python function."}]}
     full = client.messages.create(**ask).content[0].text
     cut = full.strip()[len(full.strip()) // 2:][:3]
