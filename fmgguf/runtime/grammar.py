@@ -31,10 +31,42 @@ def trigger_pattern(triggers: tuple[str, ...]) -> str:
     return "^[\\s\\S]*?(" + "|".join(regex_escape(t) for t in triggers) + ")[\\s\\S]*"
 
 
-def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", root: str = "root") -> str:
+#: keywords llama-cpp-python's converter leaves out of the grammar (the value still has the right type
+#: and shape, but these bounds are not enforced)
+LOOSE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+                  "minProperties", "maxProperties", "propertyNames", "patternProperties", "dependentRequired",
+                  "dependentSchemas", "if", "then", "else", "contains", "unevaluatedProperties")
+
+
+def loose_parts(schema: Any, where: str = "$") -> list[str]:
+    """Where ``schema`` uses a keyword the grammar cannot enforce (``$.properties.n.minimum``)."""
+    out: list[str] = []
+    if isinstance(schema, Mapping):
+        for key, value in schema.items():
+            if key in ("properties", "$defs", "definitions") and isinstance(value, Mapping):
+                for name, sub in value.items():  # names here are the user's, not keywords
+                    out += loose_parts(sub, f"{where}.{key}.{name}")
+            elif key in LOOSE_KEYWORDS:
+                out.append(f"{where}.{key}")
+            elif key not in ("enum", "const", "default", "examples"):
+                out += loose_parts(value, f"{where}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            out += loose_parts(value, f"{where}[{i}]")
+    return out
+
+
+def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", root: str = "root",
+                        strict: bool = False) -> str:
     """llama.cpp's JSON-schema-to-GBNF conversion; a schema it cannot express is an InvalidRequestError
-    naming the part (never a grammar that silently accepts something else)."""
+    naming the part. Bounds it leaves out (:data:`LOOSE_KEYWORDS`) are refused the same way when
+    ``strict``; otherwise the grammar keeps the types and shape and the bounds go unchecked."""
     from fmgguf.runtime.engine import lib
+
+    loose = loose_parts(schema) if strict else []
+    if loose:
+        raise InvalidRequestError(f"{what} uses {loose[0]}, which the grammar cannot enforce",
+                                  fix="drop that keyword, or send the schema without strict")
 
     conv = lib().llama_grammar
     try:

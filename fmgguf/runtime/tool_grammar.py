@@ -29,15 +29,16 @@ ENVELOPE_TRIGGER = '{"tool_calls"'
 _OPENERS: dict[str, tuple[str, ...]] = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",),
                                          "generic": (ENVELOPE_TRIGGER, '{ "tool_calls"')}
 #: whitespace between the parts of a wrapper (bounded: a weak model cannot pad forever)
-_WS = 'ws ::= [ \\t\\n]{0,8}'
+_WS = 'ws ::= [ \\t\\n]{0,3}'
 
 
 def call_schema(tool: ToolSpec) -> dict:
     """One call of ``tool`` as a JSON schema: ``{"name": <the name>, "arguments": <its parameters>}``."""
     params = dict(tool.parameters or {})
-    if not params or (params.get("type") == "object" and not params.get("properties")
-                      and "additionalProperties" not in params):
+    if not params:  # no schema at all: any object
         params = {"type": "object"}
+    elif params.get("type") == "object" and params.get("properties") == {} and "additionalProperties" not in params:
+        params = {**params, "additionalProperties": False}  # an explicitly empty list of arguments: {}
     return {"type": "object", "properties": {"name": {"const": tool.name}, "arguments": params},
             "required": ["name", "arguments"], "additionalProperties": False}
 
@@ -75,7 +76,8 @@ def format_constraint(rf: ResponseFormat) -> Constraint:
     if rf.kind == "json_object" or not rf.schema:
         return Constraint(json_schema_to_gbnf({"type": "object"}, what="json_object"))
     schema = json.loads(json.dumps(rf.schema))
-    return Constraint(json_schema_to_gbnf(schema, what=f"the response_format schema{_named(rf.name)}"))
+    return Constraint(json_schema_to_gbnf(schema, what=f"the response_format schema{_named(rf.name)}",
+                                          strict=rf.strict))
 
 
 def _named(name: str | None) -> str:

@@ -20,8 +20,7 @@ from fmgguf.runtime.tools import ResponseFormat, ToolRequest, ToolSpec
 
 #: bounded, so a random model cannot wander off into an endless string
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["path", "n", "mode"],
-          "properties": {"path": {"type": "string", "maxLength": 6}, "n": {"type": "integer", "minimum": 0,
-                                                                            "maximum": 99},
+          "properties": {"path": {"type": "string", "maxLength": 6}, "n": {"enum": [0, 1, 7, 42]},
                          "mode": {"enum": ["r", "w"]}}}
 TOOLS = (ToolSpec("open_file", "Open a file", SCHEMA), ToolSpec("noop", "Nothing", {"type": "object", "properties": {}}))
 

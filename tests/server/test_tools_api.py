@@ -17,7 +17,7 @@ ollama = pytest.importorskip("ollama")
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["path", "n"],
           "properties": {"path": {"type": "string", "maxLength": 6},
-                         "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+                         "n": {"type": "integer", "enum": [0, 1, 2]}}}
 TOOLS = [{"type": "function", "function": {"name": "read_file", "description": "Read a file", "parameters": SCHEMA}},
          {"type": "function", "function": {"name": "list_dir", "description": "List a folder",
                                            "parameters": {"type": "object", "properties": {}}}}]
@@ -102,6 +102,9 @@ def test_ollama_takes_tools_and_tool_messages(served: Any) -> None:
      "the parameters of tool 'f' cannot be turned into a grammar"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not in `tools`"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "has no schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": {
+        "type": "object", "properties": {"n": {"type": "integer", "minimum": 3}}}}}},
+     "uses $.properties.n.minimum, which the grammar cannot enforce"),
 ])
 def test_what_cannot_work_is_a_400_naming_why(served: Any, body: dict, match: str) -> None:
     r = httpx.post(served.url + "/v1/chat/completions", json={"model": "tiny-qwen", "messages": ASK, **body}, timeout=30)

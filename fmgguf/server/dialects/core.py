@@ -178,14 +178,12 @@ class Generation:
             self.hub.forget(self.ticket)
 
     async def collect(self) -> Outcome:
-        parts: list[str] = []
+        """The whole answer (its text and tool calls are in the Outcome)."""
         async with contextlib.aclosing(self.events()) as items:
             async for kind, value in items:
-                if kind == "piece":
-                    parts.append(value)
-                elif kind == "done":
+                if kind == "done":
                     return value
-                else:
+                if kind == "error":
                     raise value
         raise CancelledError("the generation ended without a result", fix="retry the request")
 
