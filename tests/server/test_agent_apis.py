@@ -201,3 +201,20 @@ def test_responses_refuse_server_state(served: Any) -> None:
         with pytest.raises(openai.BadRequestError) as info:
             _openai(served).responses.create(model="tiny-qwen", input="hi", **extra)
         assert "this server keeps none" in str(info.value)
+
+
+def test_forced_tool_use_streamed_and_not(served: Any) -> None:
+    """tool_choice any: a tool_use block with schema-valid input, streamed (input_json_delta) and not."""
+    tools = [{"name": "run", "description": "Run a workflow", "input_schema": {
+        "type": "object", "properties": {"target": {"enum": ["build", "test"]}}, "required": ["target"],
+        "additionalProperties": False}}]
+    ask = {"model": "tiny-qwen", "max_tokens": 200, "tools": tools, "tool_choice": {"type": "any"},
+           "messages": [{"role": "user", "content": "Run the build."}], "extra_body": GREEDY}
+    msg = _anthropic(served).messages.create(**ask)
+    assert msg.stop_reason == "tool_use", msg
+    call = next(b for b in msg.content if b.type == "tool_use")
+    assert call.name == "run" and call.input["target"] in ("build", "test") and call.id.startswith("call_") or call.id
+    with _anthropic(served).messages.stream(**ask) as stream:
+        final = stream.get_final_message()
+    streamed = next(b for b in final.content if b.type == "tool_use")
+    assert final.stop_reason == "tool_use" and streamed.input == call.input
