@@ -26,6 +26,7 @@ import pytest
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 TASK = "In hello.py the greeting is misspelled: change the string 'helo' to 'hello'. Edit the file, nothing else."
 HELLO = 'def greet():\n    return "helo"\n'
+SYSTEM = "You are a coding agent. Change files with the Edit tool."
 
 
 def _cache() -> Path:
@@ -111,10 +112,13 @@ def test_claude_code_finishes_an_edit_without_api_errors(clis: object, server: S
     model = qwen_path.name
     env.update({"ANTHROPIC_BASE_URL": str(server.url), "ANTHROPIC_AUTH_TOKEN": "fmgguf", "ANTHROPIC_MODEL": model,
                 "ANTHROPIC_DEFAULT_HAIKU_MODEL": model, "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
-                "ANTHROPIC_DEFAULT_OPUS_MODEL": model, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "1024",
+                "ANTHROPIC_DEFAULT_OPUS_MODEL": model, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "400",
                 "API_TIMEOUT_MS": "900000", "IS_SANDBOX": "1"})
     t0 = time.monotonic()
-    r = subprocess.run([str(clis.claude), "-p", TASK, "--output-format", "json", "--max-turns", "3",  # type: ignore[attr-defined]
+    # --bare, a one-line system prompt and two tools keep the prompt near 1k tokens (the full Claude Code prompt
+    # is ~12k: minutes of prefill per run on two cores); two turns: a tool_use, then its tool_result sent back
+    r = subprocess.run([str(clis.claude), "-p", TASK, "--output-format", "json", "--max-turns", "2",  # type: ignore[attr-defined]
+                        "--bare", "--system-prompt", SYSTEM, "--tools", "Read,Edit",
                         "--permission-mode", "acceptEdits", "--model", model],
                        cwd=work, env=env, capture_output=True, text=True, timeout=1500, stdin=subprocess.DEVNULL)
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -141,8 +145,12 @@ def test_codex_finishes_an_edit_without_api_errors(clis: object, server: Serve, 
         f'[model_providers.fmgguf]\nname = "fmgguf"\nbase_url = "{server.url}/v1"\nwire_api = "responses"\n'
         'request_max_retries = 0\nstream_max_retries = 0\nstream_idle_timeout_ms = 900000\n', encoding="utf-8")
     t0 = time.monotonic()
+    (home / "instructions.md").write_text(SYSTEM.replace("the Edit tool", "exec_command (sed, python)") + "\n")
+    # a one-line base prompt and no web search / sub-agent / goal tools keep the prompt near 2.5k tokens
     r = subprocess.run([str(clis.codex), "exec", "-p", "fmgguf", "--skip-git-repo-check", "--json",  # type: ignore[attr-defined]
-                        "--sandbox", "workspace-write", TASK],
+                        "--sandbox", "workspace-write", "-c", f'model_instructions_file="{home / "instructions.md"}"',
+                        "-c", 'web_search="disabled"', "-c", "features.multi_agent=false", "-c", "features.goals=false",
+                        TASK],
                        cwd=work, env=quiet_env(home), capture_output=True, text=True, timeout=1500,
                        stdin=subprocess.DEVNULL)
     took = time.monotonic() - t0
