@@ -218,3 +218,19 @@ def test_forced_tool_use_streamed_and_not(served: Any) -> None:
         final = stream.get_final_message()
     streamed = next(b for b in final.content if b.type == "tool_use")
     assert final.stop_reason == "tool_use" and streamed.input == call.input
+
+
+def test_responses_forced_function_call_streamed_and_not(served: Any) -> None:
+    tools = [{"type": "function", "name": "run", "description": "Run a workflow", "parameters": {
+        "type": "object", "properties": {"target": {"enum": ["build", "test"]}}, "required": ["target"],
+        "additionalProperties": False}}]
+    ask = {"model": "tiny-qwen", "tools": tools, "tool_choice": "required", "max_output_tokens": 200,
+           "temperature": 0, "input": "Run the build."}
+    out = _openai(served).responses.create(**ask)
+    call = next(item for item in out.output if item.type == "function_call")
+    assert call.name == "run" and json.loads(call.arguments)["target"] in ("build", "test") and call.call_id
+    events = list(_openai(served).responses.create(**ask, stream=True))
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
+    done = next(e for e in events if e.type == "response.output_item.done" and e.item.type == "function_call")
+    assert json.loads(done.item.arguments) == json.loads(call.arguments) and kinds[-1] == "response.completed"
