@@ -126,6 +126,9 @@ class Settings:
     max_loaded_models: int = 3
     #: default context length when the caller gives none
     default_ctx: int = 4096
+    #: host RAM per loaded model for saved KV states of earlier prompts, so an agent's next turn or
+    #: next conversation starts from its cached system prompt (FMGGUF_PROMPT_CACHE_BYTES; 0 = off)
+    prompt_cache_bytes: int = 1024**3
     #: the model `fmgguf run`/`serve` use when none is named
     default_model: str | None = None
     default_quant: str = "Q4_K_M"
@@ -206,6 +209,8 @@ class Settings:
             values["max_rate"] = env["FMGGUF_MAX_RATE"]
         if env.get("FMGGUF_VRAM"):
             values["vram_override"] = env["FMGGUF_VRAM"]
+        if env.get("FMGGUF_PROMPT_CACHE_BYTES"):
+            values["prompt_cache_bytes"] = env["FMGGUF_PROMPT_CACHE_BYTES"]
         for name, key in (("FMGGUF_KEEP_ALIVE", "keep_alive"), ("FMGGUF_THREADS", "n_threads"),
                           ("FMGGUF_CTX", "default_ctx"), ("FMGGUF_VRAM_MARGIN", "vram_margin"),
                           ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers")):
@@ -243,7 +248,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     try:
-        for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory"):
+        for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory", "prompt_cache_bytes"):
             if key in out and out[key] is not None:
                 out[key] = parse_size(out[key], key)
         for key in ("download_retries", "default_ctx", "bench_workers", "n_threads", "max_loaded_models"):

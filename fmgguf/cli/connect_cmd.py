@@ -18,8 +18,9 @@ import click
 
 from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app
 from fmgguf.errors import ConfigError
+from fmgguf.server.agent_config import AGENTS
 
-TOOL_CHOICES = ("continue", "llama.vscode", "zed", "copilot", "tabby")
+TOOL_CHOICES = ("continue", "llama.vscode", "zed", "copilot", "tabby", "claude-code", "codex", "opencode", "aider")
 
 
 @click.command("connect")
@@ -35,7 +36,7 @@ TOOL_CHOICES = ("continue", "llama.vscode", "zed", "copilot", "tabby")
 @pass_app
 def connect_cmd(app: AppContext, tool: str, url: str, fim_model: str | None, chat_model: str | None,
                 api_key: str | None, write: bool, config_path: Path | None, as_json: bool) -> None:
-    """Print (or --write) the config that points TOOL at this fmgguf server."""
+    """Print (or --write) the config that points TOOL (an editor or a coding agent) at this fmgguf server."""
     from fmgguf.server.editor_config import Roles, config_for, pick_roles
 
     if not re.match(r"^https?://[^\s/]+", url):
@@ -43,18 +44,46 @@ def connect_cmd(app: AppContext, tool: str, url: str, fim_model: str | None, cha
     roles = pick_roles(app.catalog, _downloaded(app), url.rstrip("/"), api_key, settings=app.settings)
     roles = Roles(roles.base_url, _checked(app, fim_model, fim=True) or roles.fim,
                   _checked(app, chat_model, fim=False) or roles.chat, api_key, roles.n_ctx)
-    cfg = config_for(tool, roles)
+    if tool in AGENTS:
+        cfg, ctx_note = _agent_config(app, tool, roles)
+    else:
+        cfg, ctx_note = config_for(tool, roles), None
     target = config_path or cfg.path
     backup = merge_into(target, cfg.fmt, cfg.data) if write else None
     if as_json:
-        emit_json({**cfg.as_dict(), "path": str(target), "written": write, "backup": str(backup) if backup else None})
+        emit_json({**cfg.as_dict(), "path": str(target), "written": write, "backup": str(backup) if backup else None,
+                   "context_note": ctx_note})
         return
     click.echo(f"# {cfg.title}: {target}")
     click.echo(cfg.text().rstrip())
-    for note in cfg.notes:
+    for note in cfg.notes + ((ctx_note,) if ctx_note else ()):
         click.echo(f"# note: {note}", err=True)
     if write:
         click.echo(f"merged into {target}" + (f" (backup: {backup})" if backup else " (new file)"), err=True)
+
+
+def _agent_config(app: AppContext, tool: str, roles: Any) -> tuple[Any, str | None]:
+    """An agent's config, announcing the context the fit plan allows for the chat model (>= 32k where it fits)."""
+    from fmgguf.server.agent_config import BUILDERS, agent_context
+    from fmgguf.server.editor_config import Roles
+
+    note = None
+    if roles.chat:
+        card, quant = app.catalog.resolve(roles.chat)
+        path = _local_file(app, card.id, quant)
+        ctx = agent_context(app.settings, card, quant, path)
+        roles, note = Roles(roles.base_url, roles.fim, roles.chat, roles.api_key, ctx.n_ctx), ctx.note
+    return BUILDERS[tool](roles), note
+
+
+def _local_file(app: AppContext, model_id: str, quant: str) -> Path | None:
+    from fmgguf.download import ModelDownloader
+    from fmgguf.errors import FmggufError
+
+    try:
+        return Path(ModelDownloader(app.settings, catalog=app.catalog).model_path(model_id, quant))
+    except FmggufError:
+        return None
 
 
 def _downloaded(app: AppContext) -> list[tuple[str, str]]:
@@ -170,14 +199,20 @@ def _merge_toml(old: str, data: dict, path: Path) -> str:
         tomllib.loads(old)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})", fix="fix or move the file; nothing was changed") from None
-    lines, skip = [], False
+    top, tables, skip, in_table = [], [], False, False
     for line in old.splitlines():
         header = re.match(r"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
         if header:
-            skip = header.group(1).strip() in data
-        if not skip:
-            lines.append(line)
-    block = EditorConfig("", "", path, "toml", data).text()
-    text = ("\n".join(lines).rstrip() + "\n\n" if any(ln.strip() for ln in lines) else "") + block
+            in_table, skip = True, header.group(1).strip() in data
+        key = re.match(r"^\s*([A-Za-z0-9_-]+)\s*=", line)
+        if not in_table and not (key and key.group(1) in data):  # our top-level keys are replaced
+            top.append(line)
+        elif in_table and not skip:
+            tables.append(line)
+    ours = EditorConfig("", "", path, "toml", data).text()
+    mine_top, _, mine_tables = ours.partition("\n[") if not ours.startswith("[") else ("", "", ours[1:])
+    text = "\n".join(ln for ln in [*top, mine_top.rstrip("\n")] if ln is not None).strip("\n")
+    text = (text + "\n\n" if text else "") + "\n".join(tables).strip("\n")
+    text = text.rstrip("\n") + ("\n\n[" + mine_tables if mine_tables else "\n")
     tomllib.loads(text)  # what we write must read back
     return text

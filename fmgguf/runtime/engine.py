@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import dataclasses
 import gc
 import logging
 import random
@@ -95,6 +96,8 @@ class LoadOptions:
     swa_full: bool | None = None
     #: RPC workers ("host:port") attached before loading, in tensor_split order (ahead of local GPUs)
     rpc_servers: tuple[str, ...] | None = None
+    #: host RAM for saved KV states of earlier prompts (runtime.prompt_cache; 0 = no cache)
+    prompt_cache_bytes: int = 0
 
     def llama_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -150,6 +153,10 @@ class GenerationStats:
     first_token_at: float | None = None
     finished_at: float | None = None
     cached_tokens: int = 0
+    #: of ``cached_tokens``, those restored from the host-RAM prompt cache
+    restored_tokens: int = 0
+    #: the stop string that ended the generation (None: another reason)
+    stop_sequence: str | None = None
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -167,6 +174,8 @@ class Engine:
             from fmgguf.runtime.rpc import attach_workers
 
             attach_workers(options.rpc_servers)
+        from fmgguf.runtime.prompt_state import PromptStates  # noqa: PLC0415 - it imports lib() from here
+
         listener = LoadListener(progress)
         _ROUTER.add(listener)
         started = time.perf_counter()
@@ -199,6 +208,7 @@ class Engine:
         self.add_bos = bool(llm._model.add_bos_token())
         self.bos_text = self.token_text(self.bos_id) if self.bos_id >= 0 else ""
         self.eos_text = self.token_text(self.eos_id) if self.eos_id >= 0 else ""
+        self.prompt_states = PromptStates(options.prompt_cache_bytes) if options.prompt_cache_bytes > 0 else None
         listener.report("ready", 1.0)
 
     # --- facts ---------------------------------------------------------------------------------
@@ -297,6 +307,8 @@ class Engine:
         pending = ""
         # KV prefix reuse: what the context already holds for the start of this prompt is kept, only
         # the rest is decoded (an editor's next FIM request on the same file differs near the cursor)
+        if self.prompt_states is not None:  # agents: an earlier conversation's state, from host RAM
+            stats.restored_tokens = self.prompt_states.prepare(llm, tokens)
         stats.cached_tokens = cached = self._keep_common_prefix(llm, tokens)
         if constraint is not None:
             from fmgguf.runtime.grammar import SamplerParams, sampler_chain
@@ -330,6 +342,7 @@ class Engine:
                         pending += text
                         cut = _find_stop(pending, stops)
                         if cut is not None:
+                            stats.stop_sequence = next(s for s in stops if pending.find(s) == cut)
                             if pending[:cut]:
                                 yield pending[:cut]
                             pending = ""
@@ -362,6 +375,10 @@ class Engine:
         tail = pending + decoder.decode(b"", final=True)
         if tail and finish != "cancelled":
             yield tail
+
+    def prompt_cache_stats(self) -> dict[str, int]:
+        """The host-RAM prompt cache's counters (empty without one)."""
+        return {} if self.prompt_states is None else dataclasses.asdict(self.prompt_states.cache.stats())
 
     @staticmethod
     def _keep_common_prefix(llm: Any, tokens: Sequence[int]) -> int:

@@ -32,6 +32,10 @@ class GenerationResult:
     #: fill-in-the-middle only: why the middle ended: "suffix" | "indent" | "n_indent" | "time" (cut by
     #: :mod:`fmgguf.runtime.fim_stop`), else "eos" | "length" | "context" | "cancelled"
     stop_reason: str | None = None
+    #: of ``cached_tokens``, those restored from the host-RAM prompt cache (runtime.prompt_cache)
+    restored_tokens: int = 0
+    #: the stop string that ended the generation (None: an end-of-generation token or another reason)
+    stop_sequence: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

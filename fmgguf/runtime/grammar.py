@@ -72,7 +72,7 @@ def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", roo
     conv = lib().llama_grammar
     try:
         converter = conv.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-        resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
+        resolved = converter.resolve_refs(any_where_typeless(json.loads(json.dumps(schema))), "input")
         converter.visit(resolved, "" if root == "root" else root)
         gbnf = _pretty_space(_no_control_chars(converter.format_grammar()))
     except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, AssertionError,
@@ -81,6 +81,39 @@ def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", roo
                                   fix="simplify that part of the JSON schema (no remote $ref, no unsupported "
                                       "keywords)") from None
     return gbnf
+
+
+#: keywords that only describe a schema: a sub-schema of nothing else accepts any JSON value
+_ANNOTATIONS = frozenset({"description", "title", "examples", "default", "$comment", "deprecated", "readOnly",
+                          "writeOnly"})
+_ANY = ["object", "array", "string", "number", "boolean", "null"]
+#: length bounds above this are left out: the converter spells a bound out as that many nested rules
+#: (Claude Code's Workflow tool has maxLength 524288: a 4 MB grammar that overflows llama.cpp's stack)
+MAX_SPELLED_BOUND = 256
+_BOUNDS = ("maxLength", "minLength", "maxItems", "minItems")
+
+
+def any_where_typeless(schema: Any) -> Any:
+    """``schema`` with every sub-schema that holds only annotations (``{"description": ...}``, ``{}``) made
+    an explicit "any JSON value": JSON Schema's meaning, which llama-cpp-python's converter rejects
+    ("Unrecognized schema") or narrows to objects. Claude Code's tools have such parameters. Length
+    bounds above :data:`MAX_SPELLED_BOUND` are left unchecked (the grammar would not fit the stack)."""
+    if not isinstance(schema, Mapping):
+        return schema
+    if not set(schema) - _ANNOTATIONS:
+        return {**schema, "type": list(_ANY)}
+    out = {k: v for k, v in schema.items()
+           if not (k in _BOUNDS and isinstance(v, int) and v > MAX_SPELLED_BOUND)}
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = {name: any_where_typeless(sub) for name, sub in out[key].items()}
+    for key in ("items", "additionalProperties", "not", "contains"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = any_where_typeless(out[key])
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(out.get(key), list):
+            out[key] = [any_where_typeless(sub) for sub in out[key]]
+    return out
 
 
 def _no_control_chars(gbnf: str) -> str:

@@ -241,7 +241,8 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
                        flash_attn=flash, type_k=type_k, type_v=type_v,
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),
                        split_mode=options.get("split_mode"),
-                       rpc_servers=tuple(w.endpoint for w in request.workers) or None)
+                       rpc_servers=tuple(w.endpoint for w in request.workers) or None,
+                       prompt_cache_bytes=int(s.prompt_cache_bytes))
     return opts, plan
 
 

@@ -338,6 +338,24 @@ class ModelManager:
                     constraint)
         return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
 
+    def count_chat_tokens(self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None,
+                          keep_alive: float | None = None, tools: ToolRequest | None = None) -> int:
+        """How many tokens :meth:`chat` would feed the model for ``messages`` and ``tools`` (nothing is generated)."""
+        from fmgguf.runtime.prompts import normalize_messages, render_chat
+
+        msgs = normalize_messages(messages)
+        self._acquire()
+        resident = None
+        try:
+            resident = self._selected(keep_alive) if model is None else self._resident(model, keep_alive, {})
+            engine = resident.engine
+            family = resident.spec.card.chat_template if resident.spec.card is not None else None
+            prompt = render_chat(msgs, template=engine.chat_template, family=family,
+                                 bos_text=engine.bos_text, eos_text=engine.eos_text, tools=tools)
+            return len(engine.tokenize(prompt.text, add_bos=engine.add_bos, special=True))
+        finally:
+            self._done(resident)
+
     def fill_in_middle(self, prefix: str, suffix: str, max_tokens: int | None = 256, temperature: float = 0.2,
                        top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
                        stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
@@ -416,7 +434,8 @@ class ModelManager:
                                     total_s=round(end - started, 6),
                                     finish_reason="stop" if cutter is not None and cutter.stopped else reason,
                                     model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens,
-                                    stop_reason=why)
+                                    stop_reason=why, restored_tokens=stats.restored_tokens,
+                                    stop_sequence=stats.stop_sequence)
 
         used = resident
         gs = GenerationStream(pieces, finish, lambda: self._done(used), cancel)

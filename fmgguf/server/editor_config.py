@@ -42,9 +42,11 @@ class EditorConfig:
             import yaml
 
             return yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
-        if self.fmt == "toml":
-            return "".join(f"[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-                           for table, values in self.data.items())
+        if self.fmt == "toml":  # top-level keys first, then one [table] per dict value
+            top = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.data.items() if not isinstance(v, dict))
+            tables = "".join(f"\n[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+                             for table, values in self.data.items() if isinstance(values, dict))
+            return (top + tables).lstrip("\n")
         return json.dumps(self.data, indent=2, ensure_ascii=False) + "\n"
 
     def as_dict(self) -> dict[str, Any]:

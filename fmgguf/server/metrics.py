@@ -45,6 +45,8 @@ class Metrics:
         self.ttft: dict[str, Histogram] = {}
         self.tps: dict[str, Histogram] = {}
         self.superseded = 0
+        #: generations that started from a KV state restored from the host-RAM prompt cache
+        self.prompt_cache_hits = 0
         #: runner crashes that reached a request (the runner is started again on the next one)
         self.runner_crashes = 0
 
@@ -58,6 +60,9 @@ class Metrics:
             self.tokens["prompt"] += outcome.prompt_tokens
             self.tokens["completion"] += outcome.completion_tokens
             self.tokens["cached"] += outcome.cached_tokens
+            self.tokens["restored"] += outcome.restored_tokens
+            if outcome.restored_tokens:
+                self.prompt_cache_hits += 1
             self.ttft.setdefault(dialect, Histogram(TTFT_BUCKETS)).observe(outcome.ttft_s)
             if outcome.completion_tokens > 1:
                 self.tps.setdefault(dialect, Histogram(TPS_BUCKETS)).observe(outcome.tokens_per_s)
@@ -85,8 +90,13 @@ class Metrics:
             out += _help("fmgguf_generations_total", "counter", "finished generations by API dialect and finish reason")
             out += [f'fmgguf_generations_total{{dialect="{d}",finish="{f}"}} {n}'
                     for (d, f), n in sorted(self.generations.items())]
-            out += _help("fmgguf_tokens_total", "counter", "tokens: prompt, completion, and prompt tokens reused from the KV cache")
-            out += [f'fmgguf_tokens_total{{kind="{k}"}} {self.tokens.get(k, 0)}' for k in ("prompt", "completion", "cached")]
+            out += _help("fmgguf_tokens_total", "counter", "tokens: prompt, completion, prompt tokens reused from the "
+                         "KV cache (cached), and of those the ones restored from the host-RAM prompt cache (restored)")
+            out += [f'fmgguf_tokens_total{{kind="{k}"}} {self.tokens.get(k, 0)}'
+                    for k in ("prompt", "completion", "cached", "restored")]
+            out += _help("fmgguf_prompt_cache_hits_total", "counter",
+                         "generations that started from a KV state restored from the host-RAM prompt cache")
+            out.append(f"fmgguf_prompt_cache_hits_total {self.prompt_cache_hits}")
             out += _help("fmgguf_time_to_first_token_seconds", "histogram", "seconds from request to first token")
             for d, h in sorted(self.ttft.items()):
                 out += h.lines("fmgguf_time_to_first_token_seconds", f'dialect="{d}"')

@@ -42,7 +42,9 @@ _FINISH = {"stop": "stop", "tool_calls": "tool_calls", "length": "length", "cont
 
 def _usage(result: Any) -> dict:
     p, c = int(getattr(result, "prompt_tokens", 0) or 0), int(getattr(result, "completion_tokens", 0) or 0)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    cached = int(getattr(result, "cached_tokens", 0) or 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _local_quants(state: ServerState) -> dict[str, list[str]]:

@@ -104,10 +104,54 @@ def test_api_connect_picks_roles_from_downloaded_models(served: Any) -> None:
     assert r.status_code == 400
 
 
-@pytest.mark.parametrize("tool", ["continue", "zed", "copilot", "tabby", "llama.vscode"])
+@pytest.mark.parametrize("tool", ["continue", "zed", "copilot", "tabby", "llama.vscode", "claude-code", "codex", "opencode",
+                                  "aider"])
 def test_printed_config_parses(tool: str) -> None:
     r = _connect(tool, "--fim-model", FIM, "--chat-model", CHAT, "--json")
     data = json.loads(r.output)
     text = data["text"]
     parsed = {"yaml": yaml.safe_load, "json": json.loads, "toml": tomllib.loads}[data["format"]](text)
     assert parsed
+
+
+# --- coding agents ---------------------------------------------------------------------------------
+AGENT_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+def test_claude_code_env_merges_into_its_settings(tmp_path: Path) -> None:
+    cfg = tmp_path / "settings.json"
+    cfg.write_text('{"theme": "dark", "env": {"MY_VAR": "1"}}', encoding="utf-8")
+    r = _connect("claude-code", "--chat-model", AGENT_MODEL, "--api-key", "k-12345678", "--write", "--config", str(cfg))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(cfg.read_text())
+    env = doc["env"]
+    assert doc["theme"] == "dark" and env["MY_VAR"] == "1"
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8000" and env["ANTHROPIC_AUTH_TOKEN"] == "k-12345678"
+    assert env["ANTHROPIC_MODEL"] == env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == f"{AGENT_MODEL}:Q4_K_M"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert "context 32768" in r.output and "FMGGUF_CTX=32768 fmgguf serve" in r.output  # what the fit plan allows
+
+
+def test_codex_profile_speaks_responses(tmp_path: Path) -> None:
+    cfg = tmp_path / "fmgguf.config.toml"
+    cfg.write_text('approval_policy = "never"\nmodel = "gpt-5"\n\n[model_providers.fmgguf]\nname = "stale"\n')
+    for _ in range(2):
+        r = _connect("codex", "--chat-model", AGENT_MODEL, "--url", "http://127.0.0.1:9000", "--write", "--config", str(cfg))
+        assert r.exit_code == 0, r.output
+    doc = tomllib.loads(cfg.read_text())
+    assert doc["approval_policy"] == "never" and doc["model"] == f"{AGENT_MODEL}:Q4_K_M"
+    assert doc["model_provider"] == "fmgguf" and doc["model_context_window"] == 32768
+    provider = doc["model_providers"]["fmgguf"]
+    assert provider["wire_api"] == "responses" and provider["base_url"] == "http://127.0.0.1:9000/v1"
+
+
+def test_opencode_and_aider_carry_the_context(tmp_path: Path) -> None:
+    oc = tmp_path / "opencode.json"
+    assert _connect("opencode", "--chat-model", AGENT_MODEL, "--write", "--config", str(oc)).exit_code == 0
+    provider = json.loads(oc.read_text())["provider"]["fmgguf"]
+    assert provider["options"]["baseURL"] == "http://127.0.0.1:8000/v1"
+    assert provider["models"][f"{AGENT_MODEL}:Q4_K_M"]["limit"]["context"] == 32768
+    meta = tmp_path / ".aider.model.metadata.json"
+    r = _connect("aider", "--chat-model", AGENT_MODEL, "--write", "--config", str(meta))
+    assert r.exit_code == 0 and "--openai-api-base http://127.0.0.1:8000/v1" in r.output
+    assert json.loads(meta.read_text())[f"openai/{AGENT_MODEL}:Q4_K_M"]["max_input_tokens"] == 32768

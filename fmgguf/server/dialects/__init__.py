@@ -5,6 +5,8 @@
 - ``llamacpp``: /infill, /completion, /health (llama.vscode, llama.vim, Continue's llama.cpp provider);
 - ``mistral``: /v1/fim/completions (minuet-ai.nvim, Tabby's mistral backend);
 - ``tabby``: /v1/health, /v1/events, and Tabby's ``segments`` body on /v1/completions;
+- ``anthropic``: /v1/messages and /v1/messages/count_tokens (Claude Code, the ``anthropic`` client);
+- ``responses``: OpenAI's /v1/responses, stateless (Codex CLI, ``openai``'s ``responses.create``);
 - the OpenAI API lives in server/routes_openai.py, the seed REST in server/routes_models.py.
 
 ``routing.call_manager`` is the one function that calls the ModelManager.
@@ -19,6 +21,8 @@ OLLAMA_PATHS = frozenset(f"/api/{p}" for p in ("version", "tags", "ps", "show", 
                                                 "delete", "embed", "embeddings", "copy", "create", "push"))
 #: llama.cpp server paths: errors as ``{"error": {"code", "message", "type"}}``
 LLAMA_PATHS = frozenset({"/infill", "/completion", "/health", "/metrics"})
+#: Anthropic paths: errors as ``{"type": "error", "error": {"type", "message"}}``
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 
 
 def error_body(path: str, status: int, payload: dict) -> dict | None:
@@ -26,6 +30,10 @@ def error_body(path: str, status: int, payload: dict) -> dict | None:
     line = payload.get("message", "")
     if payload.get("fix"):
         line = f"{line} — {payload['fix']}"
+    if path in ANTHROPIC_PATHS:
+        from fmgguf.server.dialects.anthropic import error_body as anthropic_error
+
+        return anthropic_error(status, line)
     if path in OLLAMA_PATHS:
         return {"error": line, "type": payload.get("error"), "fix": payload.get("fix")}
     if path in LLAMA_PATHS:
@@ -39,10 +47,10 @@ def install(app: Any) -> None:
     from fastapi import Request
     from fastapi.responses import PlainTextResponse
 
-    from fmgguf.server.dialects import llamacpp, mistral, ollama, ollama_models, tabby
+    from fmgguf.server.dialects import anthropic, llamacpp, mistral, ollama, ollama_models, responses, tabby
     from fmgguf.server.dialects.core import hub_of
 
-    for module in (ollama_models, ollama, llamacpp, mistral, tabby):
+    for module in (ollama_models, ollama, llamacpp, mistral, tabby, anthropic, responses):
         app.include_router(module.router)
     from fmgguf.server.connect_routes import router as connect_router
 

@@ -105,6 +105,8 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    #: of ``cached_tokens``, those restored from the host-RAM prompt cache
+    restored_tokens: int = 0
     ttft_s: float = 0.0
     total_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -116,6 +118,8 @@ class Outcome:
     truncated: bool = False
     #: the calls the model made (``text`` is then the visible text around them, often empty)
     tool_calls: tuple[ToolCall, ...] = ()
+    #: the stop string that ended the generation, if one did
+    stop_sequence: str | None = None
 
     @property
     def prompt_s(self) -> float:
@@ -204,11 +208,12 @@ class Generation:
                        prompt_tokens=int(getattr(result, "prompt_tokens", 0) or 0),
                        completion_tokens=0 if self.req.warmup else int(getattr(result, "completion_tokens", 0) or 0),
                        cached_tokens=int(getattr(result, "cached_tokens", 0) or 0),
+                       restored_tokens=int(getattr(result, "restored_tokens", 0) or 0),
                        ttft_s=float(getattr(result, "ttft_s", 0.0) or 0.0),
                        total_s=float(getattr(result, "total_s", 0.0) or 0.0),
                        tokens_per_s=float(getattr(result, "tokens_per_s", 0.0) or 0.0), finish_reason=reason,
                        truncated=self.ticket.truncated, stop_reason=getattr(result, "stop_reason", None),
-                       tool_calls=calls)
+                       tool_calls=calls, stop_sequence=getattr(result, "stop_sequence", None))
 
 
 class _Ticket:

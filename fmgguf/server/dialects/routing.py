@@ -198,6 +198,15 @@ def call_manager(state: Any, manager: Any, req: Any) -> tuple[Any, str, bool]:
     return manager.generate_text(req.prompt, **kw), target.model_id, False
 
 
+def count_tokens(state: Any, manager: Any, req: Any) -> int:
+    """The prompt length of chat request ``req`` in its model's tokens (no generation)."""
+    target = resolve(state, manager, req.model, "chat")
+    kw: dict[str, Any] = {}
+    _make_resident(state, manager, target, req.keep_alive, kw)
+    return int(manager.count_chat_tokens([dict(m) for m in req.messages], model=kw.get("model"),
+                                         tools=req.tool_request()))
+
+
 def _make_resident(state: Any, manager: Any, target: Target, keep_alive: float | None, kw: dict) -> int:
     """Load ``target`` if needed (beside the other resident models where the manager keeps several);
     returns its context length. ``keep_alive`` is Ollama's: None default, inf forever, 0 the default too."""
