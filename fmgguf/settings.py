@@ -124,6 +124,8 @@ class Settings:
     #: models resident at once; loading one more evicts the least recently used unpinned model
     #: (FMGGUF_MAX_LOADED_MODELS; the fit plan's memory check can evict earlier)
     max_loaded_models: int = 3
+    #: streams one model's runner takes at once (FMGGUF_PARALLEL); more wait in the model's queue
+    parallel: int = 4
     #: default context length when the caller gives none
     default_ctx: int = 4096
     #: the model `fmgguf run`/`serve` use when none is named
@@ -196,6 +198,7 @@ class Settings:
         env_str("FMGGUF_RPC", "rpc")
         env_str("FMGGUF_ISOLATION", "isolation")
         env_str("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models")
+        env_str("FMGGUF_PARALLEL", "parallel")
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
         if token:
             values["hf_token"] = token
@@ -246,7 +249,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory"):
             if key in out and out[key] is not None:
                 out[key] = parse_size(out[key], key)
-        for key in ("download_retries", "default_ctx", "bench_workers", "n_threads", "max_loaded_models"):
+        for key in ("download_retries", "default_ctx", "bench_workers", "n_threads", "max_loaded_models", "parallel"):
             if key in out and out[key] is not None:
                 out[key] = int(out[key])
         for key in ("keep_alive", "bench_timeout"):
@@ -258,6 +261,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"bad setting value: {exc}", fix="check the config file and FMGGUF_* variables") from None
     if out.get("isolation") not in (None, "process", "inprocess"):
         raise ConfigError(f"isolation {out['isolation']!r} is unknown", fix="set FMGGUF_ISOLATION to process or inprocess")
+    if out.get("parallel") is not None and int(out["parallel"]) < 1:
+        raise ConfigError("parallel must be at least 1", fix="set FMGGUF_PARALLEL to 1 or more")
     if out.get("max_loaded_models") is not None and int(out["max_loaded_models"]) < 1:
         raise ConfigError("max_loaded_models must be at least 1", fix="set FMGGUF_MAX_LOADED_MODELS to 1 or more")
     if out.get("hf_endpoint"):

@@ -199,9 +199,21 @@ class Engine:
         listener.report("ready", 1.0)
 
     # --- facts ---------------------------------------------------------------------------------
+    #: :class:`~fmgguf.runtime.engine_api.EngineAPI` facts: this process, one stream at a time, token ids
+    pid: int | None = None
+    slots: int = 1
+    tokenizes_in_stream: bool = False
+
     @property
     def closed(self) -> bool:
         return self._llama is None
+
+    @property
+    def alive(self) -> bool:
+        return self._llama is not None
+
+    def failure(self) -> None:  # in-process, llama.cpp fails by raising (or takes this process with it)
+        return None
 
     @property
     def chat_template(self) -> str | None:
@@ -265,8 +277,9 @@ class Engine:
     def stream(self, tokens: Sequence[int], stats: GenerationStats, *, max_tokens: int | None = 256,
                temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                repeat_penalty: float = 1.0, stop: Sequence[str] | None = None, seed: int | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
-        """Yield text pieces for ``tokens``; ``stats`` says how it ended.
+               cancel: threading.Event | None = None, priority: bool = False) -> Iterator[str]:
+        """Yield text pieces for ``tokens``; ``stats`` says how it ended. ``priority`` (FIM) matters
+        where several streams share the model; one stream at a time, it changes nothing.
 
         Ends with finish_reason ``stop`` (end-of-generation token or a stop string), ``length``
         (``max_tokens``), ``context`` (the context window is full) or ``cancelled``.

@@ -34,7 +34,8 @@ def create_app(settings: "Settings", manager: Any = None, downloader: Any = None
     """Build the server app. Components left out are built from ``settings`` when first needed.
 
     ``api_key``: when set, every /api and /v1 request needs ``Authorization: Bearer <key>``.
-    ``max_queue``: generation requests allowed to wait behind the running one (more get 429).
+    ``max_queue``: generation requests allowed to wait for each model, behind the ones it is running
+    (more get 429); the same bound applies to requests waiting behind a switch or a benchmark.
     """
     state = ServerState(settings, manager=manager, downloader=downloader, benchmarker=benchmarker,
                         catalog=catalog, api_key=api_key, max_queue=max_queue)

@@ -59,7 +59,7 @@ def list_models(request: Request) -> dict:
     now = int(state.started_at)
     local = _local_quants(state)
     manager = state.manager_if_built
-    resident = loaded_names(state, manager) if manager is not None else []
+    resident = loaded_names(manager)
     for mid, quant in resident:
         quants = local.setdefault(mid, [])
         if quant and str(quant) not in quants:

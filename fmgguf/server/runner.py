@@ -62,12 +62,9 @@ def preload(app: Any, model: str) -> dict:
     path = Path(model).expanduser()
     if model.endswith(".gguf") and path.is_file():
         state.manager.load_file(path)
-        info = state.current() or {}
-        state.selected = (str(info.get("id") or path.stem), None, str(path))
     else:
         card, quant = state.catalog.resolve(model)
         state.manager.switch_model(card.id, quant)
-        state.selected = (card.id, quant, None)
     return state.current() or {}
 
 

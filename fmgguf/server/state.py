@@ -18,6 +18,9 @@ from fmgguf.server.jobs import DownloadJobs
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from fmgguf.runtime.manager import ModelManager
+    from fmgguf.server.dialects.core import DialectHub
+
     from fmgguf.catalog import Catalog
     from fmgguf.settings import Settings
 
@@ -26,7 +29,7 @@ FIT_CACHE_S = 30.0
 
 
 class ServerState:
-    def __init__(self, settings: "Settings", manager: Any = None, downloader: Any = None,
+    def __init__(self, settings: "Settings", manager: "ModelManager | None" = None, downloader: Any = None,
                  benchmarker: Any = None, catalog: "Catalog | None" = None, api_key: str | None = None,
                  max_queue: int = 64) -> None:
         self.settings = settings
@@ -38,10 +41,7 @@ class ServerState:
         self._build_lock = threading.RLock()
         self.gate = GenerationGate(max_queue)
         self.jobs = DownloadJobs(lambda: self.downloader)
-        #: model id being loaded right now (for the "loading" status), and when it started
-        self.loading: tuple[str, str, float] | None = None
-        #: the model the user last selected (reloaded on demand after an idle unload)
-        self.selected: tuple[str, str | None, str | None] | None = None
+        self._dialects: "DialectHub | None" = None
         #: the last finished generation (finish reason, token counts), for status and tests
         self.last_generation: dict[str, Any] | None = None
         self._fit_cache: dict[tuple[str, str, int], tuple[float, dict]] = {}
@@ -74,22 +74,32 @@ class ServerState:
         return self._downloader
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> "ModelManager":
         if self._manager is None:
             with self._build_lock:
                 if self._manager is None:
                     from fmgguf.runtime import ModelManager
 
-                    # the server's gate does the queueing; the manager's own queue only has to hold
-                    # the server plus a benchmark run
+                    # each resident model queues its own requests: max_queue waiting per model
                     self._manager = ModelManager(settings=self.settings, catalog=self.catalog,
-                                                 downloader=self.downloader, max_queue=max(8, self.gate.max_queue))
+                                                 downloader=self.downloader, max_queue=self.gate.max_queue)
         return self._manager
 
     @property
-    def manager_if_built(self) -> Any:
+    def manager_if_built(self) -> "ModelManager | None":
         """The manager if something already needed it (status pages must not load llama.cpp)."""
         return self._manager
+
+    @property
+    def dialects(self) -> "DialectHub":
+        """The dialect layer's per-app state (supersede table, metrics)."""
+        if self._dialects is None:
+            with self._build_lock:
+                if self._dialects is None:
+                    from fmgguf.server.dialects.core import DialectHub
+
+                    self._dialects = DialectHub()
+        return self._dialects
 
     @property
     def benchmarker(self) -> Any:
@@ -169,21 +179,24 @@ class ServerState:
             return None
 
     # --- what is loaded --------------------------------------------------------------------------
-    def reload_selected(self, manager: Any) -> dict | None:
-        """Load the last selected model again if the manager unloaded it (keep-alive); call under the gate.
-        Returns :meth:`current`'s JSON view."""
-        if manager.current_model() is not None or self.selected is None:
-            return self.current()
-        model_id, quant, path = self.selected
-        self.loading = (model_id, quant or "", time.time())
-        try:
-            if path:
-                manager.load_file(path, model_id=model_id, card=self.catalog.get(model_id) if model_id in self.catalog else None)
-            else:
-                manager.switch_model(model_id, quant)
-        finally:
-            self.loading = None
-        return self.current()
+    @property
+    def selected(self) -> tuple[str, str | None, str | None] | None:
+        """(model id, quant, path of a file loaded by path) of the model the manager has selected,
+        resident or not (a read-only view: the selection lives in the manager)."""
+        spec = self._manager.selection() if self._manager is not None else None
+        if spec is None:
+            return None
+        return (spec.model_id, spec.quant, None if spec.card is not None or spec.quant else str(spec.path))
+
+    @property
+    def loading(self) -> tuple[str, str, float] | None:
+        """(model id, quant, since when) of a model being loaded now, if any."""
+        manager = self._manager
+        busy = manager.loading() if manager is not None else []
+        if not busy:
+            return None
+        model_id, _, quant = busy[0][0].partition(":")
+        return (model_id, quant, busy[0][1])
 
     def broken(self) -> dict[str, Any]:
         """key -> crash record of the models whose runner crashed three times in a row (read from the

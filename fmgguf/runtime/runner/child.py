@@ -1,5 +1,5 @@
 """The runner process: one :class:`~fmgguf.runtime.engine.Engine` (one llama.cpp model) behind the
-runner protocol. Started by :class:`~fmgguf.runtime.runner.proxy.EngineProxy` as
+runner protocol. Started by :class:`~fmgguf.runtime.runner.process.RunnerProcess` as
 ``python -m fmgguf.runtime.runner.child FD`` with one end of a socket pair as ``FD``.
 
 A reader thread takes requests off the socket (a ``cancel`` acts at once, the rest queue for the
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, error_to_wire, from_wire, to_wire
+from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, LoadReply, error_to_wire, from_wire, to_wire
 
 #: engine methods the parent may call by name (plain arguments and results)
 CALLS = frozenset({"tokenize", "special_token_id", "token_text", "fim_token_ids", "memory_bytes", "is_eog"})
@@ -67,7 +67,7 @@ class Runner:
                 os._exit(0)
 
     # --- operations ----------------------------------------------------------------------------
-    def op_load(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_load(self, msg: dict[str, Any]) -> LoadReply:
         from fmgguf.runtime.engine import Engine, LoadOptions
 
         rid = msg["id"]
@@ -77,11 +77,11 @@ class Runner:
 
         engine = Engine(msg["path"], from_wire(LoadOptions, msg["options"]), progress=progress)
         self.engine = engine
-        return {"n_ctx": engine.n_ctx, "n_ctx_train": engine.n_ctx_train, "metadata": engine.metadata,
-                "bos_id": engine.bos_id, "eos_id": engine.eos_id, "add_bos": engine.add_bos,
-                "bos_text": engine.bos_text, "eos_text": engine.eos_text, "buffers": engine.buffers,
-                "load_s": engine.load_s, "memory": engine.memory_bytes(), "fim_token_ids": engine.fim_token_ids(),
-                "pid": os.getpid()}
+        return LoadReply(n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train, metadata=engine.metadata,
+                         bos_id=engine.bos_id, eos_id=engine.eos_id, add_bos=engine.add_bos,
+                         bos_text=engine.bos_text, eos_text=engine.eos_text, buffers=engine.buffers,
+                         load_s=engine.load_s, memory=engine.memory_bytes(), fim_token_ids=engine.fim_token_ids(),
+                         pid=os.getpid(), slots=engine.slots)
 
     def op_call(self, msg: dict[str, Any]) -> Any:
         name = str(msg.get("name"))
@@ -109,7 +109,8 @@ class Runner:
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             send({"re": rid, "started": len(tokens)})  # the caller's errors-before-the-first-token end here
-            for piece in engine.stream(tokens, stats, cancel=cancel, **msg.get("kwargs", {})):
+            for piece in engine.stream(tokens, stats, cancel=cancel, priority=bool(msg.get("priority")),
+                                       **msg.get("kwargs", {})):
                 send({"re": rid, "piece": piece})
         finally:
             self.cancels.pop(rid, None)

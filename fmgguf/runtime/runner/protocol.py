@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +30,30 @@ _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
 T = TypeVar("T")
+#: one decoded frame (JSON at the pipe's edge)
+Frame = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoadReply:
+    """What the runner says about the model it loaded (the answer to ``load``), rebuilt by
+    :func:`from_wire` on the parent's side."""
+
+    n_ctx: int
+    n_ctx_train: int
+    metadata: Mapping[str, str]
+    bos_id: int
+    eos_id: int
+    add_bos: bool
+    bos_text: str
+    eos_text: str
+    buffers: Mapping[str, int]
+    load_s: float
+    memory: int
+    fim_token_ids: Mapping[str, int]
+    pid: int
+    #: streams the runner generates at once (1: one after the other)
+    slots: int = 1
 
 
 class ChannelClosed(Exception):
@@ -55,7 +80,7 @@ class Channel:
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
 
-    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+    def recv(self, timeout: float | None = None) -> Frame:
         """The next frame; ChannelTimeout after ``timeout`` seconds without one (None: wait)."""
         if self.sock.gettimeout() != timeout:
             self.sock.settimeout(timeout)

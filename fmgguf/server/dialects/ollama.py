@@ -197,7 +197,7 @@ async def _load_or_unload(state: Any, model: str, keep: float | None, chat: bool
     if keep == 0:
         manager = state.manager_if_built
         if manager is not None:
-            target = await anyio.to_thread.run_sync(lambda: resolve(state, manager, model, "prompt"))
+            target = await anyio.to_thread.run_sync(lambda: resolve(state, model, "prompt"))
             await unload_model(state, target.model_id, target.quant)
         return {"model": clean_name(model), "created_at": created, **empty, "done": True, "done_reason": "unload"}
     req = GenRequest("prompt", "ollama", model, prompt="", sampling=Sampling(max_tokens=1), warmup=True, keep_alive=keep)

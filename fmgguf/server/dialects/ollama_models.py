@@ -233,16 +233,12 @@ async def delete(request: Request, body: _Body) -> Response:
 
 
 async def unload_model(state: Any, model_id: str, quant: str | None) -> bool:
-    """Unload one resident model (the others stay); forget it as the selection if it was selected."""
-    from fmgguf.server.streaming import run_generation
+    """Unload one resident model (the others stay; it stops being the selection if it was selected)."""
+    from fmgguf.server.streaming import run_exclusive
 
     manager = state.manager_if_built
     if manager is None or not any(lm.id == model_id and (quant is None or lm.quant == quant)
                                   for lm in manager.loaded()):
         return False
-    cur = state.current()
     ref = f"{model_id}:{quant}" if quant else model_id
-    done = await run_generation(state, lambda m: m.unload(ref), "unload")
-    if cur and cur.get("id") == model_id:
-        state.selected = None
-    return bool(done)
+    return await run_exclusive(state, lambda m: m.unload(ref), "unload")
