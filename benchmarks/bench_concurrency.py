@@ -104,23 +104,29 @@ def _fim(i: int) -> dict:
             "n_predict": 16, "temperature": 0.0}
 
 
+def burst(client: httpx.Client, tokens: int, seed: int, n: int = 4) -> float:
+    """Aggregate tokens/s of ``n`` completions sent at once: all their tokens over the burst's wall time."""
+    results: list[Stream] = []
+
+    def one(i: int) -> None:
+        results.append(stream(client, "/completion", _completion(tokens, seed + i)))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = max(s.ended or t0 for s in results) - t0
+    return sum(s.tokens for s in results) / wall
+
+
 def measure(url: str, tokens: int, runs: int) -> dict:
     with httpx.Client(base_url=url, timeout=600) as client:
         stream(client, "/completion", _completion(8, 0))  # warm-up
         stream(client, "/infill", _fim(0))
         one = [stream(client, "/completion", _completion(tokens, i)).rate for i in range(runs)]
-        bursts = []
-        for r in range(max(2, runs // 2)):
-            results: list[Stream] = []
-            threads = [threading.Thread(target=lambda i=i: results.append(
-                stream(client, "/completion", _completion(tokens, 100 + 10 * r + i)))) for i in range(4)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = max(s.ended or t0 for s in results) - t0
-            bursts.append(sum(s.tokens for s in results) / wall)
+        bursts = [burst(client, tokens, 100 + 10 * r) for r in range(max(2, runs // 2))]
         idle = [stream(client, "/infill", _fim(i)).ttft for i in range(1, runs + 1)]
         busy = []
         for i in range(max(2, runs // 2)):

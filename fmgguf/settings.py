@@ -233,7 +233,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = getattr(exc, "problem_mark", None)
+        where = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
         line = f" line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"config file {path}{line} is not valid YAML", fix="fix the file or move it away") from None
     if data is None:

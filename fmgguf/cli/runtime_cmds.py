@@ -84,7 +84,7 @@ def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: Any, n_g
         if live:
             click.echo("\r\033[K", err=True, nl=False)
     if not quiet:
-        label = getattr(result.plan, "label", None) or f"{result.n_gpu_layers} GPU layers"
+        label = result.plan.label if result.plan is not None else f"{result.n_gpu_layers} GPU layers"
         click.echo(f"loaded {result.model_id} ({result.quant}) in {result.load_s:.2f} s — {label}, "
                    f"context {result.n_ctx}", err=True)
     warnings = _context_warnings(result)

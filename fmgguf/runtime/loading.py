@@ -5,7 +5,7 @@ llama_cpp itself (the engine module is imported inside functions)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,8 +230,8 @@ def load_request(facts: FileFacts, options: Mapping[str, Any], settings: "Settin
 _SMALL_FTYPES = {2, 3, 10, 11, 12, 13, 14, 15, *range(19, 32), 36, 37}
 
 
-def _smaller_hint(info: Any) -> str:
-    ftype = getattr(info, "file_type", None)
+def _smaller_hint(facts: FileFacts) -> str:
+    ftype = facts.file_type
     return "" if ftype in _SMALL_FTYPES else "use a smaller quant (Q4_K_M), "
 
 
@@ -260,7 +260,7 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
             raise InsufficientMemoryError(
                 f"{path.name} does not fit: it needs {gib(plan.ram_needed)} RAM + {gib(plan.vram_needed)} VRAM, "
                 f"{gib(plan.ram_free)} RAM and {gib(plan.vram_free)} VRAM are free",
-                fix=_smaller_hint(facts.info) + "a shorter context (--ctx) or free memory; "
+                fix=_smaller_hint(facts) + "a shorter context (--ctx) or free memory; "
                     "`fmgguf fit` shows the numbers")
     if layers_opt in (None, "auto"):
         if plan is not None:
@@ -272,7 +272,7 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
     else:
         layers = int(layers_opt)
     n_ctx = int(plan.n_ctx) if (n_ctx_opt == "auto" and plan is not None) else want_ctx
-    split = options.get("tensor_split") or (getattr(plan, "tensor_split", None) if layers_opt in (None, "auto") else None)
+    split = options.get("tensor_split") or (plan.tensor_split if plan is not None and layers_opt in (None, "auto") else None)
     opts = LoadOptions(n_ctx=n_ctx, n_gpu_layers=layers, n_threads=options.get("n_threads") or s.n_threads,
                        flash_attn=flash, type_k=type_k, type_v=type_v,
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),

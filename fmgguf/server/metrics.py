@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from fmgguf.server.dialects.core import Outcome
     from fmgguf.server.state import ServerState
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -55,7 +56,7 @@ class Metrics:
         with self._lock:
             self.requests[(method, route, int(status))] += 1
 
-    def observe(self, dialect: str, outcome: Any) -> None:
+    def observe(self, dialect: str, outcome: "Outcome") -> None:
         with self._lock:
             self.generations[(dialect, outcome.finish_reason)] += 1
             self.tokens["prompt"] += outcome.prompt_tokens

@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from fmgguf._util import jsonable
-from fmgguf.catalog import normalize_quant
+from fmgguf.catalog import ModelCard, normalize_quant
 from fmgguf.errors import FmggufError, InvalidRequestError
 from fmgguf.server.json_views import card_summary, downloaded_pairs
 from fmgguf.server.schemas import CompareRequest, DownloadRequest, GenerateRequest, SelectRequest
 from fmgguf.server.state import ServerState, state_of
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.devices import SystemMemory
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling
 from fmgguf.server.dialects.core import start as start_generation
 from fmgguf.server.streaming import error_payload, run_exclusive, sse
@@ -27,12 +31,13 @@ router = APIRouter(prefix="/api/models", tags=["models"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _resolve(state: ServerState, model_id: str, quant: str | None) -> tuple[Any, str]:
+def _resolve(state: ServerState, model_id: str, quant: str | None) -> tuple[ModelCard, str]:
     spec = model_id if quant is None else f"{model_id.partition(':')[0]}:{quant}"
     return state.catalog.resolve(spec)
 
 
-def _safe_fit(state: ServerState, card: Any, quant: str, n_ctx: int | None, local: bool, mem: Any) -> dict | None:
+def _safe_fit(state: ServerState, card: ModelCard, quant: str, n_ctx: int | None, local: bool,
+              mem: "SystemMemory | None") -> dict | None:
     try:
         path = state.local_path(card.id, quant) if local else None
         return state.fit_for(card, quant, n_ctx, path=path, mem=mem)
@@ -42,7 +47,7 @@ def _safe_fit(state: ServerState, card: Any, quant: str, n_ctx: int | None, loca
         return None
 
 
-def _model_status(state: ServerState, card: Any, local: set[tuple[str, str]], current: dict | None,
+def _model_status(state: ServerState, card: ModelCard, local: set[tuple[str, str]], current: dict | None,
                   broken: dict[str, Any] | None = None) -> tuple[str, dict | None]:
     jobs = state.jobs.active_for(card.id)
     if current and current.get("id") == card.id:
@@ -59,8 +64,8 @@ def _model_status(state: ServerState, card: Any, local: set[tuple[str, str]], cu
     return "not_downloaded", None
 
 
-def _model_entry(state: ServerState, card: Any, local: set[tuple[str, str]], current: dict | None,
-                 n_ctx: int | None, with_fit: bool = True, mem: Any = None) -> dict:
+def _model_entry(state: ServerState, card: ModelCard, local: set[tuple[str, str]], current: dict | None,
+                 n_ctx: int | None, with_fit: bool = True, mem: "SystemMemory | None" = None) -> dict:
     from fmgguf.catalog.sizing import estimate_card
 
     status, job = _model_status(state, card, local, current, state.broken())
@@ -180,7 +185,7 @@ async def download_events(request: Request, job_id: str) -> StreamingResponse:
     state = state_of(request)
     job = _job(state, job_id)
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         seen = -1
         last_sent = 0.0
         while True:
@@ -225,7 +230,7 @@ async def verify(request: Request, model_id: str, quant: str | None = Query(None
     card, q = _resolve(state, model_id, quant)
     started = time.monotonic()
     result = await anyio.to_thread.run_sync(lambda: state.downloader.verify_model_integrity(card.id, q))
-    ok = result if isinstance(result, bool) else bool(getattr(result, "ok", getattr(result, "valid", result)))
+    ok = bool(result)  # a VerifyResult is true when every file matches
     return {"model_id": card.id, "quant": q, "ok": ok, "report": jsonable(result),
             "seconds": round(time.monotonic() - started, 3)}
 
@@ -286,7 +291,7 @@ async def generate(request: Request, body: GenerateRequest) -> Any:
     if not body.stream:
         return _rest_dict(await gen.collect())
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":

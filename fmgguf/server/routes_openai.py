@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,10 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from fmgguf.server.dialects.core import Generation, GenRequest, Sampling, start
+from fmgguf.server.dialects.core import Generation, GenRequest, Outcome, Sampling, start
 from fmgguf.server.dialects.routing import loaded_names
 from fmgguf.server.json_views import downloaded_pairs
-from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
+from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, _OpenAIBody
 from fmgguf.server.state import ServerState, state_of
 from fmgguf.server.streaming import error_payload, sse
 
@@ -33,8 +33,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _FINISH = {"stop": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
 
 
-def _usage(result: Any) -> dict:
-    p, c = int(getattr(result, "prompt_tokens", 0) or 0), int(getattr(result, "completion_tokens", 0) or 0)
+def _usage(result: Outcome) -> dict:
+    p, c = result.prompt_tokens, result.completion_tokens
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
@@ -78,14 +78,14 @@ def list_models(request: Request) -> dict:
     return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "fmgguf"} for i in ids]}
 
 
-def _sampling(body: Any) -> Sampling:
+def _sampling(body: _OpenAIBody) -> Sampling:
     return Sampling(max_tokens=body.token_limit(DEFAULT_MAX_TOKENS),
                     temperature=0.2 if body.temperature is None else body.temperature,
                     top_p=0.95 if body.top_p is None else body.top_p, stop=tuple(body.stop_list() or ()),
                     seed=None if body.seed is None else body.seed % (2**31))
 
 
-def _client(request: Request, body: Any) -> str:
+def _client(request: Request, body: _OpenAIBody) -> str:
     host = request.client.host if request.client else "?"
     return f"openai|{host}|{request.headers.get('user-agent', '')}|{body.model or ''}"
 
@@ -184,11 +184,11 @@ async def embeddings(body: EmbeddingRequest) -> dict:
     raise embeddings_refusal(body.model)
 
 
-def _stream(gen: Generation, body: Any, chunk: Callable[[str, str | None], dict],
+def _stream(gen: Generation, body: _OpenAIBody, chunk: Callable[[str, str | None], dict],
             usage_chunk: Callable[[dict], dict]) -> StreamingResponse:
     include_usage = bool((body.stream_options or {}).get("include_usage"))
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":

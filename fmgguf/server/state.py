@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.server.gate import GenerationGate
@@ -18,10 +19,12 @@ from fmgguf.server.jobs import DownloadJobs
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from fmgguf.bench import ModelBenchmarker
+    from fmgguf.catalog import Catalog, ModelCard
+    from fmgguf.download import ModelDownloader
+    from fmgguf.runtime.devices import SystemMemory
     from fmgguf.runtime.manager import ModelManager
     from fmgguf.server.dialects.core import DialectHub
-
-    from fmgguf.catalog import Catalog
     from fmgguf.settings import Settings
 
 #: seconds a computed fit plan is reused (device probing is not free)
@@ -29,8 +32,9 @@ FIT_CACHE_S = 30.0
 
 
 class ServerState:
-    def __init__(self, settings: "Settings", manager: "ModelManager | None" = None, downloader: Any = None,
-                 benchmarker: Any = None, catalog: "Catalog | None" = None, api_key: str | None = None,
+    def __init__(self, settings: "Settings", manager: "ModelManager | None" = None,
+                 downloader: "ModelDownloader | None" = None, benchmarker: "ModelBenchmarker | None" = None,
+                 catalog: "Catalog | None" = None, api_key: str | None = None,
                  max_queue: int = 64) -> None:
         self.settings = settings
         self.api_key = api_key or None
@@ -64,7 +68,7 @@ class ServerState:
         return self._catalog
 
     @property
-    def downloader(self) -> Any:
+    def downloader(self) -> "ModelDownloader":
         if self._downloader is None:
             with self._build_lock:
                 if self._downloader is None:
@@ -102,13 +106,11 @@ class ServerState:
         return self._dialects
 
     @property
-    def benchmarker(self) -> Any:
+    def benchmarker(self) -> "ModelBenchmarker":
         if self._benchmarker is None:
             with self._build_lock:
                 if self._benchmarker is None:
-                    from fmgguf.bench import ModelBenchmarker
-
-                    self._benchmarker = _build_benchmarker(ModelBenchmarker, self)
+                    self._benchmarker = _build_benchmarker(self)
         return self._benchmarker
 
     def reload_catalog(self) -> None:
@@ -144,8 +146,8 @@ class ServerState:
         return True
 
     # --- fit plans, cached briefly ------------------------------------------------------------
-    def fit_for(self, card: Any, quant: str, n_ctx: int | None = None, *, path: Any = None, remote: bool = False,
-                mem: Any = None) -> dict:
+    def fit_for(self, card: "ModelCard", quant: str, n_ctx: int | None = None, *, path: Path | None = None,
+                remote: bool = False, mem: "SystemMemory | None" = None) -> dict:
         """The fit plan as a dict: from the local file when ``path`` is given, else the catalog numbers
         (``remote=True`` reads the GGUF header from the hub first; listings never do)."""
         n_ctx = int(n_ctx or self.settings.default_ctx)
@@ -157,11 +159,11 @@ class ServerState:
         from fmgguf.runtime.fit import plan_for_card
 
         plan = plan_for_card(card, quant, n_ctx=n_ctx, settings=self.settings, path=path, remote=remote, mem=mem)
-        data = plan.as_dict() if hasattr(plan, "as_dict") else dict(vars(plan))
+        data = plan.as_dict()
         self._fit_cache[key] = (now, data)
         return data
 
-    def memory_snapshot(self) -> Any:
+    def memory_snapshot(self) -> "SystemMemory | None":
         """Free RAM/VRAM probed once for a whole listing (None if the runtime is not available)."""
         try:
             from fmgguf.runtime.devices import system_memory
@@ -169,12 +171,12 @@ class ServerState:
             return None
         return system_memory(vram_override=self.settings.vram_override)
 
-    def local_path(self, model_id: str, quant: str) -> Any:
+    def local_path(self, model_id: str, quant: str) -> Path | None:
         """The verified local file of a downloaded variant, or None."""
         from fmgguf.errors import FmggufError
 
         try:
-            return self.downloader.model_path(model_id, quant)
+            return Path(self.downloader.model_path(model_id, quant))
         except FmggufError:
             return None
 
@@ -231,17 +233,11 @@ def _store_stamp(settings: "Settings") -> tuple:
     return tuple(out)
 
 
-def _build_benchmarker(cls: Any, state: ServerState) -> Any:
+def _build_benchmarker(state: ServerState) -> "ModelBenchmarker":
     """The benchmarker shares this server's manager, so a benchmark cannot load a second model."""
-    import inspect
+    from fmgguf.bench import ModelBenchmarker
 
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {}
-    for name, value in (("settings", state.settings), ("catalog", state.catalog), ("manager", state.manager),
-                        ("downloader", state.downloader)):
-        if name in params:
-            kwargs[name] = value
-    return cls(**kwargs)
+    return ModelBenchmarker(state.settings, catalog=state.catalog, manager=state.manager, downloader=state.downloader)
 
 
 def state_of(request: "Request") -> ServerState:

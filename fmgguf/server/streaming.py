@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def sse(data: Any, event: str | None = None) -> str:
+def sse(data: object, event: str | None = None) -> str:
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
     head = f"event: {event}\n" if event else ""
     return head + "".join(f"data: {line}\n" for line in text.split("\n")) + "\n"

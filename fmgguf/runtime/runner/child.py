@@ -17,9 +17,12 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, LoadReply, error_to_wire, from_wire, to_wire
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine import Engine, GenerationStats
 
 #: engine methods the parent may call by name (plain arguments and results)
 CALLS = frozenset({"tokenize", "special_token_id", "token_text", "fim_token_ids", "memory_bytes", "is_eog"})
@@ -28,7 +31,7 @@ CALLS = frozenset({"tokenize", "special_token_id", "token_text", "fim_token_ids"
 class Runner:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.engine: Any = None
+        self.engine: "Engine | None" = None
         self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
 
@@ -83,13 +86,13 @@ class Runner:
                          load_s=engine.load_s, memory=engine.memory_bytes(), fim_token_ids=engine.fim_token_ids(),
                          pid=os.getpid(), slots=engine.slots)
 
-    def op_call(self, msg: dict[str, Any]) -> Any:
+    def op_call(self, msg: dict[str, Any]) -> object:
         name = str(msg.get("name"))
         if name not in CALLS:
             raise ValueError(f"the runner does not offer {name!r}")
         return getattr(self._engine(), name)(*msg.get("args", []), **msg.get("kwargs", {}))
 
-    def op_stream(self, msg: dict[str, Any]) -> Any:
+    def op_stream(self, msg: dict[str, Any]) -> "GenerationStats":
         from fmgguf.runtime.engine import GenerationStats
 
         rid = int(msg["id"])
@@ -130,7 +133,7 @@ class Runner:
             self.engine = None
         return True
 
-    def _engine(self) -> Any:
+    def _engine(self) -> "Engine":
         if self.engine is None:
             from fmgguf.errors import ModelNotLoadedError
 

@@ -112,7 +112,7 @@ class Channel:
             pass
 
 
-def to_wire(obj: Any) -> Any:
+def to_wire(obj: object) -> Any:
     """JSON-ready data: dataclasses as their fields, tuples as lists, Paths as strings."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -139,9 +139,9 @@ def from_wire(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def update_from_wire(target: Any, data: Mapping[str, Any]) -> None:
+def update_from_wire(target: object, data: Mapping[str, Any]) -> None:
     """Copy the known fields of ``data`` onto the mutable dataclass ``target``."""
-    names = {f.name for f in dataclasses.fields(target)}
+    names = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
     for name, value in data.items():
         if name in names:
             setattr(target, name, value)

@@ -48,8 +48,7 @@ class EngineProxy:
     isolation = "process"
     tokenizes_in_stream = True
 
-    def __init__(self, runner: RunnerProcess, path: Path, options: LoadOptions, reply: LoadReply,
-                 slots: int = 1) -> None:
+    def __init__(self, runner: RunnerProcess, path: Path, options: LoadOptions, reply: LoadReply) -> None:
         self.runner = runner
         self.path, self.options = path, options
         self.n_ctx, self.n_ctx_train = reply.n_ctx, reply.n_ctx_train
@@ -61,8 +60,10 @@ class EngineProxy:
         self.load_log: list[str] = []
         self._memory = reply.memory
         self._fim = {k: int(v) for k, v in reply.fim_token_ids.items()}
-        #: the runner takes this many streams at once (a serial runner queues them in the child)
-        self.slots = max(1, int(slots), reply.slots)
+        #: streams the runner generates at once, as it says itself (it was asked for ``slots``); the
+        #: manager sends it no more than that, so a FIM request waits in the manager's queue, where it
+        #: goes first, not in the runner's
+        self.slots = max(1, reply.slots)
         self._closed = False
 
     @classmethod
@@ -88,7 +89,7 @@ class EngineProxy:
             runner.kill()
             raise
         assert isinstance(raw, dict)
-        return cls(runner, Path(path), options, from_wire(LoadReply, raw), slots)
+        return cls(runner, Path(path), options, from_wire(LoadReply, raw))
 
     # --- facts -----------------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Union
 
 from fastapi import APIRouter, Request
@@ -163,7 +164,7 @@ async def _answer(request: Request, body: _LlamaBody, req: GenRequest, n_indent:
                     raise value
         raise CancelledError("the generation ended without a result", fix="retry the request")
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any, Union
 
 from fastapi import APIRouter, Request
@@ -21,7 +22,7 @@ from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_er
 from fmgguf.server.dialects.ollama_models import NDJSON, ndjson, now_iso
 from fmgguf.server.dialects.routing import clean_name
 from fmgguf.server.schemas import MAX_PROMPT_CHARS
-from fmgguf.server.state import state_of
+from fmgguf.server.state import ServerState, state_of
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 _DONE = {"stop": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
@@ -82,7 +83,7 @@ class EmbedBody(BaseModel):
     prompt: str | None = None
 
 
-def keep_alive_seconds(value: Any) -> float | None:
+def keep_alive_seconds(value: str | float | None) -> float | None:
     """Ollama's keep_alive: seconds as a number, or a duration ("5m", "1h30m", "-1" = forever)."""
     if value is None or value == "":
         return None
@@ -107,7 +108,7 @@ def _client(request: Request, model: str) -> str:
     return f"ollama|{host}|{request.headers.get('user-agent', '')}|{clean_name(model)}"
 
 
-def _has_chat_template(state: Any, model: str) -> bool:
+def _has_chat_template(state: ServerState, model: str) -> bool:
     name = clean_name(model).partition(":")[0]
     if name and name in state.catalog:
         return state.catalog.get(name).chat_template not in (None, "none")
@@ -172,7 +173,7 @@ async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
         outcome = await gen.collect()
         return {**_final(outcome, created), **piece(outcome.text)}
 
-    async def lines() -> Any:
+    async def lines() -> AsyncIterator[str]:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":
@@ -185,7 +186,7 @@ async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
     return StreamingResponse(lines(), media_type=NDJSON)
 
 
-async def _load_or_unload(state: Any, model: str, keep: float | None, chat: bool = False) -> dict:
+async def _load_or_unload(state: ServerState, model: str, keep: float | None, chat: bool = False) -> dict:
     """Ollama's empty request: load the model (or unload it when keep_alive is 0)."""
     import anyio
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
@@ -17,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError, NotDownloadedError
 from fmgguf.server.dialects.routing import clean_name, unknown_model
-from fmgguf.server.state import state_of
+from fmgguf.server.state import ServerState, state_of
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import ModelCard
+    from fmgguf.runtime.prompts import FimFormat
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 #: the Ollama API version we answer like (Copilot's BYOK provider wants >= 0.6.4)
@@ -42,7 +47,7 @@ class PullBody(_Body):
     insecure: bool = False
 
 
-def ndjson(obj: Any) -> str:
+def ndjson(obj: object) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str) + "\n"
 
 
@@ -50,24 +55,24 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def param_size(card: Any) -> str:
+def param_size(card: "ModelCard | None") -> str:
     total = card.parameters.total if card is not None and card.parameters else None
     if not total:
         return ""
     return f"{total / 1e9:.1f}B" if total >= 1e9 else f"{total / 1e6:.0f}M"
 
 
-def details(card: Any, quant: str | None) -> dict:
+def details(card: "ModelCard | None", quant: str | None) -> dict:
     arch = card.arch.name if card is not None and card.arch else "unknown"
     return {"parent_model": "", "format": "gguf", "family": arch, "families": [arch],
             "parameter_size": param_size(card), "quantization_level": quant or ""}
 
 
-def _records(state: Any) -> list[dict]:
+def _records(state: ServerState) -> list[dict]:
     return [r for r in state.downloader.list_downloaded() or [] if isinstance(r, dict)]
 
 
-def resolve_local(state: Any, name: str) -> tuple[Any, str]:
+def resolve_local(state: ServerState, name: str) -> tuple["ModelCard", str]:
     """(card, quant) of a downloaded model named ``name``; 404 with the closest ids otherwise."""
     from fmgguf.errors import UnknownModelError
 
@@ -114,7 +119,7 @@ def ps(request: Request) -> dict:
     for lm in (manager.loaded() if manager is not None else []):
         card = state.catalog.get(lm.id) if lm.id in state.catalog else None
         name = f"{lm.id}:{lm.quant}" if lm.quant else lm.id
-        left = getattr(lm, "expires_in_s", None)
+        left = lm.expires_in_s
         until = "0001-01-01T00:00:00Z" if left is None else \
             datetime.fromtimestamp(time.time() + left, timezone.utc).isoformat()
         size = int(lm.memory or 0)
@@ -151,7 +156,7 @@ def show(request: Request, body: _Body) -> dict:
             "model_info": info, "capabilities": caps, "modified_at": now_iso()}
 
 
-def _serving_ctx(state: Any, card: Any) -> int:
+def _serving_ctx(state: ServerState, card: "ModelCard") -> int:
     """The context a request really gets: the resident model's, else what a load would choose."""
     manager = state.manager_if_built
     for lm in (manager.loaded() if manager is not None else []):
@@ -161,7 +166,7 @@ def _serving_ctx(state: Any, card: Any) -> int:
     return int(min(state.settings.default_ctx, trained))
 
 
-def _template(fmt: Any) -> str:
+def _template(fmt: "FimFormat | None") -> str:
     if fmt is None:
         return "{{ .Prompt }}"
     if fmt.order == "SPM":
@@ -184,7 +189,7 @@ async def pull(request: Request, body: PullBody) -> Any:
         raise unknown_model(state, ref) from None
     job, _ = state.jobs.start(card.id, quant, None, total=card.variant(quant).size)
 
-    async def lines() -> Any:
+    async def lines() -> AsyncIterator[str]:
         yield ndjson({"status": "pulling manifest"})
         sent = -1
         while True:
@@ -232,7 +237,7 @@ async def delete(request: Request, body: _Body) -> Response:
     return Response(status_code=200)
 
 
-async def unload_model(state: Any, model_id: str, quant: str | None) -> bool:
+async def unload_model(state: ServerState, model_id: str, quant: str | None) -> bool:
     """Unload one resident model (the others stay; it stops being the selection if it was selected)."""
     from fmgguf.server.streaming import run_exclusive
 
