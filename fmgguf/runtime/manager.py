@@ -74,8 +74,6 @@ class ModelManager:
         self._downloader = downloader
         self.queue_timeout = queue_timeout
         self.max_queue = max(0, int(max_queue))
-        #: one load, unload or switch at a time (generations on resident models never wait for it)
-        self._loads = threading.RLock()
         slots = parallel or settings.parallel
         self.sup = Supervisor(settings, starter=starter or engine_starter(isolation, slots),
                               isolation=isolation, max_loaded=max_loaded or settings.max_loaded_models,
@@ -180,7 +178,7 @@ class ModelManager:
 
     def _load(self, spec: LoadSpec, options: Mapping[str, Options]) -> Resident:
         check_load_options(options)
-        with self._loads:
+        with self.sup.changes:
             resident = self.sup.load(spec, options, select=True, replace=True)
         self._touched(resident)
         return resident
@@ -208,11 +206,13 @@ class ModelManager:
         return self._selected(None).snapshot(True) if self.sup.selected_spec is not None else None
 
     def _spec(self, ref: str) -> LoadSpec:
-        """A catalog model ("id", "id:QUANT"), or a local .gguf file (its key is the file's stem)."""
+        """A local .gguf file (its key is the file's stem), a model loaded here before (a file's key
+        after an idle unload or a crash), or a catalog model ("id", "id:QUANT")."""
         p = Path(ref).expanduser()
         if ref.endswith(".gguf") and p.is_file():
             return LoadSpec(key=p.stem, path=p, model_id=p.stem, quant=None)
-        return self._catalog_spec(ref)
+        known = self.sup.known.get(ref)
+        return known if known is not None and known.card is None else self._catalog_spec(ref)
 
     def _catalog_spec(self, ref: str) -> LoadSpec:
         card, q = self.catalog.resolve(ref)
@@ -224,7 +224,7 @@ class ModelManager:
         """The resident model ``ref``, loaded now if it is not (or if it was with other options)."""
         r = self._usable(self.sup.find(ref))
         if r is None or options:
-            with self._loads:
+            with self.sup.changes:
                 r = self._usable(self.sup.find(ref))
                 spec = r.spec if r is not None else self._spec(ref)
                 r = r or self._usable(self.sup.find(spec.key))
@@ -232,7 +232,8 @@ class ModelManager:
                     self.sup.unload(r)  # asked for with other load options (a longer context...): load it again
                     r = None
                 if r is None:
-                    r = self.sup.load(spec, options, select=False, replace=False, keep_alive=keep_alive, pinned=pinned)
+                    r = self.sup.load(spec, options or spec.options, select=False, replace=False,
+                                      keep_alive=keep_alive, pinned=pinned)
         if pinned:
             r.pinned = True
         if keep_alive is not None:
@@ -246,14 +247,13 @@ class ModelManager:
         failure = r.engine.failure()
         if failure is not None:
             self.sup.crashed(r.spec, failure, r)
-            return None
-        return r
+        return r if failure is None else None
 
     def _selected(self, keep_alive: float | None) -> Resident:
         """The selected model, loaded again if an idle unload or a crash took it."""
         r = self._usable(self.sup.selected_resident())
         if r is None:
-            with self._loads:
+            with self.sup.changes:
                 spec = self.sup.selected_spec
                 r = self._usable(self.sup.selected_resident())
                 if r is None and spec is not None:
@@ -266,7 +266,7 @@ class ModelManager:
 
     def unload(self, ref: str | None = None) -> bool:
         """Unload ``ref`` (None: every model) once its running generations end; True if one was loaded."""
-        with self._loads:
+        with self.sup.changes:
             if ref is None:
                 return self.sup.unload_all()
             r = self.sup.find(ref)

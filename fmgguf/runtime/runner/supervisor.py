@@ -6,8 +6,8 @@ backoff, broken models).
 Residency: at most ``max_loaded`` models, and only as many as the fit plan says fit in memory;
 loading one more unloads the least recently used model that is not pinned. A model idle for its
 keep-alive is unloaded (pinned ones never are). ``lock`` guards the tables here and is held only
-for short looks and changes, never across a load, a drain or a generation; the manager serialises
-loads with its own lock.
+for short looks and changes, never across a load, a drain or a generation; ``changes`` serialises
+the loads and unloads.
 """
 
 from __future__ import annotations
@@ -58,11 +58,16 @@ class Supervisor:
         self.health = HealthBook(settings.home)
         self.residents = Residents()
         self.lock = threading.Lock()
+        #: held by the manager around every load, unload and switch (one residency change at a time;
+        #: generations on resident models never wait for it)
+        self.changes = threading.RLock()
         #: the model calls without ``model=`` use; it stays selected through an idle unload or a crash
         #: (loaded again on the next call) until it is unloaded on purpose or replaced
         self.selected_spec: LoadSpec | None = None
         #: runners started again after a crash (in this process), for /metrics
         self.restarts = 0
+        #: how every model loaded here was loaded, by key (a file is found again after it left)
+        self.known: dict[str, LoadSpec] = {}
         #: keys being loaded now -> since when (time.time())
         self.loading: dict[str, float] = {}
         self._facts: dict[tuple, FileFacts] = {}
@@ -114,6 +119,7 @@ class Supervisor:
                             had_crashes=self.health.get(spec.key) is not None)
         with self.lock:
             self.residents.add(resident)
+            self.known[spec.key] = resident.spec
             if select:
                 self.selected_spec = resident.spec
         log.info("loaded %s (%s) in %.2f s: n_ctx=%d n_gpu_layers=%d, %s, %d slot(s)", spec.key, info.quant,
@@ -250,6 +256,14 @@ class Supervisor:
     # --- keep-alive ------------------------------------------------------------------------------
     def sweep(self) -> float | None:
         """Unload the idle models whose keep-alive ran out; the seconds until the next one (None: none)."""
+        if not self.changes.acquire(blocking=False):  # a load or unload is under way: look again soon
+            return 1.0
+        try:
+            return self._sweep()
+        finally:
+            self.changes.release()
+
+    def _sweep(self) -> float | None:
         with self.lock:
             expired = self.residents.expired()
             gone = []
