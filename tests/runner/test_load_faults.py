@@ -30,26 +30,26 @@ def _send(client: httpx.Client, dialect: int, model: str, seed: int) -> tuple[in
     """(status, text or error line) of one request in dialect 0 OpenAI, 1 Ollama, 2 llama.cpp."""
     prompt = f"def task_{seed}(x):"
     if dialect == 0:
-        r = client.post("/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 24,
+        r = client.post("/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 16,
                                                  "temperature": 0.7, "seed": seed})
         ok = r.status_code == 200
         return r.status_code, r.json()["choices"][0]["text"] if ok else r.json()["error"]["message"]
     if dialect == 1:
         r = client.post("/api/generate", json={"model": model, "prompt": prompt, "stream": False, "raw": True,
-                                               "options": {"num_predict": 24, "seed": seed}})
+                                               "options": {"num_predict": 16, "seed": seed}})
         return r.status_code, r.json()["response"] if r.status_code == 200 else r.json()["error"]
-    r = client.post("/completion", json={"model": model, "prompt": prompt, "n_predict": 24, "seed": seed})
+    r = client.post("/completion", json={"model": model, "prompt": prompt, "n_predict": 16, "seed": seed})
     return r.status_code, r.json()["content"] if r.status_code == 200 else r.json()["error"]["message"]
 
 
-def _drive(url: str, on_done: Any) -> list[tuple[str, int, str]]:
-    """Run the 64 requests; (model, status, text or error) of each."""
+def _drive(url: str, on_done: Any, per_client: int = PER_CLIENT) -> list[tuple[str, int, str]]:
+    """``per_client`` requests from each of the clients at once; (model, status, text or error) of each."""
     out: list[tuple[str, int, str]] = []
     lock = threading.Lock()
 
     def client_loop(c: int) -> None:
         with httpx.Client(base_url=url, timeout=120, headers={"User-Agent": f"load-client-{c}"}) as client:
-            for i in range(PER_CLIENT):
+            for i in range(per_client):
                 model = ("good", "other")[(c + i) % 2]
                 status, text = _send(client, (c + i) % 3, model, c * 100 + i)
                 with lock:
@@ -84,9 +84,11 @@ def test_64_requests_8_clients_3_dialects_2_models_one_runner_killed(tmp_path: P
     manager = ModelManager(settings, catalog=catalog, downloader=downloader, isolation="process", max_queue=64)
     app = create_app(settings, manager=manager, downloader=downloader, catalog=catalog)
     with runner_tools.LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=120) as warm:
-        for model in ("good", "other"):  # both resident, each answered once, before the baseline
+        for model in ("good", "other"):  # both resident, each answered once in each dialect
             for dialect in range(3):
                 assert _send(warm, dialect, model, 1)[0] == 200
+        # the same load once without a fault, so the baseline has the server's threads and buffers
+        assert all(s == 200 for _, s, _ in _drive(live.url, lambda n: None, per_client=3))
         gc.collect()
         before = _rss()
         victim = next(m.pid for m in manager.loaded() if m.id == "other")
