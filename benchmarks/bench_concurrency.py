@@ -188,17 +188,11 @@ def run_fmgguf(model: Path, tokens: int, runs: int, home: Path) -> dict:
 
 
 def run_llama_server(model: Path, tokens: int, runs: int) -> dict:
-    from _llama_server import llama_server_binary  # noqa: PLC0415 - built once, cached like the wheel
+    """llama-server with 4 slots over a 4 x N_CTX unified KV cache (every slot can hold N_CTX)."""
+    from _llama_server import LlamaServer, ensure_llama_server  # built once, cached like the wheel
 
-    port = free_port()
-    proc = subprocess.Popen([str(llama_server_binary()), "-m", str(model), "--port", str(port), "--host", "127.0.0.1",
-                             "-np", "4", "-c", str(4 * N_CTX)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc, "llama-server")
-        return measure(url, tokens, runs)
-    finally:
-        stop(proc)
+    with LlamaServer(ensure_llama_server(), ["-m", str(model), "-np", "4", "-c", str(4 * N_CTX)]) as srv:
+        return measure(srv.url, tokens, runs)
 
 
 def model_path(arg: str | None) -> Path:
