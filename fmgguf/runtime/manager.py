@@ -346,7 +346,7 @@ class ModelManager:
                   model: str | None, keep_alive: float | None) -> GenerationResult | GenerationStream:
         from fmgguf.runtime.engine import GenerationStats
 
-        allowed = {"top_k", "min_p", "repeat_penalty"}
+        allowed = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "priority", "constraint"}
         if set(sampling) - allowed:
             raise InvalidRequestError(f"unknown option(s): {', '.join(sorted(set(sampling) - allowed))}",
                                       fix=f"use max_tokens, temperature, top_p, stop, seed, {', '.join(sorted(allowed))}")
