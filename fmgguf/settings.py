@@ -131,8 +131,12 @@ class Settings:
     #: the model `fmgguf run`/`serve` use when none is named
     default_model: str | None = None
     default_quant: str = "Q4_K_M"
-    #: threads for llama.cpp (None = llama.cpp's choice)
+    #: CPU threads llama.cpp computes with, for generation and prompt processing (FMGGUF_THREADS,
+    #: ``threads:`` in the config file, --threads; None = llama.cpp's own default, one per usable core)
     n_threads: int | None = None
+    #: requests one loaded model serves at once (slots of its context, continuous batching;
+    #: FMGGUF_PARALLEL); a FIM lane slot comes on top of these
+    parallel: int = 4
     #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
     rpc: str | None = None
     #: benchmark sandbox defaults
@@ -181,6 +185,8 @@ class Settings:
         for key, value in raw.items():
             if key in known and key not in ("raw_config", "config_file"):
                 values[key] = value
+        if raw.get("threads") is not None and "n_threads" not in values:
+            values["n_threads"] = raw["threads"]
         # The seed's config.yaml names its default model under `models:`.
         models_block = raw.get("models")
         if isinstance(models_block, dict) and models_block.get("default_model") and "default_model" not in values:
@@ -211,7 +217,8 @@ class Settings:
             values["vram_override"] = env["FMGGUF_VRAM"]
         for name, key in (("FMGGUF_KEEP_ALIVE", "keep_alive"), ("FMGGUF_THREADS", "n_threads"),
                           ("FMGGUF_CTX", "default_ctx"), ("FMGGUF_VRAM_MARGIN", "vram_margin"),
-                          ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers")):
+                          ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers"),
+                          ("FMGGUF_PARALLEL", "parallel")):
             if env.get(name):
                 values[key] = env[name]
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -265,6 +272,11 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("parallel must be at least 1", fix="set FMGGUF_PARALLEL to 1 or more")
     if out.get("max_loaded_models") is not None and int(out["max_loaded_models"]) < 1:
         raise ConfigError("max_loaded_models must be at least 1", fix="set FMGGUF_MAX_LOADED_MODELS to 1 or more")
+    if out.get("n_threads") is not None and int(out["n_threads"]) < 1:
+        raise ConfigError(f"threads {out['n_threads']} is not a thread count",
+                          fix="set FMGGUF_THREADS (or threads: in the config file) to 1 or more, or leave it unset")
+    if out.get("parallel") is not None and not 1 <= int(out["parallel"]) <= 64:
+        raise ConfigError(f"parallel {out['parallel']} is out of range", fix="set FMGGUF_PARALLEL to 1..64")
     if out.get("hf_endpoint"):
         out["hf_endpoint"] = str(out["hf_endpoint"]).rstrip("/")
     return out

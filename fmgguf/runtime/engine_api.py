@@ -44,6 +44,10 @@ class EngineAPI(Protocol):
         """Streams it takes at once (the manager sends at most this many; more wait in its queue)."""
 
     @property
+    def lanes(self) -> int:
+        """Slots beside ``slots`` that only priority (FIM) streams take (the FIM lane)."""
+
+    @property
     def alive(self) -> bool: ...
 
     @property

@@ -48,17 +48,19 @@ class ModelGone(Exception):
 
 
 class SlotQueue:
-    """The queue of one resident model: up to ``slots`` streams at once, the rest wait (FIM
-    ``priority`` first, then in arrival order), at most ``max_waiting`` of them, then
-    :class:`BusyError`. Unlike ``threading.Lock`` a slot may be released from another thread (a
+    """The queue of one resident model: up to ``slots`` streams at once, plus ``lanes`` more that
+    only ``priority`` (FIM) streams take; the rest wait (priority first, then in arrival order), at
+    most ``max_waiting`` of them, then :class:`BusyError`. Unlike ``threading.Lock`` a slot may be released from another thread (a
     stream opened in one thread can be consumed in another).
 
     :meth:`shut` stops new admissions (the model is being unloaded); those already queued are served.
     """
 
-    def __init__(self, label: str, slots: int, max_waiting: int) -> None:
+    def __init__(self, label: str, slots: int, max_waiting: int, lanes: int = 0) -> None:
         self.label = label
         self.slots = max(1, int(slots))
+        self.lanes = max(0, int(lanes))
+        self._plain = 0  # streams running that are not priority ones
         self.max_waiting = max(0, int(max_waiting))
         self._cond = threading.Condition()
         self._active = 0
@@ -85,8 +87,8 @@ class SlotQueue:
         with self._cond:
             if self._shut:
                 raise ModelGone(self.label)
-            if self._active < self.slots and not self._waiters:
-                self._active += 1
+            if self._fits(priority) and not self._waiters:
+                self._take(priority)
                 return
             if len(self._waiters) >= self.max_waiting:
                 raise BusyError(f"{self.label}: the queue is full ({len(self._waiters)} requests already queued)",
@@ -97,7 +99,7 @@ class SlotQueue:
             self._waiters.append(ticket)
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
-                while self._active >= self.slots or min(self._waiters) != ticket:
+                while not self._fits(priority) or min(self._waiters) != ticket:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise BusyError(f"waited {timeout:.0f} s for {self.label} without getting a turn",
@@ -108,12 +110,22 @@ class SlotQueue:
                 self._cond.notify_all()
                 raise
             self._waiters.remove(ticket)
-            self._active += 1
+            self._take(priority)
             self._cond.notify_all()  # the next waiter may fit in a slot too
 
-    def release(self) -> None:
+    def _fits(self, priority: bool) -> bool:
+        room = self._active < self.slots + self.lanes
+        return room if priority else room and self._plain < self.slots
+
+    def _take(self, priority: bool) -> None:
+        self._active += 1
+        self._plain += 0 if priority else 1
+
+    def release(self, priority: bool = False) -> None:
         with self._cond:
             self._active = max(0, self._active - 1)
+            if not priority:
+                self._plain = max(0, self._plain - 1)
             self._cond.notify_all()
 
     def try_shut(self) -> bool:

@@ -273,7 +273,10 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
         layers = int(layers_opt)
     n_ctx = int(plan.n_ctx) if (n_ctx_opt == "auto" and plan is not None) else want_ctx
     split = options.get("tensor_split") or (plan.tensor_split if plan is not None and layers_opt in (None, "auto") else None)
-    opts = LoadOptions(n_ctx=n_ctx, n_gpu_layers=layers, n_threads=options.get("n_threads") or s.n_threads,
+    from fmgguf.runtime.threads import choose_threads
+
+    threads = choose_threads(options.get("n_threads") or s.n_threads).n_threads
+    opts = LoadOptions(n_ctx=n_ctx, n_gpu_layers=layers, n_threads=threads, parallel=s.parallel,
                        flash_attn=flash, type_k=type_k, type_v=type_v,
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),
                        split_mode=options.get("split_mode"),

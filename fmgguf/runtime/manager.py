@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ISOLATIONS = ("process", "inprocess")
-Sampling = float | int
+Sampling = object  # a sampling option's value (numbers; a grammar constraint)
 Options = object  # a load option's value (checked by load_request)
 
 
@@ -69,13 +69,12 @@ class ModelManager:
         isolation = isolation or settings.isolation
         if isolation not in ISOLATIONS:
             raise InvalidRequestError(f"isolation {isolation!r} is unknown", fix="use process or inprocess")
-        self._settings = settings
         self._catalog = catalog
         self._downloader = downloader
         self.queue_timeout = queue_timeout
         self.max_queue = max(0, int(max_queue))
-        slots = parallel or settings.parallel
-        self.sup = Supervisor(settings, starter=starter or engine_starter(isolation, slots),
+        self._settings = settings = settings.replace(parallel=int(parallel)) if parallel else settings
+        self.sup = Supervisor(settings, starter=starter or engine_starter(isolation, settings.parallel),
                               isolation=isolation, max_loaded=max_loaded or settings.max_loaded_models,
                               keep_alive=float(settings.keep_alive if keep_alive is None else keep_alive),
                               max_queue=self.max_queue, **({"validator": validator} if validator else {}))
@@ -328,7 +327,7 @@ class ModelManager:
             except ModelGone:  # unloaded while we looked it up: find or load it again
                 continue
             if r.leaving:  # its runner died or it is being unloaded while we waited: the next one serves
-                r.queue.release()
+                r.queue.release(priority)
                 continue
             return r
 
@@ -350,14 +349,14 @@ class ModelManager:
                 stop=[*ask.stop, *extra_stops], seed=ask.seed, cancel=cancel, priority=ask.priority, **ask.sampling))
         except RunnerCrashedError as exc:
             self.sup.crashed(resident.spec, exc, resident)
-            self._release(resident)
+            self._release(resident, ask.priority)
             raise
         except BaseException:
-            self._release(resident)
+            self._release(resident, ask.priority)
             raise
         info = resident.info
         gs = GenerationStream(pieces, lambda text: requests.result(text, stats, started, info),
-                              lambda: self._release(resident), cancel)
+                              lambda: self._release(resident, ask.priority), cancel)
         return gs if stream else gs.consume()
 
     def _guard(self, resident: Resident, pieces: Iterator[str]) -> Iterator[str]:
@@ -369,8 +368,8 @@ class ModelManager:
             raise
         self.sup.succeeded(resident)
 
-    def _release(self, resident: Resident) -> None:
-        resident.queue.release()
+    def _release(self, resident: Resident, priority: bool) -> None:
+        resident.queue.release(priority)
         self._touched(resident)
 
     def _touched(self, resident: Resident) -> None:

@@ -19,7 +19,7 @@ from fmgguf.runtime.runner.residency import Resident
 Prompt = tuple["list[int] | PromptText", list[str]]
 Build = Callable[[EngineAPI, Resident], Prompt]
 #: sampling options beyond the common ones
-EXTRA_SAMPLING = frozenset({"top_k", "min_p", "repeat_penalty"})
+EXTRA_SAMPLING = frozenset({"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "constraint"})
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,14 @@ class Ask:
     top_p: float
     stop: tuple[str, ...]
     seed: int | None
-    sampling: Mapping[str, float | int] = field(default_factory=dict)
+    #: top_k, min_p, penalties, a grammar ``constraint`` (:class:`~fmgguf.runtime.constraints.Constraint`)
+    sampling: Mapping[str, object] = field(default_factory=dict)
     #: FIM: ahead of other requests for the same model
     priority: bool = False
 
     @classmethod
     def of(cls, build: Build, max_tokens: int | None, temperature: float, top_p: float,
-           stop: Sequence[str] | str | None, seed: int | None, sampling: Mapping[str, float | int],
+           stop: Sequence[str] | str | None, seed: int | None, sampling: Mapping[str, object],
            priority: bool = False) -> "Ask":
         unknown = set(sampling) - EXTRA_SAMPLING
         if unknown:

@@ -64,12 +64,12 @@ def test_one_runner_serves_concurrent_streams_each_its_own(good_path: Path) -> N
     from fmgguf.runtime.engine import GenerationStats, LoadOptions
     from fmgguf.runtime.runner.proxy import EngineProxy
 
-    proxy = EngineProxy.start(good_path, LoadOptions(n_ctx=512), slots=4)
+    proxy = EngineProxy.start(good_path, LoadOptions(n_ctx=1024, parallel=4), slots=4)
     try:
         prompts = [proxy.tokenize(f"def task_{i}(x):", add_bos=proxy.add_bos) for i in range(4)]
 
         def run(tokens: list[int], seed: int) -> str:
-            return "".join(proxy.stream(tokens, GenerationStats(), max_tokens=12, temperature=0.8, seed=seed))
+            return "".join(proxy.stream(tokens, GenerationStats(), max_tokens=12, temperature=0.0, seed=seed))
 
         alone = [run(p, i) for i, p in enumerate(prompts)]
         together: dict[int, str] = {}

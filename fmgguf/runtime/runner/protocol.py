@@ -52,8 +52,9 @@ class LoadReply:
     memory: int
     fim_token_ids: Mapping[str, int]
     pid: int
-    #: streams the runner generates at once (1: one after the other)
+    #: streams the runner generates at once (1: one after the other), and FIM lane slots beside them
     slots: int = 1
+    lanes: int = 0
 
 
 class ChannelClosed(Exception):

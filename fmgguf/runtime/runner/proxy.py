@@ -64,6 +64,8 @@ class EngineProxy:
         #: manager sends it no more than that, so a FIM request waits in the manager's queue, where it
         #: goes first, not in the runner's
         self.slots = max(1, reply.slots)
+        #: slots beside those that only priority (FIM) streams take
+        self.lanes = max(0, reply.lanes)
         self._closed = False
 
     @classmethod

@@ -114,7 +114,7 @@ class Supervisor:
         info = _loaded_info(spec, facts, engine, load_opts, plan, self.isolation)
         kept = {k: v for k, v in options.items() if k != "progress"}
         resident = Resident(spec=dataclasses.replace(spec, options=kept), engine=engine, info=info,
-                            queue=SlotQueue(spec.key, engine.slots, self.max_queue),
+                            queue=SlotQueue(spec.key, engine.slots, self.max_queue, engine.lanes),
                             keep_alive=float(self.keep_alive if keep_alive is None else keep_alive), pinned=pinned,
                             had_crashes=self.health.get(spec.key) is not None)
         with self.lock:

@@ -35,13 +35,15 @@ class Sampling:
     top_k: int | None = None
     min_p: float | None = None
     repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                               "stop": list(self.stop) or None, "seed": self.seed}
-        for name in ("top_k", "min_p", "repeat_penalty"):
+        for name in ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw

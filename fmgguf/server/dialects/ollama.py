@@ -36,6 +36,8 @@ class Options(BaseModel):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stop: Union[str, list[str], None] = None
     seed: int | None = None
     num_ctx: int | None = Field(default=None, ge=0)
@@ -46,7 +48,8 @@ class Options(BaseModel):
         return Sampling(max_tokens=None if n is not None and n < 0 else (n or 256),
                         temperature=0.8 if self.temperature is None else self.temperature,
                         top_p=0.9 if not self.top_p else self.top_p, top_k=self.top_k or None, min_p=self.min_p,
-                        repeat_penalty=self.repeat_penalty, seed=None if self.seed is None else self.seed % 2**31,
+                        repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
+                        frequency_penalty=self.frequency_penalty, seed=None if self.seed is None else self.seed % 2**31,
                         stop=tuple(s for s in stop if s)[:16])
 
 
