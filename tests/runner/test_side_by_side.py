@@ -100,3 +100,19 @@ def test_model_states(runner_manager, good_path: Path, isolation: str) -> None:
         next(s)
         assert m.current_model().state == "busy" and m.current_model().active == 1
     assert m.current_model().state == "ready"
+
+
+def test_several_streams_of_one_model_run_at_once(runner_manager, good_path: Path) -> None:
+    """The manager sends a model's runner as many streams as it has slots: a second request to the
+    same model is answered while the first one's stream is still open."""
+    m = runner_manager(parallel=4)
+    m.load_file(good_path, n_ctx=1024)
+    assert m.current_model() is not None
+    long = m.generate_text("def f(x):", max_tokens=300, temperature=0.8, seed=1, stream=True)
+    assert next(long)
+    done: list[int] = []
+    t = threading.Thread(target=lambda: done.append(m.generate_text("def g(y):", max_tokens=3).completion_tokens))
+    t.start()
+    t.join(timeout=60)
+    assert done and done[0] >= 1 and not long.done
+    long.cancel()
