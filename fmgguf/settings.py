@@ -124,6 +124,8 @@ class Settings:
     #: models resident at once; loading one more evicts the least recently used unpinned model
     #: (FMGGUF_MAX_LOADED_MODELS; the fit plan's memory check can evict earlier)
     max_loaded_models: int = 3
+    #: streams one model's runner takes at once (FMGGUF_PARALLEL); more wait in the model's queue
+    parallel: int = 4
     #: default context length when the caller gives none
     default_ctx: int = 4096
     #: host RAM per loaded model for saved KV states of earlier prompts, so an agent's next turn or
@@ -132,8 +134,12 @@ class Settings:
     #: the model `fmgguf run`/`serve` use when none is named
     default_model: str | None = None
     default_quant: str = "Q4_K_M"
-    #: threads for llama.cpp (None = llama.cpp's choice)
+    #: CPU threads llama.cpp computes with, for generation and prompt processing (FMGGUF_THREADS,
+    #: ``threads:`` in the config file, --threads; None = llama.cpp's own default, one per usable core)
     n_threads: int | None = None
+    #: requests one loaded model serves at once (slots of its context, continuous batching;
+    #: FMGGUF_PARALLEL); a FIM lane slot comes on top of these
+    parallel: int = 4
     #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
     rpc: str | None = None
     #: benchmark sandbox defaults
@@ -182,6 +188,8 @@ class Settings:
         for key, value in raw.items():
             if key in known and key not in ("raw_config", "config_file"):
                 values[key] = value
+        if raw.get("threads") is not None and "n_threads" not in values:
+            values["n_threads"] = raw["threads"]
         # The seed's config.yaml names its default model under `models:`.
         models_block = raw.get("models")
         if isinstance(models_block, dict) and models_block.get("default_model") and "default_model" not in values:
@@ -199,6 +207,7 @@ class Settings:
         env_str("FMGGUF_RPC", "rpc")
         env_str("FMGGUF_ISOLATION", "isolation")
         env_str("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models")
+        env_str("FMGGUF_PARALLEL", "parallel")
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
         if token:
             values["hf_token"] = token
@@ -213,7 +222,8 @@ class Settings:
             values["prompt_cache_bytes"] = env["FMGGUF_PROMPT_CACHE_BYTES"]
         for name, key in (("FMGGUF_KEEP_ALIVE", "keep_alive"), ("FMGGUF_THREADS", "n_threads"),
                           ("FMGGUF_CTX", "default_ctx"), ("FMGGUF_VRAM_MARGIN", "vram_margin"),
-                          ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers")):
+                          ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers"),
+                          ("FMGGUF_PARALLEL", "parallel")):
             if env.get(name):
                 values[key] = env[name]
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -235,7 +245,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = getattr(exc, "problem_mark", None)
+        where = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
         line = f" line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"config file {path}{line} is not valid YAML", fix="fix the file or move it away") from None
     if data is None:
@@ -251,7 +261,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory", "prompt_cache_bytes"):
             if key in out and out[key] is not None:
                 out[key] = parse_size(out[key], key)
-        for key in ("download_retries", "default_ctx", "bench_workers", "n_threads", "max_loaded_models"):
+        for key in ("download_retries", "default_ctx", "bench_workers", "n_threads", "max_loaded_models", "parallel"):
             if key in out and out[key] is not None:
                 out[key] = int(out[key])
         for key in ("keep_alive", "bench_timeout"):
@@ -263,8 +273,15 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"bad setting value: {exc}", fix="check the config file and FMGGUF_* variables") from None
     if out.get("isolation") not in (None, "process", "inprocess"):
         raise ConfigError(f"isolation {out['isolation']!r} is unknown", fix="set FMGGUF_ISOLATION to process or inprocess")
+    if out.get("parallel") is not None and int(out["parallel"]) < 1:
+        raise ConfigError("parallel must be at least 1", fix="set FMGGUF_PARALLEL to 1 or more")
     if out.get("max_loaded_models") is not None and int(out["max_loaded_models"]) < 1:
         raise ConfigError("max_loaded_models must be at least 1", fix="set FMGGUF_MAX_LOADED_MODELS to 1 or more")
+    if out.get("n_threads") is not None and int(out["n_threads"]) < 1:
+        raise ConfigError(f"threads {out['n_threads']} is not a thread count",
+                          fix="set FMGGUF_THREADS (or threads: in the config file) to 1 or more, or leave it unset")
+    if out.get("parallel") is not None and not 1 <= int(out["parallel"]) <= 64:
+        raise ConfigError(f"parallel {out['parallel']} is out of range", fix="set FMGGUF_PARALLEL to 1..64")
     if out.get("hf_endpoint"):
         out["hf_endpoint"] = str(out["hf_endpoint"]).rstrip("/")
     return out

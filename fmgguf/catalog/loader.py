@@ -44,10 +44,12 @@ def read_yaml(path: Path) -> Any:
         raise CatalogError(f"{path}: not UTF-8 text", fix="save the catalog as UTF-8 YAML") from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+    except yaml.MarkedYAMLError as exc:
+        where = f" line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        raise CatalogError(f"{path}{where}: {exc.problem or 'invalid YAML'}", fix="fix the YAML syntax") from None
+    except yaml.YAMLError:
+        problem = "invalid YAML"
+        where = ""
         raise CatalogError(f"{path}{where}: {problem}", fix="fix the YAML syntax") from None
 
 

@@ -23,6 +23,7 @@ class AppContext:
     offline: bool = False
     verbose: int = 0
     rpc: str | None = None  # --rpc: workers to split models across (else FMGGUF_RPC)
+    threads: int | None = None  # --threads: CPU threads for llama.cpp (else FMGGUF_THREADS, else one per core)
     _settings: "Settings | None" = field(default=None, repr=False)
     _catalog: "Catalog | None" = field(default=None, repr=False)
 
@@ -31,7 +32,8 @@ class AppContext:
         if self._settings is None:
             from fmgguf.settings import load_settings
 
-            self._settings = load_settings(offline=True if self.offline else None, rpc=self.rpc)
+            self._settings = load_settings(offline=True if self.offline else None, rpc=self.rpc,
+                                           n_threads=self.threads)
             _setup_logging(self._settings.log_level, self.verbose)
             from fmgguf.runtime.llama_log import configure as route_llama_log
 
@@ -64,6 +66,16 @@ def _set_rpc(ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         app = ctx.ensure_object(AppContext)
         app.rpc, app._settings = value, None
 
+
+def _set_threads(ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        app = ctx.ensure_object(AppContext)
+        app.threads, app._settings = value, None
+
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(1, 1024), default=None, expose_value=False, callback=_set_threads,
+    help="CPU threads llama.cpp computes with (default: FMGGUF_THREADS, else one per usable core, as llama.cpp).")
 
 rpc_option = click.option(
     "--rpc", metavar="HOST[:PORT][@BUDGET],...", default=None, expose_value=False, callback=_set_rpc,

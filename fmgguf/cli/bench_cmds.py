@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fmgguf._util import atomic_write_text
-from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app, rpc_option
+from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app, rpc_option, threads_option
 from fmgguf.errors import BenchError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming an interrupted run.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write a comparison HTML page.")
 @rpc_option
+@threads_option
 @json_option
 @pass_app
 def bench_cmd(app: AppContext, model_ids: tuple[str, ...], quant: str, tasks: tuple[str, ...],

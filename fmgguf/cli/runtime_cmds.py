@@ -29,7 +29,8 @@ def _load_options(f: Any) -> Any:
         click.option("--ctx", "n_ctx", default=None, help="Context length in tokens, or 'auto' (fit plan)."),
         click.option("--gpu-layers", "n_gpu_layers", default="auto", show_default=True,
                      help="Layers to offload to the GPU, or 'auto' (fit plan)."),
-        click.option("--threads", "n_threads", type=int, default=None, help="CPU threads for llama.cpp."),
+        click.option("--threads", "n_threads", type=click.IntRange(1, 1024), default=None,
+                     help="CPU threads llama.cpp computes with (default: FMGGUF_THREADS, else one per usable core)."),
         click.option("--max-tokens", "-n", type=int, default=512, show_default=True,
                      help="Most tokens to generate (at least 1)."),
         click.option("--temperature", "-t", type=float, default=0.2, show_default=True,
@@ -84,7 +85,7 @@ def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: Any, n_g
         if live:
             click.echo("\r\033[K", err=True, nl=False)
     if not quiet:
-        label = getattr(result.plan, "label", None) or f"{result.n_gpu_layers} GPU layers"
+        label = result.plan.label if result.plan is not None else f"{result.n_gpu_layers} GPU layers"
         click.echo(f"loaded {result.model_id} ({result.quant}) in {result.load_s:.2f} s — {label}, "
                    f"context {result.n_ctx}", err=True)
     warnings = _context_warnings(result)

@@ -154,6 +154,9 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     row("flash attention", lambda p: "on" if p.flash_attn else "off")
     row("weights", lambda p: human_bytes(p.estimate.weights_total))
     row("KV cache", lambda p: human_bytes(p.estimate.kv_total))
+    row("slots", lambda p: f"{p.parallel} + FIM lane, each up to {p.n_ctx} (one shared KV cache)")
+    row("CPU threads", lambda p: f"{p.threads.n_threads} ({'setting' if p.threads.source == 'setting' else 'cores'})"
+        if p.threads else "-")
     row("compute buffer", lambda p: f"{human_bytes(p.estimate.compute)}"
         + (" (measured)" if p.estimate.compute_source == "dry-run" else " (formula)"))
     row("devices needed / budget" if remote else "VRAM needed / free",
@@ -337,8 +340,10 @@ def doctor_cmd(app: AppContext, as_json: bool) -> None:
 
     from fmgguf import __version__
     from fmgguf.runtime.devices import ggml_devices, llama_cpp_lib_dir, system_memory
+    from fmgguf.runtime.threads import choose_threads
 
     s = app.settings
+    threads = choose_threads(s.n_threads)
     devices = ggml_devices()
     mem = system_memory(vram_override=s.vram_override)
     backends = mem.backends
@@ -355,6 +360,7 @@ def doctor_cmd(app: AppContext, as_json: bool) -> None:
         "ram_free": mem.ram_free, "ram_total": mem.ram_total,
         "home": str(s.home), "store": str(store), "disk_free": disk_free, "disk_checked_at": disk_at,
         "hf_endpoint": s.hf_endpoint, "offline": s.offline,
+        "threads": threads.as_dict(), "parallel": s.parallel,
     }
     if as_json:
         emit_json(report)
@@ -371,5 +377,7 @@ def doctor_cmd(app: AppContext, as_json: bool) -> None:
         con.print(f"planning for {human_bytes(s.vram_override)} of VRAM (--vram / FMGGUF_VRAM)")
     con.print(f"RAM: {human_bytes(mem.ram_free)} available of {human_bytes(mem.ram_total)};"
               f" VRAM margin {human_bytes(s.vram_margin)}")
+    con.print(f"CPU threads: {threads.label}")
+    con.print(f"slots per model: {s.parallel} + a FIM lane (FMGGUF_PARALLEL)")
     con.print(f"store: {store}  ({human_bytes(disk_free)} free)")
     con.print(f"hub: {s.hf_endpoint}{'  (offline)' if s.offline else ''}")

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import ModelCard
 
 _INSTRUCT_WORDS = re.compile(r"(instruct|chat|(?:^|[-_. ])it(?:$|[-_. ]))", re.IGNORECASE)
 _CARD_CAPS = {"instruct", "chat"}
 
 
-def is_instruct(card: Any = None, names: Iterable[str] = ()) -> bool:
+def is_instruct(card: "ModelCard | None" = None, names: Iterable[str] = ()) -> bool:
     """An instruct/chat model: by its card when the card lists capabilities, else by its names."""
-    caps = {c.lower() for c in (getattr(card, "capabilities", None) or ())}
+    caps = {c.lower() for c in (card.capabilities if card is not None else ())}
     if caps:
         return bool(_CARD_CAPS & caps)
     return any(_INSTRUCT_WORDS.search(n or "") for n in names)
@@ -37,6 +40,6 @@ def gguf_names(file_name: str, metadata: Mapping[str, Any]) -> list[str]:
     return [stem, str(metadata.get("general.name") or ""), str(metadata.get("general.finetune") or "")]
 
 
-def wants_chat(*, has_template: bool, card: Any = None, names: Iterable[str] = (), raw: bool = False) -> bool:
+def wants_chat(*, has_template: bool, card: "ModelCard | None" = None, names: Iterable[str] = (), raw: bool = False) -> bool:
     """True when a bare prompt should go through the chat template (see the module doc)."""
     return not raw and has_template and is_instruct(card, names)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fmgguf.runtime.devices import Device, SystemMemory, system_memory
 from fmgguf.runtime.estimate import GPU_RUNTIME_OVERHEAD, Estimate, estimate_card, estimate_file, pad
+from fmgguf.runtime.threads import ThreadChoice, choose_threads
 
 if TYPE_CHECKING:
     from fmgguf.catalog.schema import ModelCard
@@ -73,6 +74,10 @@ class FitPlan:
     estimate: Estimate | None = field(default=None, repr=False)
     source: str = "file"  # file | header | catalog
     notes: list[str] = field(default_factory=list)
+    #: CPU threads llama.cpp will compute with, and why (:class:`~fmgguf.runtime.threads.ThreadChoice`)
+    threads: ThreadChoice | None = None
+    #: requests served at once (slots of one unified KV cache: each may grow to n_ctx, together they share it)
+    parallel: int = 1
 
     @property
     def full_gpu(self) -> bool:
@@ -93,6 +98,8 @@ class FitPlan:
                 "vram_needed": self.vram_needed, "ram_needed": self.ram_needed, "vram_free": self.vram_free,
                 "ram_free": self.ram_free, "devices": [d.as_dict() for d in self.devices],
                 "tensor_split": self.tensor_split, "source": self.source, "notes": self.notes,
+                "threads": None if self.threads is None else self.threads.as_dict(), "parallel": self.parallel,
+                "slot_ctx": self.n_ctx,
                 "estimate": None if est is None else {
                     "weights": est.weights_total, "kv_cache": est.kv_total, "compute": est.compute,
                     "output_buffer": est.output_buffer, "total": est.total, "compute_source": est.compute_source}}
@@ -176,7 +183,8 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
                    type_k=est.type_k, type_v=est.type_v, flash_attn=est.flash_attn,
                    vram_needed=sum(d.needed for d in devs if d.kind != "CPU"), ram_needed=ram_needed,
                    vram_free=sum(g.free for g in targets), ram_free=mem.ram_free, devices=devs,
-                   tensor_split=split, estimate=est, source=source, notes=list(est.notes) + list(mem.notes))
+                   tensor_split=split, estimate=est, source=source, notes=list(est.notes) + list(mem.notes),
+                   threads=choose_threads(settings.n_threads), parallel=settings.parallel)
 
 
 def choose(make: Callable[[int, str, str, bool], Estimate], mem: SystemMemory, settings: "Settings", *,

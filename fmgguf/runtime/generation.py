@@ -1,11 +1,10 @@
-"""What a generation returns (:class:`GenerationResult`, :class:`GenerationStream`) and the
-first-come-first-served turnstile that makes concurrent callers queue for the one loaded model."""
+"""What a generation returns (:class:`GenerationResult`, :class:`GenerationStream`) and the queue of
+each resident model (:class:`SlotQueue`): several streams at once, FIM first, the rest in order."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,61 +50,105 @@ class PromptText:
     special: bool = True
 
 
-class Turnstile:
-    """One holder at a time, waiters served in arrival order, at most ``max_waiting`` waiting.
+class ModelGone(Exception):
+    """The model was unloaded (or its runner died) while the caller waited for a slot: look it up again."""
 
-    Unlike ``threading.Lock`` it may be released from another thread (a stream opened in one
-    thread can be consumed in another), and it knows how many callers are queued.
+
+class SlotQueue:
+    """The queue of one resident model: up to ``slots`` streams at once, plus ``lanes`` more that
+    only ``priority`` (FIM) streams take; the rest wait (priority first, then in arrival order), at
+    most ``max_waiting`` of them, then :class:`BusyError`. Unlike ``threading.Lock`` a slot may be released from another thread (a
+    stream opened in one thread can be consumed in another).
+
+    :meth:`shut` stops new admissions (the model is being unloaded); those already queued are served.
     """
 
-    def __init__(self, max_waiting: int) -> None:
+    def __init__(self, label: str, slots: int, max_waiting: int, lanes: int = 0) -> None:
+        self.label = label
+        self.slots = max(1, int(slots))
+        self.lanes = max(0, int(lanes))
+        self._plain = 0  # streams running that are not priority ones
         self.max_waiting = max(0, int(max_waiting))
         self._cond = threading.Condition()
-        self._busy = False
-        self._waiters: deque[object] = deque()
+        self._active = 0
+        self._shut = False
+        self._waiters: list[tuple[int, int]] = []  # (0 for priority else 1, arrival), served smallest first
+        self._arrivals = 0
+
+    @property
+    def active(self) -> int:
+        return self._active
 
     @property
     def waiting(self) -> int:
-        with self._cond:
-            return len(self._waiters)
+        return len(self._waiters)
 
     @property
-    def busy(self) -> bool:
+    def idle(self) -> bool:
         with self._cond:
-            return self._busy
+            return self._active == 0 and not self._waiters
 
-    def acquire(self, timeout: float | None = None, blocking: bool = True) -> bool:
+    def acquire(self, *, priority: bool = False, timeout: float | None = None) -> None:
+        """Wait for a slot; BusyError when ``max_waiting`` already wait (or after ``timeout``);
+        :class:`ModelGone` when the model is being unloaded."""
         with self._cond:
-            if not self._busy and not self._waiters:
-                self._busy = True
-                return True
-            if not blocking:
-                return False
+            if self._shut:
+                raise ModelGone(self.label)
+            if self._fits(priority) and not self._waiters:
+                self._take(priority)
+                return
             if len(self._waiters) >= self.max_waiting:
-                raise BusyError(f"the model is busy and {len(self._waiters)} requests are already queued",
-                                fix="retry in a moment, or raise the queue size (max_queue)")
-            ticket = object()
+                raise BusyError(f"{self.label}: the queue is full ({len(self._waiters)} requests already queued)",
+                                fix="retry in a moment, or raise the queue size (max_queue)", model=self.label,
+                                retry_after=1)
+            self._arrivals += 1
+            ticket = (0 if priority else 1, self._arrivals)
             self._waiters.append(ticket)
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
-                while self._busy or self._waiters[0] is not ticket:
+                while not self._fits(priority) or min(self._waiters) != ticket:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        raise BusyError(f"waited {timeout:.0f} s for the model without getting a turn",
-                                        fix="retry later, or raise the wait timeout")
+                        raise BusyError(f"waited {timeout:.0f} s for {self.label} without getting a turn",
+                                        fix="retry later, or raise the wait timeout", model=self.label)
                     self._cond.wait(left)
             except BaseException:
                 self._waiters.remove(ticket)
                 self._cond.notify_all()
                 raise
-            self._waiters.popleft()
-            self._busy = True
+            self._waiters.remove(ticket)
+            self._take(priority)
+            self._cond.notify_all()  # the next waiter may fit in a slot too
+
+    def _fits(self, priority: bool) -> bool:
+        room = self._active < self.slots + self.lanes
+        return room if priority else room and self._plain < self.slots
+
+    def _take(self, priority: bool) -> None:
+        self._active += 1
+        self._plain += 0 if priority else 1
+
+    def release(self, priority: bool = False) -> None:
+        with self._cond:
+            self._active = max(0, self._active - 1)
+            if not priority:
+                self._plain = max(0, self._plain - 1)
+            self._cond.notify_all()
+
+    def try_shut(self) -> bool:
+        """Shut the queue if nobody uses or waits for the model (an idle unload); True if it did."""
+        with self._cond:
+            if self._active or self._waiters:
+                return False
+            self._shut = True
             return True
 
-    def release(self) -> None:
+    def shut(self, wait: bool = True) -> None:
+        """No new admissions; with ``wait``, return once the streams running or queued have ended."""
         with self._cond:
-            self._busy = False
-            self._cond.notify_all()
+            self._shut = True
+            while wait and (self._active or self._waiters):
+                self._cond.wait()
 
 
 class GenerationStream:

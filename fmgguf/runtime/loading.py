@@ -5,7 +5,7 @@ llama_cpp itself (the engine module is imported inside functions)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING, Any
 from fmgguf.errors import FmggufError, GGUFError, InsufficientMemoryError, InvalidRequestError, WorkerError
 
 if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog
+    from fmgguf.download import ModelDownloader
+    from fmgguf.runtime.engine import LoadOptions
+    from fmgguf.runtime.engine_api import EngineAPI, EngineStarter, Progress
+    from fmgguf.runtime.fit import FitPlan
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +64,7 @@ class LoadedModel:
     id: str
     quant: str | None
     path: str
-    plan: Any
+    plan: "FitPlan | None"
     memory: int
     buffers: Mapping[str, int]
     n_ctx: int
@@ -82,34 +87,41 @@ class LoadedModel:
     expires_in_s: float | None = None
     #: the model generation calls without ``model=`` use
     selected: bool = False
+    #: loading | ready | busy | unloading | broken (:class:`~fmgguf.runtime.runner.residency.ModelState`)
+    state: str = "ready"
+    #: streams running on it now, and waiting for a slot
+    active: int = 0
+    waiting: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["plan"] = self.plan.as_dict() if hasattr(self.plan, "as_dict") else self.plan
+        out["plan"] = self.plan.as_dict() if self.plan is not None else None
         out["buffers"], out["fim_ids"] = dict(self.buffers), dict(self.fim_ids)
         return out
 
 
+@dataclass(frozen=True)
 class SwitchResult:
     """What :meth:`ModelManager.switch_model` did: the model, its quant, the plan used, load time."""
 
-    def __init__(self, success: bool, model_id: str, quant: str | None, plan: Any, load_s: float,
-                 path: Path, n_ctx: int, n_gpu_layers: int) -> None:
-        self.success, self.model_id, self.quant, self.plan, self.load_s = success, model_id, quant, plan, load_s
-        self.path, self.n_ctx, self.n_gpu_layers = path, n_ctx, n_gpu_layers
+    success: bool
+    model_id: str
+    quant: str | None
+    plan: "FitPlan | None"
+    load_s: float
+    path: Path
+    n_ctx: int
+    n_gpu_layers: int
 
     @classmethod
     def of(cls, info: LoadedModel) -> "SwitchResult":
         return cls(True, info.id, info.quant, info.plan, info.load_s, Path(info.path), info.n_ctx, info.n_gpu_layers)
 
     def as_dict(self) -> dict[str, Any]:
-        plan = self.plan.as_dict() if hasattr(self.plan, "as_dict") else self.plan
+        plan = self.plan.as_dict() if self.plan is not None else None
         return {"success": self.success, "model_id": self.model_id, "quant": self.quant, "plan": plan,
                 "load_s": round(self.load_s, 4), "path": str(self.path), "n_ctx": self.n_ctx,
                 "n_gpu_layers": self.n_gpu_layers}
-
-    def __repr__(self) -> str:
-        return f"SwitchResult({self.as_dict()!r})"
 
 
 def validate(path: Path, cache: dict[tuple, FileFacts]) -> FileFacts:
@@ -154,6 +166,33 @@ def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: i
     return plan
 
 
+def available_models(catalog: "Catalog", downloader: "ModelDownloader", settings: "Settings") -> list[dict[str, object]]:
+    """Every catalog model with the quants downloaded here (a listing never fails on one odd entry); ``fim``
+    by the one FIM rule."""
+    from fmgguf.runtime.fim_rule import card_verdict
+
+    def downloaded(model_id: str, quant: str) -> bool:
+        try:
+            return bool(downloader.is_model_downloaded(model_id, quant))
+        except (FmggufError, OSError):
+            return False
+    return [{"id": card.id, "name": card.title, "quants": card.quants,
+             "downloaded": [q for q in card.quants if downloaded(card.id, q)],
+             "fim": card_verdict(card, settings).able, "chat": card.chat_template not in (None, "none")} for card in catalog.models()]
+
+
+#: the load options callers may pass
+LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_threads", "tensor_split",
+             "main_gpu", "split_mode", "progress", "rpc")
+
+
+def check_load_options(options: Mapping[str, object]) -> None:
+    unknown = set(options) - set(LOAD_KEYS)
+    if unknown:
+        raise InvalidRequestError(f"unknown load option(s): {', '.join(sorted(unknown))}",
+                                  fix=f"use {', '.join(LOAD_KEYS)}")
+
+
 def load_request(facts: FileFacts, options: Mapping[str, Any], settings: "Settings") -> LoadRequest:
     """The caller's load options checked and resolved (InvalidRequestError), before anything is unloaded."""
     from fmgguf.runtime.engine import kv_type_value, split_mode_value
@@ -194,8 +233,8 @@ def load_request(facts: FileFacts, options: Mapping[str, Any], settings: "Settin
 _SMALL_FTYPES = {2, 3, 10, 11, 12, 13, 14, 15, *range(19, 32), 36, 37}
 
 
-def _smaller_hint(info: Any) -> str:
-    ftype = getattr(info, "file_type", None)
+def _smaller_hint(facts: FileFacts) -> str:
+    ftype = facts.file_type
     return "" if ftype in _SMALL_FTYPES else "use a smaller quant (Q4_K_M), "
 
 
@@ -224,7 +263,7 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
             raise InsufficientMemoryError(
                 f"{path.name} does not fit: it needs {gib(plan.ram_needed)} RAM + {gib(plan.vram_needed)} VRAM, "
                 f"{gib(plan.ram_free)} RAM and {gib(plan.vram_free)} VRAM are free",
-                fix=_smaller_hint(facts.info) + "a shorter context (--ctx) or free memory; "
+                fix=_smaller_hint(facts) + "a shorter context (--ctx) or free memory; "
                     "`fmgguf fit` shows the numbers")
     if layers_opt in (None, "auto"):
         if plan is not None:
@@ -236,8 +275,11 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
     else:
         layers = int(layers_opt)
     n_ctx = int(plan.n_ctx) if (n_ctx_opt == "auto" and plan is not None) else want_ctx
-    split = options.get("tensor_split") or (getattr(plan, "tensor_split", None) if layers_opt in (None, "auto") else None)
-    opts = LoadOptions(n_ctx=n_ctx, n_gpu_layers=layers, n_threads=options.get("n_threads") or s.n_threads,
+    split = options.get("tensor_split") or (plan.tensor_split if plan is not None and layers_opt in (None, "auto") else None)
+    from fmgguf.runtime.threads import choose_threads
+
+    threads = choose_threads(options.get("n_threads") or s.n_threads).n_threads
+    opts = LoadOptions(n_ctx=n_ctx, n_gpu_layers=layers, n_threads=threads, parallel=s.parallel,
                        flash_attn=flash, type_k=type_k, type_v=type_v,
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),
                        split_mode=options.get("split_mode"),
@@ -246,23 +288,30 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
     return opts, plan
 
 
-def start_engine(path: Path, load_opts: Any, plan: Any, progress: Callable[[str, float], None] | None, *,
-                 isolation: str = "inprocess", label: str | None = None) -> Any:
-    """The engine for ``path``: here (``inprocess``) or in a runner process of its own (``process``,
-    an :class:`~fmgguf.runtime.runner.proxy.EngineProxy`); a load that runs out of memory says what
-    the fit plan expected."""
-    if getattr(load_opts, "rpc_servers", None) and isolation != "process":
-        raise InvalidRequestError("RPC workers need the model in a runner process: llama.cpp aborts the whole "
-                                  "process when a worker is lost", fix="use isolation='process' (the default; "
-                                  "FMGGUF_ISOLATION=process), or load without --rpc")
-    try:
+def engine_starter(isolation: str, slots: int = 1) -> "EngineStarter":
+    """What starts an engine: llama.cpp here (``inprocess``, one stream at a time) or in a runner
+    process of its own (``process``: an :class:`~fmgguf.runtime.runner.proxy.EngineProxy` that takes
+    ``slots`` streams at once)."""
+    def start(path: Path, load_opts: "LoadOptions", progress: "Progress | None", label: str) -> "EngineAPI":
+        if load_opts.rpc_servers and isolation != "process":
+            raise InvalidRequestError("RPC workers need the model in a runner process: llama.cpp aborts the whole "
+                                      "process when a worker is lost", fix="use isolation='process' (the default; "
+                                      "FMGGUF_ISOLATION=process), or load without --rpc")
         if isolation == "process":
             from fmgguf.runtime.runner.proxy import EngineProxy
 
-            return EngineProxy.start(path, load_opts, progress=progress, label=label or path.name)
+            return EngineProxy.start(path, load_opts, progress=progress, label=label, slots=slots)
         from fmgguf.runtime.engine import Engine
 
         return Engine(path, load_opts, progress=progress)
+    return start
+
+
+def start_engine(starter: "EngineStarter", path: Path, load_opts: "LoadOptions", plan: "FitPlan | None",
+                 progress: "Progress | None", label: str) -> "EngineAPI":
+    """``starter``'s engine for ``path``; a load that runs out of memory says what the fit plan expected."""
+    try:
+        return starter(path, load_opts, progress, label)
     except InsufficientMemoryError as exc:
         if plan is None:
             raise

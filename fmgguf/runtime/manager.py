@@ -1,21 +1,14 @@
 """The model manager: the models resident here, switched, queued, generated from, unloaded.
 
-It decides *what* to load and *how* (path from the downloader, validation by the GGUF reader,
-offload and context from the fit plan) and serialises every use of the engines: concurrent
-callers queue first-come-first-served (``max_queue`` waiting, then :class:`BusyError`), a stream
-holds its turn until it ends. Several models may be resident (``max_loaded``, the memory the fit
-plan measures, least-recently-used eviction, ``pinned``, a keep-alive per model and per request;
-see :mod:`fmgguf.runtime.runner.supervisor`). ``switch_model``/``load_file`` keep the seed's
-meaning: the new model replaces the selected one and becomes the one used without ``model=``.
-
-Isolation ("process", the default from settings): each model lives in its own runner process
-(:mod:`fmgguf.runtime.runner`), so a llama.cpp abort kills only that runner; the call in flight gets
-:class:`RunnerCrashedError`, the next one starts the runner again, three crashes in a row mark the
-model broken. "inprocess" keeps llama.cpp in this process. Measured on 2 shared CPU cores with the
-bench-size tiny model (``benchmarks/bench_runner.py``): tokens/s through a runner 0.99x in-process,
-time to first token ~10 ms either way (a plain prompt is tokenized in the runner with the stream
-request), a switch ~+0.25 s (the runner's interpreter start and llama_cpp import), the parent's RSS
-flat over 20 loads and unloads; a one-shot ``fmgguf run`` ~+0.2 s. Hence "process" by default.
+It decides *what* to load and *how* (the downloader's path, the GGUF validator, the fit plan) and
+admits requests per model: each resident model has its own queue (``SlotQueue``) with as many
+slots as its engine takes streams at once (a runner: ``parallel``; in-process: one), FIM first,
+``max_queue`` waiting, then :class:`BusyError`. Models stream side by side; memory (the fit plan)
+and ``max_loaded`` decide what is resident, with LRU eviction, ``pinned`` and keep-alives (see
+:mod:`fmgguf.runtime.runner.supervisor`). ``switch_model``/``load_file`` keep the seed's meaning:
+the new model replaces the selected one. Isolation "process" (the default) keeps each model in a
+runner process of its own: an abort kills only that runner, the calls in flight get
+:class:`RunnerCrashedError`, the next call starts it again; "inprocess" keeps llama.cpp here.
 """
 
 from __future__ import annotations
@@ -25,42 +18,53 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
-from fmgguf.runtime.constraints import Constraint
+from fmgguf.runtime import requests
+from fmgguf.runtime.engine import GenerationStats
 from fmgguf.runtime.fim_stop import cut_pieces
-from fmgguf.runtime.generation import GenerationResult, GenerationStream, PromptText, Turnstile
-from fmgguf.runtime.loading import LoadedModel, SwitchResult
+from fmgguf.runtime.generation import GenerationResult, GenerationStream, ModelGone
+from fmgguf.runtime.loading import (
+    FileFacts,
+    LoadedModel,
+    SwitchResult,
+    available_models,
+    check_load_options,
+    engine_starter,
+)
+from fmgguf.runtime.requests import Ask
+from fmgguf.runtime.runner.health import CrashRecord
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
 from fmgguf.runtime.runner.supervisor import Supervisor
 from fmgguf.runtime.tools import ToolRequest
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog, ModelCard
+    from fmgguf.download import ModelDownloader
+    from fmgguf.runtime.engine_api import EngineStarter
     from fmgguf.runtime.fim_stop import FimCutter
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_LOAD_KEYS = ("n_ctx", "n_gpu_layers", "flash_attn", "type_k", "type_v", "n_threads", "tensor_split",
-              "main_gpu", "split_mode", "progress", "rpc")
 ISOLATIONS = ("process", "inprocess")
-#: (prompt tokens or PromptText, extra stops) or (..., a Constraint for the generation)
-Build = Callable[[Any, Resident], "tuple[Any, list[str]] | tuple[Any, list[str], Constraint | None]"]
+Sampling = object  # a sampling option's value (numbers; a grammar constraint)
+Options = object  # a load option's value (checked by load_request)
 
 
 class ModelManager:
     """Loads models and answers generate/chat/FIM requests against them, thread-safely.
 
-    ``isolation``/``max_loaded`` default to the settings; ``validator(path, cache) -> FileFacts``
-    checks a file before llama.cpp sees it (:func:`fmgguf.runtime.loading.validate`).
+    ``isolation``/``max_loaded``/``parallel`` default to the settings; ``validator(path, cache)``
+    checks a file before llama.cpp sees it; ``starter`` replaces the engine starter ``isolation`` picks.
     """
 
     def __init__(self, settings: "Settings | None" = None, catalog: "Catalog | None" = None,
-                 downloader: Any = None, *, max_queue: int = 8, keep_alive: float | None = None,
-                 queue_timeout: float | None = None, isolation: str | None = None,
-                 max_loaded: int | None = None, validator: Callable[[Path, dict], Any] | None = None) -> None:
+                 downloader: "ModelDownloader | None" = None, *, max_queue: int = 8, keep_alive: float | None = None,
+                 queue_timeout: float | None = None, isolation: str | None = None, max_loaded: int | None = None,
+                 validator: Callable[[Path, dict], FileFacts] | None = None,
+                 starter: "EngineStarter | None" = None, parallel: int | None = None) -> None:
         if settings is None:
             from fmgguf.settings import load_settings
 
@@ -68,15 +72,16 @@ class ModelManager:
         isolation = isolation or settings.isolation
         if isolation not in ISOLATIONS:
             raise InvalidRequestError(f"isolation {isolation!r} is unknown", fix="use process or inprocess")
-        self._settings = settings
         self._catalog = catalog
         self._downloader = downloader
-        self._turn = Turnstile(max_queue)
         self.queue_timeout = queue_timeout
-        self.sup = Supervisor(settings, isolation=isolation, keep_alive=float(
-            settings.keep_alive if keep_alive is None else keep_alive),
-            max_loaded=max_loaded or settings.max_loaded_models, **({"validator": validator} if validator else {}))
-        self._idle = IdleWatcher(self, lambda m: m.sup.sweep(m._try_turn, m._turn.release))
+        self.max_queue = max(0, int(max_queue))
+        self._settings = settings = settings.replace(parallel=int(parallel)) if parallel else settings
+        self.sup = Supervisor(settings, starter=starter or engine_starter(isolation, settings.parallel),
+                              isolation=isolation, max_loaded=max_loaded or settings.max_loaded_models,
+                              keep_alive=float(settings.keep_alive if keep_alive is None else keep_alive),
+                              max_queue=self.max_queue, **({"validator": validator} if validator else {}))
+        self._idle: IdleWatcher[ModelManager] = IdleWatcher(self, lambda m: m.sup.sweep())
 
     # --- collaborators (built on first use) --------------------------------------------------
     @property
@@ -101,7 +106,7 @@ class ModelManager:
         self._catalog = value
 
     @property
-    def downloader(self) -> Any:
+    def downloader(self) -> "ModelDownloader":
         if self._downloader is None:
             from fmgguf.download import ModelDownloader
 
@@ -121,149 +126,140 @@ class ModelManager:
         self.sup.keep_alive = float(value)
 
     @property
-    def max_queue(self) -> int:
-        return self._turn.max_waiting
+    def queue_depth(self) -> int:  # requests waiting for a slot, over every resident model
+        return sum(r.queue.waiting for r in self.sup.residents.all())
 
     @property
-    def queue_depth(self) -> int:
-        """Callers waiting for a model (not counting the one using it)."""
-        return self._turn.waiting
-
-    @property
-    def busy(self) -> bool:
-        return self._turn.busy
+    def busy(self) -> bool:  # a generation runs on some model
+        return any(r.queue.active for r in self.sup.residents.all())
 
     # --- what is there -----------------------------------------------------------------------
-    def get_available_models(self) -> list[dict[str, Any]]:
+    def get_available_models(self) -> list[dict[str, object]]:
         """Every catalog model with the quants downloaded here."""
-        from fmgguf.runtime.fim_rule import card_verdict
-
-        out = []
-        for card in self.catalog.models():
-            local = [q for q in card.quants if self._is_downloaded(card.id, q)]
-            out.append({"id": card.id, "name": card.title, "quants": card.quants, "downloaded": local,
-                        "fim": card_verdict(card, self.settings).able, "chat": card.chat_template not in (None, "none")})
-        return out
-
-    def _is_downloaded(self, model_id: str, quant: str) -> bool:
-        from fmgguf.errors import FmggufError
-
-        try:
-            return bool(self.downloader.is_model_downloaded(model_id, quant))
-        except (FmggufError, OSError):  # a listing must not fail on one odd entry
-            return False
+        return available_models(self.catalog, self.downloader, self.settings)
 
     def current_model(self) -> LoadedModel | None:
         """The selected model (the one used without ``model=``), if it is loaded."""
         r = self.sup.selected_resident()
         return r.snapshot(True) if r is not None else None
 
+    def selection(self) -> LoadSpec | None:
+        """The selected model, resident or not (it is loaded again on the next call that needs it)."""
+        return self.sup.selected_spec
+
     def loaded(self) -> list[LoadedModel]:
         """Every resident model, least recently used first."""
         return self.sup.snapshots()
+
+    def loading(self) -> list[tuple[str, float]]:
+        """(key, since when) of the models being loaded now."""
+        return list(self.sup.loading.items())
 
     @property
     def runner_restarts(self) -> int:
         """Runners started again after a crash by this manager."""
         return self.sup.restarts
 
-    def broken(self) -> dict[str, Any]:
+    def broken(self) -> dict[str, CrashRecord]:
         """key -> crash record of the models marked broken (three runner crashes in a row)."""
         return self.sup.health.broken()
 
     # --- loading -----------------------------------------------------------------------------
-    def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> SwitchResult:
+    def switch_model(self, model_id: str, quant: str | None = None, **options: Options) -> SwitchResult:
         """Load catalog model ``model_id`` (``id`` or ``id:QUANT``) in place of the selected one."""
         spec = self._catalog_spec(model_id if ":" in model_id or not quant else f"{model_id}:{quant}")
-        return SwitchResult.of(self._load(spec, options, select=True, replace=True).info)
+        return SwitchResult.of(self._load(spec, options).info)
 
     def load_file(self, path: str | Path, model_id: str | None = None, card: "ModelCard | None" = None,
-                  **options: Any) -> SwitchResult:
+                  **options: Options) -> SwitchResult:
         """Load a local GGUF (a tiny test model, an imported file) in place of the selected one."""
         p = Path(path)
         mid = model_id or (card.id if card else p.stem)
         spec = LoadSpec(key=mid, path=p, model_id=mid, quant=None, card=card)
-        return SwitchResult.of(self._load(spec, options, select=True, replace=True).info)
+        return SwitchResult.of(self._load(spec, options).info)
+
+    def _load(self, spec: LoadSpec, options: Mapping[str, Options]) -> Resident:
+        check_load_options(options)
+        with self.sup.changes:
+            resident = self.sup.load(spec, options, select=True, replace=True)
+        self._touched(resident)
+        return resident
 
     def ensure_loaded(self, ref: str, *, keep_alive: float | None = None, pinned: bool = False,
-                      **options: Any) -> LoadedModel:
+                      **options: Options) -> LoadedModel:
         """Make ``ref`` ("id", "id:QUANT", a resident key or a .gguf path) resident beside the others
         (evicting the least recently used unpinned models if needed); the selected model stays selected."""
-        _check_options(options)
-        self._acquire()
-        resident = None
-        try:
-            resident = self._resident(ref, keep_alive, options, pinned=pinned)
-            return resident.snapshot(resident.key == self.sup.selected)
-        finally:
-            self._done(resident)
+        check_load_options(options)
+        resident = self._resident(ref, keep_alive, options, pinned=pinned)
+        self._touched(resident)
+        return resident.snapshot(resident.key == self.sup.selected)
 
-    def select(self, ref: str, **options: Any) -> LoadedModel:
+    def select(self, ref: str, **options: Options) -> LoadedModel:
         """Make ``ref`` the selected model, loading it beside the others if it is not resident (unlike
         :meth:`switch_model`, the previously selected model stays resident until evicted)."""
-        _check_options(options)
-        self._acquire()
-        resident = None
-        try:
-            resident = self._resident(ref, None, options)
-            sup = self.sup
-            with sup.lock:
-                sup.selected, sup.selected_spec, sup.restart_selected = resident.key, resident.spec, False
-            return resident.snapshot(True)
-        finally:
-            self._done(resident)
+        check_load_options(options)
+        resident = self._resident(ref, None, options)
+        self.sup.select(resident.spec)
+        self._touched(resident)
+        return resident.snapshot(True)
+
+    def ensure_selected(self) -> LoadedModel | None:
+        """The selected model, loaded again if an idle unload or a crash took it (None: none selected)."""
+        return self._selected(None).snapshot(True) if self.sup.selected_spec is not None else None
 
     def _spec(self, ref: str) -> LoadSpec:
-        """A catalog model ("id", "id:QUANT"), or a local .gguf file (its key is the file's stem)."""
+        """A local .gguf file (its key is the file's stem), a model loaded here before (a file's key
+        after an idle unload or a crash), or a catalog model ("id", "id:QUANT")."""
         p = Path(ref).expanduser()
         if ref.endswith(".gguf") and p.is_file():
             return LoadSpec(key=p.stem, path=p, model_id=p.stem, quant=None)
-        return self._catalog_spec(ref)
+        known = self.sup.known.get(ref)
+        return known if known is not None and known.card is None else self._catalog_spec(ref)
 
     def _catalog_spec(self, ref: str) -> LoadSpec:
         card, q = self.catalog.resolve(ref)
         path = Path(self.downloader.model_path(card.id, q))  # NotDownloadedError says `fmgguf pull ID`
         return LoadSpec(key=f"{card.id}:{q}", path=path, model_id=card.id, quant=q, card=card)
 
-    def _load(self, spec: LoadSpec, options: Mapping[str, Any], **how: Any) -> Resident:
-        _check_options(options)
-        self._acquire()
-        resident = None
-        try:
-            resident = self.sup.load(spec, options, **how)
-            return resident
-        finally:
-            self._done(resident)
-
-    def _resident(self, ref: str, keep_alive: float | None, options: Mapping[str, Any],
+    def _resident(self, ref: str, keep_alive: float | None, options: Mapping[str, Options],
                   pinned: bool = False) -> Resident:
-        """The resident model ``ref`` (loaded now if it is not); call holding the turn."""
-        r = self.sup.find(ref)
-        spec = r.spec if r is not None else self._spec(ref)
-        r = r or self.sup.find(spec.key)
-        if r is not None and any(k != "progress" and r.spec.options.get(k) != v for k, v in options.items()):
-            self.sup.unload(r)  # asked for with other load options (a longer context...): load it again
-            r = None
-        if r is not None and not _alive(r):
-            self.sup.crashed(r.spec, r.engine.runner.crashed("idle"), r)
-            r = None
-        if r is None:
-            r = self.sup.load(spec, options, select=False, replace=False, keep_alive=keep_alive, pinned=pinned)
+        """The resident model ``ref``, loaded now if it is not (or if it was with other options)."""
+        r = self._usable(self.sup.find(ref))
+        if r is None or options:
+            with self.sup.changes:
+                r = self._usable(self.sup.find(ref))
+                spec = r.spec if r is not None else self._spec(ref)
+                r = r or self._usable(self.sup.find(spec.key))
+                if r is not None and any(k != "progress" and r.spec.options.get(k) != v for k, v in options.items()):
+                    self.sup.unload(r)  # asked for with other load options (a longer context...): load it again
+                    r = None
+                if r is None:
+                    r = self.sup.load(spec, options or spec.options, select=False, replace=False,
+                                      keep_alive=keep_alive, pinned=pinned)
         if pinned:
             r.pinned = True
         if keep_alive is not None:
             r.keep_alive = float(keep_alive)
         return r
 
+    def _usable(self, r: Resident | None) -> Resident | None:
+        """``r`` if its engine still serves; a runner found dead is counted as a crash and dropped."""
+        if r is None or r.leaving:
+            return None
+        failure = r.engine.failure()
+        if failure is not None:
+            self.sup.crashed(r.spec, failure, r)
+        return r if failure is None else None
+
     def _selected(self, keep_alive: float | None) -> Resident:
-        """The selected model, started again if its runner died; call holding the turn."""
-        sup = self.sup
-        r = sup.selected_resident()
-        if r is not None and not _alive(r):
-            sup.crashed(r.spec, r.engine.runner.crashed("idle"), r)
-            r = None
-        if r is None and sup.restart_selected and sup.selected_spec is not None:
-            r = sup.load(sup.selected_spec, sup.selected_spec.options, select=True, replace=False)
+        """The selected model, loaded again if an idle unload or a crash took it."""
+        r = self._usable(self.sup.selected_resident())
+        if r is None:
+            with self.sup.changes:
+                spec = self.sup.selected_spec
+                r = self._usable(self.sup.selected_resident())
+                if r is None and spec is not None:
+                    r = self.sup.load(spec, spec.options, select=True, replace=False)
         if r is None:
             raise ModelNotLoadedError("no model is loaded", fix="load one first: `switch_model(ID)` / `fmgguf run ID`")
         if keep_alive is not None:
@@ -271,15 +267,12 @@ class ModelManager:
         return r
 
     def unload(self, ref: str | None = None) -> bool:
-        """Unload ``ref`` (None: every model), waiting for a running generation; True if one was loaded."""
-        self._acquire()
-        try:
+        """Unload ``ref`` (None: every model) once its running generations end; True if one was loaded."""
+        with self.sup.changes:
             if ref is None:
                 return self.sup.unload_all()
             r = self.sup.find(ref)
-            return self.sup.unload(r) if r is not None else False
-        finally:
-            self._done(None)
+            return self.sup.unload(r, unselect=True) if r is not None else False
 
     def drop_missing(self) -> list[str]:
         """Unload the models whose file is gone or whose catalog entry was removed (hot catalog)."""
@@ -296,7 +289,7 @@ class ModelManager:
         return gone
 
     def close(self) -> None:
-        """Unload everything and stop the idle watcher (the manager can still be used)."""
+        """Unload everything, stop the idle watcher (the manager can still be used)."""
         self.unload()
         self._idle.stop()
 
@@ -304,141 +297,95 @@ class ModelManager:
     def generate_text(self, prompt: str, max_tokens: int | None = 256, temperature: float = 0.2,
                       top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
                       stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
-                      **sampling: Any) -> GenerationResult | GenerationStream:
+                      priority: bool = False, **sampling: Sampling) -> GenerationResult | GenerationStream:
         """Complete ``prompt`` with ``model`` (None: the selected one); ``stream=True`` returns a
-        :class:`GenerationStream`, which holds the turn until it is exhausted, cancelled or closed."""
-        def build(engine: Any, _r: Resident) -> tuple[Any, list[str]]:
-            if getattr(engine, "tokenizes_in_stream", False):  # a runner: one round trip, not two
-                return PromptText(prompt, engine.add_bos), []
-            return engine.tokenize(prompt, add_bos=engine.add_bos, special=True), []
-        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
+        :class:`GenerationStream`, which holds its slot until it is exhausted, cancelled or closed.
+        ``priority``: ahead of the other requests for the model (an editor's FIM prompt)."""
+        ask = Ask.of(requests.plain(prompt), max_tokens, temperature, top_p, stop, seed, sampling, priority)
+        return self._generate(ask, stream, model, keep_alive)
 
-    def chat(self, messages: Sequence[Mapping[str, Any]], max_tokens: int | None = 256, temperature: float = 0.2,
+    def chat(self, messages: Sequence[Mapping[str, object]], max_tokens: int | None = 256, temperature: float = 0.2,
              top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
              stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
-             tools: ToolRequest | None = None, **sampling: Any) -> GenerationResult | GenerationStream:
+             tools: ToolRequest | None = None, **sampling: Sampling) -> GenerationResult | GenerationStream:
         """Answer chat ``messages`` with the model's own template (GGUF, else the catalog family).
         ``tools``: functions the model may call and/or a response format, each enforced by a grammar
         (the text that comes back still holds the calls: :mod:`fmgguf.runtime.tool_parser` reads them)."""
-        from fmgguf.runtime.prompts import normalize_messages, render_chat
-        from fmgguf.runtime.tool_grammar import format_constraint, tool_constraint
+        ask = Ask.of(requests.chat(messages, tools), max_tokens, temperature, top_p, stop, seed, sampling)
+        return self._generate(ask, stream, model, keep_alive)
 
-        msgs = normalize_messages(messages)
-
-        def build(engine: Any, r: Resident) -> tuple[list[int], list[str], Constraint | None]:
-            family = r.spec.card.chat_template if r.spec.card is not None else None
-            prompt = render_chat(msgs, template=engine.chat_template, family=family,
-                                 bos_text=engine.bos_text, eos_text=engine.eos_text, tools=tools)
-            constraint = None
-            if tools is not None:
-                constraint = tool_constraint(tools, prompt.tool_format)
-                if constraint is None and tools.response_format is not None:
-                    constraint = format_constraint(tools.response_format)
-            return (engine.tokenize(prompt.text, add_bos=engine.add_bos, special=True), list(prompt.stop),
-                    constraint)
-        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive)
-
-    def count_chat_tokens(self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None,
+    def count_chat_tokens(self, messages: Sequence[Mapping[str, object]], *, model: str | None = None,
                           keep_alive: float | None = None, tools: ToolRequest | None = None) -> int:
         """How many tokens :meth:`chat` would feed the model for ``messages`` and ``tools`` (nothing is generated)."""
-        from fmgguf.runtime.prompts import normalize_messages, render_chat
-
-        msgs = normalize_messages(messages)
-        self._acquire()
-        resident = None
+        resident = self._admit(model, keep_alive, False)
         try:
-            resident = self._selected(keep_alive) if model is None else self._resident(model, keep_alive, {})
-            engine = resident.engine
-            family = resident.spec.card.chat_template if resident.spec.card is not None else None
-            prompt = render_chat(msgs, template=engine.chat_template, family=family,
-                                 bos_text=engine.bos_text, eos_text=engine.eos_text, tools=tools)
-            return len(engine.tokenize(prompt.text, add_bos=engine.add_bos, special=True))
+            tokens = requests.chat(messages, tools)(resident.engine, resident)[0]
+            return len(tokens)
         finally:
-            self._done(resident)
+            self._release(resident, False)
 
     def fill_in_middle(self, prefix: str, suffix: str, max_tokens: int | None = 256, temperature: float = 0.2,
                        top_p: float = 0.95, stop: Sequence[str] | str | None = None, seed: int | None = None,
                        stream: bool = False, *, model: str | None = None, keep_alive: float | None = None,
                        extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
                        max_prompt_chars: int | None = None, n_indent: int = 0, time_limit_s: float | None = None,
-                       **sampling: Any) -> GenerationResult | GenerationStream:
-        """Generate the code between ``prefix`` and ``suffix`` (refused where the model can't).
+                       **sampling: Sampling) -> GenerationResult | GenerationStream:
+        """Generate the code between ``prefix`` and ``suffix`` (refused where the model can't); it goes
+        ahead of the chat and completion requests queued for the same model.
 
         A catalog model gets its family's text layout (``extra`` files ``(name, text)`` as repo-level
         context, the whole cut to ``max_prompt_chars``); a bare file its FIM token ids. The middle ends
         where :mod:`fmgguf.runtime.fim_stop` says the gap ends (``n_indent``, ``time_limit_s``: llama.cpp's
         ``n_indent`` and ``t_max_predict_ms``); the result's ``stop_reason`` says why."""
-        from fmgguf.runtime.fim_prompt import fim_prompt
-        from fmgguf.runtime.fim_rule import fim_verdict
         from fmgguf.runtime.fim_stop import FimCutter, FimRules
 
-        def build(engine: Any, r: Resident) -> tuple[Any, list[str]]:
-            verdict = fim_verdict(r.spec.card, name=r.info.id, lookup=engine.special_token_id)  # the one rule
-            verdict.check()
-            return fim_prompt(engine, verdict.card_fim(), r.info.fim_ids, r.info.id, prefix, suffix, extra, filename,
-                              max_prompt_chars, in_stream=bool(getattr(engine, "tokenizes_in_stream", False)))
+        build = requests.fim(prefix, suffix, extra, filename, max_prompt_chars)
+        ask = Ask.of(build, max_tokens, temperature, top_p, stop, seed, sampling, True)
         cutter = FimCutter(FimRules.for_gap(prefix, suffix, n_indent=n_indent, time_limit_s=time_limit_s))
-        return self._generate(build, max_tokens, temperature, top_p, stop, seed, stream, sampling, model, keep_alive,
-                              cutter)
+        return self._generate(ask, stream, model, keep_alive, cutter)
 
-    def _generate(self, build: Build, max_tokens: int | None, temperature: float, top_p: float,
-                  stop: Sequence[str] | str | None, seed: int | None, stream: bool, sampling: Mapping[str, Any],
-                  model: str | None, keep_alive: float | None,
-                  cutter: "FimCutter | None" = None) -> GenerationResult | GenerationStream:
-        from fmgguf.runtime.engine import GenerationStats
-
-        allowed = {"top_k", "min_p", "repeat_penalty", "constraint"}  # constraint: a runtime.constraints.Constraint
-        if set(sampling) - allowed:
-            raise InvalidRequestError(f"unknown option(s): {', '.join(sorted(set(sampling) - allowed))}",
-                                      fix=f"use max_tokens, temperature, top_p, stop, seed, {', '.join(sorted(allowed))}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        started = time.perf_counter()
-        self._acquire()
-        resident = None
-        try:
-            resident = self._selected(keep_alive) if model is None else self._resident(model, keep_alive, {})
-            engine = resident.engine
+    def _admit(self, model: str | None, keep_alive: float | None, priority: bool) -> Resident:
+        """The model for a request, with a slot of its queue held (wait in line; BusyError when full)."""
+        while True:
+            r = self._selected(keep_alive) if model is None else self._resident(model, keep_alive, {})
             try:
-                built = build(engine, resident)
-                tokens, extra_stops = built[0], built[1]
-                if len(built) > 2 and built[2] is not None:
-                    sampling = {**sampling, "constraint": built[2]}
-            except RunnerCrashedError as exc:
-                self.sup.crashed(resident.spec, exc, resident)
-                raise
+                r.queue.acquire(priority=priority, timeout=self.queue_timeout)
+            except ModelGone:  # unloaded while we looked it up: find or load it again
+                continue
+            if r.leaving:  # its runner died or it is being unloaded while we waited: the next one serves
+                r.queue.release(priority)
+                continue
+            return r
+
+    def _generate(self, ask: Ask, stream: bool, model: str | None, keep_alive: float | None,
+                  cutter: "FimCutter | None" = None) -> GenerationResult | GenerationStream:
+        started = time.perf_counter()
+        resident = self._admit(model, keep_alive, ask.priority)
+        try:
+            engine = resident.engine
+            tokens, extra_stops, constraint = ask.build(engine, resident)
+            sampling = {**ask.sampling, "constraint": constraint} if constraint is not None else ask.sampling
             if isinstance(tokens, list) and len(tokens) >= engine.n_ctx:  # (a PromptText is checked by the engine)
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             stats = GenerationStats(started=started)
             cancel = threading.Event()
-            pieces = self._guard(resident, engine.stream(tokens, stats, max_tokens=max_tokens, temperature=temperature,
-                                                         top_p=top_p, stop=stops + extra_stops, seed=seed,
-                                                         cancel=cancel, **sampling))
+            pieces = self._guard(resident, engine.stream(
+                tokens, stats, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,
+                stop=[*ask.stop, *extra_stops], seed=ask.seed, cancel=cancel, priority=ask.priority, **sampling))
             if cutter is not None:
                 pieces = cut_pieces(pieces, cutter, cancel, lambda: stats.finish_reason)
+        except RunnerCrashedError as exc:
+            self.sup.crashed(resident.spec, exc, resident)
+            self._release(resident, ask.priority)
+            raise
         except BaseException:
-            self._done(resident)
+            self._release(resident, ask.priority)
             raise
         info = resident.info
-
-        def finish(text: str) -> GenerationResult:
-            end = stats.finished_at or time.perf_counter()
-            first = stats.first_token_at or end
-            n = stats.completion_tokens
-            rate = (n - 1) / (end - first) if n > 1 and end > first else (n / (end - started) if end > started else 0.0)
-            reason = stats.finish_reason or "cancelled"
-            why = None if cutter is None else cutter.reason or ("eos" if reason == "stop" else reason)
-            return GenerationResult(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=n,
-                                    ttft_s=round(first - started, 6), tokens_per_s=round(rate, 3),
-                                    total_s=round(end - started, 6),
-                                    finish_reason="stop" if cutter is not None and cutter.stopped else reason,
-                                    model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens,
-                                    stop_reason=why, restored_tokens=stats.restored_tokens,
-                                    stop_sequence=stats.stop_sequence)
-
-        used = resident
-        gs = GenerationStream(pieces, finish, lambda: self._done(used), cancel)
+        gs = GenerationStream(pieces, lambda text: requests.result(text, stats, started, info, cutter),
+                              lambda: self._release(resident, ask.priority), cancel)
         return gs if stream else gs.consume()
 
     def _guard(self, resident: Resident, pieces: Iterator[str]) -> Iterator[str]:
@@ -450,32 +397,16 @@ class ModelManager:
             raise
         self.sup.succeeded(resident)
 
-    # --- the turn, and idle unload ------------------------------------------------------------
-    def _acquire(self) -> None:
-        self._turn.acquire(timeout=self.queue_timeout)
+    def _release(self, resident: Resident, priority: bool) -> None:
+        resident.queue.release(priority)
+        self._touched(resident)
 
-    def _try_turn(self) -> bool:
-        return self._turn.acquire(blocking=False)
-
-    def _done(self, resident: Resident | None) -> None:
+    def _touched(self, resident: Resident) -> None:
         with self.sup.lock:
-            if resident is not None:
-                self.sup.residents.touch(resident)
+            self.sup.residents.touch(resident)
             watch = self.sup.residents.next_expiry() is not None
-        self._turn.release()
         if watch:
             self._idle.poke()
-
-
-def _check_options(options: Mapping[str, Any]) -> None:
-    unknown = set(options) - set(_LOAD_KEYS)
-    if unknown:
-        raise InvalidRequestError(f"unknown load option(s): {', '.join(sorted(unknown))}",
-                                  fix=f"use {', '.join(_LOAD_KEYS)}")
-
-
-def _alive(r: Resident) -> bool:
-    return bool(getattr(r.engine, "alive", True))
 
 
 _default: dict[tuple, ModelManager] = {}

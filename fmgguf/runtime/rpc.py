@@ -24,6 +24,7 @@ from fmgguf.errors import FmggufError, InvalidRequestError, WorkerError
 
 if TYPE_CHECKING:
     from fmgguf.runtime.devices import Device
+    from fmgguf.settings import Settings
 
 #: the protocol of the llama.cpp this fmgguf builds (vendor/llama.cpp/ggml/include/ggml-rpc.h)
 PROTO_MAJOR, PROTO_MINOR = 7, 0
@@ -275,12 +276,12 @@ def attach_workers(endpoints: Sequence[str], timeout: float = 5.0) -> list[str]:
     return names
 
 
-def explain_lost_workers(exc: FmggufError, rpc_option: object, settings: object, timeout: float = 1.0) -> list[str]:
+def explain_lost_workers(exc: FmggufError, rpc_option: object, settings: "Settings", timeout: float = 1.0) -> list[str]:
     """After a runner died: the workers it used (``rpc_option``, else ``settings.rpc``) that no longer answer.
     When there are some, ``exc`` is reworded to name them (llama.cpp aborts when a worker goes away, so the
     model itself is not to blame) and they are returned."""
     try:
-        specs = parse_workers(getattr(settings, "rpc", None) if rpc_option is None else rpc_option)  # type: ignore[arg-type]
+        specs = parse_workers(settings.rpc if rpc_option is None else rpc_option)  # type: ignore[arg-type]
     except InvalidRequestError:
         return []
     lost = []

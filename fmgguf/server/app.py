@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -18,7 +19,10 @@ from fmgguf.errors import FmggufError, http_status_for
 from fmgguf.server.state import ServerState
 
 if TYPE_CHECKING:
+    from fmgguf.bench import ModelBenchmarker
     from fmgguf.catalog import Catalog
+    from fmgguf.download import ModelDownloader
+    from fmgguf.runtime.manager import ModelManager
     from fmgguf.settings import Settings
 
 log = logging.getLogger("fmgguf.server")
@@ -29,12 +33,14 @@ _PUBLIC_PREFIXES = ("/static/", "/openapi.json", "/docs", "/redoc", "/healthz")
 _PUBLIC_PATHS = ("/", "/models", "/health")
 
 
-def create_app(settings: "Settings", manager: Any = None, downloader: Any = None, benchmarker: Any = None,
-               catalog: "Catalog | None" = None, *, api_key: str | None = None, max_queue: int = 64) -> FastAPI:
+def create_app(settings: "Settings", manager: "ModelManager | None" = None, downloader: "ModelDownloader | None" = None,
+               benchmarker: "ModelBenchmarker | None" = None, catalog: "Catalog | None" = None, *,
+               api_key: str | None = None, max_queue: int = 64) -> FastAPI:
     """Build the server app. Components left out are built from ``settings`` when first needed.
 
     ``api_key``: when set, every /api and /v1 request needs ``Authorization: Bearer <key>``.
-    ``max_queue``: generation requests allowed to wait behind the running one (more get 429).
+    ``max_queue``: generation requests allowed to wait for each model, behind the ones it is running
+    (more get 429); the same bound applies to requests waiting behind a switch or a benchmark.
     """
     state = ServerState(settings, manager=manager, downloader=downloader, benchmarker=benchmarker,
                         catalog=catalog, api_key=api_key, max_queue=max_queue)
@@ -132,7 +138,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         names = {401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed"}
         payload = {"error": names.get(exc.status_code, "HTTPError"), "message": str(exc.detail),
                    "fix": "see /openapi.json for the endpoints" if exc.status_code in (404, 405) else None}
-        return error_response(request, exc.status_code, payload, getattr(exc, "headers", None))
+        return error_response(request, exc.status_code, payload, exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: log it, answer one line
@@ -145,7 +151,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 # --- auth ------------------------------------------------------------------------------------------
 def _install_auth(app: FastAPI, state: ServerState) -> None:
     @app.middleware("http")
-    async def require_key(request: Request, call_next: Any) -> Any:
+    async def require_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         key = state.api_key
         path = request.url.path
         if key is None or request.method == "OPTIONS" or path in _PUBLIC_PATHS \

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 class Store(Protocol):
     """What the views need of the downloader: its list of downloaded models."""
 
-    def list_downloaded(self) -> list[Any]: ...
+    def list_downloaded(self) -> list[dict[str, Any]]: ...
 
 
 def card_summary(card: ModelCard, fim: bool) -> dict:
@@ -48,13 +48,7 @@ def downloaded_pairs(downloader: Store) -> set[tuple[str, str]]:
     """(model_id, quant) of everything in the local store, from ``downloader.list_downloaded()``."""
     out: set[tuple[str, str]] = set()
     for item in downloader.list_downloaded() or []:
-        if isinstance(item, dict):
-            model_id, quant = item.get("model_id") or item.get("id"), item.get("quant")
-        elif isinstance(item, (tuple, list)) and len(item) >= 2:
-            model_id, quant = item[0], item[1]
-        else:
-            model_id = getattr(item, "model_id", None) or getattr(item, "id", None)
-            quant = getattr(item, "quant", None)
+        model_id, quant = item.get("model_id") or item.get("id"), item.get("quant")
         if model_id and quant:
             out.add((str(model_id), str(quant)))
     return out

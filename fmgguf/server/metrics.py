@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fmgguf.server.dialects.core import Outcome
+    from fmgguf.server.state import ServerState
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TPS_BUCKETS = (1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
@@ -54,7 +58,7 @@ class Metrics:
         with self._lock:
             self.requests[(method, route, int(status))] += 1
 
-    def observe(self, dialect: str, outcome: Any) -> None:
+    def observe(self, dialect: str, outcome: "Outcome") -> None:
         with self._lock:
             self.generations[(dialect, outcome.finish_reason)] += 1
             self.tokens["prompt"] += outcome.prompt_tokens
@@ -75,14 +79,12 @@ class Metrics:
             if isinstance(exc, RunnerCrashedError):
                 self.runner_crashes += 1
 
-    def render(self, state: Any) -> str:
-        from fmgguf.server.dialects.routing import loaded_names
-
+    def render(self, state: "ServerState") -> str:
         manager = state.manager_if_built
-        resident = loaded_names(state, manager) if manager is not None else []
-        own = getattr(manager, "runner_restarts", None) if manager is not None else None
-        restarts = int(own) if isinstance(own, int) else self.runner_crashes
-        broken = len(manager.broken()) if manager is not None and callable(getattr(manager, "broken", None)) else 0
+        models = manager.loaded() if manager is not None else []
+        restarts = manager.runner_restarts if manager is not None else self.runner_crashes
+        broken = len(manager.broken()) if manager is not None else 0
+        waiting = state.gate.queue_depth + sum(m.waiting for m in models)
         with self._lock:
             out = _help("fmgguf_requests_total", "counter", "HTTP requests by method, route and status")
             out += [f'fmgguf_requests_total{{method="{m}",route="{_esc(r)}",status="{s}"}} {n}'
@@ -106,12 +108,15 @@ class Metrics:
             out += _help("fmgguf_superseded_total", "counter", "requests cancelled by a newer one from the same client")
             out.append(f"fmgguf_superseded_total {self.superseded}")
         out += _help("fmgguf_queue_depth", "gauge", "generation requests waiting for their turn")
-        out.append(f"fmgguf_queue_depth {state.gate.queue_depth}")
+        out.append(f"fmgguf_queue_depth {waiting}")
         out += _help("fmgguf_busy", "gauge", "1 while a generation or load runs")
         out.append(f"fmgguf_busy {int(state.gate.busy)}")
         out += _help("fmgguf_loaded_models", "gauge", "models resident in memory")
-        out.append(f"fmgguf_loaded_models {len(resident)}")
-        out += [f'fmgguf_model_loaded{{model="{_esc(m)}",quant="{_esc(q or "")}"}} 1' for m, q in resident]
+        out.append(f"fmgguf_loaded_models {len(models)}")
+        out += [f'fmgguf_model_loaded{{model="{_esc(m.id)}",quant="{_esc(m.quant or "")}"}} 1' for m in models]
+        out += _help("fmgguf_model_streams", "gauge", "generations running on each resident model, and waiting for it")
+        out += [f'fmgguf_model_streams{{model="{_esc(m.key)}",what="{w}"}} {n}'
+                for m in models for w, n in (("active", m.active), ("waiting", m.waiting))]
         out += _help("fmgguf_runner_restarts_total", "counter",
                      "model runner processes restarted after a crash (crashes that reached a request)")
         out.append(f"fmgguf_runner_restarts_total {restarts}")

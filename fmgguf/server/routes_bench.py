@@ -7,11 +7,12 @@ selected model back; other generation requests wait in the queue (or get 429) me
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Request
 
@@ -21,6 +22,10 @@ from fmgguf.errors import FmggufError
 from fmgguf.server.schemas import BenchmarkRequest
 from fmgguf.server.state import ServerState, state_of
 
+if TYPE_CHECKING:
+    from fmgguf.runtime.runner.residency import LoadSpec
+
+log = logging.getLogger("fmgguf.server")
 router = APIRouter(prefix="/api/models/benchmark", tags=["benchmark"])
 
 
@@ -44,6 +49,8 @@ class BenchRun:
     error: dict | None = None
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    #: the model selected when the run started, selected again when it ends
+    restore: "LoadSpec | None" = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         """The run's JSON; ``results`` is keyed ``"id:QUANT"`` (the model reference the API takes)."""
@@ -85,7 +92,7 @@ def _run(state: ServerState, run: BenchRun) -> None:
                               "fix": "see the server log"})
     finally:
         try:
-            _restore(state)
+            _restore(state, run.restore)
         finally:  # "done" only once the user's model is back
             run.error = outcome[1]
             run.finished_at = time.time()
@@ -93,21 +100,18 @@ def _run(state: ServerState, run: BenchRun) -> None:
             state.gate.release()
 
 
-def _restore(state: ServerState) -> None:
+def _restore(state: ServerState, spec: "LoadSpec | None") -> None:
     """Put the user's selected model back after a benchmark switched models."""
-    if state.selected is None or state.manager_if_built is None:
+    manager = state.manager_if_built
+    if spec is None or manager is None or manager.selection() == spec:
         return
-    manager = state.manager
-    cur = state.current() or {}
-    model_id, quant, path = state.selected
-    if cur.get("id") != model_id or (quant and cur.get("quant") != quant):
-        try:
-            if path:
-                manager.load_file(path, model_id=model_id)
-            else:
-                manager.switch_model(model_id, quant)
-        except FmggufError:
-            state.selected = None
+    try:
+        if spec.card is None:
+            manager.load_file(spec.path, model_id=spec.model_id)
+        else:
+            manager.switch_model(spec.model_id, spec.quant)
+    except FmggufError:
+        log.warning("could not load %s again after the benchmark", spec.key)
 
 
 @router.post("", status_code=202)
@@ -123,7 +127,9 @@ async def start(request: Request, body: BenchmarkRequest) -> dict:
         options["tasks"] = body.tasks
     if body.languages:
         options["languages"] = body.languages
-    run = BenchRun(id=uuid.uuid4().hex[:16], models=models, options=options)
+    manager = state.manager_if_built
+    run = BenchRun(id=uuid.uuid4().hex[:16], models=models, options=options,
+                   restore=manager.selection() if manager is not None else None)
     await state.gate.acquire("benchmark")
     state.bench_runs[run.id] = run
     try:

@@ -6,32 +6,39 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from fmgguf._util import jsonable
-from fmgguf.catalog import normalize_quant
-from fmgguf.errors import FmggufError, InvalidRequestError, ModelNotLoadedError
+from fmgguf.catalog import ModelCard, normalize_quant
+from fmgguf.errors import FmggufError, InvalidRequestError
 from fmgguf.server.dialects.routing import fim_verdict_for
 from fmgguf.server.json_views import card_summary, downloaded_pairs
 from fmgguf.server.schemas import CompareRequest, DownloadRequest, GenerateRequest, SelectRequest
 from fmgguf.server.state import ServerState, state_of
-from fmgguf.server.streaming import StreamedGeneration, error_payload, result_dict, run_generation, sse
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.devices import SystemMemory
+from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling
+from fmgguf.server.dialects.core import start as start_generation
+from fmgguf.server.streaming import error_payload, run_exclusive, sse
 
 log = logging.getLogger("fmgguf.server")
 router = APIRouter(prefix="/api/models", tags=["models"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _resolve(state: ServerState, model_id: str, quant: str | None) -> tuple[Any, str]:
+def _resolve(state: ServerState, model_id: str, quant: str | None) -> tuple[ModelCard, str]:
     spec = model_id if quant is None else f"{model_id.partition(':')[0]}:{quant}"
     return state.catalog.resolve(spec)
 
 
-def _safe_fit(state: ServerState, card: Any, quant: str, n_ctx: int | None, local: bool, mem: Any) -> dict | None:
+def _safe_fit(state: ServerState, card: ModelCard, quant: str, n_ctx: int | None, local: bool,
+              mem: "SystemMemory | None") -> dict | None:
     try:
         path = state.local_path(card.id, quant) if local else None
         return state.fit_for(card, quant, n_ctx, path=path, mem=mem)
@@ -41,7 +48,7 @@ def _safe_fit(state: ServerState, card: Any, quant: str, n_ctx: int | None, loca
         return None
 
 
-def _model_status(state: ServerState, card: Any, local: set[tuple[str, str]], current: dict | None,
+def _model_status(state: ServerState, card: ModelCard, local: set[tuple[str, str]], current: dict | None,
                   broken: dict[str, Any] | None = None) -> tuple[str, dict | None]:
     jobs = state.jobs.active_for(card.id)
     if current and current.get("id") == card.id:
@@ -58,8 +65,8 @@ def _model_status(state: ServerState, card: Any, local: set[tuple[str, str]], cu
     return "not_downloaded", None
 
 
-def _model_entry(state: ServerState, card: Any, local: set[tuple[str, str]], current: dict | None,
-                 n_ctx: int | None, with_fit: bool = True, mem: Any = None) -> dict:
+def _model_entry(state: ServerState, card: ModelCard, local: set[tuple[str, str]], current: dict | None,
+                 n_ctx: int | None, with_fit: bool = True, mem: "SystemMemory | None" = None) -> dict:
     from fmgguf.catalog.sizing import estimate_card
 
     status, job = _model_status(state, card, local, current, state.broken())
@@ -95,6 +102,15 @@ def available(request: Request, n_ctx: int | None = Query(None, ge=16, le=1 << 2
             "n_ctx": n_ctx or state.settings.default_ctx}
 
 
+def _queue(state: ServerState) -> dict:
+    """The gate, with the requests waiting in the resident models' own queues counted in."""
+    out = state.gate.snapshot()
+    manager = state.manager_if_built
+    if manager is not None:
+        out["queue_depth"] += manager.queue_depth
+    return out
+
+
 @router.get("/status")
 def status(request: Request) -> dict:
     """The loaded model (plan, memory), what is loading, the generation queue and running downloads."""
@@ -111,7 +127,7 @@ def status(request: Request) -> dict:
     manager = state.manager_if_built
     return {
         "status": "loaded" if current else ("loading" if loading else "idle"),
-        "current": jsonable(current), "loading": loading, "queue": state.gate.snapshot(),
+        "current": jsonable(current), "loading": loading, "queue": _queue(state),
         "loaded": [m.as_dict() for m in manager.loaded()] if manager is not None else [],
         "broken": [rec.as_dict() for rec in state.broken().values()],
         "generating": state.gate.busy, "last_generation": state.last_generation,
@@ -170,7 +186,7 @@ async def download_events(request: Request, job_id: str) -> StreamingResponse:
     state = state_of(request)
     job = _job(state, job_id)
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         seen = -1
         last_sent = 0.0
         while True:
@@ -202,8 +218,7 @@ async def delete(request: Request, model_id: str, quant: str | None = Query(None
         raise InvalidRequestError(f"{card.id} is downloading", fix="cancel the download job first")
     cur = state.current()
     if cur and cur.get("id") == card.id and (q is None or cur.get("quant") == q):
-        await run_generation(state, lambda m: m.unload(), "unload")
-        state.selected = None
+        await run_exclusive(state, lambda m: m.unload(), "unload")
     args = (card.id, q) if q else (card.id,)
     result = await anyio.to_thread.run_sync(lambda: state.downloader.delete_model(*args))
     return {"model_id": card.id, "quant": q, "deleted": jsonable(result)}
@@ -216,7 +231,7 @@ async def verify(request: Request, model_id: str, quant: str | None = Query(None
     card, q = _resolve(state, model_id, quant)
     started = time.monotonic()
     result = await anyio.to_thread.run_sync(lambda: state.downloader.verify_model_integrity(card.id, q))
-    ok = result if isinstance(result, bool) else bool(getattr(result, "ok", getattr(result, "valid", result)))
+    ok = bool(result)  # a VerifyResult is true when every file matches
     return {"model_id": card.id, "quant": q, "ok": ok, "report": jsonable(result),
             "seconds": round(time.monotonic() - started, 3)}
 
@@ -236,23 +251,14 @@ def fit_plan(request: Request, model_id: str, quant: str | None = Query(None, ma
 # --- selection and generation ----------------------------------------------------------------------
 @router.post("/select")
 async def select(request: Request, body: SelectRequest) -> dict:
-    """Load a downloaded model (unloading the current one); waits for a running generation."""
+    """Load a downloaded model (unloading the current one); waits for the running generations."""
     state = state_of(request)
     card, quant = _resolve(state, body.model_id, body.quant)
     kwargs: dict[str, Any] = {}
     if body.n_ctx is not None:
         kwargs["n_ctx"] = body.n_ctx
-    await state.gate.acquire("load")
-    state.loading = (card.id, quant, time.time())
-    try:
-        manager = await anyio.to_thread.run_sync(lambda: state.manager)
-        result = await anyio.to_thread.run_sync(lambda: manager.switch_model(card.id, quant, **kwargs))
-    finally:
-        state.loading = None
-        state.gate.release()
-    state.selected = (card.id, quant, None)
-    data = jsonable(result)
-    return data if isinstance(data, dict) else {"success": bool(result), "model_id": card.id, "quant": quant}
+    result = await run_exclusive(state, lambda m: m.switch_model(card.id, quant, **kwargs), "load")
+    return result.as_dict()
 
 
 @router.post("/unload")
@@ -260,42 +266,39 @@ async def unload(request: Request) -> dict:
     state = state_of(request)
     if state.manager_if_built is None:
         return {"unloaded": False}
-    await run_generation(state, lambda m: m.unload(), "unload")
-    state.selected = None
+    await run_exclusive(state, lambda m: m.unload(), "unload")
     return {"unloaded": True}
 
 
-def _gen_call(state: ServerState, body: GenerateRequest, stream: bool):
-    kwargs = {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p,
-              "stop": body.stop, "seed": body.seed, "stream": stream}
-
-    def call(manager: Any) -> Any:
-        if state.reload_selected(manager) is None:
-            raise ModelNotLoadedError("no model is loaded", fix="select one: POST /api/models/select {\"model_id\": ...}")
-        if body.suffix is not None:
-            return manager.fill_in_middle(body.prompt, body.suffix, **kwargs)
-        return manager.generate_text(body.prompt, **kwargs)
-
-    return call
+def _rest_dict(outcome: Outcome) -> dict:
+    """The seed REST shape of a finished generation."""
+    return {"text": outcome.text, "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+            "ttft_s": outcome.ttft_s, "tokens_per_s": outcome.tokens_per_s, "total_s": outcome.total_s,
+            "finish_reason": outcome.finish_reason, "model_id": outcome.model, "quant": outcome.quant}
 
 
 @router.post("/generate")
 async def generate(request: Request, body: GenerateRequest) -> Any:
-    """Generate from the loaded model; ``suffix`` makes it fill-in-the-middle; ``stream`` gives SSE
-    (``data: {"text": ...}`` events, then ``event: done`` with the counts)."""
+    """Generate from the selected model through the dialect core; ``suffix`` makes it fill-in-the-middle;
+    ``stream`` gives SSE (``data: {"text": ...}`` events, then ``event: done`` with the counts)."""
     state = state_of(request)
+    sel = state.selected  # the seed's meaning: the selected model, loaded again after an idle unload
+    model = None if sel is None else (f"{sel[0]}:{sel[1]}" if sel[1] else sel[0])
+    req = GenRequest(kind="prompt" if body.suffix is None else "fim", dialect="rest", model=model, prompt=body.prompt,
+                     suffix=body.suffix or "", stream=body.stream,
+                     sampling=Sampling(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                                       seed=body.seed, stop=tuple(body.stop or ())))
+    gen = await start_generation(state, req)
     if not body.stream:
-        result = await run_generation(state, _gen_call(state, body, False))
-        return result_dict(result)
-    gen = await StreamedGeneration.start(state, _gen_call(state, body, True))
+        return _rest_dict(await gen.collect())
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":
                     yield sse({"text": value})
                 elif kind == "done":
-                    yield sse(result_dict(value) if value is not None else {}, event="done")
+                    yield sse(_rest_dict(value), event="done")
                 else:
                     yield sse(error_payload(value), event="error")
 

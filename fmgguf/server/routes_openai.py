@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -30,7 +30,7 @@ from fmgguf.server.dialects.tooling import (
     openai_tools,
 )
 from fmgguf.server.json_views import downloaded_pairs
-from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
+from fmgguf.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, _OpenAIBody
 from fmgguf.server.state import ServerState, state_of
 from fmgguf.server.streaming import error_payload, sse
 
@@ -40,11 +40,10 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _FINISH = {"stop": "stop", "tool_calls": "tool_calls", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
 
 
-def _usage(result: Any) -> dict:
-    p, c = int(getattr(result, "prompt_tokens", 0) or 0), int(getattr(result, "completion_tokens", 0) or 0)
-    cached = int(getattr(result, "cached_tokens", 0) or 0)
+def _usage(result: Outcome) -> dict:
+    p, c = result.prompt_tokens, result.completion_tokens
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
 
 
 def _local_quants(state: ServerState) -> dict[str, list[str]]:
@@ -68,7 +67,7 @@ def list_models(request: Request) -> dict:
     now = int(state.started_at)
     local = _local_quants(state)
     manager = state.manager_if_built
-    resident = loaded_names(state, manager) if manager is not None else []
+    resident = loaded_names(manager)
     for mid, quant in resident:
         quants = local.setdefault(mid, [])
         if quant and str(quant) not in quants:
@@ -107,14 +106,15 @@ def _capabilities(state: ServerState, model_id: str) -> list[str]:
         [c for c in caps[1:] if c != "insert"]
 
 
-def _sampling(body: Any) -> Sampling:
+def _sampling(body: _OpenAIBody) -> Sampling:
     return Sampling(max_tokens=body.token_limit(DEFAULT_MAX_TOKENS),
                     temperature=0.2 if body.temperature is None else body.temperature,
                     top_p=0.95 if body.top_p is None else body.top_p, stop=tuple(body.stop_list() or ()),
-                    seed=None if body.seed is None else body.seed % (2**31))
+                    seed=None if body.seed is None else body.seed % (2**31), presence_penalty=body.presence_penalty,
+                    frequency_penalty=body.frequency_penalty)
 
 
-def _client(request: Request, body: Any) -> str:
+def _client(request: Request, body: _OpenAIBody) -> str:
     host = request.client.host if request.client else "?"
     return f"openai|{host}|{request.headers.get('user-agent', '')}|{body.model or ''}"
 
@@ -231,11 +231,11 @@ def _why(o: Outcome) -> dict:
     return {"stop_reason": o.stop_reason} if o.stop_reason else {}
 
 
-def _stream(gen: Generation, body: Any, chunk: Callable[[Any, str | None], dict],
+def _stream(gen: Generation, body: _OpenAIBody, chunk: Callable[[Any, str | None], dict],
             usage_chunk: Callable[[dict], dict]) -> StreamingResponse:
     include_usage = bool((body.stream_options or {}).get("include_usage"))
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind in ("piece", "tool_call"):

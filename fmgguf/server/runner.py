@@ -7,11 +7,13 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import ConfigError
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from fmgguf.settings import Settings
 
 log = logging.getLogger("fmgguf.server")
@@ -54,7 +56,7 @@ def banner(host: str, port: int, api_key: str | None) -> str:
             f"  models page: {url}/models   OpenAI-compatible API: {url}/v1   OpenAPI schema: {url}/openapi.json")
 
 
-def preload(app: Any, model: str) -> dict:
+def preload(app: "FastAPI", model: str) -> dict:
     """Load ``model`` (a catalog id, ``id:QUANT`` or a local .gguf path) before serving."""
     from pathlib import Path
 
@@ -62,12 +64,9 @@ def preload(app: Any, model: str) -> dict:
     path = Path(model).expanduser()
     if model.endswith(".gguf") and path.is_file():
         state.manager.load_file(path)
-        info = state.current() or {}
-        state.selected = (str(info.get("id") or path.stem), None, str(path))
     else:
         card, quant = state.catalog.resolve(model)
         state.manager.switch_model(card.id, quant)
-        state.selected = (card.id, quant, None)
     return state.current() or {}
 
 

@@ -65,7 +65,7 @@ class BenchmarkRequest(_Body):
 
 # --- OpenAI-compatible -----------------------------------------------------------------------
 class _OpenAIBody(BaseModel):
-    # editors send fields we do not use (logprobs, user, presence_penalty...): accept and ignore them
+    # editors send fields we do not use (logprobs, user...): accept and ignore them
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(default=None, max_length=200)
@@ -75,6 +75,8 @@ class _OpenAIBody(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: Union[str, list[str], None] = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     n: int | None = Field(default=None, ge=1, le=1)
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.server.gate import GenerationGate
@@ -18,7 +19,12 @@ from fmgguf.server.jobs import DownloadJobs
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from fmgguf.catalog import Catalog
+    from fmgguf.bench import ModelBenchmarker
+    from fmgguf.catalog import Catalog, ModelCard
+    from fmgguf.download import ModelDownloader
+    from fmgguf.runtime.devices import SystemMemory
+    from fmgguf.runtime.manager import ModelManager
+    from fmgguf.server.dialects.core import DialectHub
     from fmgguf.settings import Settings
 
 #: seconds a computed fit plan is reused (device probing is not free)
@@ -26,8 +32,9 @@ FIT_CACHE_S = 30.0
 
 
 class ServerState:
-    def __init__(self, settings: "Settings", manager: Any = None, downloader: Any = None,
-                 benchmarker: Any = None, catalog: "Catalog | None" = None, api_key: str | None = None,
+    def __init__(self, settings: "Settings", manager: "ModelManager | None" = None,
+                 downloader: "ModelDownloader | None" = None, benchmarker: "ModelBenchmarker | None" = None,
+                 catalog: "Catalog | None" = None, api_key: str | None = None,
                  max_queue: int = 64) -> None:
         self.settings = settings
         self.api_key = api_key or None
@@ -38,10 +45,7 @@ class ServerState:
         self._build_lock = threading.RLock()
         self.gate = GenerationGate(max_queue)
         self.jobs = DownloadJobs(lambda: self.downloader)
-        #: model id being loaded right now (for the "loading" status), and when it started
-        self.loading: tuple[str, str, float] | None = None
-        #: the model the user last selected (reloaded on demand after an idle unload)
-        self.selected: tuple[str, str | None, str | None] | None = None
+        self._dialects: "DialectHub | None" = None
         #: the last finished generation (finish reason, token counts), for status and tests
         self.last_generation: dict[str, Any] | None = None
         self._fit_cache: dict[tuple[str, str, int], tuple[float, dict]] = {}
@@ -64,7 +68,7 @@ class ServerState:
         return self._catalog
 
     @property
-    def downloader(self) -> Any:
+    def downloader(self) -> "ModelDownloader":
         if self._downloader is None:
             with self._build_lock:
                 if self._downloader is None:
@@ -74,31 +78,39 @@ class ServerState:
         return self._downloader
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> "ModelManager":
         if self._manager is None:
             with self._build_lock:
                 if self._manager is None:
                     from fmgguf.runtime import ModelManager
 
-                    # the server's gate does the queueing; the manager's own queue only has to hold
-                    # the server plus a benchmark run
+                    # each resident model queues its own requests: max_queue waiting per model
                     self._manager = ModelManager(settings=self.settings, catalog=self.catalog,
-                                                 downloader=self.downloader, max_queue=max(8, self.gate.max_queue))
+                                                 downloader=self.downloader, max_queue=self.gate.max_queue)
         return self._manager
 
     @property
-    def manager_if_built(self) -> Any:
+    def manager_if_built(self) -> "ModelManager | None":
         """The manager if something already needed it (status pages must not load llama.cpp)."""
         return self._manager
 
     @property
-    def benchmarker(self) -> Any:
+    def dialects(self) -> "DialectHub":
+        """The dialect layer's per-app state (supersede table, metrics)."""
+        if self._dialects is None:
+            with self._build_lock:
+                if self._dialects is None:
+                    from fmgguf.server.dialects.core import DialectHub
+
+                    self._dialects = DialectHub()
+        return self._dialects
+
+    @property
+    def benchmarker(self) -> "ModelBenchmarker":
         if self._benchmarker is None:
             with self._build_lock:
                 if self._benchmarker is None:
-                    from fmgguf.bench import ModelBenchmarker
-
-                    self._benchmarker = _build_benchmarker(ModelBenchmarker, self)
+                    self._benchmarker = _build_benchmarker(self)
         return self._benchmarker
 
     def reload_catalog(self) -> None:
@@ -134,8 +146,8 @@ class ServerState:
         return True
 
     # --- fit plans, cached briefly ------------------------------------------------------------
-    def fit_for(self, card: Any, quant: str, n_ctx: int | None = None, *, path: Any = None, remote: bool = False,
-                mem: Any = None) -> dict:
+    def fit_for(self, card: "ModelCard", quant: str, n_ctx: int | None = None, *, path: Path | None = None,
+                remote: bool = False, mem: "SystemMemory | None" = None) -> dict:
         """The fit plan as a dict: from the local file when ``path`` is given, else the catalog numbers
         (``remote=True`` reads the GGUF header from the hub first; listings never do)."""
         n_ctx = int(n_ctx or self.settings.default_ctx)
@@ -147,11 +159,11 @@ class ServerState:
         from fmgguf.runtime.fit import plan_for_card
 
         plan = plan_for_card(card, quant, n_ctx=n_ctx, settings=self.settings, path=path, remote=remote, mem=mem)
-        data = plan.as_dict() if hasattr(plan, "as_dict") else dict(vars(plan))
+        data = plan.as_dict()
         self._fit_cache[key] = (now, data)
         return data
 
-    def memory_snapshot(self) -> Any:
+    def memory_snapshot(self) -> "SystemMemory | None":
         """Free RAM/VRAM probed once for a whole listing (None if the runtime is not available)."""
         try:
             from fmgguf.runtime.devices import system_memory
@@ -159,31 +171,34 @@ class ServerState:
             return None
         return system_memory(vram_override=self.settings.vram_override)
 
-    def local_path(self, model_id: str, quant: str) -> Any:
+    def local_path(self, model_id: str, quant: str) -> Path | None:
         """The verified local file of a downloaded variant, or None."""
         from fmgguf.errors import FmggufError
 
         try:
-            return self.downloader.model_path(model_id, quant)
+            return Path(self.downloader.model_path(model_id, quant))
         except FmggufError:
             return None
 
     # --- what is loaded --------------------------------------------------------------------------
-    def reload_selected(self, manager: Any) -> dict | None:
-        """Load the last selected model again if the manager unloaded it (keep-alive); call under the gate.
-        Returns :meth:`current`'s JSON view."""
-        if manager.current_model() is not None or self.selected is None:
-            return self.current()
-        model_id, quant, path = self.selected
-        self.loading = (model_id, quant or "", time.time())
-        try:
-            if path:
-                manager.load_file(path, model_id=model_id, card=self.catalog.get(model_id) if model_id in self.catalog else None)
-            else:
-                manager.switch_model(model_id, quant)
-        finally:
-            self.loading = None
-        return self.current()
+    @property
+    def selected(self) -> tuple[str, str | None, str | None] | None:
+        """(model id, quant, path of a file loaded by path) of the model the manager has selected,
+        resident or not (a read-only view: the selection lives in the manager)."""
+        spec = self._manager.selection() if self._manager is not None else None
+        if spec is None:
+            return None
+        return (spec.model_id, spec.quant, None if spec.card is not None or spec.quant else str(spec.path))
+
+    @property
+    def loading(self) -> tuple[str, str, float] | None:
+        """(model id, quant, since when) of a model being loaded now, if any."""
+        manager = self._manager
+        busy = manager.loading() if manager is not None else []
+        if not busy:
+            return None
+        model_id, _, quant = busy[0][0].partition(":")
+        return (model_id, quant, busy[0][1])
 
     def broken(self) -> dict[str, Any]:
         """key -> crash record of the models whose runner crashed three times in a row (read from the
@@ -218,17 +233,11 @@ def _store_stamp(settings: "Settings") -> tuple:
     return tuple(out)
 
 
-def _build_benchmarker(cls: Any, state: ServerState) -> Any:
+def _build_benchmarker(state: ServerState) -> "ModelBenchmarker":
     """The benchmarker shares this server's manager, so a benchmark cannot load a second model."""
-    import inspect
+    from fmgguf.bench import ModelBenchmarker
 
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {}
-    for name, value in (("settings", state.settings), ("catalog", state.catalog), ("manager", state.manager),
-                        ("downloader", state.downloader)):
-        if name in params:
-            kwargs[name] = value
-    return cls(**kwargs)
+    return ModelBenchmarker(state.settings, catalog=state.catalog, manager=state.manager, downloader=state.downloader)
 
 
 def state_of(request: "Request") -> ServerState:

@@ -13,50 +13,49 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from fmgguf.errors import FmggufError
 from fmgguf.server.state import ServerState
 
+if TYPE_CHECKING:
+    from fmgguf.runtime.generation import GenerationResult, GenerationStream
+    from fmgguf.runtime.manager import ModelManager
 
-def sse(data: Any, event: str | None = None) -> str:
+T = TypeVar("T")
+
+
+def sse(data: object, event: str | None = None) -> str:
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
     head = f"event: {event}\n" if event else ""
     return head + "".join(f"data: {line}\n" for line in text.split("\n")) + "\n"
 
 
-def result_dict(result: Any) -> dict:
-    keys = ("text", "prompt_tokens", "completion_tokens", "ttft_s", "tokens_per_s", "total_s", "finish_reason",
-            "model_id", "quant")
-    return {k: getattr(result, k, None) for k in keys}
-
-
-def _record(state: ServerState, result: Any) -> None:
-    info = result_dict(result)
+def _record(state: ServerState, result: "GenerationResult") -> None:
+    info = result.as_dict()
     info.pop("text", None)
     info["finished_at"] = time.time()
     state.last_generation = info
 
 
-async def run_generation(state: ServerState, call: Callable[[Any], Any], what: str = "generate") -> Any:
-    """``call(manager)`` in a worker thread while holding the gate (429 when the queue is full)."""
+async def run_exclusive(state: ServerState, call: Callable[["ModelManager"], T], what: str) -> T:
+    """``call(manager)`` (a switch, an unload) in a worker thread while holding the gate alone: it waits
+    for the running generations, and the requests after it wait for it (429 when the queue is full)."""
     await state.gate.acquire(what)
     try:
         manager = await anyio.to_thread.run_sync(lambda: state.manager)
         result = await anyio.to_thread.run_sync(call, manager)
     finally:
         state.gate.release()
-    if hasattr(result, "finish_reason"):
-        _record(state, result)
     return result
 
 
 class StreamedGeneration:
     """A started generation stream, pumped by a thread into the event loop."""
 
-    def __init__(self, state: ServerState, stream: Any) -> None:
+    def __init__(self, state: ServerState, stream: GenerationStream) -> None:
         self.state = state
         self.stream = stream
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -65,12 +64,13 @@ class StreamedGeneration:
         self._thread = threading.Thread(target=self._pump, name="fmgguf-stream", daemon=True)
 
     @classmethod
-    async def start(cls, state: ServerState, call: Callable[[Any], Any]) -> "StreamedGeneration":
-        """Wait for the turn, then start ``call(manager)`` (which returns a GenerationStream).
+    async def start(cls, state: ServerState, call: Callable[["ModelManager"], GenerationStream]) -> "StreamedGeneration":
+        """Pass the gate beside the other generations, then start ``call(manager)`` (its model's queue
+        in the manager decides when it runs).
 
         Errors known before the first token (busy, no model, prompt too long) raise here, so they
         become a proper HTTP status instead of an event inside a 200 stream."""
-        await state.gate.acquire("stream")
+        await state.gate.acquire("stream", shared=True)
         try:
             manager = await anyio.to_thread.run_sync(lambda: state.manager)
             stream = await anyio.to_thread.run_sync(call, manager)
@@ -91,7 +91,7 @@ class StreamedGeneration:
         try:
             for piece in self.stream:
                 self._put(("piece", piece))
-            result = getattr(self.stream, "result", None)
+            result = self.stream.result
             if result is not None:
                 _record(self.state, result)
             self._put(("done", result))
@@ -119,9 +119,7 @@ class StreamedGeneration:
                     return
         finally:
             if not ended:
-                cancel = getattr(self.stream, "cancel", None)
-                if cancel is not None:
-                    cancel()
+                self.stream.cancel()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                     await self.finished.wait()
 

@@ -81,12 +81,13 @@ def test_switch_keeps_seed_semantics_beside_resident_models(runner_manager, thre
 def test_keep_alive_per_model_and_per_request(runner_manager, three: list[Path]) -> None:
     a, b, c = (str(p) for p in three)
     m = runner_manager(keep_alive=0, max_loaded=3)  # the manager's default: stay loaded
-    m.ensure_loaded(a, n_ctx=128, keep_alive=0.4)
+    # (a model idles out while the others load and generate: its keep-alive outlasts those steps here)
+    m.ensure_loaded(a, n_ctx=128, keep_alive=2.0)
     m.ensure_loaded(b, n_ctx=128)
     m.ensure_loaded(c, n_ctx=128, keep_alive=0.4, pinned=True)  # pinned: never idled out
-    m.generate_text("x", max_tokens=1, model="m-b", keep_alive=0.6)  # per request
+    m.generate_text("x", max_tokens=1, model="m-b", keep_alive=2.5)  # per request
     info = {i.key: i for i in m.loaded()}
-    assert info["m-a"].keep_alive == 0.4 and info["m-b"].keep_alive == 0.6 and info["m-c"].expires_in_s is None
+    assert info["m-a"].keep_alive == 2.0 and info["m-b"].keep_alive == 2.5 and info["m-c"].expires_in_s is None
     deadline = time.monotonic() + 10
     while len(m.loaded()) > 1 and time.monotonic() < deadline:
         time.sleep(0.05)

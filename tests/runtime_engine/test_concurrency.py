@@ -43,7 +43,7 @@ def test_threads_queue_and_each_gets_its_own_answer(manager) -> None:
 
 
 def test_full_queue_raises_busy(fresh_manager, llama_path: Path) -> None:
-    m = fresh_manager(max_queue=1)
+    m = fresh_manager(max_queue=1, parallel=1)  # one slot: the second caller waits, the third is refused
     m.load_file(llama_path, n_ctx=128)
     holder = m.generate_text("hold", max_tokens=50, stream=True)  # holds the model until it ends
     waited: list = []
@@ -64,7 +64,7 @@ def test_full_queue_raises_busy(fresh_manager, llama_path: Path) -> None:
 
 
 def test_queue_wait_timeout_is_busy(fresh_manager, llama_path: Path) -> None:
-    m = fresh_manager(queue_timeout=0.2)
+    m = fresh_manager(queue_timeout=0.2, parallel=1)
     m.load_file(llama_path, n_ctx=128)
     with m.generate_text("hold", max_tokens=50, stream=True):
         t = time.monotonic()

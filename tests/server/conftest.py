@@ -120,7 +120,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, hub: Any, tiny_entries: Any
     for model_id in TINY:
         state.downloader.download_model(model_id, GEN_QUANT)
     state.manager.switch_model("tiny-qwen", GEN_QUANT, n_ctx=4096)
-    state.selected = ("tiny-qwen", GEN_QUANT, None)
     with LiveServer(app) as live:
         yield live
     state.manager.close()

@@ -169,7 +169,11 @@ def test_select_generate_stream_fim_and_compare(client: TestClient) -> None:
     assert all(q["fit"] for m in cmp["models"] for q in m["quants"])
 
     # after an idle unload (keep-alive) the selected model comes back on the next request
-    client.app.state.fmgguf.manager.unload()
+    manager = client.app.state.fmgguf.manager
+    manager.ensure_loaded(f"tiny-qwen:{GEN_QUANT}", keep_alive=0.05)  # idle for 50 ms from now: unloaded
+    deadline = time.monotonic() + 10
+    while manager.current_model() is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert client.get("/api/models/current").json()["loaded"] is False
     again = client.post("/api/models/generate", json={"prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0})
     assert again.status_code == 200 and again.json()["text"] == res["text"]

@@ -68,3 +68,42 @@ def test_queue_of_zero_refuses_while_busy() -> None:
         gate.release()
 
     asyncio.run(main())
+
+
+def test_generations_share_the_gate_and_a_switch_waits_for_them() -> None:
+    """Generations pass side by side (each model's queue decides); a switch holds the gate alone: it
+    waits for the running generations, and the generations after it wait for it."""
+    async def main() -> None:
+        gate = GenerationGate(max_queue=4)
+        await acquire_shared(gate)
+        await acquire_shared(gate)  # a second generation does not wait for the first
+        assert gate.busy and gate.generating == 2 and gate.queue_depth == 0
+        order: list[str] = []
+
+        async def switch() -> None:
+            await acquire(gate, "load")
+            order.append("switch")
+            gate.release()
+
+        async def late_generation() -> None:
+            await acquire_shared(gate)
+            order.append("generation")
+            gate.release()
+
+        tasks = [asyncio.create_task(switch())]
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(late_generation()))
+        await asyncio.sleep(0.01)
+        assert order == [] and gate.queue_depth == 2  # the switch waits for both, the late one behind it
+        gate.release()
+        await asyncio.sleep(0.01)
+        assert order == []
+        gate.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
+        assert order == ["switch", "generation"] and not gate.busy
+
+    asyncio.run(main())
+
+
+async def acquire_shared(gate: GenerationGate) -> None:
+    await asyncio.wait_for(gate.acquire("stream", shared=True), WAIT_S)

@@ -97,14 +97,16 @@ def test_full_queue_answers_429_never_500(served: Any, live_server: Any) -> None
     from fmgguf.server.app import create_app
 
     state = served.state
-    app = create_app(state.settings, manager=state.manager, downloader=state.downloader, catalog=state.catalog,
-                     max_queue=2)
+    app = create_app(state.settings, downloader=state.downloader, catalog=state.catalog, max_queue=2)
+    small_manager = app.state.fmgguf.manager  # its own: max_queue is the queue of each of its models
+    small_manager.switch_model(state.manager.current_model().id, state.manager.current_model().quant, n_ctx=1024)
     with live_server(app) as small:
         async def main() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=small.url, timeout=120) as client:
                 return await asyncio.gather(*(client.post("/api/models/generate", json={"prompt": "a", "max_tokens": 48})
                                               for _ in range(12)))
         responses = asyncio.run(main())
+    small_manager.close()
     codes = sorted(r.status_code for r in responses)
     assert set(codes) <= {200, 429}, codes
     assert codes.count(200) >= 3 and codes.count(429) >= 1, codes

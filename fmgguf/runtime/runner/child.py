@@ -1,9 +1,11 @@
 """The runner process: one :class:`~fmgguf.runtime.engine.Engine` (one llama.cpp model) behind the
-runner protocol. Started by :class:`~fmgguf.runtime.runner.proxy.EngineProxy` as
+runner protocol. Started by :class:`~fmgguf.runtime.runner.process.RunnerProcess` as
 ``python -m fmgguf.runtime.runner.child FD`` with one end of a socket pair as ``FD``.
 
 A reader thread takes requests off the socket (a ``cancel`` acts at once, the rest queue for the
-main thread, one at a time). When the parent goes away the socket ends and the runner exits.
+main thread, one at a time). A ``stream`` is handed to the engine's slot scheduler and answered from
+its thread (pieces, then the stats), so several streams run at once, batched in one llama.cpp
+context. When the parent goes away the socket ends and the runner exits.
 llama.cpp's log goes to stderr, which the parent keeps in a ring buffer for crash reports.
 """
 
@@ -17,18 +19,50 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, error_to_wire, from_wire, to_wire
+from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, LoadReply, error_to_wire, from_wire, to_wire
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine import Engine
 
 #: engine methods the parent may call by name (plain arguments and results)
 CALLS = frozenset({"tokenize", "special_token_id", "token_text", "fim_token_ids", "memory_bytes", "is_eog"})
+#: what an op returns when its answer goes out later, from another thread (a stream's last frame)
+LATER = object()
+
+
+class ChannelSink:
+    """A stream's frames straight from the scheduler's thread: ``piece`` frames, then ``ok`` (the
+    stats) or ``error``. The socket buffers: the slot never waits for the parent."""
+
+    def __init__(self, runner: "Runner", rid: int, stats: Any) -> None:
+        self.runner, self.rid, self.stats = runner, rid, stats
+
+    def ready(self) -> bool:
+        return True
+
+    def piece(self, text: str) -> None:
+        self._send({"re": self.rid, "piece": text})
+
+    def end(self, error: BaseException | None) -> None:
+        self.runner.cancels.pop(self.rid, None)
+        if error is not None:
+            self._send({"re": self.rid, "error": error_to_wire(error)})
+        else:
+            self._send({"re": self.rid, "ok": to_wire(self.stats)})
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        try:
+            self.runner.channel.send(frame)
+        except ChannelClosed:
+            os._exit(0)  # the parent is gone
 
 
 class Runner:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.engine: Any = None
+        self.engine: "Engine | None" = None
         self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
 
@@ -56,8 +90,13 @@ class Runner:
                 handler = getattr(self, "op_" + str(msg.get("op")), None)
                 if handler is None:
                     raise ValueError(f"unknown runner op {msg.get('op')!r}")
-                reply: dict[str, Any] = {"re": rid, "ok": to_wire(handler(msg))}
+                result = handler(msg)
+                if result is LATER:
+                    continue
+                reply: dict[str, Any] = {"re": rid, "ok": to_wire(result)}
             except Exception as exc:  # noqa: BLE001 - every failure goes back as an error frame
+                if msg.get("op") == "stream":
+                    self.cancels.pop(int(rid), None)
                 reply = {"re": rid, "error": error_to_wire(exc)}
             try:
                 self.channel.send(reply)
@@ -67,7 +106,7 @@ class Runner:
                 os._exit(0)
 
     # --- operations ----------------------------------------------------------------------------
-    def op_load(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_load(self, msg: dict[str, Any]) -> LoadReply:
         from fmgguf.runtime.engine import Engine, LoadOptions
 
         rid = msg["id"]
@@ -77,48 +116,38 @@ class Runner:
 
         engine = Engine(msg["path"], from_wire(LoadOptions, msg["options"]), progress=progress)
         self.engine = engine
-        return {"n_ctx": engine.n_ctx, "n_ctx_train": engine.n_ctx_train, "metadata": engine.metadata,
-                "bos_id": engine.bos_id, "eos_id": engine.eos_id, "add_bos": engine.add_bos,
-                "bos_text": engine.bos_text, "eos_text": engine.eos_text, "buffers": engine.buffers,
-                "load_s": engine.load_s, "memory": engine.memory_bytes(), "fim_token_ids": engine.fim_token_ids(),
-                "pid": os.getpid()}
+        return LoadReply(n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train, metadata=engine.metadata,
+                         bos_id=engine.bos_id, eos_id=engine.eos_id, add_bos=engine.add_bos,
+                         bos_text=engine.bos_text, eos_text=engine.eos_text, buffers=engine.buffers,
+                         load_s=engine.load_s, memory=engine.memory_bytes(), fim_token_ids=engine.fim_token_ids(),
+                         pid=os.getpid(), slots=engine.slots, lanes=engine.lanes)
 
-    def op_call(self, msg: dict[str, Any]) -> Any:
+    def op_call(self, msg: dict[str, Any]) -> object:
         name = str(msg.get("name"))
         if name not in CALLS:
             raise ValueError(f"the runner does not offer {name!r}")
         return getattr(self._engine(), name)(*msg.get("args", []), **msg.get("kwargs", {}))
 
-    def op_stream(self, msg: dict[str, Any]) -> Any:
+    def op_stream(self, msg: dict[str, Any]) -> object:
+        """Start a generation beside the others; its frames come from the scheduler (:class:`ChannelSink`)."""
+        from fmgguf.runtime.constraints import Constraint
         from fmgguf.runtime.engine import GenerationStats
 
         rid = int(msg["id"])
         stats = GenerationStats(started=float(msg.get("started") or time.perf_counter()))
         cancel = self.cancels.setdefault(rid, threading.Event())
-        send = self.channel.send
-        try:
-            engine, prompt = self._engine(), msg["prompt"]
-            tokens = prompt.get("tokens")
-            if tokens is None:  # a PromptText: tokenized here, in the same round trip
-                tokens = engine.tokenize(prompt["text"], add_bos=bool(prompt["add_bos"]),
-                                         special=bool(prompt["special"]))
-            if len(tokens) >= engine.n_ctx:
-                from fmgguf.errors import ContextOverflowError
-
-                raise ContextOverflowError(
-                    f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
-                    fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
-            send({"re": rid, "started": len(tokens)})  # the caller's errors-before-the-first-token end here
-            kwargs = dict(msg.get("kwargs", {}))
-            if kwargs.get("constraint") is not None:  # a Constraint travels as its fields
-                from fmgguf.runtime.constraints import Constraint
-
-                kwargs["constraint"] = from_wire(Constraint, kwargs["constraint"])
-            for piece in engine.stream(tokens, stats, cancel=cancel, **kwargs):
-                send({"re": rid, "piece": piece})
-        finally:
-            self.cancels.pop(rid, None)
-        return stats
+        engine, prompt = self._engine(), msg["prompt"]
+        tokens = prompt.get("tokens")
+        if tokens is None:  # a PromptText: tokenized here, in the same round trip
+            tokens = engine.tokenize(prompt["text"], add_bos=bool(prompt["add_bos"]), special=bool(prompt["special"]))
+        kwargs = dict(msg.get("kwargs", {}))
+        if isinstance(kwargs.get("constraint"), dict):
+            kwargs["constraint"] = from_wire(Constraint, kwargs["constraint"])
+        req = engine.request(tokens, stats, ChannelSink(self, rid, stats), cancel=cancel,
+                             priority=bool(msg.get("priority")), **kwargs)
+        self.channel.send({"re": rid, "started": len(req.tokens)})  # errors before the first token end here
+        engine.submit(req)
+        return LATER
 
     def op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
         rss = 0
@@ -134,7 +163,7 @@ class Runner:
             self.engine = None
         return True
 
-    def _engine(self) -> Any:
+    def _engine(self) -> "Engine":
         if self.engine is None:
             from fmgguf.errors import ModelNotLoadedError
 

@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +30,31 @@ _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
 T = TypeVar("T")
+#: one decoded frame (JSON at the pipe's edge)
+Frame = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoadReply:
+    """What the runner says about the model it loaded (the answer to ``load``), rebuilt by
+    :func:`from_wire` on the parent's side."""
+
+    n_ctx: int
+    n_ctx_train: int
+    metadata: Mapping[str, str]
+    bos_id: int
+    eos_id: int
+    add_bos: bool
+    bos_text: str
+    eos_text: str
+    buffers: Mapping[str, int]
+    load_s: float
+    memory: int
+    fim_token_ids: Mapping[str, int]
+    pid: int
+    #: streams the runner generates at once (1: one after the other), and FIM lane slots beside them
+    slots: int = 1
+    lanes: int = 0
 
 
 class ChannelClosed(Exception):
@@ -55,7 +81,7 @@ class Channel:
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
 
-    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+    def recv(self, timeout: float | None = None) -> Frame:
         """The next frame; ChannelTimeout after ``timeout`` seconds without one (None: wait)."""
         if self.sock.gettimeout() != timeout:
             self.sock.settimeout(timeout)
@@ -87,7 +113,7 @@ class Channel:
             pass
 
 
-def to_wire(obj: Any) -> Any:
+def to_wire(obj: object) -> Any:
     """JSON-ready data: dataclasses as their fields, tuples as lists, Paths as strings."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -114,9 +140,9 @@ def from_wire(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def update_from_wire(target: Any, data: Mapping[str, Any]) -> None:
+def update_from_wire(target: object, data: Mapping[str, Any]) -> None:
     """Copy the known fields of ``data`` onto the mutable dataclass ``target``."""
-    names = {f.name for f in dataclasses.fields(target)}
+    names = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
     for name, value in data.items():
         if name in names:
             setattr(target, name, value)

@@ -10,10 +10,28 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from fmgguf.runtime.engine_api import EngineAPI
+from fmgguf.runtime.generation import SlotQueue
 from fmgguf.runtime.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import ModelCard
+
+Owner = TypeVar("Owner")
+
+
+class ModelState(str, Enum):
+    """Where a resident model is in its life (``LoadedModel.state``)."""
+
+    LOADING = "loading"
+    READY = "ready"
+    BUSY = "busy"
+    UNLOADING = "unloading"
+    BROKEN = "broken"
 
 
 @dataclass(frozen=True)
@@ -24,25 +42,39 @@ class LoadSpec:
     path: Path
     model_id: str
     quant: str | None
-    card: Any = field(default=None, repr=False, compare=False)
-    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    card: "ModelCard | None" = field(default=None, repr=False, compare=False)
+    options: Mapping[str, object] = field(default_factory=dict, compare=False)
 
 
 @dataclass
 class Resident:
+    """One loaded model: its engine, its queue of requests, and what the manager reports about it."""
+
     spec: LoadSpec
-    engine: Any
+    engine: EngineAPI
     info: LoadedModel
+    queue: SlotQueue
     #: seconds idle before unload (0: never)
     keep_alive: float
     pinned: bool = False
     last_used: float = field(default_factory=time.monotonic)
     #: crashes were on record when it loaded (a finished generation clears them)
     had_crashes: bool = False
+    #: set when it is being unloaded, or its runner died (then ``broken`` says whether for good)
+    leaving: bool = False
+    broken: bool = False
 
     @property
     def key(self) -> str:
         return self.spec.key
+
+    @property
+    def state(self) -> ModelState:
+        if self.broken:
+            return ModelState.BROKEN
+        if self.leaving:
+            return ModelState.UNLOADING
+        return ModelState.BUSY if self.queue.active else ModelState.READY
 
     def expires_in(self, now: float) -> float | None:
         if self.pinned or self.keep_alive <= 0:
@@ -52,7 +84,8 @@ class Resident:
     def snapshot(self, selected: bool) -> LoadedModel:
         left = self.expires_in(time.monotonic())
         return dataclasses.replace(self.info, pinned=self.pinned, keep_alive=self.keep_alive, selected=selected,
-                                   expires_in_s=None if left is None else round(max(left, 0.0), 3))
+                                   expires_in_s=None if left is None else round(max(left, 0.0), 3),
+                                   state=self.state.value, active=self.queue.active, waiting=self.queue.waiting)
 
 
 class Residents:
@@ -104,11 +137,11 @@ class Residents:
         return max(min(lefts), 0.0) if lefts else None
 
 
-class IdleWatcher:
+class IdleWatcher(Generic[Owner]):
     """One daemon thread per manager: calls ``sweep()`` (which unloads expired models and returns the
     seconds until the next expiry, or None) whenever a keep-alive may have run out."""
 
-    def __init__(self, owner: Any, sweep: Callable[[Any], float | None]) -> None:
+    def __init__(self, owner: Owner, sweep: Callable[[Owner], float | None]) -> None:
         self._ref = weakref.ref(owner)
         self._sweep = sweep
         self._cond = threading.Condition()

@@ -14,7 +14,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request, Response
 
 #: paths whose clients read errors as Ollama does: ``{"error": "<one line>"}``
 OLLAMA_PATHS = frozenset(f"/api/{p}" for p in ("version", "tags", "ps", "show", "generate", "chat", "pull",
@@ -42,9 +46,8 @@ def error_body(path: str, status: int, payload: dict) -> dict | None:
     return None
 
 
-def install(app: Any) -> None:
+def install(app: "FastAPI") -> None:
     """Add every dialect's routes, /metrics and the request counter to ``app``."""
-    from fastapi import Request
     from fastapi.responses import PlainTextResponse
 
     from fmgguf.server.dialects import anthropic, llamacpp, mistral, ollama, ollama_models, responses, tabby
@@ -64,7 +67,7 @@ def install(app: Any) -> None:
         return PlainTextResponse(hub.metrics.render(state), media_type="text/plain; version=0.0.4")
 
     @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Any:
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         route = request.scope.get("route")
         name = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "other")

@@ -23,12 +23,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fmgguf.errors import CancelledError, FmggufError
 from fmgguf.runtime.tool_parser import ToolCallParser
 from fmgguf.runtime.tools import ResponseFormat, ToolCall, ToolRequest, ToolSpec
 from fmgguf.server.streaming import StreamedGeneration
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.generation import GenerationResult, GenerationStream
+    from fmgguf.runtime.manager import ModelManager
+    from fmgguf.server.state import ServerState
 
 Kind = Literal["prompt", "chat", "fim"]
 
@@ -41,13 +46,15 @@ class Sampling:
     top_k: int | None = None
     min_p: float | None = None
     repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                               "stop": list(self.stop) or None, "seed": self.seed}
-        for name in ("top_k", "min_p", "repeat_penalty"):
+        for name in ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw
@@ -102,6 +109,7 @@ class Outcome:
 
     text: str
     model: str
+    quant: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -140,7 +148,7 @@ class Generation:
         self.hub = hub
         self.started = time.perf_counter()
         self._timer: asyncio.TimerHandle | None = None
-        self.model = str(getattr(streamed.stream, "model_id", None) or ticket.model or req.model or "unknown")
+        self.model = str(ticket.model or req.model or "unknown")
 
     def _arm_time_limit(self) -> None:
         limit = self.req.time_limit_s
@@ -194,26 +202,25 @@ class Generation:
                     raise value
         raise CancelledError("the generation ended without a result", fix="retry the request")
 
-    def _outcome(self, result: Any, parser: ToolCallParser | None = None) -> Outcome:
-        reason = str(getattr(result, "finish_reason", None) or "cancelled")
+    def _outcome(self, result: "GenerationResult | None", parser: ToolCallParser | None = None) -> Outcome:
+        if result is None:  # closed before it ended
+            return Outcome(text="", model=self.model, finish_reason="cancelled", truncated=self.ticket.truncated)
+        reason = result.finish_reason or "cancelled"
         if reason == "cancelled" and self.ticket.timed_out:
             reason = "limit"
-        text = "" if self.req.warmup else str(getattr(result, "text", "") or "")
+        warm = self.req.warmup
+        text = "" if warm else result.text
         calls: tuple[ToolCall, ...] = ()
         if parser is not None:
             text, calls = parser.text, tuple(parser.calls)
             if calls and reason in ("stop", "length", "context", "limit"):
                 reason = "tool_calls"
-        return Outcome(text=text, model=str(getattr(result, "model_id", None) or self.model),
-                       prompt_tokens=int(getattr(result, "prompt_tokens", 0) or 0),
-                       completion_tokens=0 if self.req.warmup else int(getattr(result, "completion_tokens", 0) or 0),
-                       cached_tokens=int(getattr(result, "cached_tokens", 0) or 0),
-                       restored_tokens=int(getattr(result, "restored_tokens", 0) or 0),
-                       ttft_s=float(getattr(result, "ttft_s", 0.0) or 0.0),
-                       total_s=float(getattr(result, "total_s", 0.0) or 0.0),
-                       tokens_per_s=float(getattr(result, "tokens_per_s", 0.0) or 0.0), finish_reason=reason,
-                       truncated=self.ticket.truncated, stop_reason=getattr(result, "stop_reason", None),
-                       tool_calls=calls, stop_sequence=getattr(result, "stop_sequence", None))
+        return Outcome(text=text, model=result.model_id or self.model, quant=result.quant,
+                       prompt_tokens=result.prompt_tokens, completion_tokens=0 if warm else result.completion_tokens,
+                       cached_tokens=result.cached_tokens, restored_tokens=result.restored_tokens,
+                       ttft_s=result.ttft_s, total_s=result.total_s, tokens_per_s=result.tokens_per_s,
+                       finish_reason=reason, truncated=self.ticket.truncated, stop_reason=result.stop_reason,
+                       tool_calls=calls, stop_sequence=result.stop_sequence)
 
 
 class _Ticket:
@@ -222,7 +229,7 @@ class _Ticket:
         self.superseded = False
         self.timed_out = False
         self.truncated = False
-        self.stream: Any = None
+        self.stream: GenerationStream | None = None
         self.model: str | None = None
 
     def cancel(self) -> None:
@@ -260,23 +267,20 @@ class DialectHub:
                 del self._latest[ticket.key]
 
 
-def hub_of(state: Any) -> DialectHub:
-    hub = getattr(state, "dialects", None)
-    if hub is None:
-        hub = state.dialects = DialectHub()
-    return hub
+def hub_of(state: "ServerState") -> DialectHub:
+    return state.dialects
 
 
-async def start(state: Any, req: GenRequest) -> Generation:
-    """Queue ``req`` behind the running generation and start it. Errors known before the first token
-    (unknown model, no FIM, prompt too long, queue full) raise here, so each dialect answers them with a
-    proper status instead of an error inside a 200 stream."""
+async def start(state: "ServerState", req: GenRequest) -> Generation:
+    """Start ``req`` on its model (in the model's queue: FIM first, then in order). Errors known before
+    the first token (unknown model, no FIM, prompt too long, queue full) raise here, so each dialect
+    answers them with a proper status instead of an error inside a 200 stream."""
     from fmgguf.server.dialects.routing import call_manager
 
     hub = hub_of(state)
     ticket = hub.enter(req)
 
-    def call(manager: Any) -> Any:
+    def call(manager: "ModelManager") -> "GenerationStream":
         if ticket.superseded:
             raise CancelledError("a newer request from the same client replaced this one",
                                  fix="nothing to do: the newer request is answered")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Union
 
 from fastapi import APIRouter, Request
@@ -48,6 +49,8 @@ class _LlamaBody(BaseModel):
     top_p: float = Field(default=0.95, ge=0.0, le=1.0)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
     repeat_penalty: float = Field(default=1.0, ge=0.0, le=10.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, max_length=16)
     stream: bool = False
@@ -59,6 +62,7 @@ class _LlamaBody(BaseModel):
         return Sampling(max_tokens=None if self.n_predict < 0 else max(self.n_predict, 1),
                         temperature=self.temperature, top_p=self.top_p or 1.0, top_k=self.top_k or None,
                         min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+                        presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                         seed=None if self.seed is None or self.seed < 0 else self.seed % 2**31,
                         stop=tuple(s for s in self.stop if s))
 
@@ -123,7 +127,7 @@ async def _answer(request: Request, body: _LlamaBody, req: GenRequest) -> Any:
         outcome = await gen.collect()
         return _final(outcome, body, outcome.text)
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
                 if kind == "piece":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Union
 
 from fastapi import APIRouter, Request
@@ -63,7 +64,7 @@ async def fim_completions(request: Request, body: FimBody) -> Any:
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return {**out, "usage": usage} if usage else out
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[str]:
         first = True
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:

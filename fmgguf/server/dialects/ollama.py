@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any, Union
 
 from fastapi import APIRouter, Request
@@ -23,7 +24,7 @@ from fmgguf.server.dialects.ollama_models import NDJSON, ndjson, now_iso
 from fmgguf.server.dialects.routing import clean_name
 from fmgguf.server.dialects.tooling import ollama_call, ollama_format, ollama_message, ollama_tools
 from fmgguf.server.schemas import MAX_PROMPT_CHARS
-from fmgguf.server.state import state_of
+from fmgguf.server.state import ServerState, state_of
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 _DONE = {"stop": "stop", "tool_calls": "stop", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
@@ -37,6 +38,8 @@ class Options(BaseModel):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stop: Union[str, list[str], None] = None
     seed: int | None = None
     num_ctx: int | None = Field(default=None, ge=0)
@@ -47,7 +50,8 @@ class Options(BaseModel):
         return Sampling(max_tokens=None if n is not None and n < 0 else (n or 256),
                         temperature=0.8 if self.temperature is None else self.temperature,
                         top_p=0.9 if not self.top_p else self.top_p, top_k=self.top_k or None, min_p=self.min_p,
-                        repeat_penalty=self.repeat_penalty, seed=None if self.seed is None else self.seed % 2**31,
+                        repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
+                        frequency_penalty=self.frequency_penalty, seed=None if self.seed is None else self.seed % 2**31,
                         stop=tuple(s for s in stop if s)[:16])
 
 
@@ -86,7 +90,7 @@ class EmbedBody(BaseModel):
     prompt: str | None = None
 
 
-def keep_alive_seconds(value: Any) -> float | None:
+def keep_alive_seconds(value: str | float | None) -> float | None:
     """Ollama's keep_alive: seconds as a number, or a duration ("5m", "1h30m", "-1" = forever)."""
     if value is None or value == "":
         return None
@@ -111,7 +115,7 @@ def _client(request: Request, model: str) -> str:
     return f"ollama|{host}|{request.headers.get('user-agent', '')}|{clean_name(model)}"
 
 
-def _has_chat_template(state: Any, model: str) -> bool:
+def _has_chat_template(state: ServerState, model: str) -> bool:
     name = clean_name(model).partition(":")[0]
     if name and name in state.catalog:
         return state.catalog.get(name).chat_template not in (None, "none")
@@ -188,7 +192,7 @@ async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
         body = piece(outcome.text, outcome.tool_calls) if outcome.tool_calls else piece(outcome.text)
         return {**_final(outcome, created), **body}
 
-    async def lines() -> Any:
+    async def lines() -> AsyncIterator[str]:
         n_calls = 0
         async with contextlib.aclosing(gen.events()) as items:
             async for kind, value in items:
@@ -207,7 +211,7 @@ async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
     return StreamingResponse(lines(), media_type=NDJSON)
 
 
-async def _load_or_unload(state: Any, model: str, keep: float | None, chat: bool = False) -> dict:
+async def _load_or_unload(state: ServerState, model: str, keep: float | None, chat: bool = False) -> dict:
     """Ollama's empty request: load the model (or unload it when keep_alive is 0)."""
     import anyio
 
@@ -219,7 +223,7 @@ async def _load_or_unload(state: Any, model: str, keep: float | None, chat: bool
     if keep == 0:
         manager = state.manager_if_built
         if manager is not None:
-            target = await anyio.to_thread.run_sync(lambda: resolve(state, manager, model, "prompt"))
+            target = await anyio.to_thread.run_sync(lambda: resolve(state, model, "prompt"))
             await unload_model(state, target.model_id, target.quant)
         return {"model": clean_name(model), "created_at": created, **empty, "done": True, "done_reason": "unload"}
     req = GenRequest("prompt", "ollama", model, prompt="", sampling=Sampling(max_tokens=1), warmup=True, keep_alive=keep)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
@@ -17,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError, NotDownloadedError
 from fmgguf.server.dialects.routing import clean_name, fim_verdict_for, unknown_model
-from fmgguf.server.state import state_of
+from fmgguf.server.state import ServerState, state_of
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import ModelCard
+    from fmgguf.runtime.prompts import FimFormat
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 #: the Ollama API version we answer like (Copilot's BYOK provider wants >= 0.6.4)
@@ -42,7 +47,7 @@ class PullBody(_Body):
     insecure: bool = False
 
 
-def ndjson(obj: Any) -> str:
+def ndjson(obj: object) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str) + "\n"
 
 
@@ -50,24 +55,24 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def param_size(card: Any) -> str:
+def param_size(card: "ModelCard | None") -> str:
     total = card.parameters.total if card is not None and card.parameters else None
     if not total:
         return ""
     return f"{total / 1e9:.1f}B" if total >= 1e9 else f"{total / 1e6:.0f}M"
 
 
-def details(card: Any, quant: str | None) -> dict:
+def details(card: "ModelCard | None", quant: str | None) -> dict:
     arch = card.arch.name if card is not None and card.arch else "unknown"
     return {"parent_model": "", "format": "gguf", "family": arch, "families": [arch],
             "parameter_size": param_size(card), "quantization_level": quant or ""}
 
 
-def _records(state: Any) -> list[dict]:
+def _records(state: ServerState) -> list[dict]:
     return [r for r in state.downloader.list_downloaded() or [] if isinstance(r, dict)]
 
 
-def resolve_local(state: Any, name: str) -> tuple[Any, str]:
+def resolve_local(state: ServerState, name: str) -> tuple["ModelCard", str]:
     """(card, quant) of a downloaded model named ``name``; 404 with the closest ids otherwise."""
     from fmgguf.errors import UnknownModelError
 
@@ -114,7 +119,7 @@ def ps(request: Request) -> dict:
     for lm in (manager.loaded() if manager is not None else []):
         card = state.catalog.get(lm.id) if lm.id in state.catalog else None
         name = f"{lm.id}:{lm.quant}" if lm.quant else lm.id
-        left = getattr(lm, "expires_in_s", None)
+        left = lm.expires_in_s
         until = "0001-01-01T00:00:00Z" if left is None else \
             datetime.fromtimestamp(time.time() + left, timezone.utc).isoformat()
         size = int(lm.memory or 0)
@@ -152,7 +157,7 @@ def show(request: Request, body: _Body) -> dict:
             "model_info": info, "capabilities": caps, "modified_at": now_iso()}
 
 
-def capabilities(card: Any, *, insert: bool) -> list[str]:
+def capabilities(card: "ModelCard", *, insert: bool) -> list[str]:
     """What a catalog model does, in Ollama's words: ``insert`` (FIM, as the one FIM rule decided), ``tools``
     (its template carries them, or it chats and takes them through the generic JSON envelope; a model that
     cannot chat cannot)."""
@@ -162,7 +167,7 @@ def capabilities(card: Any, *, insert: bool) -> list[str]:
     return ["completion"] + (["insert"] if insert else []) + (["tools"] if tools_supported(None, chat) else [])
 
 
-def _serving_ctx(state: Any, card: Any) -> int:
+def _serving_ctx(state: ServerState, card: "ModelCard") -> int:
     """The context a request really gets: the resident model's, else what a load would choose."""
     manager = state.manager_if_built
     for lm in (manager.loaded() if manager is not None else []):
@@ -172,7 +177,7 @@ def _serving_ctx(state: Any, card: Any) -> int:
     return int(min(state.settings.default_ctx, trained))
 
 
-def _template(fmt: Any) -> str:
+def _template(fmt: "FimFormat | None") -> str:
     if fmt is None:
         return "{{ .Prompt }}"
     if fmt.order == "SPM":
@@ -195,7 +200,7 @@ async def pull(request: Request, body: PullBody) -> Any:
         raise unknown_model(state, ref) from None
     job, _ = state.jobs.start(card.id, quant, None, total=card.variant(quant).size)
 
-    async def lines() -> Any:
+    async def lines() -> AsyncIterator[str]:
         yield ndjson({"status": "pulling manifest"})
         sent = -1
         while True:
@@ -243,17 +248,13 @@ async def delete(request: Request, body: _Body) -> Response:
     return Response(status_code=200)
 
 
-async def unload_model(state: Any, model_id: str, quant: str | None) -> bool:
-    """Unload one resident model (the others stay); forget it as the selection if it was selected."""
-    from fmgguf.server.streaming import run_generation
+async def unload_model(state: ServerState, model_id: str, quant: str | None) -> bool:
+    """Unload one resident model (the others stay; it stops being the selection if it was selected)."""
+    from fmgguf.server.streaming import run_exclusive
 
     manager = state.manager_if_built
     if manager is None or not any(lm.id == model_id and (quant is None or lm.quant == quant)
                                   for lm in manager.loaded()):
         return False
-    cur = state.current()
     ref = f"{model_id}:{quant}" if quant else model_id
-    done = await run_generation(state, lambda m: m.unload(ref), "unload")
-    if cur and cur.get("id") == model_id:
-        state.selected = None
-    return bool(done)
+    return await run_exclusive(state, lambda m: m.unload(ref), "unload")

@@ -78,7 +78,7 @@ def health(request: Request) -> dict:
 
     state = state_of(request)
     manager = state.manager_if_built
-    resident = loaded_names(state, manager) if manager is not None else []
+    resident = loaded_names(manager)
     fim = next((m for m, _ in resident if fim_able(state, m)), None)
     chat = next((m for m, _ in resident if m in state.catalog and state.catalog.get(m).chat_template), None)
     return {"model": fim or (resident[0][0] if resident else state.settings.default_model),

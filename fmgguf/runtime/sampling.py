@@ -1,0 +1,116 @@
+"""One generation's sampler: llama.cpp's sampler chain built from the parameters the dialects
+accept, plus a grammar (:class:`~fmgguf.runtime.constraints.Constraint`) from the first token or
+lazily after a trigger string. llama.cpp is reached through :func:`fmgguf.runtime.engine.lib`.
+
+The chain follows llama.cpp's common sampler order: grammar, penalties, top-k, top-p, min-p,
+temperature, then a seeded draw; at temperature 0 (or below) it is greedy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.constraints import Constraint
+
+#: tokens the repeat/presence/frequency penalties look back over (llama.cpp's penalty_last_n default)
+PENALTY_LAST_N = 64
+_REGEX_SPECIALS = set("\\^$.|?*+()[]{}/")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one generation picks its tokens (the defaults are the engine's long-standing ones)."""
+
+    temperature: float = 0.2
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: None: a random seed
+    seed: int | None = None
+
+    def check(self) -> "SamplingParams":
+        if self.repeat_penalty is not None and self.repeat_penalty <= 0:
+            raise InvalidRequestError(f"repeat_penalty {self.repeat_penalty} must be above 0",
+                                      fix="use 1.0 for none, or a value like 1.1")
+        return self
+
+
+def _escape(text: str) -> str:
+    """``text`` as a literal in llama.cpp's (ECMAScript) regular expressions."""
+    return "".join("\\" + c if c in _REGEX_SPECIALS else c for c in text)
+
+
+def trigger_pattern(triggers: tuple[str, ...]) -> str:
+    """llama.cpp's lazy-grammar pattern for trigger words: the grammar sees the output from the first
+    trigger on (the first match group), as common_sampler builds it."""
+    return "[\\s\\S]*?(" + "|".join(_escape(t) for t in triggers) + ")[\\s\\S]*"
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one generation; :meth:`sample` picks (and accepts) a token."""
+
+    def __init__(self, mod: Any, vocab: Any, params: SamplingParams, constraint: Constraint | None = None) -> None:
+        self._mod = mod
+        chain = mod.llama_sampler_chain_init(mod.llama_sampler_chain_default_params())
+        if not chain:
+            raise InvalidRequestError("llama.cpp could not make a sampler", fix="check the sampling parameters")
+        self._chain = chain
+        try:
+            if constraint is not None:
+                self._add(self._grammar(vocab, constraint))
+            self._add_sampling(params, int(mod.llama_vocab_n_tokens(vocab)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, smpl: Any) -> None:
+        self._mod.llama_sampler_chain_add(self._chain, smpl)  # the chain owns it from here
+
+    def _grammar(self, vocab: Any, constraint: Constraint) -> Any:
+        mod = self._mod
+        gbnf, root = constraint.gbnf.encode("utf-8"), b"root"
+        if constraint.triggers:
+            patterns = (ctypes.c_char_p * 1)(trigger_pattern(tuple(constraint.triggers)).encode("utf-8"))
+            smpl = mod.llama_sampler_init_grammar_lazy_patterns(vocab, gbnf, root, patterns, 1, None, 0)
+        else:
+            smpl = mod.llama_sampler_init_grammar(vocab, gbnf, root)
+        if not smpl:
+            raise InvalidRequestError("the grammar does not parse (llama.cpp's GBNF)",
+                                      fix="check the grammar (its root rule must be `root`); llama.cpp's log says "
+                                          "where it failed")
+        return smpl
+
+    def _add_sampling(self, p: SamplingParams, n_vocab: int) -> None:
+        mod = self._mod
+        repeat = float(p.repeat_penalty if p.repeat_penalty is not None else 1.0)
+        freq, present = float(p.frequency_penalty or 0.0), float(p.presence_penalty or 0.0)
+        if repeat != 1.0 or freq != 0.0 or present != 0.0:
+            self._add(mod.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat, freq, present))
+        if p.temperature is None or p.temperature <= 0:
+            self._add(mod.llama_sampler_init_greedy())
+            return
+        if p.top_k and p.top_k > 0:
+            self._add(mod.llama_sampler_init_top_k(int(p.top_k)))
+        if p.top_p is not None and 0 < p.top_p < 1:
+            self._add(mod.llama_sampler_init_top_p(float(p.top_p), 1))
+        if p.min_p is not None and p.min_p > 0:
+            self._add(mod.llama_sampler_init_min_p(float(p.min_p), 1))
+        self._add(mod.llama_sampler_init_temp(float(p.temperature)))
+        seed = int(p.seed) if p.seed is not None else random.randint(0, 2**31 - 1)
+        self._add(mod.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: Any, index: int) -> int:
+        """The token for the logits at batch ``index`` of the last decode (accepted into the chain)."""
+        return int(self._mod.llama_sampler_sample(self._chain, ctx, index))
+
+    def close(self) -> None:
+        chain, self._chain = self._chain, None
+        if chain:
+            self._mod.llama_sampler_free(chain)
