@@ -12,6 +12,7 @@ Nothing here decides *what* to load or how much to offload: the manager does tha
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import logging
 import threading
@@ -140,7 +141,15 @@ class Engine:
         self.load_log = listener.lines
         self.n_threads = int(kw["n_threads"])
         self._describe(mod)
+        from fmgguf.runtime.prompt_state import PromptStates  # noqa: PLC0415 - it imports lib() from here
+
+        #: saved slot states of earlier prompts, in host RAM (agents' system prompts); None without one
+        self.prompt_states = PromptStates(options.prompt_cache_bytes) if options.prompt_cache_bytes > 0 else None
         listener.report("ready", 1.0)
+
+    def prompt_cache_stats(self) -> dict[str, int]:
+        """The host-RAM prompt cache's counters (empty without one)."""
+        return {} if self.prompt_states is None else dataclasses.asdict(self.prompt_states.cache.stats())
 
     def _load(self, mod: Any, kw: dict[str, Any]) -> None:
         internals = mod._internals

@@ -33,6 +33,8 @@ class LoadOptions:
     rpc_servers: tuple[str, ...] | None = None
     #: generations served at once (slots of the one context; a FIM lane slot comes on top)
     parallel: int = 4
+    #: host RAM for saved KV states of earlier prompts (runtime.prompt_cache; 0 = no cache)
+    prompt_cache_bytes: int = 0
 
     def llama_kwargs(self) -> dict[str, Any]:
         from fmgguf.runtime.threads import choose_threads

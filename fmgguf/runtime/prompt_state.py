@@ -1,9 +1,10 @@
-"""The engine's side of the host-RAM prompt cache (runtime.prompt_cache): saving a context's KV state
-before a request throws most of it away, and restoring the saved state that shares the longest prefix
-with a new prompt, through llama.cpp's ``llama_state_seq_get_data`` / ``llama_state_seq_set_data``.
+"""The engine's side of the host-RAM prompt cache (runtime.prompt_cache): saving a slot's KV state
+before a new request throws most of it away, and restoring the saved state that shares the longest
+prefix with a new prompt into the slot, through llama.cpp's ``llama_state_seq_get_data`` /
+``llama_state_seq_set_data`` on that slot's sequence.
 
-Called once per request, before the engine keeps the common prefix of what the context holds
-(``Engine._keep_common_prefix``), which then cuts a restored state back to the prefix the new prompt
+Called by the slot scheduler once per request, before it keeps what the slot's cache shares with the
+prompt (``Scheduler._reuse``), which then cuts a restored state back to the prefix the new prompt
 shares with it: nothing after the shared part of a cached conversation survives into another one.
 """
 
@@ -13,49 +14,47 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
-from fmgguf.runtime.engine import KV_REUSE_MIN, lib
-from fmgguf.runtime.prompt_cache import PromptCache, common_prefix
-
-#: sequence id of the single-sequence context
-_SEQ = 0
+from fmgguf.runtime.engine import lib
+from fmgguf.runtime.kv_reuse import KV_REUSE_MIN
+from fmgguf.runtime.prompt_cache import PromptCache
 
 
 class PromptStates:
-    """A :class:`PromptCache` of one model's context states."""
+    """A :class:`PromptCache` of one model's slot states."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.cache = PromptCache(capacity_bytes)
 
-    def prepare(self, llm: Any, tokens: Sequence[int]) -> int:
-        """Make the context start from the best state for ``tokens``; returns the prompt tokens a
-        restored state brings (0: the context's own state stays)."""
-        held = [int(t) for t in llm.input_ids[: int(llm.n_tokens)]]
-        live = common_prefix(held, tokens)
+    def prepare(self, ctx: Any, mem: Any, seq: int, held: list[int], tokens: Sequence[int],
+                live: int) -> tuple[list[int] | None, int]:
+        """Before sequence ``seq`` (holding ``held``, of which ``live`` tokens serve ``tokens``) takes a
+        new prompt: keep its state in host RAM when most of it would go, and restore the best cached
+        state when it brings more than ``live``. Returns (what the sequence holds now, or None when
+        unchanged; the prompt tokens the restored state brings)."""
+        if held and live < len(held) // 2 and not self.cache.holds(held):
+            self.save(ctx, seq, held)
         entry, shared = self.cache.best(tokens)
-        if live < len(held) // 2 and not self.cache.holds(held):  # most of it would go: keep it for later
-            self.save(llm, held)
-        if entry is None or shared < live + KV_REUSE_MIN or not self.restore(llm, entry.tokens, entry.data):
+        if entry is None or shared < live + KV_REUSE_MIN:
             self.cache.miss()
-            return 0
+            return None, 0
+        if not self.restore(ctx, mem, seq, entry.data):
+            self.cache.miss()
+            return [], 0  # the sequence was cleared for the restore
         self.cache.take(entry)
-        return min(shared, len(tokens) - 1)
+        return list(entry.tokens), min(shared, len(tokens) - 1)
 
-    def save(self, llm: Any, held: list[int]) -> bool:
-        mod, ctx = lib(), llm._ctx.ctx
-        size = int(mod.llama_state_seq_get_size(ctx, _SEQ))
+    def save(self, ctx: Any, seq: int, held: list[int]) -> bool:
+        mod = lib()
+        size = int(mod.llama_state_seq_get_size(ctx, seq))
         if not self.cache.wants(len(held), size):
             return False
         buf = (ctypes.c_uint8 * size)()
-        if int(mod.llama_state_seq_get_data(ctx, buf, size, _SEQ)) != size:
+        if int(mod.llama_state_seq_get_data(ctx, buf, size, seq)) != size:
             return False
         return self.cache.put(held, buf)
 
     @staticmethod
-    def restore(llm: Any, tokens: tuple[int, ...], data: ctypes.Array) -> bool:
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        llm.n_tokens = 0
-        if int(lib().llama_state_seq_set_data(llm._ctx.ctx, data, ctypes.sizeof(data), _SEQ)) == 0:
-            return False
-        llm.input_ids[: len(tokens)] = tokens
-        llm.n_tokens = len(tokens)
-        return True
+    def restore(ctx: Any, mem: Any, seq: int, data: ctypes.Array) -> bool:
+        mod = lib()
+        mod.llama_memory_seq_rm(mem, seq, -1, -1)
+        return int(mod.llama_state_seq_set_data(ctx, data, ctypes.sizeof(data), seq)) != 0

@@ -188,9 +188,11 @@ class Scheduler:
     def _start(self, slot: Slot, req: Request) -> None:
         from fmgguf.runtime.sampling import Sampler
 
+        restored = self._from_host_cache(slot, req.tokens)
         kept = self._reuse(slot, req.tokens)
         stats = req.stats
         stats.cached_tokens = kept
+        stats.restored_tokens = min(restored, kept)
         room = self.n_ctx - len(req.tokens)
         mt = req.max_tokens
         slot.limit = room if not mt or mt <= 0 else min(int(mt), room)
@@ -199,6 +201,18 @@ class Scheduler:
         slot.out = TextOut(req.stop)
         slot.req, slot.prefill_at, slot.next_token = req, kept, None
         slot.admitted = time.perf_counter()
+
+    def _from_host_cache(self, slot: Slot, tokens: list[int]) -> int:
+        """The engine's host-RAM prompt cache (agents): save the slot's state if it is about to go,
+        restore a better one for ``tokens``; returns the prompt tokens a restored state brings."""
+        states = self.engine.prompt_states
+        if states is None:
+            return 0
+        live = plan_reuse(slot.cache, tokens, self.can_shift).kept if slot.cache else 0
+        held, restored = states.prepare(self.ctx, self.mem, slot.seq, slot.cache, tokens, live)
+        if held is not None:
+            slot.cache = held
+        return restored
 
     def _reuse(self, slot: Slot, tokens: list[int]) -> int:
         """Keep what the slot's cache shares with ``tokens`` (chunks moved down), drop the rest.

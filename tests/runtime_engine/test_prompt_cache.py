@@ -75,8 +75,9 @@ def test_a_conversation_comes_back_from_the_cache_and_never_leaks(qwen_path: Pat
     a = SYSTEM + "\nUser: write a parser for ini files in Python."
     b = SYSTEM + "\nUser: explain the off-by-one bug in this loop: for i in range(len(x) + 1)."
     other = "An unrelated request: " + "complete this list of fruit: apple, pear, plum, " * 20
-    with Engine(qwen_path, LoadOptions(n_ctx=2048, prompt_cache_bytes=256 * 1024**2)) as cached, \
-            Engine(qwen_path, LoadOptions(n_ctx=2048)) as plain:
+    # one slot, so the unrelated request must take conversation a's place (with free slots it would not)
+    with Engine(qwen_path, LoadOptions(n_ctx=2048, parallel=1, prompt_cache_bytes=256 * 1024**2)) as cached, \
+            Engine(qwen_path, LoadOptions(n_ctx=2048, parallel=1)) as plain:
         _run(cached, a)
         _run(cached, other)  # takes the context: conversation a's state goes to host RAM
         assert len(cached.prompt_states.cache) == 1
@@ -88,7 +89,7 @@ def test_a_conversation_comes_back_from_the_cache_and_never_leaks(qwen_path: Pat
         want, plain_stats = _run(plain, b)
         assert plain_stats.restored_tokens == 0 and plain_stats.cached_tokens == shared
         assert got == want
-        with Engine(qwen_path, LoadOptions(n_ctx=2048)) as fresh:  # a fresh context: the whole prompt decoded
+        with Engine(qwen_path, LoadOptions(n_ctx=2048, parallel=1)) as fresh:  # a fresh context: the whole prompt decoded
             fresh_out, fresh_stats = _run(fresh, b)
         assert fresh_stats.cached_tokens == 0 and got == fresh_out
         assert cached.prompt_cache_stats()["hits"] == 1
