@@ -201,9 +201,26 @@ def test_every_fim_dialect_cancels_the_older_request_of_the_same_client(served: 
     assert _metric(served.url, _cancelled(dialect)) - cancelled == 1  # the older one, not the newer
 
 
-def test_tabby_replaces_a_queued_completion_of_the_same_client(served: Any) -> None:
+@pytest.fixture
+def one_slot(settings: Any, live_server: Any) -> Any:
+    """A live server whose tiny-qwen runner has one slot, so a second generation waits for its turn."""
+    import dataclasses
+
+    from fmgguf.server.app import create_app
+
+    app = create_app(dataclasses.replace(settings, parallel=1), max_queue=64)
+    state = app.state.fmgguf
+    state.downloader.download_model("tiny-qwen", "F16")
+    state.manager.switch_model("tiny-qwen", "F16", n_ctx=4096)
+    with live_server(app) as live:
+        yield live
+    state.manager.close()
+
+
+def test_tabby_replaces_a_queued_completion_of_the_same_client(one_slot: Any) -> None:
     """Tabby's completions do not stream (64 tokens at most): the older one is replaced while it waits
-    for its turn behind another client's generation."""
+    for its turn behind another client's generation (one slot: the runner cannot take it beside)."""
+    served = one_slot
     seg = {"segments": {"prefix": "def add(a, b):\n    return ", "suffix": "\n"}, "user": "ann"}
     superseded = _metric(served.url, SUPERSEDED)
     blocker = _Streamer(served.url, *_infill_stream(3000), "someone-else")
@@ -215,12 +232,13 @@ def test_tabby_replaces_a_queued_completion_of_the_same_client(served: Any) -> N
         answers[key] = httpx.post(served.url + "/v1/completions", json=seg, headers={"User-Agent": "tabby-ide"},
                                   timeout=120)
 
+    manager = served.state.manager
     older = threading.Thread(target=tabby, args=("older",))
     older.start()
-    _wait_for(lambda: served.state.gate.queue_depth == 1)
+    _wait_for(lambda: manager.queue_depth == 1)
     newer = threading.Thread(target=tabby, args=("newer",))
     newer.start()
-    _wait_for(lambda: served.state.gate.queue_depth == 2)
+    _wait_for(lambda: manager.queue_depth == 2 or not older.is_alive())
     blocker.stop.set()  # the other client goes away: the queue moves on
     older.join(60)
     newer.join(60)
