@@ -155,8 +155,10 @@ def _stream_out(stream: Any) -> Any:
 def _timings_line(res: Any) -> str:
     note = {"context": " — stopped: the context window is full (use --ctx)", "length": " — stopped at --max-tokens",
             "cancelled": " — cancelled"}.get(res.finish_reason, "")
+    fim = {"suffix": " — the middle ended where the suffix begins", "indent": " — the middle ended at a dedent out "
+           "of the cursor's block"}.get(res.stop_reason or "", "")
     return (f"{res.prompt_tokens} prompt + {res.completion_tokens} tokens, first token {res.ttft_s * 1000:.0f} ms, "
-            f"{res.tokens_per_s:.1f} tokens/s{note}")
+            f"{res.tokens_per_s:.1f} tokens/s{note}{fim}")
 
 
 def _gen_kwargs(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...]) -> dict:
