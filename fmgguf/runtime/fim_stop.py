@@ -6,8 +6,10 @@ writes the middle, then the code after the cursor again, then a test harness of 
 
 - ``suffix``: a line that repeats the suffix's first non-blank line (and the next one too when the
   first says little, such as ``else:`` or ``}``), or one of its first three non-blank lines that say
-  something (at any indentation: the model skipped into the suffix); with the cursor inside a line, a
-  first line that ends with the rest of the cursor's line;
+  something (at any indentation: the model skipped into the suffix), or a ``return``/``raise``/``break``/
+  ``continue`` at the indentation of the suffix's first line when that line starts with the same word
+  (the suffix's line would be dead code after it); with the cursor inside a line, a first line that
+  ends with the rest of the cursor's line;
 - ``indent``: a line less indented than the block the cursor is in (outside open brackets and
   triple-quoted strings); a line of closing brackets there is kept (it closes the block) unless the
   suffix starts with it;
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 CUT_REASONS = ("suffix", "indent", "n_indent", "time")
 _OPEN, _CLOSE = "([{", ")]}"
 _WEAK_LEN = 8  # a suffix line shorter than this (stripped) is confirmed by the next line before a cut
+_EXITS = ("return", "raise", "break", "continue")
 _HEAD_LINES = 3  # how many of the suffix's first non-blank lines a middle line is compared with
 
 
@@ -45,6 +48,21 @@ def indent_of(line: str) -> int:
 def _weak(line: str) -> bool:
     body = line.strip()
     return len(body) < _WEAK_LEN or not any(c.isalnum() for c in body)
+
+
+def _same_exit(line: str, suffix_line: str) -> bool:
+    """``line`` leaves the block the way the suffix's first line does (``return``, ``raise``...) at the same
+    indentation: the suffix's line would be dead code after it, so the model is writing the suffix again."""
+    word = suffix_line.split(None, 1)[0] if suffix_line.strip() else ""
+    return (word in _EXITS and indent_of(line) == indent_of(suffix_line)
+            and line.split(None, 1)[0] == word)
+
+
+def _may_exit(part: str, suffix_line: str) -> bool:
+    """The unfinished ``part`` may still become a :func:`_same_exit` line."""
+    word = suffix_line.split(None, 1)[0] if suffix_line.strip() else ""
+    return (word in _EXITS and indent_of(part) == indent_of(suffix_line)
+            and word.startswith(part.strip().split(None, 1)[0]) if part.strip() else False)
 
 
 def _is_closer(line: str) -> bool:
@@ -168,6 +186,7 @@ class FimCutter:
         self._candidate = False
         self._scan = _Scan(rules.depth, '"""' if rules.in_string else None)
         self._t0: float | None = None
+        self._min_indent = 1 << 30  # the least indentation of the middle's lines so far
 
     @property
     def stopped(self) -> bool:
@@ -216,6 +235,8 @@ class FimCutter:
             self._judge(line, start, end, first, final, ran_out)
         if not self.stopped:
             self._scan.line(line)
+            if line.strip():
+                self._min_indent = min(self._min_indent, indent_of((self.rules.cursor_indent if first else "") + line))
             self._line_start, self._line_no = end, self._line_no + 1
             r = self.rules
             if final or r.time_limit_s is None or self._t0 is None:
@@ -251,6 +272,8 @@ class FimCutter:
             return
         if body.strip() in r.suffix_lines:
             return self._stop(at, "suffix")
+        if head and self._min_indent >= indent_of(head[0]) and _same_exit(body, head[0]):
+            return self._stop(at, "suffix")  # (only while the middle stayed inside that line's block)
         if self._dedented(full):
             if _is_closer(body) and not (head and head[0].strip().startswith(body.strip())):
                 return self._stop(end, "indent")
@@ -309,7 +332,7 @@ class FimCutter:
             return 0
         if r.n_indent and not first and indent_of(part) < r.n_indent:
             return 0
-        if self._dedented(full):
+        if self._dedented(full) or _may_exit(full, r.suffix_head[0] if r.suffix_head else ""):
             return 0
         return len(part)
 

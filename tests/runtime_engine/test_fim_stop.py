@@ -48,6 +48,20 @@ def test_a_jump_into_the_suffix_ends_the_middle(step: int | None) -> None:
         "        s += n\n        pass\n", None)
 
 
+def test_a_second_exit_before_the_suffixs_exit_ends_the_middle(step: int | None) -> None:
+    prefix = "def f(xs):\n    small = min(xs)\n"
+    suffix = "    return (max(small), min(large))\n"
+    out = "    large = max(xs)\n    return (max(large), min(small))\n"
+    assert run(prefix, suffix, out, step) == ("    large = max(xs)\n", "suffix")
+    # deeper inside the block it is an early exit, not the suffix again
+    out = "    if not xs:\n        return None\n    large = 1\n"
+    assert run(prefix, suffix, out, step) == (out, None)
+    # a middle that left the suffix line's block: its exit belongs to another branch
+    prefix, suffix = "def fib(n):\n    if n == 0:\n        return 0\n", "        return 1\n    return fib(n - 1)\n"
+    out = "    elif n == 1:\n        return 0\n    elif n == 2:\n"
+    assert run(prefix, suffix, out, step) == (out, None)
+
+
 def test_dedent_out_of_the_block_ends_the_middle(step: int | None) -> None:
     out = "        t += x\n    return t\n\n\nprint(total([1, 2]))\n"
     assert run(PRE, "", out, step) == ("        t += x\n    return t\n", "indent")
