@@ -58,7 +58,9 @@ def tool_constraint(req: ToolRequest, fmt: ToolFormat) -> Constraint | None:
     wrapped = _wrapper(fmt, many)
     if req.forced:
         return Constraint("root ::= wrapped\n" + wrapped + "\n" + _WS + "\n" + call)
-    bare = 'bare ::= call' + (' (ws call)*' if many else '')
+    # a bare call often sits in a ```json fence: its closing fence ends the calls (without it in the grammar
+    # a small model, kept from closing the fence, goes on writing call after call)
+    bare = 'bare ::= call' + (' (ws call)*' if many else '') + ' (ws "```")?'
     body = wrapped + "\n" + bare + "\n" + _WS + "\n" + call
     if req.response_format is not None:  # calls, or the answer in the asked format: from the first token
         answer = _format_gbnf(req.response_format, "answer")
