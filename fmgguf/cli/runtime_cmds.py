@@ -6,6 +6,7 @@ of a local .gguf file.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,7 @@ def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: Any, n_g
     warnings = _context_warnings(result)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
-    result.warnings = warnings
-    return manager, result
+    return manager, dataclasses.replace(result, warnings=tuple(warnings))
 
 
 def _stderr_is_tty() -> bool:
@@ -200,7 +200,7 @@ def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: 
         if as_json:
             res = generate()
             emit_json({**res.as_dict(), "mode": "chat" if chat else "raw", "load": loaded.as_dict(),
-                       "warnings": loaded.warnings})
+                       "warnings": list(loaded.warnings)})
             return
         res = _stream_out(generate(stream=True))
         click.echo(_timings_line(res), err=True)
@@ -296,7 +296,7 @@ def fim_cmd(app: AppContext, model: str, prefix_file: str | None, suffix_file: s
     try:
         if as_json:
             res = manager.fill_in_middle(before or "", after or "", **kw)
-            emit_json({**res.as_dict(), "load": loaded.as_dict(), "warnings": loaded.warnings})
+            emit_json({**res.as_dict(), "load": loaded.as_dict(), "warnings": list(loaded.warnings)})
             return
         res = _stream_out(manager.fill_in_middle(before or "", after or "", stream=True, **kw))
         click.echo(_timings_line(res), err=True)

@@ -112,6 +112,8 @@ class SwitchResult:
     path: Path
     n_ctx: int
     n_gpu_layers: int
+    #: what the caller should know about this load (a context past the trained one, ...)
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, info: LoadedModel) -> "SwitchResult":

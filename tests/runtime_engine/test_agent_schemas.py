@@ -20,7 +20,7 @@ from fmgguf.runtime.engine import Engine, LoadOptions, lib
 from fmgguf.runtime.grammar import json_schema_to_gbnf
 gbnf = json_schema_to_gbnf(json.loads(sys.argv[2]))
 with Engine(sys.argv[1], LoadOptions(n_ctx=128)) as e:
-    ptr = lib().llama_sampler_init_grammar(e._llama._model.vocab, gbnf.encode(), b"root")
+    ptr = lib().llama_sampler_init_grammar(e.vocab, gbnf.encode(), b"root")
     print("OK" if ptr else "NULL", len(gbnf))
 """
 

@@ -79,10 +79,10 @@ def test_the_runner_carries_a_tool_constraint(manager) -> None:
 def test_every_tool_grammar_parses_in_llama_cpp(engine: Engine, fmt: str, choice: str, parallel: bool) -> None:
     c = tool_constraint(ToolRequest(TOOLS, choice, parallel), fmt)  # type: ignore[arg-type]
     assert c is not None and bool(c.triggers) == (choice == "auto")
-    check_grammar(engine._llama._model.vocab, c.gbnf)
-    check_grammar(engine._llama._model.vocab, format_constraint(ResponseFormat("json_object")).gbnf)
+    check_grammar(engine.vocab, c.gbnf)
+    check_grammar(engine.vocab, format_constraint(ResponseFormat("json_object")).gbnf)
     with pytest.raises(InvalidRequestError):
-        check_grammar(engine._llama._model.vocab, "root ::= nowhere")
+        check_grammar(engine.vocab, "root ::= nowhere")
 
 
 @pytest.mark.parametrize("schema", [{"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}},
@@ -108,7 +108,7 @@ def test_strict_schemas_refuse_bounds_the_grammar_leaves_out() -> None:
 def test_tools_with_a_response_format_constrain_from_the_first_token(engine: Engine) -> None:
     c = tool_constraint(ToolRequest(TOOLS, "auto", response_format=ResponseFormat("json_schema", SCHEMA)), "hermes")
     assert c is not None and not c.triggers  # a call, or the answer in the format: never free text
-    check_grammar(engine._llama._model.vocab, c.gbnf)
+    check_grammar(engine.vocab, c.gbnf)
     text = "".join(_run(engine, "x", max_tokens=200, temperature=1.0, seed=9, constraint=c))
     parser = ToolCallParser(TOOLS)
     parser.feed(text)

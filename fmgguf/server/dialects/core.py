@@ -286,8 +286,10 @@ async def start(state: "ServerState", req: GenRequest) -> Generation:
                                  fix="nothing to do: the newer request is answered")
         stream, model, ticket.truncated = call_manager(state, manager, req)
         ticket.stream, ticket.model = stream, model
-        if ticket.superseded:  # cancelled while the model was loading
-            stream.cancel()
+        if ticket.superseded:  # replaced while the model was loading or this request waited for a slot
+            stream.close()
+            raise CancelledError("a newer request from the same client replaced this one",
+                                 fix="nothing to do: the newer request is answered")
         return stream
 
     try:
