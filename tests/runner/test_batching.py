@@ -25,8 +25,12 @@ def runner(good_path: Path):
     r.close()
 
 
-def _start(r: RunnerProcess, prompt: str, **kw: Any) -> int:
-    toks = r.request("call", "tokenizing", name="tokenize", args=[prompt], kwargs={"add_bos": False})
+def _tokens(r: RunnerProcess, prompt: str) -> list[int]:
+    return r.request("call", "tokenizing", name="tokenize", args=[prompt], kwargs={"add_bos": False})
+
+
+def _start(r: RunnerProcess, toks: list[int], **kw: Any) -> int:
+    """Send a stream (tokenize first: ``request`` would take the frames of streams already running)."""
     return r.send("stream", "generating", prompt={"tokens": toks}, started=0.0, kwargs=kw)
 
 
@@ -54,12 +58,13 @@ def _collect(r: RunnerProcess, rids: list[int], cancel: dict[int, int] | None = 
 
 def test_four_streams_at_once_interleave_and_match_alone(runner: RunnerProcess) -> None:
     kw = {"max_tokens": 24, "temperature": 0}
+    toks = {p: _tokens(runner, p) for p in PROMPTS}
     alone = {}
     for p in PROMPTS:
-        rid = _start(runner, p, **kw)
+        rid = _start(runner, toks[p], **kw)
         texts, _, _ = _collect(runner, [rid])
         alone[p] = texts[rid]
-    rids = [_start(runner, p, **kw) for p in PROMPTS]
+    rids = [_start(runner, toks[p], **kw) for p in PROMPTS]
     texts, ends, order = _collect(runner, rids)
     assert all("ok" in ends[r] for r in rids)
     assert [texts[r] for r in rids] == [alone[p] for p in PROMPTS]
@@ -69,7 +74,8 @@ def test_four_streams_at_once_interleave_and_match_alone(runner: RunnerProcess) 
 
 def test_cancel_of_one_stream_leaves_the_others(runner: RunnerProcess) -> None:
     kw = {"max_tokens": 60, "temperature": 0.8, "seed": 9}
-    rids = [_start(runner, p, **kw) for p in PROMPTS[:3]]
+    toks = [_tokens(runner, p) for p in PROMPTS[:3]]
+    rids = [_start(runner, t, **kw) for t in toks]
     texts, ends, _ = _collect(runner, rids, cancel={rids[1]: 2})
     stats = {r: ends[r]["ok"] for r in rids}
     assert stats[rids[1]]["finish_reason"] == "cancelled" and stats[rids[1]]["completion_tokens"] < 60
