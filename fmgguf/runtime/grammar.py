@@ -1,23 +1,19 @@
 """Grammar-constrained sampling on llama.cpp, for :class:`~fmgguf.runtime.constraints.Constraint`.
 
 llama.cpp code reached through :func:`fmgguf.runtime.engine.lib` (the one module importing llama_cpp):
-the JSON-schema-to-GBNF converter that llama-cpp-python ships, a check that a GBNF grammar parses, and
-the sampler chain of a constrained generation: llama.cpp's grammar sampler, or its lazy grammar sampler
-with the triggers as one "anywhere in the output" pattern (how llama.cpp's own server builds it), so the
+the JSON-schema-to-GBNF converter that llama-cpp-python ships, a check that a GBNF grammar parses, and the
+triggers as one "anywhere in the output" pattern for llama.cpp's lazy grammar sampler (how llama.cpp's own
+server builds it; the slot scheduler's sampler chain, :mod:`fmgguf.runtime.sampling`, uses it), so the
 grammar's root matches the text from the trigger on.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.constraints import Constraint
 
 _REGEX_SPECIAL = set("\\^$.|?*+()[]{}/")
 
@@ -134,16 +130,6 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-@dataclass(frozen=True)
-class SamplerParams:
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
-    repeat_penalty: float
-    seed: int
-
-
 def check_grammar(vocab: Any, gbnf: str) -> None:
     """InvalidRequestError unless llama.cpp parses ``gbnf`` (its sampler init returns NULL otherwise)."""
     mod = _lib()
@@ -152,59 +138,6 @@ def check_grammar(vocab: Any, gbnf: str) -> None:
         raise InvalidRequestError("the grammar does not parse (llama.cpp's log names the line)",
                                   fix="check the GBNF grammar")
     mod.llama_sampler_free(ptr)
-
-
-def sampler_chain(llm: Any, constraint: Constraint, params: SamplerParams) -> Any:
-    """llama-cpp-python's sampler chain for one generation, the constraint's grammar sampler in it
-    (penalties, grammar, then top-k/top-p/min-p/temperature, as llama-cpp-python orders them)."""
-    mod = _lib()
-    chain = mod._internals.LlamaSampler()
-    chain.add_penalties(n_vocab=llm._n_vocab, penalty_last_n=llm.last_n_tokens_size,
-                        penalty_repeat=params.repeat_penalty, penalty_freq=0.0, penalty_present=0.0)
-    vocab, gbnf = llm._model.vocab, constraint.gbnf.encode("utf-8")
-    if constraint.triggers:
-        patterns = (ctypes.c_char_p * 1)(trigger_pattern(constraint.triggers).encode("utf-8"))
-        tokens = (mod.llama_token * 1)()
-        ptr = mod.llama_sampler_init_grammar_lazy_patterns(vocab, gbnf, b"root", patterns, 1, tokens, 0)
-    else:
-        ptr = mod.llama_sampler_init_grammar(vocab, gbnf, b"root")
-    if not ptr:
-        chain.close()
-        raise InvalidRequestError("the grammar does not parse (llama.cpp's log names the line)",
-                                  fix="check the GBNF grammar")
-    mod.llama_sampler_chain_add(chain.sampler, ptr)
-    if params.temperature <= 0.0:
-        chain.add_greedy()
-    else:
-        chain.add_top_k(params.top_k)
-        chain.add_top_p(params.top_p, 1)
-        chain.add_min_p(params.min_p, 1)
-        chain.add_temp(params.temperature)
-        chain.add_dist(params.seed)
-    return chain
-
-
-def constrained_llama_class() -> Any:
-    """``llama_cpp.Llama``, able to take a prepared sampler chain (a constraint's grammar) for its next
-    generation in ``next_sampler``: ``Llama.generate`` builds its chain itself, with no lazy grammar."""
-    with _class_lock:
-        cls = _class.get("llama")
-        if cls is None:
-            base = _lib().Llama
-
-            class ConstrainedLlama(base):  # type: ignore[misc, valid-type]
-                next_sampler: Any = None
-
-                def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
-                    chain, self.next_sampler = self.next_sampler, None
-                    return chain if chain is not None else super()._init_sampler(*args, **kwargs)
-
-            cls = _class["llama"] = ConstrainedLlama
-        return cls
-
-
-_class: dict[str, Any] = {}
-_class_lock = threading.Lock()
 
 
 def _lib() -> Any:
