@@ -8,7 +8,7 @@ The arguments of every call follow the tool's JSON schema (llama.cpp's JSON-sche
 - generic envelope: ``{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}``;
 - and, for ``auto`` in every format, the bare call objects Qwen2.5-Coder writes without tags.
 
-``auto`` is lazy: free text until a trigger (the wrapper's opening, or ``{"name": "<a declared tool>"``) appears, then the
+``auto`` is lazy: free text until a trigger (the wrapper's opening, or ``{"name"``) appears, then the
 grammar from that trigger on. ``required`` and a named tool: the wrapper from the first token.
 """
 
@@ -20,18 +20,12 @@ from fmgguf.runtime.constraints import Constraint
 from fmgguf.runtime.grammar import json_schema_to_gbnf
 from fmgguf.runtime.tools import ResponseFormat, ToolFormat, ToolRequest, ToolSpec
 
-#: how models open a bare call object (Qwen2.5-Coder's habit), pretty-printed too; the grammar's ``space``
-#: takes a line break and an indent, so what follows such an opening still matches
-_BARE_OPENINGS = ("{", "{ ", "{\n", "{\n ", "{\n  ", "{\n   ", "{\n    ", "{\n\t")
-
-
-def bare_triggers(tools: "list[ToolSpec] | tuple[ToolSpec, ...]") -> tuple[str, ...]:
-    """The triggers of a bare call: its opening up to a *declared* tool's name (``{"name": "read_file"``).
-    A JSON answer that merely has a ``name`` key (``{"name": "Ada"}``) starts no grammar, so it is never
-    turned into a call."""
-    return tuple(f'{o}"name"{sep}"{t.name}"' for t in tools for o in _BARE_OPENINGS for sep in (":", ": "))
-
-
+#: the trigger of a bare call object (Qwen2.5-Coder's habit) and of the generic envelope
+BARE_TRIGGER = '{"name"'
+#: the bare object as models write it, pretty-printed too (each is a literal trigger; the grammar's
+#: ``space`` takes a line break and an indent, so what follows such a trigger still matches)
+BARE_TRIGGERS = (BARE_TRIGGER, '{ "name"', '{\n"name"', '{\n "name"', '{\n  "name"', '{\n   "name"',
+                 '{\n    "name"', '{\n\t"name"')
 ENVELOPE_TRIGGER = '{"tool_calls"'
 _OPENERS: dict[str, tuple[str, ...]] = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",),
                                          "generic": (ENVELOPE_TRIGGER, '{ "tool_calls"', '{\n  "tool_calls"',
@@ -71,7 +65,7 @@ def tool_constraint(req: ToolRequest, fmt: ToolFormat) -> Constraint | None:
     if req.response_format is not None:  # calls, or the answer in the asked format: from the first token
         answer = _format_gbnf(req.response_format, "answer")
         return Constraint("root ::= wrapped | bare | answer\n" + body + "\n" + answer)
-    return Constraint("root ::= wrapped | bare\n" + body, triggers=(*_OPENERS[fmt], *bare_triggers(tools)))
+    return Constraint("root ::= wrapped | bare\n" + body, triggers=(*_OPENERS[fmt], *BARE_TRIGGERS))
 
 
 def _wrapper(fmt: ToolFormat, many: bool) -> str:

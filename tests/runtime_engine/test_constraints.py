@@ -114,15 +114,3 @@ def test_tools_with_a_response_format_constrain_from_the_first_token(engine: Eng
     parser.feed(text)
     parser.finish()
     assert parser.calls or schema_errors(json.loads(text), SCHEMA) == []
-
-
-@pytest.mark.parametrize("fmt", ["hermes", "mistral", "generic"])
-def test_a_json_answer_with_a_name_key_starts_no_call_grammar(fmt: str) -> None:
-    """The lazy grammar starts at a bare object only when it names a declared tool: a JSON answer that
-    merely has a ``name`` key stays free text (else it would be forced into a spurious call)."""
-    c = tool_constraint(ToolRequest(TOOLS, "auto"), fmt)  # type: ignore[arg-type]
-    assert c is not None and c.triggers
-    answer = '{"name": "Ada Lovelace", "born": 1815}'
-    assert not any(t in answer for t in c.triggers)
-    for call in ('{"name": "open_file", "arguments": {"path": "a.py"}}', '{\n  "name":"noop",\n  "arguments": {}\n}'):
-        assert any(call.startswith(t) for t in c.triggers), call
