@@ -32,6 +32,11 @@ _OPENERS: dict[str, tuple[str, ...]] = {"hermes": ("<tool_call>",), "mistral": (
                                                      '{\n    "tool_calls"')}
 #: whitespace between the parts of a wrapper (bounded: a weak model cannot pad forever)
 _WS = 'ws ::= [ \\t\\n]{0,3}'
+#: calls in one answer at most: an agent's parallel calls are a handful, while a small model caught in a
+#: loop repeats the same few calls until max_tokens (seen with Codex CLI on Qwen2.5-Coder-0.5B: minutes of
+#: output before the agent could run anything)
+MAX_PARALLEL_CALLS = 16
+_MORE = "{0,%d}" % (MAX_PARALLEL_CALLS - 1)
 
 
 def call_schema(tool: ToolSpec) -> dict:
@@ -60,7 +65,7 @@ def tool_constraint(req: ToolRequest, fmt: ToolFormat) -> Constraint | None:
         return Constraint("root ::= wrapped\n" + wrapped + "\n" + _WS + "\n" + call)
     # a bare call often sits in a ```json fence: its closing fence ends the calls (without it in the grammar
     # a small model, kept from closing the fence, goes on writing call after call)
-    bare = 'bare ::= call' + (' (ws call)*' if many else '') + ' (ws "```")?'
+    bare = 'bare ::= call' + (' (ws call)' + _MORE if many else '') + ' (ws "```")?'
     body = wrapped + "\n" + bare + "\n" + _WS + "\n" + call
     if req.response_format is not None:  # calls, or the answer in the asked format: from the first token
         answer = _format_gbnf(req.response_format, "answer")
@@ -71,8 +76,8 @@ def tool_constraint(req: ToolRequest, fmt: ToolFormat) -> Constraint | None:
 def _wrapper(fmt: ToolFormat, many: bool) -> str:
     if fmt == "hermes":
         one = 'hcall ::= "<tool_call>" ws call ws "</tool_call>"'
-        return one + '\nwrapped ::= hcall' + (' (ws hcall)*' if many else '')
-    more = ' (ws "," ws call)*' if many else ''
+        return one + '\nwrapped ::= hcall' + (' (ws hcall)' + _MORE if many else '')
+    more = ' (ws "," ws call)' + _MORE if many else ''
     if fmt == "mistral":
         return 'wrapped ::= "[TOOL_CALLS]" ws "[" ws call' + more + ' ws "]"'
     return 'wrapped ::= "{" ws "\\"tool_calls\\"" ws ":" ws "[" ws call' + more + ' ws "]" ws "}"'

@@ -133,6 +133,47 @@ def test_claude_code_finishes_an_edit_without_api_errors(clis: object, server: S
           f"hello.py now {(work / 'hello.py').read_text()!r}")
 
 
+def _generations(server: Serve, dialect: str) -> int:
+    text = httpx.get(server.url + "/metrics", timeout=10).text  # type: ignore[operator]
+    return sum(int(m.group(1)) for m in re.finditer(
+        r'fmgguf_generations_total\{dialect="' + dialect + r'",finish="[^"]+"\} (\d+)', text))
+
+
+def _run_codex_until_round_trip(cmd: list[str], work: Path, env: dict[str, str], server: Serve,
+                                budget_s: float) -> tuple[list[dict], bool]:
+    """Codex's JSON events, until it exits by itself or until two responses have finished (a tool call,
+    then the request that carries its result back): Codex has no turn limit, and a 0.5B model may call
+    tools for ever. Then it is stopped; what it printed up to there is judged."""
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    events: list[dict] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                events.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline, round_trip = time.monotonic() + budget_s, False
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _generations(server, "responses") >= 2:
+            round_trip = True
+            time.sleep(5)  # time for Codex to read the second answer and report a problem with it
+            break
+        time.sleep(1)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    reader.join(10)
+    return events, round_trip
+
+
 def test_codex_finishes_an_edit_without_api_errors(clis: object, server: Serve, qwen_path: Path,
                                                    tmp_path: Path) -> None:
     from fmgguf.testing.agent_clis import quiet_env
@@ -147,18 +188,20 @@ def test_codex_finishes_an_edit_without_api_errors(clis: object, server: Serve, 
     t0 = time.monotonic()
     (home / "instructions.md").write_text(SYSTEM.replace("the Edit tool", "exec_command (sed, python)") + "\n")
     # a one-line base prompt and no web search / sub-agent / goal tools keep the prompt near 2.5k tokens
-    r = subprocess.run([str(clis.codex), "exec", "-p", "fmgguf", "--skip-git-repo-check", "--json",  # type: ignore[attr-defined]
-                        "--sandbox", "workspace-write", "-c", f'model_instructions_file="{home / "instructions.md"}"',
-                        "-c", 'web_search="disabled"', "-c", "features.multi_agent=false", "-c", "features.goals=false",
-                        TASK],
-                       cwd=work, env=quiet_env(home), capture_output=True, text=True, timeout=1500,
-                       stdin=subprocess.DEVNULL)
+    cmd = [str(clis.codex), "exec", "-p", "fmgguf", "--skip-git-repo-check", "--json",  # type: ignore[attr-defined]
+           "--sandbox", "workspace-write", "-c", f'model_instructions_file="{home / "instructions.md"}"',
+           "-c", 'web_search="disabled"', "-c", "features.multi_agent=false", "-c", "features.goals=false", TASK]
+    before = _generations(server, "responses")
+    assert before == 0, "the Codex test needs the server to itself"
+    events, round_trip = _run_codex_until_round_trip(cmd, work, quiet_env(home), server, budget_s=480)
     took = time.monotonic() - t0
-    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     kinds = [e.get("type") for e in events]
     errors = [e for e in events if e.get("type") in ("error", "turn.failed")]
-    assert r.returncode == 0 and not errors, (r.returncode, errors, r.stderr[-2000:])
-    assert "turn.completed" in kinds, kinds
+    assert not errors, errors
+    # either Codex ended its turn by itself, or a tool call's result went back and was answered
+    assert "turn.completed" in kinds or round_trip, kinds
+    assert any(e.get("type") == "item.completed" for e in events), kinds
     statuses = server.statuses("/v1/responses")
     assert statuses.get("200", 0) >= 1 and set(statuses) == {"200"}, statuses
-    print(f"codex: {len(events)} events in {took:.0f} s, hello.py now {(work / 'hello.py').read_text()!r}")
+    print(f"codex: {len(events)} events in {took:.0f} s ({'turn completed' if 'turn.completed' in kinds else 'stopped after the round trip'}), "
+          f"hello.py now {(work / 'hello.py').read_text()!r}")

@@ -114,3 +114,41 @@ def test_tools_with_a_response_format_constrain_from_the_first_token(engine: Eng
     parser.feed(text)
     parser.finish()
     assert parser.calls or schema_errors(json.loads(text), SCHEMA) == []
+
+
+def _allows_after(engine: Engine, gbnf: str, text: str, token: int) -> bool:
+    """Whether llama.cpp's grammar sampler, having accepted ``text``'s tokens, still allows ``token``."""
+    import ctypes
+
+    from fmgguf.runtime.engine import lib
+
+    mod = lib()
+    smpl = mod.llama_sampler_init_grammar(engine.vocab, gbnf.encode("utf-8"), b"root")
+    try:
+        for tok in engine.tokenize(text, special=True):
+            mod.llama_sampler_accept(smpl, tok)
+        data = (mod.llama_token_data * 1)(mod.llama_token_data(token, 0.0, 0.0))
+        arr = mod.llama_token_data_array(data, 1, -1, False)
+        mod.llama_sampler_apply(smpl, ctypes.byref(arr))
+        return data[0].logit != float("-inf")
+    finally:
+        mod.llama_sampler_free(smpl)
+
+
+def test_parallel_calls_stop_at_the_bound(engine: Engine) -> None:
+    """A looping model gets at most MAX_PARALLEL_CALLS calls in one answer, then only the end."""
+    from fmgguf.runtime.tool_grammar import MAX_PARALLEL_CALLS
+
+    c = tool_constraint(ToolRequest(TOOLS, "required", True), "hermes")
+    assert c is not None
+    call = '<tool_call>\n{"name": "noop", "arguments": {}}\n</tool_call>'
+    newline = engine.tokenize("\n", special=True)
+    assert len(newline) == 1  # the separator that would start one more call
+
+    def calls(n: int) -> str:
+        return "\n".join([call] * n)
+
+    assert _allows_after(engine, c.gbnf, calls(MAX_PARALLEL_CALLS - 1), newline[0])
+    assert not _allows_after(engine, c.gbnf, calls(MAX_PARALLEL_CALLS), newline[0])
+    single = tool_constraint(ToolRequest(TOOLS, "required", False), "hermes")
+    assert single is not None and not _allows_after(engine, single.gbnf, call, newline[0])
