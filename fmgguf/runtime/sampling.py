@@ -2,8 +2,11 @@
 accept, plus a grammar (:class:`~fmgguf.runtime.constraints.Constraint`) from the first token or
 lazily after a trigger string. llama.cpp is reached through :func:`fmgguf.runtime.engine.lib`.
 
-The chain follows llama.cpp's common sampler order: grammar, penalties, top-k, top-p, min-p,
-temperature, then a seeded draw; at temperature 0 (or below) it is greedy.
+The chain follows llama.cpp's common sampler order: penalties, top-k, top-p, min-p, temperature, then
+a seeded draw; at temperature 0 (or below) it is greedy. The grammar is kept beside the chain and checked
+the way llama.cpp's common sampler does: the chain picks from the raw logits, the grammar checks that
+one token, and only a token the grammar refuses makes it filter the whole vocabulary and pick again
+(filtering Qwen's 152k tokens every step cost about as much as the decode itself).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import ctypes
 import random
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.constraints import Constraint
@@ -58,14 +63,17 @@ class Sampler:
 
     def __init__(self, mod: Any, vocab: Any, params: SamplingParams, constraint: Constraint | None = None) -> None:
         self._mod = mod
+        self._grammar: Any = None
+        self._n_vocab = int(mod.llama_vocab_n_tokens(vocab))
+        self._cands: np.ndarray | None = None
         chain = mod.llama_sampler_chain_init(mod.llama_sampler_chain_default_params())
         if not chain:
             raise InvalidRequestError("llama.cpp could not make a sampler", fix="check the sampling parameters")
         self._chain = chain
         try:
+            self._add_sampling(params, self._n_vocab)
             if constraint is not None:
-                self._add(self._grammar(vocab, constraint))
-            self._add_sampling(params, int(mod.llama_vocab_n_tokens(vocab)))
+                self._grammar = self._make_grammar(vocab, constraint)
         except BaseException:
             self.close()
             raise
@@ -73,7 +81,7 @@ class Sampler:
     def _add(self, smpl: Any) -> None:
         self._mod.llama_sampler_chain_add(self._chain, smpl)  # the chain owns it from here
 
-    def _grammar(self, vocab: Any, constraint: Constraint) -> Any:
+    def _make_grammar(self, vocab: Any, constraint: Constraint) -> Any:
         mod = self._mod
         gbnf, root = constraint.gbnf.encode("utf-8"), b"root"
         if constraint.triggers:
@@ -108,9 +116,43 @@ class Sampler:
 
     def sample(self, ctx: Any, index: int) -> int:
         """The token for the logits at batch ``index`` of the last decode (accepted into the chain)."""
-        return int(self._mod.llama_sampler_sample(self._chain, ctx, index))
+        mod = self._mod
+        if self._grammar is None:
+            return int(mod.llama_sampler_sample(self._chain, ctx, index))
+        token = self._pick(ctx, index, grammar=False)
+        if not self._fits(token):
+            token = self._pick(ctx, index, grammar=True)
+        mod.llama_sampler_accept(self._grammar, token)
+        mod.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _pick(self, ctx: Any, index: int, grammar: bool) -> int:
+        """The chain's choice over the logits at ``index``, filtered by the grammar first if asked."""
+        mod, n = self._mod, self._n_vocab
+        if self._cands is None:
+            self._cands = np.zeros(n, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
+        cands = self._cands
+        cands["id"] = np.arange(n, dtype=np.int32)
+        cands["logit"] = np.ctypeslib.as_array(mod.llama_get_logits_ith(ctx, index), shape=(n,))
+        cands["p"] = 0.0
+        arr = mod.llama_token_data_array(cands.ctypes.data_as(ctypes.POINTER(mod.llama_token_data)), n, -1, False)
+        if grammar:
+            mod.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        mod.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        return int(arr.data[arr.selected].id)
+
+    def _fits(self, token: int) -> bool:
+        """Whether the grammar allows ``token`` next (a one-token candidate list it may set to -inf)."""
+        mod = self._mod
+        one = (mod.llama_token_data * 1)(mod.llama_token_data(token, 1.0, 0.0))
+        arr = mod.llama_token_data_array(one, 1, -1, False)
+        mod.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        return bool(one[0].logit != float("-inf"))
 
     def close(self) -> None:
         chain, self._chain = self._chain, None
         if chain:
             self._mod.llama_sampler_free(chain)
+        grammar, self._grammar = self._grammar, None
+        if grammar:
+            self._mod.llama_sampler_free(grammar)

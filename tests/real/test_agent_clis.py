@@ -141,9 +141,9 @@ def _generations(server: Serve, dialect: str) -> int:
 
 def _run_codex_until_round_trip(cmd: list[str], work: Path, env: dict[str, str], server: Serve,
                                 budget_s: float) -> tuple[list[dict], bool]:
-    """Codex's JSON events, until it exits by itself or until two responses have finished (a tool call,
-    then the request that carries its result back): Codex has no turn limit, and a 0.5B model may call
-    tools for ever. Then it is stopped; what it printed up to there is judged."""
+    """Codex's JSON events, until it exits by itself or until the request that carries a tool call's result
+    back has been answered (the first answer was parsed, the call run, its output sent): Codex has no turn
+    limit, and a 0.5B model may call tools for ever. Then it is stopped; what it printed is judged."""
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     events: list[dict] = []
@@ -158,9 +158,9 @@ def _run_codex_until_round_trip(cmd: list[str], work: Path, env: dict[str, str],
     reader.start()
     deadline, round_trip = time.monotonic() + budget_s, False
     while proc.poll() is None and time.monotonic() < deadline:
-        if _generations(server, "responses") >= 2:
+        if _generations(server, "responses") >= 1 and server.statuses("/v1/responses").get("200", 0) >= 2:
             round_trip = True
-            time.sleep(5)  # time for Codex to read the second answer and report a problem with it
+            time.sleep(10)  # time for Codex to read the second answer's first events and report a problem
             break
         time.sleep(1)
     if proc.poll() is None:
@@ -193,7 +193,7 @@ def test_codex_finishes_an_edit_without_api_errors(clis: object, server: Serve, 
            "-c", 'web_search="disabled"', "-c", "features.multi_agent=false", "-c", "features.goals=false", TASK]
     before = _generations(server, "responses")
     assert before == 0, "the Codex test needs the server to itself"
-    events, round_trip = _run_codex_until_round_trip(cmd, work, quiet_env(home), server, budget_s=480)
+    events, round_trip = _run_codex_until_round_trip(cmd, work, quiet_env(home), server, budget_s=420)
     took = time.monotonic() - t0
     kinds = [e.get("type") for e in events]
     errors = [e for e in events if e.get("type") in ("error", "turn.failed")]

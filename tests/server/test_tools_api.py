@@ -44,7 +44,7 @@ def test_required_gives_a_schema_valid_call(served: Any) -> None:
 def test_a_named_tool_streams_as_tool_call_deltas(served: Any) -> None:
     stream = _client(served).chat.completions.create(
         model="tiny-qwen", messages=ASK, tools=TOOLS, max_tokens=200, temperature=1.0, seed=4, stream=True,
-        tool_choice={"type": "function", "function": {"name": "read_file"}})
+        tool_choice={"type": "function", "function": {"name": "read_file"}}, parallel_tool_calls=False)
     calls, content, finish = [], "", None
     for chunk in stream:
         for choice in chunk.choices:
