@@ -99,7 +99,7 @@ def _real_model(settings: Any, model_id: str, quant: str) -> DemoModel:
 def _tiny_model(settings: Any) -> DemoModel:
     """A tiny random qwen2 model built here, registered in the demo's own catalog."""
     from fmgguf.catalog.user import add_user_entry
-    from fmgguf.testing import build_tiny_model, tiny_card, tiny_repo_files
+    from fmgguf.tiny import build_tiny_model, tiny_card, tiny_repo_files
 
     build_tiny_model("qwen2", "unit", "F16")
     files = tiny_repo_files(TINY_ID, arch="qwen2", size="unit", quants=("Q4_K_M", "Q8_0"))

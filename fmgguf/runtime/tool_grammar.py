@@ -36,7 +36,7 @@ _WS = 'ws ::= [ \\t\\n]{0,3}'
 #: loop repeats the same few calls until max_tokens (seen with Codex CLI on Qwen2.5-Coder-0.5B: minutes of
 #: output before the agent could run anything)
 MAX_PARALLEL_CALLS = 16
-_MORE = "{0,%d}" % (MAX_PARALLEL_CALLS - 1)
+_MORE = "{0," + str(MAX_PARALLEL_CALLS - 1) + "}"
 
 
 def call_schema(tool: ToolSpec) -> dict:

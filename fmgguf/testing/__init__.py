@@ -1,4 +1,5 @@
-"""Test helpers that are real parts: tiny llama.cpp models, their catalog entries, a loopback hub.
+"""Test helpers that are real parts: tiny llama.cpp models (built by :mod:`fmgguf.tiny`), their catalog
+entries, a loopback hub.
 
 Imports are lazy so ``import fmgguf.testing`` costs nothing::
 
@@ -10,14 +11,14 @@ from __future__ import annotations
 from fmgguf._util import lazy_exports
 
 _LAZY: dict[str, str] = {
-    "build_tiny_model": "fmgguf.testing.tiny_models:build_tiny_model",
-    "tiny_model_path": "fmgguf.testing.tiny_models:tiny_model_path",
-    "tiny_card": "fmgguf.testing.tiny_cards:tiny_card",
-    "tiny_repo_files": "fmgguf.testing.tiny_cards:tiny_repo_files",
-    "tiny_spec": "fmgguf.testing.tiny_specs:tiny_spec",
-    "ARCHES": "fmgguf.testing.tiny_specs:ARCHES",
-    "ensure_sdist": "fmgguf.testing.vocab:ensure_sdist",
-    "ensure_vocab": "fmgguf.testing.vocab:ensure_vocab",
+    "build_tiny_model": "fmgguf.tiny.tiny_models:build_tiny_model",
+    "tiny_model_path": "fmgguf.tiny.tiny_models:tiny_model_path",
+    "tiny_card": "fmgguf.tiny.tiny_cards:tiny_card",
+    "tiny_repo_files": "fmgguf.tiny.tiny_cards:tiny_repo_files",
+    "tiny_spec": "fmgguf.tiny.tiny_specs:tiny_spec",
+    "ARCHES": "fmgguf.tiny.tiny_specs:ARCHES",
+    "ensure_sdist": "fmgguf.tiny.vocab:ensure_sdist",
+    "ensure_vocab": "fmgguf.tiny.vocab:ensure_vocab",
     "smoke_generate": "fmgguf.testing.smoke:smoke_generate",
     "cuda_available": "fmgguf.testing.gpu:cuda_available",
     "HubServer": "fmgguf.testing.hub_server:HubServer",

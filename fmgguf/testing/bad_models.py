@@ -141,8 +141,8 @@ def rewrite_gguf(src: Path, dst: Path, metadata: Metadata, keep_tensor: Callable
 
 def build_bad_model(kind: str, out_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write the lying GGUF of ``kind`` (a key of :data:`BAD_KINDS`) into ``out_dir``; returns its path."""
-    from fmgguf.testing.tiny_models import build_tiny_model
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.tiny_models import build_tiny_model
+    from fmgguf.tiny.vocab import read_kv
 
     spec = BAD_KINDS.get(kind)
     if spec is None:
@@ -167,7 +167,7 @@ def write_split(src: Path, out_dir: Path, metadata: Metadata | None = None) -> t
     """``src`` as a two-part gguf-split model (as llama.cpp's gguf-split writes one: every key in the
     first part, only the split.* keys in the second); ``metadata`` replaces the first part's keys."""
     from fmgguf.runtime.gguf_file import read_gguf
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.vocab import read_kv
 
     names = [t.name for t in read_gguf(src, check=False).tensors]
     first = set(names[: len(names) // 2])

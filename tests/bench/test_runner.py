@@ -20,7 +20,7 @@ QUANTS = ("F16", "Q4_K_M", "Q8_0")
 @pytest.fixture(scope="module")
 def tiny_files() -> dict[str, Path]:
     pytest.importorskip("llama_cpp")
-    from fmgguf.testing.tiny_cards import tiny_repo_files
+    from fmgguf.tiny.tiny_cards import tiny_repo_files
 
     return tiny_repo_files("tiny-bench", quants=QUANTS)
 
@@ -45,7 +45,7 @@ def tiny_in_catalog(tiny_files, isolated_home, monkeypatch):
     from fmgguf.download import ModelDownloader
     from fmgguf.settings import load_settings
     from fmgguf.testing.hub_server import HubServer
-    from fmgguf.testing.tiny_cards import tiny_card
+    from fmgguf.tiny.tiny_cards import tiny_card
 
     card = tiny_card("tiny-bench", quants=QUANTS)
     repo = next(iter(card["variants"].values()))["repo"]
@@ -153,7 +153,7 @@ def test_cli_both_quants_reports_a_missing_quant_as_skipped(tiny_files, isolated
     from fmgguf.catalog.user import add_user_entry
     from fmgguf.cli.main import cli
     from fmgguf.settings import load_settings
-    from fmgguf.testing.tiny_cards import tiny_card
+    from fmgguf.tiny.tiny_cards import tiny_card
 
     add_user_entry(load_settings(), tiny_card("tiny-f16only", quants=("F16",)))
     res = CliRunner().invoke(cli, ["bench", "tiny-f16only", "--quant", "both", "--tasks", "py_run_length", "--json"])

@@ -56,9 +56,9 @@ def write_lying_model(lie: Lie, out: Path, seed: int = 0) -> Path:
     """The tiny ``lie.arch`` model, written with ``lie``'s overrides."""
     import gguf
 
-    from fmgguf.testing.tiny_specs import tiny_spec
-    from fmgguf.testing.tiny_writer import _copy_tokenizer, _metadata, _values, tensor_shapes
-    from fmgguf.testing.vocab import ensure_vocab
+    from fmgguf.tiny.tiny_specs import tiny_spec
+    from fmgguf.tiny.tiny_writer import _copy_tokenizer, _metadata, _values, tensor_shapes
+    from fmgguf.tiny.vocab import ensure_vocab
 
     spec = tiny_spec(lie.arch, "unit")
     overrides = {k.replace("{arch}", spec.arch): v for k, v in lie.overrides.items()}

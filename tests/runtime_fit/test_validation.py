@@ -51,7 +51,7 @@ def test_every_kind_really_fails_raw_llama_cpp(bad: dict[str, Path], kind: str) 
 
 
 def test_the_files_are_well_formed_ggufs(bad: dict[str, Path]) -> None:
-    from fmgguf.testing.vocab import read_header
+    from fmgguf.tiny.vocab import read_header
 
     for kind, path in bad.items():
         info = read_gguf(path, check=False)  # our parser opens it ...
@@ -191,7 +191,7 @@ def test_each_check_names_its_field(tiny: dict, arch: str, key: str, value, fiel
 # --- gguf-split models: the checks see every part's tensors ----------------------------------------------------
 def test_a_split_model_is_checked_whole(tiny: dict, tmp_path: Path) -> None:
     from fmgguf.testing.bad_models import write_split
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.vocab import read_kv
 
     good = tiny[("llama", "F16")]
     first, second = write_split(good, tmp_path / "ok")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmgguf.testing.tiny_specs import ARCHES
+from fmgguf.tiny.tiny_specs import ARCHES
 
 QUANTS = ("F16", "Q8_0", "Q4_K_M")
 

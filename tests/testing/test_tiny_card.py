@@ -6,7 +6,7 @@ import pytest
 
 from fmgguf.catalog.schema import ModelCard
 from fmgguf.testing import tiny_card, tiny_repo_files
-from fmgguf.testing.tiny_specs import ARCHES, tiny_spec
+from fmgguf.tiny.tiny_specs import ARCHES, tiny_spec
 
 
 @pytest.mark.parametrize("arch", ARCHES)

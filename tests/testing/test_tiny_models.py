@@ -10,7 +10,7 @@ import pytest
 from fmgguf.errors import EngineError, InvalidRequestError
 from fmgguf.testing import build_tiny_model
 from fmgguf.testing.smoke import smoke_generate
-from fmgguf.testing.tiny_specs import ARCHES, tiny_spec
+from fmgguf.tiny.tiny_specs import ARCHES, tiny_spec
 
 FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15}
 
@@ -22,7 +22,7 @@ def _sha(path: Path) -> str:
 def _tensor_types(path: Path) -> dict[str, str]:
     import gguf
 
-    from fmgguf.testing.vocab import read_header
+    from fmgguf.tiny.vocab import read_header
 
     return {name: gguf.GGMLQuantizationType(t).name for name, (_ne, t) in read_header(path)[1].items()}
 
@@ -64,7 +64,7 @@ def test_q4_k_m_really_holds_k_quants(all_unit_models) -> None:
 
 
 def test_architecture_specifics_are_in_the_files(all_unit_models) -> None:
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.vocab import read_kv
 
     qwen = _tensor_types(all_unit_models[("qwen2", "F16")])
     assert "blk.1.attn_k.bias" in qwen and "output.weight" not in qwen  # biases, tied embeddings
@@ -86,7 +86,7 @@ def test_architecture_specifics_are_in_the_files(all_unit_models) -> None:
     ("deepseek2", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
 ])
 def test_fim_token_ids_point_at_fim_tokens(all_unit_models, arch: str, pre: str, suf: str, mid: str) -> None:
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.vocab import read_kv
 
     kv = read_kv(all_unit_models[(arch, "Q8_0")])
     tokens = kv["tokenizer.ggml.tokens"][0]
@@ -96,7 +96,7 @@ def test_fim_token_ids_point_at_fim_tokens(all_unit_models, arch: str, pre: str,
 
 
 def test_llama_and_gemma3_have_no_fim_ids(all_unit_models) -> None:
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.vocab import read_kv
 
     for arch in ("llama", "gemma3"):
         assert "tokenizer.ggml.fim_pre_token_id" not in read_kv(all_unit_models[(arch, "F16")])
@@ -135,7 +135,7 @@ def test_a_broken_file_is_an_error_not_a_crash(all_unit_models, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_bench_size_model(tmp_path: Path) -> None:
-    from fmgguf.testing.tiny_cards import tiny_card
+    from fmgguf.tiny.tiny_cards import tiny_card
 
     card = tiny_card("tiny-qwen2-bench", arch="qwen2", size="bench", quants=("Q4_K_M",))
     assert 50e6 <= card["parameters"]["total"] <= 150e6
@@ -146,8 +146,8 @@ def test_bench_size_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_bench_sizes_are_50_to_150m_parameters(arch: str) -> None:
-    from fmgguf.testing.tiny_cards import parameter_counts
-    from fmgguf.testing.vocab import ensure_vocab, read_kv
+    from fmgguf.tiny.tiny_cards import parameter_counts
+    from fmgguf.tiny.vocab import ensure_vocab, read_kv
 
     spec = tiny_spec(arch, "bench")
     n_vocab = len(read_kv(ensure_vocab(spec.vocab))["tokenizer.ggml.tokens"][0])
@@ -163,7 +163,7 @@ EXPECTED_PROMPT_END = {"llama": "[INST] Write add() [/INST]", "qwen2": "<|im_sta
 def test_embedded_chat_template_renders_a_generation_prompt(all_unit_models, arch: str) -> None:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # renders only; no model is loaded
 
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.vocab import read_kv
 
     kv = read_kv(all_unit_models[(arch, "Q4_K_M")])
     tokens = kv["tokenizer.ggml.tokens"][0]

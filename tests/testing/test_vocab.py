@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.testing.vocab import SDIST_FILE, VOCAB_FILES, ensure_sdist, ensure_vocab, read_kv
+from fmgguf.tiny.vocab import SDIST_FILE, VOCAB_FILES, ensure_sdist, ensure_vocab, read_kv
 
 EXPECTED_TOKENS = {"qwen2": 151936, "starcoder": 49152, "deepseek-coder": 32256, "llama-spm": 32000}
 
@@ -71,7 +71,7 @@ def test_read_header_tensors_agree_with_gguf_reader() -> None:
     import gguf
 
     from fmgguf.testing import build_tiny_model
-    from fmgguf.testing.vocab import read_header
+    from fmgguf.tiny.vocab import read_header
 
     path = build_tiny_model("llama", "unit", "Q4_K_M")
     _kv, tensors = read_header(path)

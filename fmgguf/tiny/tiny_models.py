@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from fmgguf.errors import ConvertError, InvalidRequestError
-from fmgguf.testing.tiny_specs import TinySpec, tiny_spec
-from fmgguf.testing.vocab import SDIST_VERSION, VOCAB_FILES, ensure_vocab, file_lock, shared_cache
+from fmgguf.tiny.tiny_specs import TinySpec, tiny_spec
+from fmgguf.tiny.vocab import SDIST_VERSION, VOCAB_FILES, ensure_vocab, file_lock, shared_cache
 
 #: bump when the writer's output changes for the same parameters
 BUILDER_VERSION = 2
@@ -83,7 +83,7 @@ def build_tiny_model(arch: str = "qwen2", size: str = "unit", quant: str = "F16"
         tmp = _tmp_for(target)
         try:
             if quant == "F16":
-                from fmgguf.testing.tiny_writer import write_f16
+                from fmgguf.tiny.tiny_writer import write_f16
 
                 write_f16(spec, ensure_vocab(spec.vocab), tmp, seed=seed)
             else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmgguf.testing.tiny_specs import QWEN25_EXTRA_TOKENS, TEMPLATES, TinySpec
+from fmgguf.tiny.tiny_specs import QWEN25_EXTRA_TOKENS, TEMPLATES, TinySpec
 
 _CONTROL = 3  # llama.cpp token type
 
@@ -23,7 +23,7 @@ def _copy_tokenizer(writer, spec: TinySpec, vocab_path: Path) -> int:
     """Copy every ``tokenizer.*`` key of the vocab file; returns the vocabulary size."""
     import gguf
 
-    from fmgguf.testing.vocab import read_kv
+    from fmgguf.tiny.vocab import read_kv
 
     fields = {k: v for k, v in read_kv(vocab_path).items() if k.startswith("tokenizer.")}
     tokens: list[str] = fields["tokenizer.ggml.tokens"][0]  # type: ignore[assignment]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from fmgguf._util import atomic_write_text
 from fmgguf.download.hashing import sha256_file
-from fmgguf.testing.tiny_models import build_tiny_model
-from fmgguf.testing.tiny_specs import TinySpec, tiny_spec
-from fmgguf.testing.tiny_writer import tensor_shapes
+from fmgguf.tiny.tiny_models import build_tiny_model
+from fmgguf.tiny.tiny_specs import TinySpec, tiny_spec
+from fmgguf.tiny.tiny_writer import tensor_shapes
 
 
 def file_sha256(path: Path) -> str:
@@ -94,7 +94,7 @@ def tiny_card(model_id: str, arch: str = "qwen2", size: str = "unit", repo: str 
         "specialization": "test model: real tokenizer and architecture, random weights (gibberish output)",
         "capabilities": ["test"],
         "variants": variants,
-        "notes": [f"built locally by fmgguf.testing (seed {seed}); not a real model"],
+        "notes": [f"built locally by fmgguf.tiny (seed {seed}); not a real model"],
         "builtin": False,
     }
     if spec.fim:
