@@ -124,7 +124,8 @@ class Settings:
     #: models resident at once; loading one more evicts the least recently used unpinned model
     #: (FMGGUF_MAX_LOADED_MODELS; the fit plan's memory check can evict earlier)
     max_loaded_models: int = 3
-    #: streams one model's runner takes at once (FMGGUF_PARALLEL); more wait in the model's queue
+    #: requests one loaded model serves at once (slots of its context, continuous batching;
+    #: FMGGUF_PARALLEL, 1..64); more wait in the model's queue, and a FIM lane slot comes on top
     parallel: int = 4
     #: default context length when the caller gives none
     default_ctx: int = 4096
@@ -137,9 +138,6 @@ class Settings:
     #: CPU threads llama.cpp computes with, for generation and prompt processing (FMGGUF_THREADS,
     #: ``threads:`` in the config file, --threads; None = llama.cpp's own default, one per usable core)
     n_threads: int | None = None
-    #: requests one loaded model serves at once (slots of its context, continuous batching;
-    #: FMGGUF_PARALLEL); a FIM lane slot comes on top of these
-    parallel: int = 4
     #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
     rpc: str | None = None
     #: benchmark sandbox defaults
@@ -171,61 +169,10 @@ class Settings:
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         env = dict(os.environ if env is None else env)
-        config_dir = Path(env["FMGGUF_CONFIG_DIR"]).expanduser() if env.get("FMGGUF_CONFIG_DIR") else None
-        home = Path(env["FMGGUF_HOME"]).expanduser() if env.get("FMGGUF_HOME") else None
-        if overrides.get("home") is not None:
-            home = Path(overrides["home"])
-        if config_dir is None:
-            # With FMGGUF_HOME set, keep everything in one place (tests and portable installs).
-            config_dir = home if home is not None else _default_config_dir()
-        config_file = Path(env["FMGGUF_CONFIG"]).expanduser() if env.get("FMGGUF_CONFIG") else config_dir / "config.yaml"
-        if overrides.get("config_file") is not None:
-            config_file = Path(overrides["config_file"])
+        home, config_dir, config_file = _locations(env, overrides)
         raw = _read_config(config_file)
-
-        values: dict[str, Any] = {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key, value in raw.items():
-            if key in known and key not in ("raw_config", "config_file"):
-                values[key] = value
-        if raw.get("threads") is not None and "n_threads" not in values:
-            values["n_threads"] = raw["threads"]
-        # The seed's config.yaml names its default model under `models:`.
-        models_block = raw.get("models")
-        if isinstance(models_block, dict) and models_block.get("default_model") and "default_model" not in values:
-            values["default_model"] = models_block["default_model"]
-
-        def env_str(name: str, key: str) -> None:
-            if env.get(name):
-                values[key] = env[name]
-
-        env_str("FMGGUF_CATALOG", "catalog_file")
-        env_str("HF_ENDPOINT", "hf_endpoint")
-        env_str("FMGGUF_DEFAULT_MODEL", "default_model")
-        env_str("FMGGUF_DEFAULT_QUANT", "default_quant")
-        env_str("FMGGUF_LOG_LEVEL", "log_level")
-        env_str("FMGGUF_RPC", "rpc")
-        env_str("FMGGUF_ISOLATION", "isolation")
-        env_str("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models")
-        env_str("FMGGUF_PARALLEL", "parallel")
-        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
-        if token:
-            values["hf_token"] = token
-        for name in ("HF_HUB_OFFLINE", "FMGGUF_OFFLINE"):
-            if env.get(name) is not None and env.get(name) != "":
-                values["offline"] = values.get("offline") is True or _bool(name, env[name])
-        if env.get("FMGGUF_MAX_RATE"):
-            values["max_rate"] = env["FMGGUF_MAX_RATE"]
-        if env.get("FMGGUF_VRAM"):
-            values["vram_override"] = env["FMGGUF_VRAM"]
-        if env.get("FMGGUF_PROMPT_CACHE_BYTES"):
-            values["prompt_cache_bytes"] = env["FMGGUF_PROMPT_CACHE_BYTES"]
-        for name, key in (("FMGGUF_KEEP_ALIVE", "keep_alive"), ("FMGGUF_THREADS", "n_threads"),
-                          ("FMGGUF_CTX", "default_ctx"), ("FMGGUF_VRAM_MARGIN", "vram_margin"),
-                          ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers"),
-                          ("FMGGUF_PARALLEL", "parallel")):
-            if env.get(name):
-                values[key] = env[name]
+        values = _from_config(raw, {f.name for f in dataclasses.fields(cls)})
+        values.update(_from_env(env, values))
         values.update({k: v for k, v in overrides.items() if v is not None})
 
         values["home"] = Path(values.get("home") or home or _default_home()).expanduser()
@@ -235,6 +182,58 @@ class Settings:
         values["shared_cache"] = Path(values.get("shared_cache") or env.get("FMGGUF_CACHE") or _default_cache()).expanduser()
         values["raw_config"] = raw
         return cls(**_coerce(values))
+
+
+def _locations(env: Mapping[str, str], overrides: Mapping[str, object]) -> tuple[Path | None, Path, Path]:
+    """The home (None = the default), the config directory and the config file, from env and overrides."""
+    config_dir = Path(env["FMGGUF_CONFIG_DIR"]).expanduser() if env.get("FMGGUF_CONFIG_DIR") else None
+    home = Path(env["FMGGUF_HOME"]).expanduser() if env.get("FMGGUF_HOME") else None
+    if overrides.get("home") is not None:
+        home = Path(str(overrides["home"]))
+    if config_dir is None:
+        # With FMGGUF_HOME set, keep everything in one place (tests and portable installs).
+        config_dir = home if home is not None else _default_config_dir()
+    config_file = Path(env["FMGGUF_CONFIG"]).expanduser() if env.get("FMGGUF_CONFIG") else config_dir / "config.yaml"
+    if overrides.get("config_file") is not None:
+        config_file = Path(str(overrides["config_file"]))
+    return home, config_dir, config_file
+
+
+def _from_config(raw: Mapping[str, object], known: set[str]) -> dict[str, object]:
+    """The settings the config file gives (``threads:`` is ``n_threads``; the seed's ``models:`` block
+    names the default model)."""
+    values = {k: v for k, v in raw.items() if k in known and k not in ("raw_config", "config_file")}
+    if raw.get("threads") is not None and "n_threads" not in values:
+        values["n_threads"] = raw["threads"]
+    models_block = raw.get("models")
+    if isinstance(models_block, dict) and models_block.get("default_model") and "default_model" not in values:
+        values["default_model"] = models_block["default_model"]
+    return values
+
+
+#: environment variable -> setting, where a non-empty value simply replaces the config file's
+_ENV_KEYS = (
+    ("FMGGUF_CATALOG", "catalog_file"), ("HF_ENDPOINT", "hf_endpoint"), ("FMGGUF_DEFAULT_MODEL", "default_model"),
+    ("FMGGUF_DEFAULT_QUANT", "default_quant"), ("FMGGUF_LOG_LEVEL", "log_level"), ("FMGGUF_RPC", "rpc"),
+    ("FMGGUF_ISOLATION", "isolation"), ("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models"),
+    ("FMGGUF_PARALLEL", "parallel"), ("FMGGUF_MAX_RATE", "max_rate"), ("FMGGUF_VRAM", "vram_override"),
+    ("FMGGUF_PROMPT_CACHE_BYTES", "prompt_cache_bytes"), ("FMGGUF_KEEP_ALIVE", "keep_alive"),
+    ("FMGGUF_THREADS", "n_threads"), ("FMGGUF_CTX", "default_ctx"), ("FMGGUF_VRAM_MARGIN", "vram_margin"),
+    ("FMGGUF_BENCH_TIMEOUT", "bench_timeout"), ("FMGGUF_BENCH_WORKERS", "bench_workers"),
+)
+
+
+def _from_env(env: Mapping[str, str], values: Mapping[str, object]) -> dict[str, object]:
+    """The settings the environment gives, over ``values`` (the config file's)."""
+    out: dict[str, object] = {key: env[name] for name, key in _ENV_KEYS if env.get(name)}
+    token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        out["hf_token"] = token
+    for name in ("HF_HUB_OFFLINE", "FMGGUF_OFFLINE"):
+        if env.get(name) is not None and env.get(name) != "":
+            offline = out.get("offline", values.get("offline"))
+            out["offline"] = offline is True or _bool(name, env[name])
+    return out
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -273,8 +272,6 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"bad setting value: {exc}", fix="check the config file and FMGGUF_* variables") from None
     if out.get("isolation") not in (None, "process", "inprocess"):
         raise ConfigError(f"isolation {out['isolation']!r} is unknown", fix="set FMGGUF_ISOLATION to process or inprocess")
-    if out.get("parallel") is not None and int(out["parallel"]) < 1:
-        raise ConfigError("parallel must be at least 1", fix="set FMGGUF_PARALLEL to 1 or more")
     if out.get("max_loaded_models") is not None and int(out["max_loaded_models"]) < 1:
         raise ConfigError("max_loaded_models must be at least 1", fix="set FMGGUF_MAX_LOADED_MODELS to 1 or more")
     if out.get("n_threads") is not None and int(out["n_threads"]) < 1:

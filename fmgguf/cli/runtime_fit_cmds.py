@@ -242,7 +242,7 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
 
 def _problems(info: Any) -> list[dict[str, str]]:
     """What llama.cpp would refuse or abort on, as {field, message} rows (empty: loadable)."""
-    from fmgguf.runtime.validation import file_problems
+    from fmgguf.runtime.gguf_file import file_problems
 
     return [{"field": p.field, "message": p.message} for p in file_problems(info)]
 

@@ -308,9 +308,9 @@ def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | Non
     with nothing allocated. The quantization comes from --quant, else the file name, else the
     header's general.file_type; whether it does FIM from --fim/--no-fim, else its vocabulary."""
     from fmgguf.download.local import check_new_id, guess_quant, import_gguf
+    from fmgguf.runtime.dryrun import check_loadable
     from fmgguf.runtime.fim_rule import import_fim_block
     from fmgguf.runtime.loading import FILE_TYPES
-    from fmgguf.runtime.validation import check_loadable
 
     dl = _downloader(app)
     check_new_id(dl, model_id, force)  # the --as value first: a bad id names the flag, not the catalog file

@@ -3,7 +3,7 @@
 The file is hard-linked into ``store/local/<id>/<quant>/`` (or referenced where it lies when a hard
 link is impossible), hashed once, and given a user-catalog entry whose sha256 pins it. Whether
 llama.cpp can load the file is for the caller to check first (the CLI runs
-``fmgguf.runtime.validation.check_loadable``: download never imports the runtime).
+``fmgguf.runtime.dryrun.check_loadable``: download never imports the runtime).
 """
 
 from __future__ import annotations

@@ -9,15 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fmgguf.runtime.gguf_info import GGUFInfo
 
-if TYPE_CHECKING:
-    from fmgguf.runtime.validation import Hparams
-
 #: architectures whose attn_q/attn_output are n_embd wide whatever the head count
 Q_IS_EMBD = frozenset({"qwen2", "starcoder2"})
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """The hyperparameters the shapes come from, read and checked by :mod:`fmgguf.runtime.validation`."""
+
+    n_layer: int
+    n_embd: int
+    n_vocab: int | None
+    n_head: tuple[int, ...]
+    n_head_kv: tuple[int, ...]
+    n_ff: tuple[int, ...]
+    head_k: int
+    head_v: int
+    n_rot: int
+    explicit_head_k: bool
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ def mla_key_length(info: GGUFInfo) -> int:
 
 
 
-def _dense_shapes(info: GGUFInfo, hp: "Hparams") -> Iterator[tuple[str, tuple[Dim, ...]]]:
+def _dense_shapes(info: GGUFInfo, hp: Hparams) -> Iterator[tuple[str, tuple[Dim, ...]]]:
     a = info.arch
     E = Dim(hp.n_embd, f"{a}.embedding_length")
     V = Dim(hp.n_vocab, "tokenizer.ggml.tokens", "the vocabulary size")
@@ -75,7 +87,7 @@ def _dense_shapes(info: GGUFInfo, hp: "Hparams") -> Iterator[tuple[str, tuple[Di
             yield b + "ffn_down.bias", (E,)
 
 
-def _deepseek2_shapes(info: GGUFInfo, hp: "Hparams") -> Iterator[tuple[str, tuple[Dim, ...]]]:
+def _deepseek2_shapes(info: GGUFInfo, hp: Hparams) -> Iterator[tuple[str, tuple[Dim, ...]]]:
     a = info.arch
     E = Dim(hp.n_embd, f"{a}.embedding_length")
     V = Dim(hp.n_vocab, "tokenizer.ggml.tokens", "the vocabulary size")
@@ -132,7 +144,7 @@ def _deepseek2_shapes(info: GGUFInfo, hp: "Hparams") -> Iterator[tuple[str, tupl
             yield b + "ffn_down_shexp.weight", (SH, E)
 
 
-def expected_shapes(info: GGUFInfo, hp: "Hparams") -> dict[str, tuple[Dim, ...]]:
+def expected_shapes(info: GGUFInfo, hp: Hparams) -> dict[str, tuple[Dim, ...]]:
     """tensor name -> expected ggml shape (ne0 first), for the tensors of this architecture we know."""
     return dict(_deepseek2_shapes(info, hp) if info.arch == "deepseek2" else _dense_shapes(info, hp))
 

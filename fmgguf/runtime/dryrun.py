@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from fmgguf.errors import EngineError, GGUFError
+from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.gguf_info import GGUFInfo
 
 MIB = 1024 * 1024
 _MARK = "DRYRUN_RESULT:"
@@ -170,3 +172,39 @@ def _log_reason(log: str) -> str:
         if "error" in ln.lower() or "failed" in ln.lower():
             return ln.strip()[:200]
     return "no reason in its log"
+
+
+# --- can llama.cpp load it -------------------------------------------------------------------------
+def check_loadable(path: str | Path, *, dry_run: bool = True, timeout: float = 180.0) -> GGUFInfo:
+    """The header of a file llama.cpp can load, or GGUFError naming the first field it would refuse.
+
+    Our checks first (they also catch what llama.cpp only aborts on at the first decode), then, with
+    ``dry_run``, llama.cpp's own loader in a child process with nothing allocated (no_alloc), so a
+    lie we do not model is refused too, and an abort kills only the child."""
+    info = read_gguf(path)
+    if dry_run:
+        dry_run_check(path, min(512, info.n_ctx_train or 512), timeout)
+    return info
+
+
+def dry_run_check(path: str | Path, n_ctx: int = 512, timeout: float = 180.0) -> None:
+    """llama.cpp's own loader on ``path`` in a child process, nothing allocated: GGUFError with its
+    reason when it refuses the file, fails to make a context or dies (an abort kills only the child)."""
+    fix = "the file is damaged or its metadata lies: get a correct GGUF (`fmgguf inspect FILE` shows its header)"
+    try:
+        meas = measure(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_gpu_layers=0, flash_attn=False,
+                       use_extra_bufts=False, timeout=timeout)
+    except EngineError as exc:  # the child died (GGML_ASSERT, segfault) or hung
+        assert_ = re.search(r"[\w.-]+:\d+: GGML_ASSERT\(.*?\) failed", exc.message)
+        why = f"llama.cpp aborts loading it: {assert_.group(0)}" if assert_ else exc.message
+        raise GGUFError(f"{path} cannot be loaded by llama.cpp: {why}", fix=fix) from None
+    except GGUFError as exc:
+        raise GGUFError(exc.message, fix=fix) from None
+    if not meas.ok:
+        raise GGUFError(f"{path} cannot be loaded by llama.cpp: {meas.error or 'context creation failed'}"
+                        f" ({_reason(meas.log)})", fix=fix)
+
+
+def _reason(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
+    return lines[0][:200] if lines else "no reason in its log"

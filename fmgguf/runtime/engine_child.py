@@ -24,6 +24,51 @@ from fmgguf.runtime.engine import lib
 _DRY_RUN_MARK = "DRYRUN_RESULT:"
 
 
+_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30, "iq4_nl": 20}
+
+
+def _model_params(lc, request: dict):  # noqa: ANN001, ANN202 - the llama_cpp module and its ctypes struct
+    mp = lc.llama_model_default_params()
+    mp.n_gpu_layers = int(request.get("n_gpu_layers", 0))
+    mp.split_mode = int(request.get("split_mode", lc.LLAMA_SPLIT_MODE_LAYER))
+    mp.main_gpu = int(request.get("main_gpu", 0))
+    split = request.get("tensor_split")
+    if split:  # ctypes keeps the array alive with the struct
+        mp.tensor_split = (ctypes.c_float * lc.llama_max_devices())(*[float(x) for x in split])
+    if "use_extra_bufts" in request:
+        mp.use_extra_bufts = bool(request["use_extra_bufts"])
+    if request.get("alloc"):
+        mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if request.get("use_mmap", True) else lc.LLAMA_LOAD_MODE_NONE
+    else:
+        mp.no_alloc = True
+        mp.load_mode = lc.LLAMA_LOAD_MODE_NONE  # mmap + no_alloc trips GGML_ASSERT(!ml.no_alloc)
+    return mp
+
+
+def _context_params(lc, request: dict):  # noqa: ANN001, ANN202 - the llama_cpp module and its ctypes struct
+    cp = lc.llama_context_default_params()
+    cp.n_ctx = int(request.get("n_ctx", 4096))
+    cp.n_batch = int(request.get("n_batch", 512))
+    cp.n_ubatch = int(request.get("n_ubatch", 512))
+    cp.n_seq_max = int(request.get("n_seq_max", 1))
+    fa = request.get("flash_attn")
+    cp.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_AUTO if fa is None
+                          else lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if fa else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    cp.type_k = _GGML_TYPES[request.get("type_k", "f16")]
+    cp.type_v = _GGML_TYPES[request.get("type_v", "f16")]
+    cp.swa_full = bool(request.get("swa_full", True))
+    cp.offload_kqv = bool(request.get("offload_kqv", True))
+    if request.get("n_threads"):
+        cp.n_threads = cp.n_threads_batch = int(request["n_threads"])
+    return cp
+
+
+def _device_memory() -> list:
+    from fmgguf.runtime.devices import ggml_devices  # ctypes on the same ggml libraries
+
+    return [[d.name, d.free, d.total] for d in ggml_devices()]
+
+
 def _dry_run_child(request: dict) -> dict:
     lc = lib()
     lines: list[str] = []
@@ -34,58 +79,22 @@ def _dry_run_child(request: dict) -> dict:
 
     lc.llama_log_set(_on_log, ctypes.c_void_p(0))
     lc.llama_backend_init()
-    mp = lc.llama_model_default_params()
-    mp.n_gpu_layers = int(request.get("n_gpu_layers", 0))
-    mp.split_mode = int(request.get("split_mode", lc.LLAMA_SPLIT_MODE_LAYER))
-    mp.main_gpu = int(request.get("main_gpu", 0))
-    split = request.get("tensor_split")
-    if split:
-        arr = (ctypes.c_float * lc.llama_max_devices())(*[float(x) for x in split])
-        mp.tensor_split = arr
-    if "use_extra_bufts" in request:
-        mp.use_extra_bufts = bool(request["use_extra_bufts"])
-    if request.get("alloc"):
-        mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if request.get("use_mmap", True) else lc.LLAMA_LOAD_MODE_NONE
-    else:
-        mp.no_alloc = True
-        mp.load_mode = lc.LLAMA_LOAD_MODE_NONE  # mmap + no_alloc trips GGML_ASSERT(!ml.no_alloc)
     out: dict = {"ok": False}
-
-    def device_memory() -> list:
-        from fmgguf.runtime.devices import ggml_devices  # ctypes on the same ggml libraries
-
-        return [[d.name, d.free, d.total] for d in ggml_devices()]
-
     if request.get("devices"):
-        out["devices_before"] = device_memory()
-    model = lc.llama_model_load_from_file(str(request["path"]).encode(), mp)
+        out["devices_before"] = _device_memory()
+    model = lc.llama_model_load_from_file(str(request["path"]).encode(), _model_params(lc, request))
     if not model:
         out["error"] = "model load failed"
         out["log"] = "".join(lines)
         return out
-    cp = lc.llama_context_default_params()
-    cp.n_ctx = int(request.get("n_ctx", 4096))
-    cp.n_batch = int(request.get("n_batch", 512))
-    cp.n_ubatch = int(request.get("n_ubatch", 512))
-    cp.n_seq_max = int(request.get("n_seq_max", 1))
-    fa = request.get("flash_attn")
-    cp.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_AUTO if fa is None
-                          else lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if fa else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-    ggml_types = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30, "iq4_nl": 20}
-    cp.type_k = ggml_types[request.get("type_k", "f16")]
-    cp.type_v = ggml_types[request.get("type_v", "f16")]
-    cp.swa_full = bool(request.get("swa_full", True))
-    cp.offload_kqv = bool(request.get("offload_kqv", True))
-    if request.get("n_threads"):
-        cp.n_threads = cp.n_threads_batch = int(request["n_threads"])
-    ctx = lc.llama_init_from_model(model, cp)
+    ctx = lc.llama_init_from_model(model, _context_params(lc, request))
     out["model_size"] = int(lc.llama_model_size(model))
     out["n_params"] = int(lc.llama_model_n_params(model))
     if ctx:
         out["ok"] = True
         out["n_ctx"] = int(lc.llama_n_ctx(ctx))
         if request.get("devices"):
-            out["devices_loaded"] = device_memory()
+            out["devices_loaded"] = _device_memory()
         lc.llama_free(ctx)
     else:
         out["error"] = "context creation failed"

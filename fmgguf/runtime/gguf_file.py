@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from fmgguf.errors import GGUFError
 from fmgguf.runtime.gguf_info import GGUFArray, GGUFInfo, TensorInfo
+from fmgguf.runtime.validation import Problem, check_model
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -220,86 +221,96 @@ def parse_gguf(src: ByteSource, check_data: bool = True, *, model: bool = True) 
                          fix="delete it and download it again (fmgguf pull ID), or check its source")
 
     cur = _Cursor(src, fail)
-    if src.size < 24:
-        raise fail(f"only {src.size} bytes, too short for a GGUF header")
-    magic = cur.take(4, "magic")
-    if magic != GGUF_MAGIC:
-        raise fail(f"bad magic {magic!r} (expected b'GGUF')")
-    version = cur.unpack("<I", 4, "version")
-    if version not in SUPPORTED_VERSIONS:
-        if version & 0xFFFF == 0 and (version >> 24) in SUPPORTED_VERSIONS:
-            raise fail("big-endian GGUF; llama.cpp on this machine reads little-endian files only")
-        raise fail(f"GGUF version {version} (llama.cpp reads versions 2 and 3)")
-    n_tensors = cur.unpack("<q", 8, "tensor count")
-    n_kv = cur.unpack("<q", 8, "metadata count")
-    # each metadata entry takes at least 8 (key len) + 1 (key) + 4 (type) + 1 (value) bytes;
-    # each tensor info at least 8 + 1 + 4 + 8 + 4 + 8
-    if n_kv < 0 or n_kv * 14 > cur.remaining:
-        raise fail(f"metadata count {n_kv} is impossible for a {src.size}-byte file")
-    if n_tensors < 0 or n_tensors * 33 > cur.remaining:
-        raise fail(f"tensor count {n_tensors} is impossible for a {src.size}-byte file")
-
-    metadata: dict[str, Any] = {}
-    for i in range(n_kv):
-        key = cur.string(f"metadata key #{i}")
-        if not key:
-            raise fail(f"metadata key #{i} is empty")
-        if key in metadata:
-            raise fail(f"duplicate metadata key {key!r}")
-        vtype = cur.unpack("<I", 4, f"type of {key}")
-        metadata[key] = _read_value(cur, vtype, key)
-
+    version, n_tensors, n_kv = _read_preamble(cur, src.size)
+    metadata = _read_metadata(cur, n_kv)
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
         raise fail(f"general.alignment {alignment!r} is not a power of two")
-
     types = ggml_types()
-    tensors: list[TensorInfo] = []
     seen: set[str] = set()
-    for i in range(n_tensors):
-        name = cur.string(f"tensor #{i} name")
-        if len(name.encode()) >= GGML_MAX_NAME:
-            raise fail(f"tensor #{i} name is {len(name)} bytes (llama.cpp allows {GGML_MAX_NAME - 1})")
-        if name in seen:
-            raise fail(f"duplicate tensor {name!r}")
-        seen.add(name)
-        n_dims = cur.unpack("<I", 4, f"dims of {name}")
-        if not 1 <= n_dims <= GGML_MAX_DIMS:
-            raise fail(f"tensor {name!r} has {n_dims} dimensions (1 to {GGML_MAX_DIMS} allowed)")
-        shape = tuple(cur.unpack("<q", 8, f"shape of {name}") for _ in range(n_dims))
-        ttype = cur.unpack("<i", 4, f"type of {name}")
-        offset = cur.unpack("<Q", 8, f"offset of {name}")
-        if ttype not in types:
-            raise fail(f"tensor {name!r} has unknown ggml type {ttype}")
-        tname, blck, tsize = types[ttype]
-        if any(d < 0 for d in shape):
-            raise fail(f"tensor {name!r} has a negative dimension {shape}")
-        n_el = 1
-        for d in shape:
-            n_el *= d
-        if n_el >= 1 << 62:
-            raise fail(f"tensor {name!r} has an absurd shape {shape}")
-        if shape[0] % blck:
-            raise fail(f"tensor {name!r} row length {shape[0]} is not a multiple of {tname}'s block size {blck}")
-        n_bytes = n_el // blck * tsize
-        tensors.append(TensorInfo(name, shape, tname, offset, n_bytes))
-
+    tensors = [_read_tensor(cur, i, types, seen) for i in range(n_tensors)]
     data_offset = -(-cur.pos // alignment) * alignment
-    expected = 0
-    for t in tensors:
-        if t.offset % alignment:
-            raise fail(f"tensor {t.name!r} offset {t.offset} is not aligned to {alignment}")
-        if t.offset != expected:
-            raise fail(f"tensor {t.name!r} has offset {t.offset}, expected {expected}")
-        expected += -(-t.n_bytes // alignment) * alignment
-        if check_data and data_offset + t.offset + t.n_bytes > src.size:
-            raise fail(f"tensor {t.name!r} data ends at byte {data_offset + t.offset + t.n_bytes}, "
-                       f"past the end of the file ({src.size} bytes): truncated")
-
+    _check_offsets(cur, tensors, alignment, data_offset if check_data else None)
     info = GGUFInfo(where, src.size, version, alignment, data_offset, metadata, tensors)
     if model:
         _check_architecture(info, fail)
     return info
+
+
+def _read_preamble(cur: _Cursor, size: int) -> tuple[int, int, int]:  # (version, n_tensors, n_kv), checked
+    if size < 24:
+        raise cur.fail(f"only {size} bytes, too short for a GGUF header")
+    magic = cur.take(4, "magic")
+    if magic != GGUF_MAGIC:
+        raise cur.fail(f"bad magic {magic!r} (expected b'GGUF')")
+    version = cur.unpack("<I", 4, "version")
+    if version not in SUPPORTED_VERSIONS:
+        if version & 0xFFFF == 0 and (version >> 24) in SUPPORTED_VERSIONS:
+            raise cur.fail("big-endian GGUF; llama.cpp on this machine reads little-endian files only")
+        raise cur.fail(f"GGUF version {version} (llama.cpp reads versions 2 and 3)")
+    n_tensors = cur.unpack("<q", 8, "tensor count")
+    n_kv = cur.unpack("<q", 8, "metadata count")
+    # a metadata entry takes at least 8 (key len) + 1 (key) + 4 (type) + 1 bytes, a tensor info 8+1+4+8+4+8
+    if n_kv < 0 or n_kv * 14 > cur.remaining:
+        raise cur.fail(f"metadata count {n_kv} is impossible for a {size}-byte file")
+    if n_tensors < 0 or n_tensors * 33 > cur.remaining:
+        raise cur.fail(f"tensor count {n_tensors} is impossible for a {size}-byte file")
+    return version, n_tensors, n_kv
+
+
+def _read_metadata(cur: _Cursor, n_kv: int) -> dict[str, Any]:
+    metadata = {}
+    for i in range(n_kv):
+        key = cur.string(f"metadata key #{i}")
+        if not key:
+            raise cur.fail(f"metadata key #{i} is empty")
+        if key in metadata:
+            raise cur.fail(f"duplicate metadata key {key!r}")
+        vtype = cur.unpack("<I", 4, f"type of {key}")
+        metadata[key] = _read_value(cur, vtype, key)
+    return metadata
+
+
+def _read_tensor(cur: _Cursor, i: int, types: dict[int, tuple[str, int, int]], seen: set[str]) -> TensorInfo:
+    name = cur.string(f"tensor #{i} name")
+    if len(name.encode()) >= GGML_MAX_NAME:
+        raise cur.fail(f"tensor #{i} name is {len(name)} bytes (llama.cpp allows {GGML_MAX_NAME - 1})")
+    if name in seen:
+        raise cur.fail(f"duplicate tensor {name!r}")
+    seen.add(name)
+    n_dims = cur.unpack("<I", 4, f"dims of {name}")
+    if not 1 <= n_dims <= GGML_MAX_DIMS:
+        raise cur.fail(f"tensor {name!r} has {n_dims} dimensions (1 to {GGML_MAX_DIMS} allowed)")
+    shape = tuple(cur.unpack("<q", 8, f"shape of {name}") for _ in range(n_dims))
+    ttype = cur.unpack("<i", 4, f"type of {name}")
+    offset = cur.unpack("<Q", 8, f"offset of {name}")
+    if ttype not in types:
+        raise cur.fail(f"tensor {name!r} has unknown ggml type {ttype}")
+    tname, blck, tsize = types[ttype]
+    if any(d < 0 for d in shape):
+        raise cur.fail(f"tensor {name!r} has a negative dimension {shape}")
+    n_el = 1
+    for d in shape:
+        n_el *= d
+    if n_el >= 1 << 62:
+        raise cur.fail(f"tensor {name!r} has an absurd shape {shape}")
+    if shape[0] % blck:
+        raise cur.fail(f"tensor {name!r} row length {shape[0]} is not a multiple of {tname}'s block size {blck}")
+    return TensorInfo(name, shape, tname, offset, n_el // blck * tsize)
+
+
+def _check_offsets(cur: _Cursor, tensors: list[TensorInfo], alignment: int, data_offset: int | None) -> None:
+    """Tensors packed in order and aligned; with ``data_offset`` (a known file length), inside the file."""
+    expected = 0
+    for t in tensors:
+        if t.offset % alignment:
+            raise cur.fail(f"tensor {t.name!r} offset {t.offset} is not aligned to {alignment}")
+        if t.offset != expected:
+            raise cur.fail(f"tensor {t.name!r} has offset {t.offset}, expected {expected}")
+        expected += -(-t.n_bytes // alignment) * alignment
+        if data_offset is not None and data_offset + t.offset + t.n_bytes > cur.src.size:
+            raise cur.fail(f"tensor {t.name!r} data ends at byte {data_offset + t.offset + t.n_bytes}, "
+                           f"past the end of the file ({cur.src.size} bytes): truncated")
 
 
 def _check_architecture(info: GGUFInfo, fail: Callable[[str], GGUFError]) -> None:
@@ -322,10 +333,9 @@ def _check_architecture(info: GGUFInfo, fail: Callable[[str], GGUFError]) -> Non
 def read_gguf(path: str | os.PathLike[str], *, check: bool = True) -> GGUFInfo:
     """Validated header, metadata and tensor table of a local GGUF (GGUFError on any problem).
 
-    ``check`` (default) also holds the metadata against the tensors the way llama.cpp's loader
-    uses them (:func:`fmgguf.runtime.validation.check_model`) and raises for the first problem;
-    ``check=False`` returns a well-formed file's header even when llama.cpp could not load it
-    (``fmgguf inspect`` shows the problems itself)."""
+    ``check`` (default) also holds the metadata against the tensors as llama.cpp's loader uses them
+    (:func:`file_problems`) and raises for the first problem; ``check=False`` returns a well-formed
+    file's header even when llama.cpp could not load it (``fmgguf inspect`` shows the problems)."""
     p = Path(path)
     if p.is_dir():
         raise GGUFError(f"{p} is a directory, not a GGUF file", fix="pass the .gguf file itself")
@@ -374,10 +384,14 @@ def with_split_tensors(info: GGUFInfo) -> GGUFInfo | None:
     return dataclasses.replace(info, tensors=tensors)
 
 
+def file_problems(info: GGUFInfo) -> list[Problem]:
+    """``check_model`` of a file as llama.cpp loads it: a split model's first part with its other parts' tensors."""
+    whole = with_split_tensors(info)
+    return check_model(whole or info, tensors=whole is not None)
+
+
 def require_loadable(info: GGUFInfo) -> None:
     """GGUFError naming the first field llama.cpp would refuse or abort on (see validation.py)."""
-    from fmgguf.runtime.validation import file_problems
-
     problems = file_problems(info)
     if problems:
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
+from fmgguf.errors import ContextOverflowError, InvalidRequestError, RunnerCrashedError
 from fmgguf.runtime import requests
 from fmgguf.runtime.engine import GenerationStats
 from fmgguf.runtime.fim_stop import cut_pieces
@@ -34,6 +34,7 @@ from fmgguf.runtime.loading import (
     engine_starter,
 )
 from fmgguf.runtime.requests import Ask
+from fmgguf.runtime.router import Router
 from fmgguf.runtime.runner.health import CrashRecord
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
 from fmgguf.runtime.runner.supervisor import Supervisor
@@ -82,6 +83,7 @@ class ModelManager:
                               keep_alive=float(settings.keep_alive if keep_alive is None else keep_alive),
                               max_queue=self.max_queue, **({"validator": validator} if validator else {}))
         self._idle: IdleWatcher[ModelManager] = IdleWatcher(self, lambda m: m.sup.sweep())
+        self.router = Router(self.sup, lambda: self.catalog, lambda: self.downloader)
 
     # --- collaborators (built on first use) --------------------------------------------------
     @property
@@ -167,7 +169,7 @@ class ModelManager:
     # --- loading -----------------------------------------------------------------------------
     def switch_model(self, model_id: str, quant: str | None = None, **options: Options) -> SwitchResult:
         """Load catalog model ``model_id`` (``id`` or ``id:QUANT``) in place of the selected one."""
-        spec = self._catalog_spec(model_id if ":" in model_id or not quant else f"{model_id}:{quant}")
+        spec = self.router.catalog_spec(model_id if ":" in model_id or not quant else f"{model_id}:{quant}")
         return SwitchResult.of(self._load(spec, options).info)
 
     def load_file(self, path: str | Path, model_id: str | None = None, card: "ModelCard | None" = None,
@@ -190,7 +192,7 @@ class ModelManager:
         """Make ``ref`` ("id", "id:QUANT", a resident key or a .gguf path) resident beside the others
         (evicting the least recently used unpinned models if needed); the selected model stays selected."""
         check_load_options(options)
-        resident = self._resident(ref, keep_alive, options, pinned=pinned)
+        resident = self.router.resident(ref, keep_alive, options, pinned=pinned)
         self._touched(resident)
         return resident.snapshot(resident.key == self.sup.selected)
 
@@ -198,73 +200,14 @@ class ModelManager:
         """Make ``ref`` the selected model, loading it beside the others if it is not resident (unlike
         :meth:`switch_model`, the previously selected model stays resident until evicted)."""
         check_load_options(options)
-        resident = self._resident(ref, None, options)
+        resident = self.router.resident(ref, None, options)
         self.sup.select(resident.spec)
         self._touched(resident)
         return resident.snapshot(True)
 
     def ensure_selected(self) -> LoadedModel | None:
         """The selected model, loaded again if an idle unload or a crash took it (None: none selected)."""
-        return self._selected(None).snapshot(True) if self.sup.selected_spec is not None else None
-
-    def _spec(self, ref: str) -> LoadSpec:
-        """A local .gguf file (its key is the file's stem), a model loaded here before (a file's key
-        after an idle unload or a crash), or a catalog model ("id", "id:QUANT")."""
-        p = Path(ref).expanduser()
-        if ref.endswith(".gguf") and p.is_file():
-            return LoadSpec(key=p.stem, path=p, model_id=p.stem, quant=None)
-        known = self.sup.known.get(ref)
-        return known if known is not None and known.card is None else self._catalog_spec(ref)
-
-    def _catalog_spec(self, ref: str) -> LoadSpec:
-        card, q = self.catalog.resolve(ref)
-        path = Path(self.downloader.model_path(card.id, q))  # NotDownloadedError says `fmgguf pull ID`
-        return LoadSpec(key=f"{card.id}:{q}", path=path, model_id=card.id, quant=q, card=card)
-
-    def _resident(self, ref: str, keep_alive: float | None, options: Mapping[str, Options],
-                  pinned: bool = False) -> Resident:
-        """The resident model ``ref``, loaded now if it is not (or if it was with other options)."""
-        r = self._usable(self.sup.find(ref))
-        if r is None or options:
-            with self.sup.changes:
-                r = self._usable(self.sup.find(ref))
-                spec = r.spec if r is not None else self._spec(ref)
-                r = r or self._usable(self.sup.find(spec.key))
-                if r is not None and any(k != "progress" and r.spec.options.get(k) != v for k, v in options.items()):
-                    self.sup.unload(r)  # asked for with other load options (a longer context...): load it again
-                    r = None
-                if r is None:
-                    r = self.sup.load(spec, options or spec.options, select=False, replace=False,
-                                      keep_alive=keep_alive, pinned=pinned)
-        if pinned:
-            r.pinned = True
-        if keep_alive is not None:
-            r.keep_alive = float(keep_alive)
-        return r
-
-    def _usable(self, r: Resident | None) -> Resident | None:
-        """``r`` if its engine still serves; a runner found dead is counted as a crash and dropped."""
-        if r is None or r.leaving:
-            return None
-        failure = r.engine.failure()
-        if failure is not None:
-            self.sup.crashed(r.spec, failure, r)
-        return r if failure is None else None
-
-    def _selected(self, keep_alive: float | None) -> Resident:
-        """The selected model, loaded again if an idle unload or a crash took it."""
-        r = self._usable(self.sup.selected_resident())
-        if r is None:
-            with self.sup.changes:
-                spec = self.sup.selected_spec
-                r = self._usable(self.sup.selected_resident())
-                if r is None and spec is not None:
-                    r = self.sup.load(spec, spec.options, select=True, replace=False)
-        if r is None:
-            raise ModelNotLoadedError("no model is loaded", fix="load one first: `switch_model(ID)` / `fmgguf run ID`")
-        if keep_alive is not None:
-            r.keep_alive = float(keep_alive)
-        return r
+        return self.router.selected(None).snapshot(True) if self.sup.selected_spec is not None else None
 
     def unload(self, ref: str | None = None) -> bool:
         """Unload ``ref`` (None: every model) once its running generations end; True if one was loaded."""
@@ -347,7 +290,7 @@ class ModelManager:
     def _admit(self, model: str | None, keep_alive: float | None, priority: bool) -> Resident:
         """The model for a request, with a slot of its queue held (wait in line; BusyError when full)."""
         while True:
-            r = self._selected(keep_alive) if model is None else self._resident(model, keep_alive, {})
+            r = self.router.selected(keep_alive) if model is None else self.router.resident(model, keep_alive, {})
             try:
                 r.queue.acquire(priority=priority, timeout=self.queue_timeout)
             except ModelGone:  # unloaded while we looked it up: find or load it again

@@ -17,12 +17,10 @@ coverage, experts) hold for every architecture, and llama.cpp's own dry run cove
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from fmgguf.runtime.arch_shapes import Q_IS_EMBD, Dim, expected_shapes, mla_key_length
+from fmgguf.runtime.arch_shapes import Q_IS_EMBD, Dim, Hparams, expected_shapes, mla_key_length
 from fmgguf.runtime.gguf_info import GGUFArray, GGUFInfo
 
 #: llama-hparams.h
@@ -97,55 +95,6 @@ def check_model(info: GGUFInfo, tensors: bool = True) -> list[Problem]:
     return out.items
 
 
-def file_problems(info: GGUFInfo) -> list[Problem]:
-    """:func:`check_model` of a file as llama.cpp loads it: a gguf-split model's first part together
-    with the tensors of its other parts (without them, only the checks that need no tensor table)."""
-    from fmgguf.runtime.gguf_file import with_split_tensors
-
-    whole = with_split_tensors(info)
-    return check_model(whole or info, tensors=whole is not None)
-
-
-def check_loadable(path: str | Path, *, dry_run: bool = True, timeout: float = 180.0) -> GGUFInfo:
-    """The header of a file llama.cpp can load, or GGUFError naming the first field it would refuse.
-
-    Our checks first (they also catch what llama.cpp only aborts on at the first decode), then, with
-    ``dry_run``, llama.cpp's own loader in a child process with nothing allocated (no_alloc), so a
-    lie we do not model is refused too, and an abort kills only the child."""
-    from fmgguf.runtime.gguf_file import read_gguf
-
-    info = read_gguf(path)
-    if dry_run:
-        dry_run_check(path, min(512, info.n_ctx_train or 512), timeout)
-    return info
-
-
-def dry_run_check(path: str | Path, n_ctx: int = 512, timeout: float = 180.0) -> None:
-    """llama.cpp's own loader on ``path`` in a child process, nothing allocated: GGUFError with its
-    reason when it refuses the file, fails to make a context or dies (an abort kills only the child)."""
-    from fmgguf.errors import EngineError, GGUFError
-    from fmgguf.runtime.dryrun import measure
-
-    fix = "the file is damaged or its metadata lies: get a correct GGUF (`fmgguf inspect FILE` shows its header)"
-    try:
-        meas = measure(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_gpu_layers=0, flash_attn=False,
-                       use_extra_bufts=False, timeout=timeout)
-    except EngineError as exc:  # the child died (GGML_ASSERT, segfault) or hung
-        assert_ = re.search(r"[\w.-]+:\d+: GGML_ASSERT\(.*?\) failed", exc.message)
-        why = f"llama.cpp aborts loading it: {assert_.group(0)}" if assert_ else exc.message
-        raise GGUFError(f"{path} cannot be loaded by llama.cpp: {why}", fix=fix) from None
-    except GGUFError as exc:
-        raise GGUFError(exc.message, fix=fix) from None
-    if not meas.ok:
-        raise GGUFError(f"{path} cannot be loaded by llama.cpp: {meas.error or 'context creation failed'}"
-                        f" ({_reason(meas.log)})", fix=fix)
-
-
-def _reason(log: str) -> str:
-    lines = [ln.strip() for ln in log.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
-    return lines[0][:200] if lines else "no reason in its log"
-
-
 # --- counts and floats ---------------------------------------------------------------------------
 def _check_counts(info: GGUFInfo, out: _Collect) -> None:
     a = info.arch
@@ -185,20 +134,6 @@ def _check_floats(info: GGUFInfo, out: _Collect) -> None:
 
 
 # --- hyperparameters -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Hparams:
-    n_layer: int
-    n_embd: int
-    n_vocab: int | None
-    n_head: tuple[int, ...]
-    n_head_kv: tuple[int, ...]
-    n_ff: tuple[int, ...]
-    head_k: int
-    head_v: int
-    n_rot: int
-    explicit_head_k: bool
-
-
 def _per_layer(info: GGUFInfo, suffix: str, n_layer: int, default: tuple[int, ...] | None,
                out: _Collect) -> tuple[int, ...] | None:
     """A scalar-or-per-layer integer key as one value per layer (llama.cpp's get_key_or_arr)."""

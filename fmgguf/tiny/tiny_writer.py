@@ -89,66 +89,80 @@ def _metadata(writer, spec: TinySpec, n_vocab: int) -> None:
 
 def tensor_shapes(spec: TinySpec, n_vocab: int) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(name, numpy shape) of every tensor, in file order. numpy shape = reversed ggml ne."""
-    e, hd, ff = spec.n_embd, spec.head_dim, spec.n_ff
-    q, kv = spec.n_head * hd, spec.n_head_kv * hd
+    e = spec.n_embd
     yield "token_embd.weight", (n_vocab, e)
     for i in range(spec.n_layer):
         b = f"blk.{i}."
         yield b + "attn_norm.weight", (e,)
         if spec.arch == "starcoder2":
             yield b + "attn_norm.bias", (e,)
-        if spec.arch == "deepseek2":
-            r, lk, nope = spec.q_lora_rank, spec.kv_lora_rank, spec.head_dim - spec.rope_dim
-            yield b + "attn_q_a_norm.weight", (r,)
-            yield b + "attn_kv_a_norm.weight", (lk,)
-            yield b + "attn_q_a.weight", (r, e)
-            yield b + "attn_q_b.weight", (spec.n_head * hd, r)
-            yield b + "attn_kv_a_mqa.weight", (lk + spec.rope_dim, e)
-            yield b + "attn_k_b.weight", (spec.n_head, lk, nope)
-            yield b + "attn_v_b.weight", (spec.n_head, spec.v_head_dim, lk)
-            yield b + "attn_output.weight", (e, spec.n_head * spec.v_head_dim)
-        else:
-            yield b + "attn_q.weight", (q, e)
-            yield b + "attn_k.weight", (kv, e)
-            yield b + "attn_v.weight", (kv, e)
-            if spec.arch in ("qwen2", "starcoder2"):
-                yield b + "attn_q.bias", (q,)
-                yield b + "attn_k.bias", (kv,)
-                yield b + "attn_v.bias", (kv,)
-            yield b + "attn_output.weight", (e, q)
-        if spec.arch == "starcoder2":
-            yield b + "attn_output.bias", (e,)
-        if spec.arch == "gemma3":
-            yield b + "attn_q_norm.weight", (hd,)
-            yield b + "attn_k_norm.weight", (hd,)
-            yield b + "post_attention_norm.weight", (e,)
+        for name, shape in _attention_shapes(spec):
+            yield b + name, shape
         yield b + "ffn_norm.weight", (e,)
-        if spec.arch == "starcoder2":
-            yield b + "ffn_norm.bias", (e,)
-            yield b + "ffn_up.weight", (ff, e)
-            yield b + "ffn_up.bias", (ff,)
-            yield b + "ffn_down.weight", (e, ff)
-            yield b + "ffn_down.bias", (e,)
-        elif spec.arch == "deepseek2" and i >= spec.n_dense_lead:
-            n, fe, sh = spec.n_expert, spec.n_ff_exp, spec.n_ff_exp * spec.n_expert_shared
-            yield b + "ffn_gate_inp.weight", (n, e)
-            yield b + "ffn_gate_exps.weight", (n, fe, e)
-            yield b + "ffn_up_exps.weight", (n, fe, e)
-            yield b + "ffn_down_exps.weight", (n, e, fe)
-            yield b + "ffn_gate_shexp.weight", (sh, e)
-            yield b + "ffn_up_shexp.weight", (sh, e)
-            yield b + "ffn_down_shexp.weight", (e, sh)
-        else:
-            yield b + "ffn_gate.weight", (ff, e)
-            yield b + "ffn_up.weight", (ff, e)
-            yield b + "ffn_down.weight", (e, ff)
-        if spec.arch == "gemma3":
-            yield b + "post_ffw_norm.weight", (e,)
+        for name, shape in _ffn_shapes(spec, i):
+            yield b + name, shape
     yield "output_norm.weight", (e,)
     if spec.arch == "starcoder2":
         yield "output_norm.bias", (e,)
     if not spec.tied:
         yield "output.weight", (n_vocab, e)
+
+
+def _attention_shapes(spec: TinySpec) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """One layer's attention tensors after attn_norm, names without the ``blk.N.`` prefix."""
+    e, hd = spec.n_embd, spec.head_dim
+    q, kv = spec.n_head * hd, spec.n_head_kv * hd
+    if spec.arch == "deepseek2":
+        r, lk, nope = spec.q_lora_rank, spec.kv_lora_rank, spec.head_dim - spec.rope_dim
+        yield "attn_q_a_norm.weight", (r,)
+        yield "attn_kv_a_norm.weight", (lk,)
+        yield "attn_q_a.weight", (r, e)
+        yield "attn_q_b.weight", (spec.n_head * hd, r)
+        yield "attn_kv_a_mqa.weight", (lk + spec.rope_dim, e)
+        yield "attn_k_b.weight", (spec.n_head, lk, nope)
+        yield "attn_v_b.weight", (spec.n_head, spec.v_head_dim, lk)
+        yield "attn_output.weight", (e, spec.n_head * spec.v_head_dim)
+    else:
+        yield "attn_q.weight", (q, e)
+        yield "attn_k.weight", (kv, e)
+        yield "attn_v.weight", (kv, e)
+        if spec.arch in ("qwen2", "starcoder2"):
+            yield "attn_q.bias", (q,)
+            yield "attn_k.bias", (kv,)
+            yield "attn_v.bias", (kv,)
+        yield "attn_output.weight", (e, q)
+    if spec.arch == "starcoder2":
+        yield "attn_output.bias", (e,)
+    if spec.arch == "gemma3":
+        yield "attn_q_norm.weight", (hd,)
+        yield "attn_k_norm.weight", (hd,)
+        yield "post_attention_norm.weight", (e,)
+
+
+def _ffn_shapes(spec: TinySpec, layer: int) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Layer ``layer``'s feed-forward tensors after ffn_norm, names without the ``blk.N.`` prefix."""
+    e, ff = spec.n_embd, spec.n_ff
+    if spec.arch == "starcoder2":
+        yield "ffn_norm.bias", (e,)
+        yield "ffn_up.weight", (ff, e)
+        yield "ffn_up.bias", (ff,)
+        yield "ffn_down.weight", (e, ff)
+        yield "ffn_down.bias", (e,)
+    elif spec.arch == "deepseek2" and layer >= spec.n_dense_lead:
+        n, fe, sh = spec.n_expert, spec.n_ff_exp, spec.n_ff_exp * spec.n_expert_shared
+        yield "ffn_gate_inp.weight", (n, e)
+        yield "ffn_gate_exps.weight", (n, fe, e)
+        yield "ffn_up_exps.weight", (n, fe, e)
+        yield "ffn_down_exps.weight", (n, e, fe)
+        yield "ffn_gate_shexp.weight", (sh, e)
+        yield "ffn_up_shexp.weight", (sh, e)
+        yield "ffn_down_shexp.weight", (e, sh)
+    else:
+        yield "ffn_gate.weight", (ff, e)
+        yield "ffn_up.weight", (ff, e)
+        yield "ffn_down.weight", (e, ff)
+    if spec.arch == "gemma3":
+        yield "post_ffw_norm.weight", (e,)
 
 
 def _values(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:

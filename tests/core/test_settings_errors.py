@@ -103,3 +103,15 @@ def test_error_message_is_one_line_with_fix() -> None:
     err = errors.NotDownloadedError("model x is not\n downloaded", fix="run fmgguf pull x")
     assert str(err) == "model x is not downloaded — run fmgguf pull x"
     assert err.to_dict()["fix"] == "run fmgguf pull x"
+
+
+def test_parallel_is_one_setting_from_file_env_and_override(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("parallel: 3\n")
+    base = {"FMGGUF_HOME": str(tmp_path / "h"), "FMGGUF_CONFIG": str(cfg)}
+    assert Settings.load(env=base).parallel == 3
+    assert Settings.load(env={**base, "FMGGUF_PARALLEL": "6"}).parallel == 6
+    assert Settings.load(env={**base, "FMGGUF_PARALLEL": "6"}, parallel=2).parallel == 2
+    for bad in ("0", "65"):
+        with pytest.raises(errors.ConfigError, match="FMGGUF_PARALLEL"):
+            Settings.load(env={**base, "FMGGUF_PARALLEL": bad})

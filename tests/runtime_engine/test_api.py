@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +23,10 @@ def test_importing_the_runtime_does_not_load_llama_cpp() -> None:
 
 
 def test_only_the_engine_imports_llama_cpp() -> None:
-    mine = ["manager.py", "prompts.py", "generation.py", "__init__.py"]
-    for name in mine:
-        text = (ROOT / "fmgguf" / "runtime" / name).read_text()
-        assert "import llama_cpp" not in text, name
-    assert "import llama_cpp" not in (ROOT / "fmgguf" / "cli" / "runtime_cmds.py").read_text()
+    importers = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "fmgguf").rglob("*.py")
+                       if re.search(r"^\s*(import|from) llama_cpp\b", p.read_text(encoding="utf-8"), re.M))
+    # the test-support package builds raw llama.cpp outcomes of its bad models on purpose
+    assert importers == ["fmgguf/runtime/engine.py", "fmgguf/testing/bad_models.py"]
 
 
 def test_get_model_manager_is_one_per_process() -> None:
