@@ -8,7 +8,8 @@ writes the middle, then the code after the cursor again, then a test harness of 
   first says little, such as ``else:`` or ``}``), or one of its first three non-blank lines that say
   something (at any indentation: the model skipped into the suffix), or a ``return``/``raise``/``break``/
   ``continue`` at the indentation of the suffix's first line when that line starts with the same word
-  (the suffix's line would be dead code after it); with the cursor inside a line, a first line that
+  (the suffix's line would be dead code after it); a reworded copy of the suffix's first line (a name
+  changed) when the next line is the suffix's second; with the cursor inside a line, a first line that
   ends with the rest of the cursor's line;
 - ``indent``: a line less indented than the block the cursor is in (outside open brackets and
   triple-quoted strings); a line of closing brackets there is kept (it closes the block) unless the
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
+from difflib import SequenceMatcher
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
@@ -38,6 +40,7 @@ _OPEN, _CLOSE = "([{", ")]}"
 _WEAK_LEN = 8  # a suffix line shorter than this (stripped) is confirmed by the next line before a cut
 _EXITS = ("return", "raise", "break", "continue")
 _HEAD_LINES = 3  # how many of the suffix's first non-blank lines a middle line is compared with
+_NEAR = 0.8  # similarity (difflib ratio) from which a line is a reworded copy of the suffix's first line
 
 
 def indent_of(line: str) -> int:
@@ -63,6 +66,26 @@ def _may_exit(part: str, suffix_line: str) -> bool:
     word = suffix_line.split(None, 1)[0] if suffix_line.strip() else ""
     return (word in _EXITS and indent_of(part) == indent_of(suffix_line)
             and word.startswith(part.strip().split(None, 1)[0]) if part.strip() else False)
+
+
+def _first_word(line: str) -> str:
+    return line.split(None, 1)[0] if line.strip() else ""
+
+
+def _near(line: str, suffix_line: str) -> bool:
+    """``line`` is the suffix's first line reworded (a name changed, a term added): same indentation, same
+    first word, mostly the same text. A small model that renamed something in the gap writes the suffix's
+    line again with its own name; the next line then says whether it is the suffix again."""
+    return (line != suffix_line and not _weak(line) and not _weak(suffix_line)
+            and indent_of(line) == indent_of(suffix_line) and _first_word(line) == _first_word(suffix_line)
+            and SequenceMatcher(None, line.strip(), suffix_line.strip()).ratio() >= _NEAR)
+
+
+def _may_near(part: str, suffix_line: str) -> bool:
+    """The unfinished ``part`` may still become a :func:`_near` line (same indentation, its first word so far
+    a prefix of the suffix line's)."""
+    word = _first_word(part)
+    return bool(word) and indent_of(part) == indent_of(suffix_line) and _first_word(suffix_line).startswith(word)
 
 
 def _is_closer(line: str) -> bool:
@@ -270,6 +293,10 @@ class FimCutter:
                 return self._stop(at, "suffix")
             self._candidate, self._hold = True, at
             return
+        if len(head) > 1 and _near(body, head[0]):
+            # a reworded suffix line: held, and cut when the next line is the suffix's second (or dedents)
+            self._candidate, self._hold = True, at
+            return
         if body.strip() in r.suffix_lines:
             return self._stop(at, "suffix")
         if head and self._min_indent >= indent_of(head[0]) and _same_exit(body, head[0]):
@@ -333,6 +360,8 @@ class FimCutter:
         if r.n_indent and not first and indent_of(part) < r.n_indent:
             return 0
         if self._dedented(full) or _may_exit(full, r.suffix_head[0] if r.suffix_head else ""):
+            return 0
+        if len(r.suffix_head) > 1 and _may_near(full, r.suffix_head[0]):
             return 0
         return len(part)
 

@@ -90,6 +90,17 @@ def test_short_suffix_line_needs_the_next_line_too(step: int | None) -> None:
     assert run(prefix, suffix, "        t = 1\n    else:\n", step) == ("        t = 1\n", "suffix")
 
 
+def test_a_reworded_suffix_line_confirmed_by_the_next_one_ends_the_middle(step: int | None) -> None:
+    prefix = "def simplify(a, b):\n    num = int(a)\n"
+    suffix = "    if (num / denom == int(num / denom)):\n        return True\n    return False\n"
+    out = "    denominator = int(b)\n    if (num / denominator == int(num / denominator)):\n        return True\n"
+    assert run(prefix, suffix, out, step) == ("    denominator = int(b)\n", "suffix")
+    # a similar line that the suffix's next line does not follow is the model's own (a sibling branch)
+    prefix, suffix = "def f(x):\n    y = 0\n", "    if x == 2:\n        y = 20\n    return y\n"
+    out = "    if x == 1:\n        y = 10\n"
+    assert run(prefix, suffix, out, step) == (out, None)
+
+
 def test_inside_a_line_the_rest_of_the_line_is_not_repeated(step: int | None) -> None:
     assert run("    return foo(", ")\n", "a, b)\n", step) == ("a, b", "suffix")
     assert run("    return foo(", ")\n", "a, b", step) == ("a, b", None)

@@ -20,6 +20,8 @@ def test_repo_level_layout_with_file_separators() -> None:
     assert text == ("<|repo_name|>project\n<|file_sep|>a.py\nA = 1\n<|file_sep|>b.py\nB = 2\n<|file_sep|>main.py\n"
                     "<|fim_prefix|>def f():\n    <|fim_suffix|>\n<|fim_middle|>")
     assert "<|file_sep|>" in fmt.stop and "<|endoftext|>" in fmt.stop
+    # nothing to say about the repo or the file: the plain layout, no made-up header (it measured worse)
+    assert render_fim(fmt, "a", "b") == "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>"
 
 
 def test_suffix_first_and_snippets_without_separators() -> None:
