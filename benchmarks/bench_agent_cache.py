@@ -222,10 +222,13 @@ def main() -> None:
             with httpx.Client() as client:
                 system, n_system = sized_prompt(client, url, args.system_tokens)
                 turn1 = [{"role": "user", "content": "Read src/parser/loads_0.py and fix its failing test."}]
+                print(f"system prompt: {n_system} tokens", flush=True)
                 t1, u1, a1 = ask(client, url, system, turn1)
+                print(f"turn 1: first token after {t1:.2f} s, usage {u1}", flush=True)
                 turn2 = turn1 + [{"role": "assistant", "content": a1 or "Reading it."},
                                  {"role": "user", "content": "Now run the tests again."}]
                 t2, u2, _ = ask(client, url, system, turn2)
+                print(f"turn 2: first token after {t2:.2f} s, usage {u2}", flush=True)
                 ask(client, url, "You write short titles.", [{"role": "user", "content": "Title: fixing a test"}])
                 t3, u3, _ = ask(client, url, system, [{"role": "user", "content": "Explain what the grep tool is for."}])
         finally:
