@@ -138,3 +138,14 @@ def test_bad_tool_requests_are_refused(kw: dict, match: str) -> None:
     args = {"tools": TOOLS, **kw}
     with pytest.raises(InvalidRequestError, match=match):
         ToolRequest(**args)
+
+
+def test_a_lone_surrogate_escape_in_the_arguments_becomes_a_replacement_character() -> None:
+    """The grammar lets a string hold any \\uXXXX escape; a lone surrogate cannot be sent as UTF-8 (the
+    server answered 500, and a stream ended without a finish chunk), so it becomes U+FFFD."""
+    p = ToolCallParser(TOOLS)
+    p.feed('<tool_call>{"name": "read_file", "arguments": {"path": "a\\udaabb"}}</tool_call>')
+    p.finish()
+    assert [c.name for c in p.calls] == ["read_file"]
+    assert json.loads(p.calls[0].arguments) == {"path": "a\ufffdb"}
+    p.calls[0].arguments.encode("utf-8")
