@@ -73,7 +73,9 @@ def render_chat(messages: Sequence[Mapping[str, Any]], *, template: str | None, 
     msgs = normalize_messages(messages)
     if template:
         fmt = template_format(template)
-        spec = [t.openai() for t in tools.callable_tools()] if tools and tools.calls_allowed and fmt != "generic" else None
+        # every declared tool, whatever tool_choice names (the grammar holds a call to it): the rendered
+        # tools stay the same from turn to turn, and so does the KV prefix they are part of
+        spec = [t.openai() for t in tools.tools] if tools and tools.calls_allowed and fmt != "generic" else None
         try:
             text = _render_jinja(template, template_messages(msgs, fmt, tools), bos_text, eos_text, spec)
             return ChatPrompt(_strip_bos(text, bos_text), (), "gguf", fmt)

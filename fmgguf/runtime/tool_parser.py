@@ -30,6 +30,7 @@ _FENCE_AT = re.compile(r"```(?:json)?\s*")
 _CLOSE_FENCE = re.compile(r"\s*```")
 _PARTIAL_FENCE = re.compile(r"`{1,3}(?:j|js|jso|json)?[ \t]*\n?\s*")
 _TAGS = ("<tool_call>", "[TOOL_CALLS]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _KEYS = ('name"', 'tool_calls"', 'function"')
 #: how far back a possible call start is looked for when deciding what to hold
 _LOOKBACK = 48
@@ -167,7 +168,13 @@ class ToolCallParser:
                 return None
         if not isinstance(args, dict):
             return None
-        return ToolCall(id=new_call_id(), name=name, arguments=json.dumps(args, ensure_ascii=False))
+        return ToolCall(id=new_call_id(), name=name, arguments=_utf8(json.dumps(args, ensure_ascii=False)))
+
+
+def _utf8(text: str) -> str:
+    """``text`` with lone surrogates (a model's ``"\\udaab"`` escape decodes to one) as U+FFFD: a string
+    that cannot be encoded as UTF-8 cannot be sent back in any dialect."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _after(rest: str, fenced: bool) -> str:

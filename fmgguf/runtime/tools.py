@@ -185,12 +185,14 @@ def _enveloped(msg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def envelope_instructions(req: ToolRequest) -> str:
-    tools = "\n".join(json.dumps(t.openai()["function"], ensure_ascii=False) for t in req.callable_tools())
+    """The system prompt's tool instructions. They depend only on the declared tools and
+    ``parallel``, never on ``tool_choice`` (the grammar enforces a required or named call): an agent that
+    forces a call on one turn and not the next keeps one system prompt, so its KV prefix stays reusable."""
+    tools = "\n".join(json.dumps(t.openai()["function"], ensure_ascii=False) for t in req.tools)
     many = "one or more calls" if req.parallel else "exactly one call"
-    must = "You must call a tool now." if req.forced else "If no tool is needed, answer normally in plain text."
     return ("You can call these functions:\n" + tools + "\n\nTo call functions, reply with only this JSON "
             f"({many}) and nothing else:\n" + '{"tool_calls": [{"name": "<function name>", "arguments": '
-            '{<arguments as JSON>}}]}\n' + must)
+            '{<arguments as JSON>}}]}\nIf no tool is needed, answer normally in plain text.')
 
 
 def _with_system(msgs: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:

@@ -61,7 +61,7 @@ def test_the_lazy_grammar_starts_at_its_trigger(engine: Engine) -> None:
 
 
 def test_the_runner_carries_a_tool_constraint(manager) -> None:
-    req = ToolRequest(TOOLS, "tool:open_file", False)
+    req = ToolRequest(TOOLS, "tool:open_file", parallel=False)
     out = manager.chat([{"role": "user", "content": "open it"}], max_tokens=200, temperature=1.0, seed=5, tools=req)
     parser = ToolCallParser(TOOLS)
     parser.feed(out.text)

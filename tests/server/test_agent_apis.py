@@ -234,3 +234,29 @@ def test_responses_forced_function_call_streamed_and_not(served: Any) -> None:
     assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
     done = next(e for e in events if e.type == "response.output_item.done" and e.item.type == "function_call")
     assert json.loads(done.item.arguments) == json.loads(call.arguments) and kinds[-1] == "response.completed"
+
+
+def test_responses_tool_result_turn_reuses_the_first_turns_prompt(served: Any) -> None:
+    """A Codex-shaped exchange: turn 1 (instructions, developer and user items, tools) ends in a call; turn 2
+    resends all of it plus the call and its output. Turn 2 decodes only the new part: the whole of turn 1's
+    prompt comes from the KV cache (counted in usage, and in /metrics once turn 2 is done)."""
+    tools = [{"type": "function", "name": "shell", "description": "Run a command",
+              "parameters": {"type": "object", "properties": {"command": {"enum": ["ls", "pwd"]}},
+                             "required": ["command"], "additionalProperties": False}}]
+    head = [{"role": "developer", "content": SYSTEM},
+            {"role": "user", "content": [{"type": "input_text", "text": "<environment_context>cwd: /w</environment_context>"}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "List the files."}]}]
+    ask = {"model": "tiny-qwen", "instructions": "You are Codex.", "tools": tools, "temperature": 0,
+           "max_output_tokens": 100, "store": False, "parallel_tool_calls": False}
+    client = _openai(served)
+    first = client.responses.create(**ask, input=head, tool_choice="required")
+    call = next(item for item in first.output if item.type == "function_call")
+    turn1 = first.usage.input_tokens
+    second = client.responses.create(**ask, input=[
+        *head, {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "a.py\nb.py"}])
+    assert second.usage.input_tokens > turn1
+    assert second.usage.input_tokens_details.cached_tokens >= turn1 - 1, (turn1, second.usage)
+    metrics = httpx.get(served.url + "/metrics", timeout=10).text
+    cached = next(line for line in metrics.splitlines() if line.startswith('fmgguf_tokens_total{kind="cached"}'))
+    assert int(cached.split()[-1]) >= second.usage.input_tokens_details.cached_tokens
