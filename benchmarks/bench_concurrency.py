@@ -78,7 +78,15 @@ def _events(resp: httpx.Response) -> Iterator[dict]:
 
 
 def stream(client: httpx.Client, path: str, body: dict, started: threading.Event | None = None) -> Stream:
-    """POST a streamed llama.cpp request; time to the first event carrying text, tokens from the last event."""
+    """POST a streamed llama.cpp request; time to the first event carrying text, tokens from the last event.
+    A kept-alive connection the server closed before answering (seen with llama-server) is retried once."""
+    try:
+        return _stream(client, path, body, started)
+    except httpx.RemoteProtocolError:
+        return _stream(client, path, body, started)
+
+
+def _stream(client: httpx.Client, path: str, body: dict, started: threading.Event | None) -> Stream:
     out = Stream(started=time.perf_counter())
     with client.stream("POST", path, json={**body, "stream": True}) as resp:
         resp.raise_for_status()
