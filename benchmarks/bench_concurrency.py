@@ -78,7 +78,15 @@ def _events(resp: httpx.Response) -> Iterator[dict]:
 
 
 def stream(client: httpx.Client, path: str, body: dict, started: threading.Event | None = None) -> Stream:
-    """POST a streamed llama.cpp request; time to the first event carrying text, tokens from the last event."""
+    """POST a streamed llama.cpp request; time to the first event carrying text, tokens from the last event.
+    A kept-alive connection the server closed before answering (seen with llama-server) is retried once."""
+    try:
+        return _stream(client, path, body, started)
+    except httpx.RemoteProtocolError:
+        return _stream(client, path, body, started)
+
+
+def _stream(client: httpx.Client, path: str, body: dict, started: threading.Event | None) -> Stream:
     out = Stream(started=time.perf_counter())
     with client.stream("POST", path, json={**body, "stream": True}) as resp:
         resp.raise_for_status()
@@ -122,13 +130,23 @@ def burst(client: httpx.Client, tokens: int, seed: int, n: int = 4) -> float:
     return sum(s.tokens for s in results) / wall
 
 
-def measure(url: str, tokens: int, runs: int) -> dict:
+def note(what: str, name: str, values: list[float]) -> None:
+    """Each figure as soon as it is measured (with the load average): a run cut short still says something."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"  {what} {name}: {', '.join(f'{v:.3f}' for v in values)} (load average {load:.2f})",
+          file=sys.stderr, flush=True)
+
+
+def measure(url: str, tokens: int, runs: int, what: str = "") -> dict:
     with httpx.Client(base_url=url, timeout=600) as client:
         stream(client, "/completion", _completion(8, 0))  # warm-up
         stream(client, "/infill", _fim(0))
         one = [stream(client, "/completion", _completion(tokens, i)).rate for i in range(runs)]
+        note(what, "1 client tok/s", one)
         bursts = [burst(client, tokens, 100 + 10 * r) for r in range(max(2, runs // 2))]
+        note(what, "4 clients tok/s", bursts)
         idle = [stream(client, "/infill", _fim(i)).ttft for i in range(1, runs + 1)]
+        note(what, "FIM idle s", idle)
         busy = []
         for i in range(max(2, runs // 2)):
             started = [threading.Event(), threading.Event()]
@@ -142,6 +160,7 @@ def measure(url: str, tokens: int, runs: int) -> dict:
             busy.append(stream(client, "/infill", _fim(i + 1)).ttft)
             for t in longs:
                 t.join()
+        note(what, "FIM busy s", busy)
     return {"one_client_tps": statistics.median(one), "four_clients_tps": statistics.median(bursts),
             "fim_idle_s": statistics.median(idle), "fim_busy_s": statistics.median(busy)}
 
@@ -183,7 +202,7 @@ def run_fmgguf(model: Path, tokens: int, runs: int, home: Path) -> dict:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc, "fmgguf serve")
-        return measure(url, tokens, runs)
+        return measure(url, tokens, runs, "fmgguf")
     finally:
         stop(proc)
 
@@ -193,7 +212,7 @@ def run_llama_server(model: Path, tokens: int, runs: int) -> dict:
     from _llama_server import LlamaServer, ensure_llama_server  # built once, cached like the wheel
 
     with LlamaServer(ensure_llama_server(), ["-m", str(model), "-np", "4", "-c", str(4 * N_CTX)]) as srv:
-        return measure(srv.url, tokens, runs)
+        return measure(srv.url, tokens, runs, "llama-server")
 
 
 def model_path(arg: str | None) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -125,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     path_b = build_tiny_model(args.other_arch, "bench", args.quant)
     with tempfile.TemporaryDirectory(prefix="fmgguf-bench-runner-") as tmp:
         home = Path(tmp)
-        report = {"model": str(path_a), "other_model": str(path_b), "n_ctx": N_CTX,
-                  "speed": bench_speed(path_a, args.runs, args.tokens, home),
+        speed = bench_speed(path_a, args.runs, args.tokens, home)
+        print(f"  speed: runner/in-process tokens/s {speed['rate_ratio']:.3f}, time to first token "
+              f"{speed['ttft_ratio']:.3f} (load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+        report = {"model": str(path_a), "other_model": str(path_b), "n_ctx": N_CTX, "speed": speed,
                   "switch": bench_switch(path_a, path_b, args.switches, home),
                   "parent_rss": bench_parent_rss(path_a, path_b, args.cycles, home)}
     speed, sw, mem = report["speed"], report["switch"], report["parent_rss"]

@@ -21,16 +21,22 @@ class Sink(Protocol):
     """Where one request's output goes: pieces as they come, then its end (``None``: stats are final)."""
 
     def ready(self) -> bool:
-        """False while the consumer has not taken the last piece (the slot waits: cancel stays per token)."""
+        """False while the consumer lags behind (the slot waits: a cancel stays within a token or two)."""
 
     def piece(self, text: str) -> None: ...
 
     def end(self, error: BaseException | None) -> None: ...
 
 
+#: pieces an in-process slot may have waiting for its reader before it pauses: one, so the slot
+#: decodes the next token while the reader takes the last (it stays in every batch instead of every
+#: other one), and a cancel after N pieces still stops within two tokens of them
+LOOKAHEAD = 1
+
+
 class QueueSink:
     """An in-process consumer's sink: pieces wait in a queue for the thread iterating :meth:`pieces`.
-    The slot pauses while a piece waits, so a cancel after N pieces stops within a token of them."""
+    The slot pauses while more than :data:`LOOKAHEAD` pieces wait, so a slow reader holds it back."""
 
     def __init__(self) -> None:
         self._items: deque[str] = deque()
@@ -39,7 +45,7 @@ class QueueSink:
         self._error: BaseException | None = None
 
     def ready(self) -> bool:
-        return not self._items
+        return len(self._items) <= LOOKAHEAD
 
     def piece(self, text: str) -> None:
         with self._cond:

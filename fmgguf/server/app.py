@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fmgguf import __version__
 from fmgguf.errors import FmggufError, http_status_for
@@ -150,19 +150,34 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # --- auth ------------------------------------------------------------------------------------------
 def _install_auth(app: FastAPI, state: ServerState) -> None:
-    @app.middleware("http")
-    async def require_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        key = state.api_key
+    app.add_middleware(_RequireKey, state=state)
+
+
+class _RequireKey:
+    """The API key check as a plain ASGI middleware: a request it lets through goes straight on
+    (Starlette's ``@app.middleware("http")`` relays every streamed chunk through a task and a memory
+    stream, a cost per token on every SSE stream)."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self.state.api_key
+        if scope["type"] != "http" or key is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         path = request.url.path
-        if key is None or request.method == "OPTIONS" or path in _PUBLIC_PATHS \
-                or path.startswith(_PUBLIC_PREFIXES):
-            return await call_next(request)
+        if request.method == "OPTIONS" or path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES):
+            await self.app(scope, receive, send)
+            return
         token = _presented_key(request)
         if not token or not secrets.compare_digest(token.encode(), key.encode()):
             payload = {"error": "Unauthorized", "message": "this server needs an API key",
                        "fix": "send the header 'Authorization: Bearer <key>' with the key given to `fmgguf serve --api-key`"}
-            return error_response(request, 401, payload, {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+            await error_response(request, 401, payload, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _presented_key(request: Request) -> str:

@@ -81,3 +81,15 @@ def test_cancel_of_one_stream_leaves_the_others(runner: RunnerProcess) -> None:
     assert stats[rids[1]]["finish_reason"] == "cancelled" and stats[rids[1]]["completion_tokens"] < 60
     assert all(stats[r]["finish_reason"] in ("length", "stop") for r in (rids[0], rids[2]))
     assert runner.request("stats", "reading stats")["loaded"]
+
+
+def test_a_stream_refused_before_its_first_token_gets_one_error_frame(runner: RunnerProcess) -> None:
+    """Streams start on the runner's reader thread: one that fails there (a prompt longer than the
+    context) answers with its error, and the stream beside it and the next one are served."""
+    good = _start(runner, _tokens(runner, PROMPTS[0]), max_tokens=8, temperature=0)
+    bad = _start(runner, _tokens(runner, "x = 1\n" * 400), max_tokens=8, temperature=0)
+    _, ends, _ = _collect(runner, [good, bad])
+    assert ends[bad]["error"]["type"] == "ContextOverflowError"
+    assert ends[good]["ok"]["finish_reason"] in ("length", "stop")
+    again = _start(runner, _tokens(runner, PROMPTS[1]), max_tokens=4, temperature=0)
+    assert "ok" in _collect(runner, [again])[1][again]

@@ -158,3 +158,20 @@ def test_a_bad_grammar_is_a_clear_error(engine: Engine) -> None:
     with pytest.raises(InvalidRequestError):
         _run(engine, PROMPTS[0], max_tokens=4, constraint=Constraint("root ::= ("))
     assert _run(engine, PROMPTS[0], max_tokens=2, temperature=0)[1].completion_tokens >= 1
+
+
+def test_a_slot_decodes_one_piece_ahead_of_its_reader_and_no_more(engine: Engine) -> None:
+    """The slot does not wait for its reader to take each piece (it would sit out every other batch),
+    but a reader that stops reading holds it within one piece."""
+    stats = GenerationStats()
+    stream = engine.stream(engine.tokenize(PROMPTS[0], add_bos=engine.add_bos), stats, max_tokens=200, temperature=0)
+    first = next(stream)
+    sink = engine._slots.slots  # noqa: SLF001 - the scheduler's own slots
+    deadline = time.monotonic() + 20
+    busy = next(s for s in sink if s.req is not None)
+    while len(busy.req.sink._items) < 2 and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert len(busy.req.sink._items) == 2  # noqa: SLF001 - one queued while the next was decoded, then it waits
+    assert stats.finished_at is None
+    assert first and len(list(stream)) >= 2

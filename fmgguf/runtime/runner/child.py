@@ -2,10 +2,10 @@
 runner protocol. Started by :class:`~fmgguf.runtime.runner.process.RunnerProcess` as
 ``python -m fmgguf.runtime.runner.child FD`` with one end of a socket pair as ``FD``.
 
-A reader thread takes requests off the socket (a ``cancel`` acts at once, the rest queue for the
-main thread, one at a time). A ``stream`` is handed to the engine's slot scheduler and answered from
-its thread (pieces, then the stats), so several streams run at once, batched in one llama.cpp
-context. When the parent goes away the socket ends and the runner exits.
+A reader thread takes requests off the socket: a ``cancel`` acts at once, a ``stream`` is handed
+to the engine's slot scheduler at once (and answered from its thread: pieces, then the stats), so
+several streams run at once, batched in one llama.cpp context; the rest queue for the main thread,
+one at a time. When the parent goes away the socket ends and the runner exits.
 llama.cpp's log goes to stderr, which the parent keeps in a ring buffer for crash reports.
 """
 
@@ -77,9 +77,23 @@ class Runner:
                 if event is not None:
                     event.set()
                 continue
-            if msg.get("op") == "stream":  # registered before queueing: a cancel right after finds it
-                self.cancels[int(msg["id"])] = threading.Event()
+            if msg.get("op") == "stream":  # started here: no hop through the main thread before the first token
+                self.start_stream(msg)
+                continue
             self.jobs.put(msg)
+
+    def start_stream(self, msg: dict[str, Any]) -> None:
+        """Hand a ``stream`` to the slot scheduler from the reader thread (its frames come from the
+        scheduler's thread); what fails before that (no model, a prompt too long) is its one error frame."""
+        rid = int(msg["id"])
+        try:
+            self.op_stream(msg)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back as an error frame
+            self.cancels.pop(rid, None)
+            try:
+                self.channel.send({"re": rid, "error": error_to_wire(exc)})
+            except ChannelClosed:
+                os._exit(0)
 
     def serve(self) -> None:
         threading.Thread(target=self.read_loop, name="fmgguf-runner-reader", daemon=True).start()
@@ -95,8 +109,6 @@ class Runner:
                     continue
                 reply: dict[str, Any] = {"re": rid, "ok": to_wire(result)}
             except Exception as exc:  # noqa: BLE001 - every failure goes back as an error frame
-                if msg.get("op") == "stream":
-                    self.cancels.pop(int(rid), None)
                 reply = {"re": rid, "error": error_to_wire(exc)}
             try:
                 self.channel.send(reply)
@@ -158,9 +170,9 @@ class Runner:
         return {"pid": os.getpid(), "rss": rss, "loaded": self.engine is not None}
 
     def op_close(self, _msg: dict[str, Any]) -> bool:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        engine, self.engine = self.engine, None  # a stream arriving now finds no model, not a closing one
+        if engine is not None:
+            engine.close()
         return True
 
     def _engine(self) -> "Engine":
