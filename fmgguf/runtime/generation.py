@@ -29,6 +29,9 @@ class GenerationResult:
     quant: str | None
     #: prompt tokens whose KV cache was kept from the previous generation (not decoded again)
     cached_tokens: int = 0
+    #: speculative decoding: tokens drafted, and those the model accepted (each saved a decode step)
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, ModelNotLoadedError, RunnerCrashedError
+from fmgguf.runtime.drafting import check_mode
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, PromptText, Turnstile
 from fmgguf.runtime.loading import LoadedModel, SwitchResult
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
@@ -346,11 +347,13 @@ class ModelManager:
                   model: str | None, keep_alive: float | None) -> GenerationResult | GenerationStream:
         from fmgguf.runtime.engine import GenerationStats
 
-        allowed = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "priority", "constraint"}
+        allowed = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "priority", "constraint",
+                   "speculative"}
         if set(sampling) - allowed:
             raise InvalidRequestError(f"unknown option(s): {', '.join(sorted(set(sampling) - allowed))}",
                                       fix=f"use max_tokens, temperature, top_p, stop, seed, {', '.join(sorted(allowed))}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        sampling = {**sampling, "speculative": check_mode(sampling.get("speculative") or self.settings.speculative)}
         started = time.perf_counter()
         self._acquire()
         resident = None
@@ -384,7 +387,8 @@ class ModelManager:
             return GenerationResult(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=n,
                                     ttft_s=round(first - started, 6), tokens_per_s=round(rate, 3),
                                     total_s=round(end - started, 6), finish_reason=stats.finish_reason or "cancelled",
-                                    model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens)
+                                    model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens,
+                                    drafted_tokens=stats.drafted_tokens, accepted_tokens=stats.accepted_tokens)
 
         used = resident
         gs = GenerationStream(pieces, finish, lambda: self._done(used), cancel)

@@ -58,6 +58,8 @@ class Metrics:
             self.tokens["prompt"] += outcome.prompt_tokens
             self.tokens["completion"] += outcome.completion_tokens
             self.tokens["cached"] += outcome.cached_tokens
+            self.tokens["drafted"] += outcome.drafted_tokens
+            self.tokens["accepted"] += outcome.accepted_tokens
             self.ttft.setdefault(dialect, Histogram(TTFT_BUCKETS)).observe(outcome.ttft_s)
             if outcome.completion_tokens > 1:
                 self.tps.setdefault(dialect, Histogram(TPS_BUCKETS)).observe(outcome.tokens_per_s)
@@ -85,8 +87,10 @@ class Metrics:
             out += _help("fmgguf_generations_total", "counter", "finished generations by API dialect and finish reason")
             out += [f'fmgguf_generations_total{{dialect="{d}",finish="{f}"}} {n}'
                     for (d, f), n in sorted(self.generations.items())]
-            out += _help("fmgguf_tokens_total", "counter", "tokens: prompt, completion, and prompt tokens reused from the KV cache")
-            out += [f'fmgguf_tokens_total{{kind="{k}"}} {self.tokens.get(k, 0)}' for k in ("prompt", "completion", "cached")]
+            out += _help("fmgguf_tokens_total", "counter", "tokens: prompt, completion, prompt tokens reused from the "
+                         "KV cache, and speculative decoding's drafted tokens and those accepted")
+            out += [f'fmgguf_tokens_total{{kind="{k}"}} {self.tokens.get(k, 0)}'
+                    for k in ("prompt", "completion", "cached", "drafted", "accepted")]
             out += _help("fmgguf_time_to_first_token_seconds", "histogram", "seconds from request to first token")
             for d, h in sorted(self.ttft.items()):
                 out += h.lines("fmgguf_time_to_first_token_seconds", f'dialect="{d}"')

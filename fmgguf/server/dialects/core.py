@@ -34,11 +34,13 @@ class Sampling:
     frequency_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: speculative decoding for this request: off | ngram (None: the server's setting)
+    speculative: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                               "stop": list(self.stop) or None, "seed": self.seed}
-        for name in ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
+        for name in ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "speculative"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw
@@ -78,6 +80,9 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    #: speculative decoding: tokens drafted and accepted
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
     ttft_s: float = 0.0
     total_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -158,6 +163,8 @@ class Generation:
                        prompt_tokens=int(getattr(result, "prompt_tokens", 0) or 0),
                        completion_tokens=0 if self.req.warmup else int(getattr(result, "completion_tokens", 0) or 0),
                        cached_tokens=int(getattr(result, "cached_tokens", 0) or 0),
+                       drafted_tokens=int(getattr(result, "drafted_tokens", 0) or 0),
+                       accepted_tokens=int(getattr(result, "accepted_tokens", 0) or 0),
                        ttft_s=float(getattr(result, "ttft_s", 0.0) or 0.0),
                        total_s=float(getattr(result, "total_s", 0.0) or 0.0),
                        tokens_per_s=float(getattr(result, "tokens_per_s", 0.0) or 0.0), finish_reason=reason,
