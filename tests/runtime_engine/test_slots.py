@@ -12,6 +12,8 @@ import pytest
 from fmgguf.runtime.constraints import Constraint
 from fmgguf.runtime.engine import Engine, GenerationStats, LoadOptions
 
+pytestmark = pytest.mark.slow  # a minute on 2 busy cores: every test drives several generations
+
 PROMPTS = ["def add(a, b):", "import os\nimport sys\n", "class Stack:\n    def push(self, x):",
            "for i in range(10):\n    print("]
 
@@ -95,7 +97,13 @@ def test_priority_request_starts_while_the_slots_are_busy(qwen_path: Path) -> No
         queued = e.stream(e.tokenize(PROMPTS[3], add_bos=e.add_bos), queued_stats, cancel=stop, **long_kw)
         waiter = threading.Thread(target=lambda: next(queued, None), daemon=True)
         waiter.start()
-        fim, stats = _run(e, "def fim(", max_tokens=3, temperature=0, priority=True)
+        done: list = []
+        fim = threading.Thread(target=lambda: done.append(_run(e, "def fim(", max_tokens=3, temperature=0,
+                                                                priority=True)), daemon=True)
+        fim.start()
+        fim.join(30)
+        assert done, "the priority request found no slot"
+        stats = done[0][1]
         assert stats.finish_reason in ("length", "stop") and stats.completion_tokens >= 1
         assert queued_stats.first_token_at is None  # the FIM request went ahead of the queued one
         stop.set()

@@ -31,7 +31,7 @@ def test_default_is_the_usable_cores_and_the_setting_wins() -> None:
     usable = len(os.sched_getaffinity(0))
     auto = choose_threads(None)
     assert auto.source == "cores" and 1 <= auto.n_threads <= usable and auto.cpus == usable
-    assert auto.n_threads >= max(1, usable // 2)  # never llama-cpp-python's cpu_count // 2 below the cores
+    assert auto.n_threads == auto.cores == physical_cores(sorted(os.sched_getaffinity(0)))  # one per core
     forced = choose_threads(3)
     assert forced.n_threads == 3 and forced.source == "setting"
 
