@@ -126,7 +126,8 @@ def load(path: Path, parallel: int = 4):
     """The engine the slots run in (in this process: the manager still gives one caller the model at a time)."""
     from fmgguf.runtime.engine import Engine, LoadOptions
 
-    return Engine(path, LoadOptions(n_ctx=N_CTX, parallel=parallel))
+    threads = int(os.environ.get("FMGGUF_THREADS") or 1)  # one: two spin-waiting threads collapse on a loaded 2-core box
+    return Engine(path, LoadOptions(n_ctx=N_CTX, parallel=parallel, n_threads=threads))
 
 
 def chat_tokens(engine, prompt: str) -> list[int]:

@@ -37,11 +37,11 @@ MODES = ("off", "ngram")
 ORDERS = (4, 3, 2)
 #: entries per order before the table starts over (bounds memory: ~100 MB at most)
 TABLE_LIMIT = 500_000
-MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 16, 2, 8
+MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 8, 2, 4
 #: acceptance rate (moving average) under which a slot pauses drafting
 LOW_ACCEPTANCE = 0.3
 #: tokens drafted per step over all slots
-STEP_BUDGET = 24
+STEP_BUDGET = 16
 
 
 def check_mode(value: str | None) -> str:

@@ -16,7 +16,7 @@ from fmgguf.runtime.engine import Engine, GenerationStats, LoadOptions
 PROMPT = "def add(a, b):\n    return a + b\n\n" * 6 + "class Stack:\n    def push(self, x):\n"
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def engine(qwen_path: Path):
     with Engine(qwen_path, LoadOptions(n_ctx=1024, parallel=2)) as e:
         yield e
@@ -28,6 +28,7 @@ def _run(engine: Engine, prompt: str, **kw) -> tuple[str, GenerationStats]:
     return text, stats
 
 
+@pytest.mark.slow
 def test_greedy_text_with_ngram_drafts_is_the_text_without(engine: Engine) -> None:
     plain, ps = _run(engine, PROMPT, max_tokens=96, temperature=0)
     assert ps.drafted_tokens == 0 and ps.completion_tokens == 96
@@ -43,6 +44,7 @@ def test_greedy_text_with_ngram_drafts_is_the_text_without(engine: Engine) -> No
         _run(engine, other, max_tokens=40, temperature=0)[0]
 
 
+@pytest.mark.slow
 def test_sampling_above_temperature_zero_checks_drafts_too(engine: Engine) -> None:
     """Above temperature 0 the check samples the slot's chain at each drafted position and keeps the
     draft while it agrees: the rejection rule for a one-token draft (the distribution is unchanged)."""
@@ -53,6 +55,7 @@ def test_sampling_above_temperature_zero_checks_drafts_too(engine: Engine) -> No
     assert 0 < stats.accepted_tokens <= stats.drafted_tokens
 
 
+@pytest.mark.slow
 def test_max_tokens_holds_with_drafts(engine: Engine) -> None:
     _run(engine, PROMPT, max_tokens=50, temperature=0, speculative="ngram")
     for n in (1, 7, 13):
@@ -72,3 +75,13 @@ def test_ngram_table_chains_the_longest_match() -> None:
     assert t.draft([7, 3, 4], 3) == [5, 6, 1]
     assert t.draft([8, 1, 2], 2) == [9]  # the latest occurrence of (1, 2) wins; then (2, 9) is unknown
     assert t.draft([42], 4) == []
+
+
+def test_the_setting_is_checked(tmp_path: Path) -> None:
+    from fmgguf.errors import ConfigError
+    from fmgguf.settings import Settings
+
+    assert Settings.load(env={"FMGGUF_HOME": str(tmp_path), "FMGGUF_SPECULATIVE": "NGram"}).speculative == "ngram"
+    assert Settings.load(env={"FMGGUF_HOME": str(tmp_path)}).speculative == "off"
+    with pytest.raises(ConfigError, match="FMGGUF_SPECULATIVE"):
+        Settings.load(env={"FMGGUF_HOME": str(tmp_path), "FMGGUF_SPECULATIVE": "fast"})
