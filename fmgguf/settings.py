@@ -140,6 +140,9 @@ class Settings:
     #: requests one loaded model serves at once (slots of its context, continuous batching;
     #: FMGGUF_PARALLEL); a FIM lane slot comes on top of these
     parallel: int = 4
+    #: speculative decoding by default: "off", "ngram" (drafts looked up in the prompt and output) or
+    #: "draft:<model id>" (FMGGUF_SPECULATIVE, ``speculative:`` in the config file, --speculative)
+    speculative: str = "off"
     #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
     rpc: str | None = None
     #: benchmark sandbox defaults
@@ -206,6 +209,7 @@ class Settings:
         env_str("FMGGUF_LOG_LEVEL", "log_level")
         env_str("FMGGUF_RPC", "rpc")
         env_str("FMGGUF_ISOLATION", "isolation")
+        env_str("FMGGUF_SPECULATIVE", "speculative")
         env_str("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models")
         env_str("FMGGUF_PARALLEL", "parallel")
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
@@ -282,6 +286,14 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                           fix="set FMGGUF_THREADS (or threads: in the config file) to 1 or more, or leave it unset")
     if out.get("parallel") is not None and not 1 <= int(out["parallel"]) <= 64:
         raise ConfigError(f"parallel {out['parallel']} is out of range", fix="set FMGGUF_PARALLEL to 1..64")
+    if out.get("speculative") is not None:
+        mode = str(out["speculative"]).strip().lower()
+        mode = "off" if mode in ("", "none", "false") else mode
+        if mode not in ("off", "ngram") and not (mode.startswith("draft:") and len(mode) > 6):
+            raise ConfigError(f"speculative {out['speculative']!r} is not a mode",
+                              fix="set FMGGUF_SPECULATIVE (or speculative: in the config file) to off, ngram or "
+                                  "draft:<model id>")
+        out["speculative"] = mode
     if out.get("hf_endpoint"):
         out["hf_endpoint"] = str(out["hf_endpoint"]).rstrip("/")
     return out
