@@ -117,12 +117,18 @@ def model_path() -> Path:
     return qwen_file()
 
 
+def threads() -> int:
+    """Compute threads for fmgguf and llama-server alike (a batch of drafted rows is compute-bound, so
+    the speed-up depends on them): FMGGUF_THREADS, else one, since two spin-waiting threads collapse on
+    a loaded 2-core box."""
+    return int(os.environ.get("FMGGUF_THREADS") or 1)
+
+
 def load(path: Path, parallel: int = 4):
     """The engine the slots run in (in this process: the manager still gives one caller the model at a time)."""
     from fmgguf.runtime.engine import Engine, LoadOptions
 
-    threads = int(os.environ.get("FMGGUF_THREADS") or 1)  # one: two spin-waiting threads collapse on a loaded 2-core box
-    return Engine(path, LoadOptions(n_ctx=N_CTX, parallel=parallel, n_threads=threads))
+    return Engine(path, LoadOptions(n_ctx=N_CTX, parallel=parallel, n_threads=threads()))
 
 
 def chat_tokens(engine, prompt: str) -> list[int]:
@@ -204,7 +210,8 @@ def llama_server(path: Path, runs: int, tokens: int) -> dict:
     binary = ensure_llama_server()
     out: dict[str, dict] = {}
     for spec in ("none", "ngram-simple", "ngram-mod"):
-        args = ["-m", str(path), "-c", str(N_CTX), "-np", "1", "--temp", "0"]
+        args = ["-m", str(path), "-c", str(N_CTX), "-np", "1", "--temp", "0", "-t", str(threads()),
+                "-tb", str(threads())]
         if spec != "none":
             args += ["--spec-type", spec]
         try:
@@ -244,7 +251,7 @@ def main(argv: list[str]) -> int:
     from benchmarks._harness import Report
 
     path = model_path()
-    report, result = Report(), {"model": path.name, "load": os.getloadavg()[0]}
+    report, result = Report(), {"model": path.name, "load": os.getloadavg()[0], "threads": threads()}
     engine = load(path)
     generate(engine, chat_tokens(engine, "hi"), 4, "off")  # warm-up
     if "a" in args.only:

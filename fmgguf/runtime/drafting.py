@@ -27,21 +27,29 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.sampling import argmax_rows
 
 if TYPE_CHECKING:
     from fmgguf.runtime.slot_requests import Request
     from fmgguf.runtime.slots import Scheduler, Slot
 
 MODES = ("off", "ngram")
-#: n-gram orders looked up, longest first
-ORDERS = (4, 3, 2)
+#: n-gram orders looked up, longest first. Code repeats short n-grams everywhere (indentation,
+#: ``self.``, ``item.``): a 2-gram guess is wrong often enough to cost more than it saves, while a
+#: 12-token match is almost always followed by what followed it before (llama.cpp's ngram-simple
+#: matches 12 tokens, ngram-mod 24).
+ORDERS = (12, 6, 3)
+#: a draft whose first token comes from a shorter match than ORDERS[0] is cut to this many tokens
+SHORT_MATCH_DRAFT = 6
 #: entries per order before the table starts over (bounds memory: ~100 MB at most)
 TABLE_LIMIT = 500_000
-MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 8, 2, 4
+#: On a CPU a batch of k rows costs far less than k single-token decodes but far more than one, so
+#: long drafts only pay where they are accepted: the length doubles after a whole draft is taken.
+MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 32, 2, 8
 #: acceptance rate (moving average) under which a slot pauses drafting
 LOW_ACCEPTANCE = 0.3
 #: tokens drafted per step over all slots
-STEP_BUDGET = 16
+STEP_BUDGET = 64
 
 
 def check_mode(value: str | None) -> str:
@@ -72,18 +80,22 @@ class NgramTable:
                 table[tuple(tokens[i - n:i])] = tokens[i]
 
     def draft(self, history: list[int], length: int) -> list[int]:
-        """Up to ``length`` tokens predicted after ``history``, each from the longest n-gram found."""
+        """Up to ``length`` tokens predicted after ``history``, each from the longest n-gram found;
+        a draft that starts from a short match stops at :data:`SHORT_MATCH_DRAFT` tokens."""
         window = history[-ORDERS[0]:]
         out: list[int] = []
         while len(out) < length:
-            nxt = None
+            nxt, order = None, 0
             for n in ORDERS:
                 if len(window) >= n:
                     nxt = self.maps[n].get(tuple(window[-n:]))
                     if nxt is not None:
+                        order = n
                         break
             if nxt is None:
                 break
+            if not out and order < ORDERS[0]:
+                length = min(length, SHORT_MATCH_DRAFT)
             out.append(nxt)
             window = window[1:] + [nxt] if len(window) >= ORDERS[0] else window + [nxt]
         return out
@@ -157,8 +169,11 @@ class Drafter:
         sched, sampler = self.sched, s.sampler
         assert sampler is not None
         got: list[int] = []
+        # greedy: one numpy argmax over the rows instead of a sampler call for each
+        picks = argmax_rows(sched.mod, sched.ctx, idx, len(draft) + 1, sampler.n_vocab) \
+            if sampler.stateless_greedy else None
         for j in range(len(draft) + 1):
-            tok = sampler.sample(sched.ctx, idx + j)
+            tok = picks[j] if picks is not None else sampler.sample(sched.ctx, idx + j)
             got.append(tok)
             if j == len(draft) or tok != draft[j] or sched.engine.is_eog(tok):
                 break

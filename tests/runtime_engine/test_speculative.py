@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.drafting import NgramTable, check_mode
+from fmgguf.runtime.drafting import SHORT_MATCH_DRAFT, NgramTable, check_mode
 from fmgguf.runtime.engine import Engine, GenerationStats, LoadOptions
 
 #: a prompt with repeats to look up
@@ -69,12 +69,15 @@ def test_modes() -> None:
         check_mode("lookahead")
 
 
-def test_ngram_table_chains_the_longest_match() -> None:
+def test_ngram_table_drafts_long_after_a_long_match_short_after_a_short_one() -> None:
     t = NgramTable()
-    t.add([1, 2, 3, 4, 5, 6, 1, 2, 9], 0)
-    assert t.draft([7, 3, 4], 3) == [5, 6, 1]
-    assert t.draft([8, 1, 2], 2) == [9]  # the latest occurrence of (1, 2) wins; then (2, 9) is unknown
-    assert t.draft([42], 4) == []
+    body = list(range(100, 140))  # 40 distinct tokens
+    t.add(body, 0)
+    assert t.draft([7] + body[:12], 20) == body[12:32]  # a 12-token match: as long as asked
+    assert t.draft([7, 8] + body[:3], 20) == body[3:3 + SHORT_MATCH_DRAFT]  # a 3-token match: cut short
+    assert t.draft([7, 8] + body[:2], 20) == []  # two tokens are too few to guess from
+    t.add([1, 2, 3, 4, 1, 2, 3, 9], 0)
+    assert t.draft([1, 2, 3], 1) == [9]  # the latest occurrence wins
 
 
 def test_the_setting_is_checked(tmp_path: Path) -> None:
