@@ -45,7 +45,7 @@ SHORT_MATCH_DRAFT = 6
 TABLE_LIMIT = 500_000
 #: On a CPU a batch of k rows costs far less than k single-token decodes but far more than one, so
 #: long drafts only pay where they are accepted: the length doubles after a whole draft is taken.
-MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 32, 2, 8
+MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 48, 2, 16
 #: acceptance rate (moving average) under which a slot pauses drafting
 LOW_ACCEPTANCE = 0.3
 #: tokens drafted per step over all slots
@@ -113,7 +113,9 @@ class DraftLength:
     indexed: int = 0
 
     def update(self, drafted: int, accepted: int) -> None:
-        self.length = min(MAX_DRAFT, self.length * 2) if accepted == drafted else max(MIN_DRAFT, accepted + 1)
+        # a miss (a renamed word, say) halves the length at most: the copy usually goes on right after it
+        self.length = min(MAX_DRAFT, self.length * 2) if accepted == drafted else \
+            max(MIN_DRAFT, accepted + 1, self.length // 2)
         self.rate = 0.7 * self.rate + 0.3 * (accepted / drafted)
         if self.rate < LOW_ACCEPTANCE:
             self.pause, self.next_pause = self.next_pause, min(self.next_pause * 2, 256)
