@@ -10,7 +10,8 @@
   (target >= 0.95: under load the scheduler stops drafting);
 - (d) the edit prompt through llama.cpp's own llama-server, ``--spec-type ngram-simple`` (and
   ``ngram-mod`` where the build has it) against ``none``, in this same run: fmgguf's speed-up must be
-  at least llama-server's best (reported as a ratio of ratios).
+  at least llama-server's best (reported as a ratio of ratios). Both compute with the same threads
+  (FMGGUF_THREADS, else 1): a batch of drafted rows is compute-bound, so the speed-up depends on them.
 
 The model comes through the product's PyPI source (fmgguf.download.wheel_model) when that module is
 present, else from FMGGUF_QWEN_GGUF. Runs alternate off/ngram so each pair sees the same machine load;
