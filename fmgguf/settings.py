@@ -138,6 +138,9 @@ class Settings:
     #: CPU threads llama.cpp computes with, for generation and prompt processing (FMGGUF_THREADS,
     #: ``threads:`` in the config file, --threads; None = llama.cpp's own default, one per usable core)
     n_threads: int | None = None
+    #: speculative decoding by default: "off", "ngram" (drafts looked up in the prompt and output) or
+    #: "draft:<model id>" (FMGGUF_SPECULATIVE, ``speculative:`` in the config file, --speculative)
+    speculative: str = "off"
     #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
     rpc: str | None = None
     #: benchmark sandbox defaults
@@ -215,7 +218,8 @@ def _from_config(raw: Mapping[str, object], known: set[str]) -> dict[str, object
 _ENV_KEYS = (
     ("FMGGUF_CATALOG", "catalog_file"), ("HF_ENDPOINT", "hf_endpoint"), ("FMGGUF_DEFAULT_MODEL", "default_model"),
     ("FMGGUF_DEFAULT_QUANT", "default_quant"), ("FMGGUF_LOG_LEVEL", "log_level"), ("FMGGUF_RPC", "rpc"),
-    ("FMGGUF_ISOLATION", "isolation"), ("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models"),
+    ("FMGGUF_ISOLATION", "isolation"), ("FMGGUF_SPECULATIVE", "speculative"),
+    ("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models"),
     ("FMGGUF_PARALLEL", "parallel"), ("FMGGUF_MAX_RATE", "max_rate"), ("FMGGUF_VRAM", "vram_override"),
     ("FMGGUF_PROMPT_CACHE_BYTES", "prompt_cache_bytes"), ("FMGGUF_KEEP_ALIVE", "keep_alive"),
     ("FMGGUF_THREADS", "n_threads"), ("FMGGUF_CTX", "default_ctx"), ("FMGGUF_VRAM_MARGIN", "vram_margin"),
@@ -279,6 +283,14 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                           fix="set FMGGUF_THREADS (or threads: in the config file) to 1 or more, or leave it unset")
     if out.get("parallel") is not None and not 1 <= int(out["parallel"]) <= 64:
         raise ConfigError(f"parallel {out['parallel']} is out of range", fix="set FMGGUF_PARALLEL to 1..64")
+    if out.get("speculative") is not None:
+        mode = str(out["speculative"]).strip().lower()
+        mode = "off" if mode in ("", "none", "false") else mode
+        if mode not in ("off", "ngram") and not (mode.startswith("draft:") and len(mode) > 6):
+            raise ConfigError(f"speculative {out['speculative']!r} is not a mode",
+                              fix="set FMGGUF_SPECULATIVE (or speculative: in the config file) to off, ngram or "
+                                  "draft:<model id>")
+        out["speculative"] = mode
     if out.get("hf_endpoint"):
         out["hf_endpoint"] = str(out["hf_endpoint"]).rstrip("/")
     return out

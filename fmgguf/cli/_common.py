@@ -24,6 +24,7 @@ class AppContext:
     verbose: int = 0
     rpc: str | None = None  # --rpc: workers to split models across (else FMGGUF_RPC)
     threads: int | None = None  # --threads: CPU threads for llama.cpp (else FMGGUF_THREADS, else one per core)
+    speculative: str | None = None  # --speculative: off | ngram | draft:ID (else FMGGUF_SPECULATIVE, else off)
     _settings: "Settings | None" = field(default=None, repr=False)
     _catalog: "Catalog | None" = field(default=None, repr=False)
 
@@ -33,7 +34,7 @@ class AppContext:
             from fmgguf.settings import load_settings
 
             self._settings = load_settings(offline=True if self.offline else None, rpc=self.rpc,
-                                           n_threads=self.threads)
+                                           n_threads=self.threads, speculative=self.speculative)
             _setup_logging(self._settings.log_level, self.verbose)
             from fmgguf.runtime.llama_log import configure as route_llama_log
 
@@ -76,6 +77,17 @@ def _set_threads(ctx: click.Context, _param: click.Parameter, value: int | None)
 threads_option = click.option(
     "--threads", type=click.IntRange(1, 1024), default=None, expose_value=False, callback=_set_threads,
     help="CPU threads llama.cpp computes with (default: FMGGUF_THREADS, else one per usable core, as llama.cpp).")
+
+def _set_speculative(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        app = ctx.ensure_object(AppContext)
+        app.speculative, app._settings = value, None
+
+
+speculative_option = click.option(
+    "--speculative", metavar="off|ngram|draft:ID", default=None, expose_value=False, callback=_set_speculative,
+    help="Speculative decoding: ngram drafts the next tokens from the prompt and output and checks them in "
+         "one batch (same greedy text, faster edits). Default: FMGGUF_SPECULATIVE, else off.")
 
 rpc_option = click.option(
     "--rpc", metavar="HOST[:PORT][@BUDGET],...", default=None, expose_value=False, callback=_set_rpc,

@@ -20,6 +20,7 @@ from fmgguf.cli._common import (
     json_option,
     pass_app,
     rpc_option,
+    speculative_option,
     trained_context,
 )
 
@@ -40,6 +41,7 @@ def _load_options(f: Any) -> Any:
         click.option("--seed", type=int, default=None, help="Sampling seed (repeatable output)."),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
         rpc_option,
+        speculative_option,
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -158,7 +160,13 @@ def _timings_line(res: Any) -> str:
     fim = {"suffix": " — the middle ended where the suffix begins", "indent": " — the middle ended at a dedent out "
            "of the cursor's block"}.get(res.stop_reason or "", "")
     return (f"{res.prompt_tokens} prompt + {res.completion_tokens} tokens, first token {res.ttft_s * 1000:.0f} ms, "
-            f"{res.tokens_per_s:.1f} tokens/s{note}{fim}")
+            f"{res.tokens_per_s:.1f} tokens/s{_drafts(res)}{note}{fim}")
+
+
+def _drafts(res: Any) -> str:
+    if not res.drafted_tokens:
+        return ""
+    return f", {res.accepted_tokens}/{res.drafted_tokens} drafted tokens accepted"
 
 
 def _gen_kwargs(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...]) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fmgguf.cli._common import AppContext, pass_app, rpc_option, threads_option
+from fmgguf.cli._common import AppContext, pass_app, rpc_option, speculative_option, threads_option
 
 
 @click.command("serve")
@@ -20,6 +20,7 @@ from fmgguf.cli._common import AppContext, pass_app, rpc_option, threads_option
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
 @rpc_option
 @threads_option
+@speculative_option
 @pass_app
 def serve_cmd(app: AppContext, host: str, port: int, api_key: str | None, model: str | None, log_level: str) -> None:
     """Serve the model API, the OpenAI-compatible API (/v1) and the /models page."""

@@ -98,6 +98,9 @@ class GenerationStats:
     restored_tokens: int = 0
     #: the stop string that ended the generation (None: another reason)
     stop_sequence: str | None = None
+    #: speculative decoding: tokens drafted, and those of them the model accepted
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -214,6 +217,10 @@ class Engine:
             return total
         return int(lib().llama_model_size(self._require().model))
 
+    def model_ptr(self) -> Any:
+        """llama.cpp's ``llama_model *`` (for the scheduler's llama.cpp calls)."""
+        return self._require().model
+
     def fim_token_ids(self) -> dict[str, int]:
         """FIM tokens as llama.cpp's vocab knows them (GGUF keys, else its own string table)."""
         mod, vocab = lib(), self._vocab
@@ -264,7 +271,8 @@ class Engine:
                temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                repeat_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                stop: Sequence[str] | None = None, seed: int | None = None, priority: bool = False,
-               constraint: Constraint | None = None, cancel: threading.Event | None = None) -> Iterator[str]:
+               constraint: Constraint | None = None, cancel: threading.Event | None = None,
+               speculative: str | None = None) -> Iterator[str]:
         """Yield text pieces for ``tokens``; ``stats`` says how it ended. Other streams of this engine
         run beside it (continuous batching); ``priority`` puts its prompt first, on the FIM lane slot.
 
@@ -276,19 +284,22 @@ class Engine:
         req = self.request(tokens, stats, QueueSink(), cancel=cancel, max_tokens=max_tokens, temperature=temperature,
                            top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
                            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop=stop,
-                           seed=seed, priority=priority, constraint=constraint)
+                           seed=seed, priority=priority, constraint=constraint, speculative=speculative)
         return req.sink.pieces(req, self.submit)  # type: ignore[attr-defined]
 
     def request(self, tokens: Sequence[int], stats: GenerationStats, sink: Any, *,
                 cancel: threading.Event | None = None, max_tokens: int | None = 256, stop: Sequence[str] | None = None,
-                priority: bool = False, constraint: Constraint | None = None, **sampling: Any) -> Any:
+                priority: bool = False, constraint: Constraint | None = None, speculative: str | None = None,
+                **sampling: Any) -> Any:
         """A :class:`~fmgguf.runtime.slots.Request` for :meth:`submit` (the arguments of :meth:`stream`)."""
+        from fmgguf.runtime.drafting import check_mode
         from fmgguf.runtime.sampling import SamplingParams
         from fmgguf.runtime.slots import Request
 
         return Request(tokens=self.prompt_tokens(tokens, stats), stats=stats, sink=sink,
                        params=SamplingParams(**sampling).check(), max_tokens=max_tokens, stop=tuple(stop or ()),
-                       priority=bool(priority), constraint=constraint, cancel=cancel or threading.Event())
+                       priority=bool(priority), constraint=constraint, cancel=cancel or threading.Event(),
+                       speculative=check_mode(speculative))
 
     def prompt_tokens(self, tokens: Sequence[int], stats: GenerationStats) -> list[int]:
         """The prompt as the scheduler takes it (an empty one is the BOS token); ContextOverflowError

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import threading
 import time
-from difflib import SequenceMatcher
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 #: why a FIM completion ended, beyond the engine's own reasons ("eos", "length", "context", "cancelled")
 CUT_REASONS = ("suffix", "indent", "n_indent", "time")

@@ -35,6 +35,9 @@ class GenerationResult:
     restored_tokens: int = 0
     #: the stop string that ended the generation (None: an end-of-generation token or another reason)
     stop_sequence: str | None = None
+    #: speculative decoding: tokens drafted, and those the model accepted (each saved a decode step)
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

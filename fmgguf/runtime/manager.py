@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, RunnerCrashedError
 from fmgguf.runtime import requests
+from fmgguf.runtime.drafting import check_mode
 from fmgguf.runtime.engine import GenerationStats
 from fmgguf.runtime.fim_stop import cut_pieces
 from fmgguf.runtime.generation import GenerationResult, GenerationStream, ModelGone
@@ -313,6 +314,7 @@ class ModelManager:
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             stats = GenerationStats(started=started)
+            sampling = {**sampling, "speculative": check_mode(sampling.get("speculative") or self.settings.speculative)}
             cancel = threading.Event()
             pieces = self._guard(resident, engine.stream(
                 tokens, stats, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 Prompt = tuple["list[int] | PromptText", list[str], "Constraint | None"]
 Build = Callable[[EngineAPI, Resident], Prompt]
 #: sampling options beyond the common ones
-EXTRA_SAMPLING = frozenset({"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "constraint"})
+EXTRA_SAMPLING = frozenset({"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "constraint",
+                            "speculative"})
 
 
 @dataclass(frozen=True)
@@ -113,4 +114,5 @@ def result(text: str, stats: GenerationStats, started: float, info: LoadedModel,
                             ttft_s=round(first - started, 6), tokens_per_s=round(rate, 3),
                             total_s=round(end - started, 6), finish_reason=finish,
                             model_id=info.id, quant=info.quant, cached_tokens=stats.cached_tokens, stop_reason=why,
-                            restored_tokens=stats.restored_tokens, stop_sequence=stats.stop_sequence)
+                            restored_tokens=stats.restored_tokens, stop_sequence=stats.stop_sequence,
+                            drafted_tokens=stats.drafted_tokens, accepted_tokens=stats.accepted_tokens)

@@ -64,14 +64,20 @@ class Sampler:
     def __init__(self, mod: Any, vocab: Any, params: SamplingParams, constraint: Constraint | None = None) -> None:
         self._mod = mod
         self._grammar: Any = None
-        self._n_vocab = int(mod.llama_vocab_n_tokens(vocab))
+        self.n_vocab = int(mod.llama_vocab_n_tokens(vocab))
         self._cands: np.ndarray | None = None
         chain = mod.llama_sampler_chain_init(mod.llama_sampler_chain_default_params())
         if not chain:
             raise InvalidRequestError("llama.cpp could not make a sampler", fix="check the sampling parameters")
         self._chain = chain
+        penalties = (params.repeat_penalty not in (None, 1.0) or bool(params.frequency_penalty)
+                     or bool(params.presence_penalty))
+        #: temperature 0 with no grammar and no penalties: the chain keeps no state and its token is
+        #: the logits row's first maximum, so a caller may take it straight from the logits (:func:`argmax_rows`)
+        self.stateless_greedy = (params.temperature is None or params.temperature <= 0) and constraint is None \
+            and not penalties
         try:
-            self._add_sampling(params, self._n_vocab)
+            self._add_sampling(params, self.n_vocab)
             if constraint is not None:
                 self._grammar = self._make_grammar(vocab, constraint)
         except BaseException:
@@ -128,7 +134,7 @@ class Sampler:
 
     def _pick(self, ctx: Any, index: int, grammar: bool) -> int:
         """The chain's choice over the logits at ``index``, filtered by the grammar first if asked."""
-        mod, n = self._mod, self._n_vocab
+        mod, n = self._mod, self.n_vocab
         if self._cands is None:
             self._cands = np.zeros(n, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
         cands = self._cands
@@ -156,3 +162,24 @@ class Sampler:
         grammar, self._grammar = self._grammar, None
         if grammar:
             self._mod.llama_sampler_free(grammar)
+
+
+def argmax_rows(mod: Any, ctx: Any, first: int, count: int, n_vocab: int) -> list[int]:
+    """The greedy token of each logits row at batch indices ``first`` .. ``first + count - 1`` of the
+    last decode (rows that were asked logits for), read with numpy over llama.cpp's own buffer: the
+    first maximum, as llama.cpp's greedy sampler picks it, without a sampler call per row."""
+    import numpy as np
+
+    row_bytes = n_vocab * ctypes.sizeof(ctypes.c_float)
+    start = ctypes.cast(mod.llama_get_logits_ith(ctx, first), ctypes.c_void_p).value
+    end = ctypes.cast(mod.llama_get_logits_ith(ctx, first + count - 1), ctypes.c_void_p).value
+    if not start or not end:
+        raise InvalidRequestError("llama.cpp kept no logits for a drafted position", fix="report this as a bug")
+    if end - start == (count - 1) * row_bytes:  # llama.cpp keeps the rows in batch order: one array
+        rows = np.ctypeslib.as_array(ctypes.cast(start, ctypes.POINTER(ctypes.c_float)), shape=(count, n_vocab))
+        return [int(t) for t in rows.argmax(axis=1)]
+    out = []
+    for i in range(count):
+        row = np.ctypeslib.as_array(mod.llama_get_logits_ith(ctx, first + i), shape=(n_vocab,))
+        out.append(int(row.argmax()))
+    return out

@@ -92,3 +92,5 @@ class Request:
     priority: bool = False
     constraint: Constraint | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: speculative decoding for this request: "off" or "ngram" (:mod:`fmgguf.runtime.drafting`)
+    speculative: str = "off"

@@ -51,6 +51,8 @@ class Slot:
     last_used: float = 0.0
     admitted: float = 0.0
     batch_index: int = -1
+    #: drafted tokens after next_token in this step's batch (speculative decoding, :mod:`.drafting`)
+    draft: list[int] = field(default_factory=list)
 
     @property
     def free(self) -> bool:
@@ -72,6 +74,9 @@ class Scheduler:
         lanes = [Slot(seq=parallel, lane=True)] if parallel > 1 else []
         self.slots = [Slot(seq=i) for i in range(parallel)] + lanes
         self.batch = self.mod.llama_batch_init(self.n_batch, 0, 1)
+        from fmgguf.runtime.drafting import Drafter, is_recurrent
+
+        self.drafter = Drafter(self, is_recurrent(self.mod, engine.model_ptr()))
         self.queue: deque[Request] = deque()
         self.cond = threading.Condition()
         self.stopping = False
@@ -201,6 +206,7 @@ class Scheduler:
         slot.out = TextOut(req.stop)
         slot.req, slot.prefill_at, slot.next_token = req, kept, None
         slot.admitted = time.perf_counter()
+        self.drafter.start(slot)
 
     def _from_host_cache(self, slot: Slot, tokens: list[int]) -> int:
         """The engine's host-RAM prompt cache (agents): save the slot's state if it is about to go,
@@ -237,14 +243,22 @@ class Scheduler:
         prefill = sorted((s for s in self.slots if s.req is not None and s.prefill_at is not None),
                          key=lambda s: (not s.req.priority, s.admitted))  # type: ignore[union-attr]
         waiting = sum(len(s.req.tokens) - s.prefill_at for s in prefill)  # type: ignore[union-attr,operator]
-        room = min(self._make_room(len(decoding) + min(waiting, self.n_batch)), self.n_batch)
+        busy = sum(1 for s in self.slots if s.req is not None and not s.lane)
+        drafted = self.drafter.plan(decoding, busy, sum(1 for s in self.slots if not s.lane))
+        room = min(self._make_room(len(decoding) + drafted + min(waiting, self.n_batch)), self.n_batch)
         for s in decoding:
+            if n + 1 + len(s.draft) > room:
+                s.draft = []
             if n >= room:
                 break
             self._put(b, n, s.next_token, len(s.cache), s.seq, True)  # type: ignore[arg-type]
             s.cache.append(s.next_token)  # type: ignore[arg-type]
             s.next_token, s.batch_index = None, n
             n += 1
+            for t in s.draft:  # the draft, logits for each: checked by the drafter after the decode
+                self._put(b, n, t, len(s.cache), s.seq, True)
+                s.cache.append(t)
+                n += 1
         for s in prefill:
             req = s.req
             assert req is not None and s.prefill_at is not None
@@ -295,11 +309,14 @@ class Scheduler:
             if req is None or s.batch_index < 0:
                 continue
             idx, s.batch_index = s.batch_index, -1
-            token = s.sampler.sample(self.ctx, idx)  # type: ignore[union-attr]
+            tokens = self.drafter.verify(s, req, idx) if s.draft else [s.sampler.sample(self.ctx, idx)]  # type: ignore[union-attr]
             stats = req.stats
             if stats.first_token_at is None:
                 stats.first_token_at = now = now or time.perf_counter()
-            self._take(s, req, token)
+            for token in tokens:
+                if s.req is not req:
+                    break
+                self._take(s, req, token)
 
     def _take(self, s: Slot, req: Request, token: int) -> None:
         eng, stats = self.engine, req.stats
@@ -327,7 +344,7 @@ class Scheduler:
             s.prefill_at = None
         if s.sampler is not None:
             s.sampler.close()
-        s.req, s.sampler, s.out, s.next_token, s.batch_index = None, None, None, None, -1
+        s.req, s.sampler, s.out, s.next_token, s.batch_index, s.draft = None, None, None, None, -1, []
         s.last_used = time.perf_counter()
         if tail:
             req.sink.piece(tail)

@@ -67,6 +67,8 @@ class Metrics:
             self.tokens["restored"] += outcome.restored_tokens
             if outcome.restored_tokens:
                 self.prompt_cache_hits += 1
+            self.tokens["drafted"] += outcome.drafted_tokens
+            self.tokens["accepted"] += outcome.accepted_tokens
             self.ttft.setdefault(dialect, Histogram(TTFT_BUCKETS)).observe(outcome.ttft_s)
             if outcome.completion_tokens > 1:
                 self.tps.setdefault(dialect, Histogram(TPS_BUCKETS)).observe(outcome.tokens_per_s)
@@ -93,9 +95,10 @@ class Metrics:
             out += [f'fmgguf_generations_total{{dialect="{d}",finish="{f}"}} {n}'
                     for (d, f), n in sorted(self.generations.items())]
             out += _help("fmgguf_tokens_total", "counter", "tokens: prompt, completion, prompt tokens reused from the "
-                         "KV cache (cached), and of those the ones restored from the host-RAM prompt cache (restored)")
+                         "KV cache (cached), of those the ones restored from the host-RAM prompt cache (restored), and "
+                         "speculative decoding's drafted tokens and those accepted")
             out += [f'fmgguf_tokens_total{{kind="{k}"}} {self.tokens.get(k, 0)}'
-                    for k in ("prompt", "completion", "cached", "restored")]
+                    for k in ("prompt", "completion", "cached", "restored", "drafted", "accepted")]
             out += _help("fmgguf_prompt_cache_hits_total", "counter",
                          "generations that started from a KV state restored from the host-RAM prompt cache")
             out.append(f"fmgguf_prompt_cache_hits_total {self.prompt_cache_hits}")

@@ -111,7 +111,7 @@ def _sampling(body: _OpenAIBody) -> Sampling:
                     temperature=0.2 if body.temperature is None else body.temperature,
                     top_p=0.95 if body.top_p is None else body.top_p, stop=tuple(body.stop_list() or ()),
                     seed=None if body.seed is None else body.seed % (2**31), presence_penalty=body.presence_penalty,
-                    frequency_penalty=body.frequency_penalty)
+                    frequency_penalty=body.frequency_penalty, speculative=body.speculative)
 
 
 def _client(request: Request, body: _OpenAIBody) -> str:

@@ -50,11 +50,13 @@ class Sampling:
     frequency_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: speculative decoding for this request: off | ngram (None: the server's setting)
+    speculative: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                               "stop": list(self.stop) or None, "seed": self.seed}
-        for name in ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
+        for name in ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "speculative"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw
@@ -115,6 +117,9 @@ class Outcome:
     cached_tokens: int = 0
     #: of ``cached_tokens``, those restored from the host-RAM prompt cache
     restored_tokens: int = 0
+    #: speculative decoding: tokens drafted and accepted
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
     ttft_s: float = 0.0
     total_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -218,6 +223,7 @@ class Generation:
         return Outcome(text=text, model=result.model_id or self.model, quant=result.quant,
                        prompt_tokens=result.prompt_tokens, completion_tokens=0 if warm else result.completion_tokens,
                        cached_tokens=result.cached_tokens, restored_tokens=result.restored_tokens,
+                       drafted_tokens=result.drafted_tokens, accepted_tokens=result.accepted_tokens,
                        ttft_s=result.ttft_s, total_s=result.total_s, tokens_per_s=result.tokens_per_s,
                        finish_reason=reason, truncated=self.ticket.truncated, stop_reason=result.stop_reason,
                        tool_calls=calls, stop_sequence=result.stop_sequence)

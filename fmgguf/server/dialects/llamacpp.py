@@ -57,6 +57,8 @@ class _LlamaBody(BaseModel):
     cache_prompt: bool = True
     t_max_prompt_ms: int | None = None
     t_max_predict_ms: int | None = Field(default=None, ge=-1)
+    #: speculative decoding: off | ngram (default: the server's `speculative` setting)
+    speculative: str | None = Field(default=None, max_length=300)
 
     def sampling(self) -> Sampling:
         return Sampling(max_tokens=None if self.n_predict < 0 else max(self.n_predict, 1),
@@ -64,7 +66,7 @@ class _LlamaBody(BaseModel):
                         min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                         presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                         seed=None if self.seed is None or self.seed < 0 else self.seed % 2**31,
-                        stop=tuple(s for s in self.stop if s))
+                        stop=tuple(s for s in self.stop if s), speculative=self.speculative)
 
     def time_limit(self) -> float | None:
         return self.t_max_predict_ms / 1000 if self.t_max_predict_ms and self.t_max_predict_ms > 0 else None
@@ -118,7 +120,8 @@ def _final(outcome: Outcome, body: _LlamaBody, content: str) -> dict:
                         "predicted_n": outcome.completion_tokens, "predicted_ms": round(predict_ms, 3),
                         "predicted_per_token_ms": round(predict_ms / outcome.completion_tokens, 3)
                         if outcome.completion_tokens else 0.0,
-                        "predicted_per_second": outcome.tokens_per_s}}
+                        "predicted_per_second": outcome.tokens_per_s,
+                        "draft_n": outcome.drafted_tokens, "draft_n_accepted": outcome.accepted_tokens}}
 
 
 async def _answer(request: Request, body: _LlamaBody, req: GenRequest) -> Any:
