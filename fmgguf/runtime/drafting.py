@@ -1,7 +1,7 @@
 """Speculative decoding in the slot scheduler's decode loop: n-gram drafting and its checking.
 
 A :class:`Drafter` belongs to one :class:`~fmgguf.runtime.slots.Scheduler`. Its :class:`NgramTable`
-holds, for the n-grams (n = 4, 3, 2) of every request's prompt and output, the token that followed
+holds, for the n-grams (n = 12, 6) of every request's prompt and output, the token that followed
 the most recent occurrence; the table is shared across the slots (one request's file helps another
 that edits it). Each step, :meth:`Drafter.plan` gives a generating slot a draft: the tokens the table
 predicts after its last tokens, chained one lookup at a time. The scheduler puts the slot's last
@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
 MODES = ("off", "ngram")
 #: n-gram orders looked up, longest first. Code repeats short n-grams everywhere (indentation,
-#: ``self.``, ``item.``): a 2-gram guess is wrong often enough to cost more than it saves, while a
+#: ``self.``, ``item.``): a 3-gram guess is wrong often enough to cost more than it saves (new code on
+#: Qwen2.5-Coder-0.5B: 0.90x with 3-grams, 1.07x without; the rename edit 2.33x either way), while a
 #: 12-token match is almost always followed by what followed it before (llama.cpp's ngram-simple
 #: matches 12 tokens, ngram-mod 24).
-ORDERS = (12, 6, 3)
+ORDERS = (12, 6)
 #: a draft whose first token comes from a shorter match than ORDERS[0] is cut to this many tokens
 SHORT_MATCH_DRAFT = 6
 #: entries per order before the table starts over (bounds memory: ~100 MB at most)
