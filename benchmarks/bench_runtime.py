@@ -49,7 +49,7 @@ def bench_speed(path: Path, runs: int, max_tokens: int) -> dict:
     import llama_cpp
 
     from fmgguf.runtime import ModelManager
-    from fmgguf.runtime.engine import release_memory
+    from fmgguf.runtime.engine.engine import release_memory
     from fmgguf.settings import load_settings
 
     manager = ModelManager(load_settings(), keep_alive=0, isolation="inprocess")  # the engine vs llama_cpp

@@ -127,13 +127,13 @@ def threads() -> int:
 
 def load(path: Path, parallel: int = 4):
     """The engine the slots run in (in this process: the manager still gives one caller the model at a time)."""
-    from fmgguf.runtime.engine import Engine, LoadOptions
+    from fmgguf.runtime.engine.engine import Engine, LoadOptions
 
     return Engine(path, LoadOptions(n_ctx=N_CTX, parallel=parallel, n_threads=threads()))
 
 
 def chat_tokens(engine, prompt: str) -> list[int]:
-    from fmgguf.runtime.prompts import normalize_messages, render_chat
+    from fmgguf.runtime.prompt.prompts import normalize_messages, render_chat
 
     text = render_chat(normalize_messages([{"role": "user", "content": prompt}]), template=engine.chat_template,
                        family=None, bos_text=engine.bos_text, eos_text=engine.eos_text).text
@@ -142,7 +142,7 @@ def chat_tokens(engine, prompt: str) -> list[int]:
 
 def generate(engine, tokens: list[int], max_tokens: int, mode: str) -> tuple[str, float, object]:
     """Greedy text, decode tokens/s (after the first token, as GenerationResult counts it), stats."""
-    from fmgguf.runtime.engine import GenerationStats
+    from fmgguf.runtime.engine.engine import GenerationStats
 
     stats = GenerationStats()
     text = "".join(engine.stream(tokens, stats, max_tokens=max_tokens, temperature=0, speculative=mode))

@@ -27,8 +27,8 @@ from fmgguf.errors import BenchError, FIMNotSupportedError, FmggufError
 if TYPE_CHECKING:
     from fmgguf.bench.lint import JsLinter
     from fmgguf.catalog.schema import ModelCard
-    from fmgguf.runtime.generation import GenerationResult
-    from fmgguf.runtime.loading import LoadedModel
+    from fmgguf.runtime.engine.generation import GenerationResult
+    from fmgguf.runtime.runner.loading import LoadedModel
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class ModelBenchmarker:
 
     def _fit_reason(self, model_id: str, quant: str) -> str | None:
         try:
-            from fmgguf.runtime.fit import plan_for_card
+            from fmgguf.runtime.plan.fit import plan_for_card
 
             card, q = self.catalog.resolve(f"{model_id}:{quant}")
             path = None

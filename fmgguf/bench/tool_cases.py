@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fmgguf.runtime.tools import ToolSpec
+from fmgguf.runtime.tools.tools import ToolSpec
 
 _S, _I = {"type": "string"}, {"type": "integer"}
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from fmgguf.bench.tool_cases import TOOLS, ToolCase, cases
-from fmgguf.runtime.tool_parser import ToolCallParser
-from fmgguf.runtime.tools import ToolCall, ToolRequest, ToolSpec
+from fmgguf.runtime.tools.tool_parser import ToolCallParser
+from fmgguf.runtime.tools.tools import ToolCall, ToolRequest, ToolSpec
 
 log = logging.getLogger(__name__)
 

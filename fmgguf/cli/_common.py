@@ -36,7 +36,7 @@ class AppContext:
             self._settings = load_settings(offline=True if self.offline else None, rpc=self.rpc,
                                            n_threads=self.threads, speculative=self.speculative)
             _setup_logging(self._settings.log_level, self.verbose)
-            from fmgguf.runtime.llama_log import configure as route_llama_log
+            from fmgguf.runtime.engine.llama_log import configure as route_llama_log
 
             route_llama_log(self._settings.home, self.verbose)
         return self._settings
@@ -109,7 +109,7 @@ def output(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 def trained_context(path: str | os.PathLike[str]) -> int | None:
     """The context length a GGUF file says its model was trained with (None: unreadable or not said)."""
     from fmgguf.errors import FmggufError
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
 
     try:
         return read_gguf(path).n_ctx_train

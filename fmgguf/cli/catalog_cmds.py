@@ -37,7 +37,7 @@ def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
 
 
 def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings) -> dict[str, Any]:
-    from fmgguf.runtime.fim_rule import card_verdict
+    from fmgguf.runtime.prompt.fim_rule import card_verdict
 
     return {
         "id": card.id,
@@ -121,8 +121,8 @@ def _with_file_numbers(app: AppContext, card: ModelCard, local: dict[tuple[str, 
             continue
         from fmgguf.download import get_model_downloader
         from fmgguf.errors import FmggufError
-        from fmgguf.runtime.card_arch import card_numbers
-        from fmgguf.runtime.gguf_file import read_gguf
+        from fmgguf.runtime.gguf.card_arch import card_numbers
+        from fmgguf.runtime.gguf.gguf_file import read_gguf
 
         try:
             info = read_gguf(get_model_downloader(app.settings).model_path(card.id, quant))

@@ -98,7 +98,7 @@ def _checked(app: AppContext, ref: str | None, *, fim: bool) -> str | None:
         return None
     card, quant = app.catalog.resolve(ref)  # UnknownModelError names the closest ids
     if fim:
-        from fmgguf.runtime.fim_rule import card_verdict
+        from fmgguf.runtime.prompt.fim_rule import card_verdict
 
         verdict = card_verdict(card, app.settings)
         if not verdict.able:

@@ -218,8 +218,8 @@ def _pull_and_verify(settings: Any, model: DemoModel) -> tuple[Any, Path]:
 def _fit_and_run(downloader: Any, model: DemoModel, path: Path, tasks: int) -> None:
     """Steps 5-8: the fit plan, load, a chat answer, a fill-in-the-middle, a small benchmark."""
     from fmgguf.runtime import ModelManager
-    from fmgguf.runtime.fim_rule import fim_verdict
-    from fmgguf.runtime.fit import plan_for_file
+    from fmgguf.runtime.plan.fit import plan_for_file
+    from fmgguf.runtime.prompt.fim_rule import fim_verdict
 
     settings, catalog = downloader.settings, downloader.catalog
     _step(5, "fmgguf fit  (how much of it fits on this machine's devices)")

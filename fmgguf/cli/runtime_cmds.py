@@ -217,10 +217,10 @@ def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: 
 
 
 def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, loaded: Any, raw: bool) -> bool:
-    """The chat-or-raw rule of fmgguf.runtime.chat_mode, from the card (catalog id) or the file's names."""
+    """The chat-or-raw rule of fmgguf.runtime.prompt.chat_mode, from the card (catalog id) or the file's names."""
     from fmgguf.errors import FmggufError
-    from fmgguf.runtime.chat_mode import gguf_names, wants_chat
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
+    from fmgguf.runtime.prompt.chat_mode import gguf_names, wants_chat
 
     if raw:
         return False
@@ -313,10 +313,10 @@ def fim_cmd(app: AppContext, model: str, prefix_file: str | None, suffix_file: s
 
 
 def _check_fim_card(app: AppContext, model: str, quant: str | None) -> None:
-    """Refuse FIM before any download or load where the one FIM rule (fmgguf.runtime.fim_rule) says no
+    """Refuse FIM before any download or load where the one FIM rule (fmgguf.runtime.prompt.fim_rule) says no
     from the card alone; a file, or an imported entry without a ``fim`` block, is judged by its vocabulary
     once loaded (``ModelManager.fill_in_middle`` applies the same rule)."""
-    from fmgguf.runtime.fim_rule import fim_verdict, needs_vocabulary
+    from fmgguf.runtime.prompt.fim_rule import fim_verdict, needs_vocabulary
 
     if model.endswith(".gguf") or Path(model).expanduser().is_file():
         return

@@ -79,8 +79,8 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     With --rpc the plan spreads layers over the workers too; a worker that cannot be reached is planned
     from its budget (HOST@48GB) alone, so a plan can be made before the machines are set up."""
     from fmgguf.errors import CatalogError
-    from fmgguf.runtime.fit import plan_for_card, plan_for_file
-    from fmgguf.runtime.rpc import parse_workers
+    from fmgguf.runtime.plan.fit import plan_for_card, plan_for_file
+    from fmgguf.runtime.rpc.rpc import parse_workers
     from fmgguf.settings import parse_size
 
     settings = app.settings
@@ -204,8 +204,8 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
 
     Offline, or with the hub out of reach, a catalog id shows what the catalog card knows instead."""
     from fmgguf.errors import DownloadError, OfflineError
-    from fmgguf.runtime.fim_rule import card_verdict, fim_verdict
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
+    from fmgguf.runtime.prompt.fim_rule import card_verdict, fim_verdict
 
     if _is_file(target):
         info = read_gguf(target, check=False)  # a lying file is shown, with its problems
@@ -219,7 +219,7 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
         if local is not None:
             info = read_gguf(local, check=False)
         else:
-            from fmgguf.runtime.remote_header import read_remote_gguf
+            from fmgguf.runtime.gguf.remote_header import read_remote_gguf
 
             try:
                 info = read_remote_gguf(app.settings, v.repo, v.files[0].name, v.revision)
@@ -242,7 +242,7 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
 
 def _problems(info: Any) -> list[dict[str, str]]:
     """What llama.cpp would refuse or abort on, as {field, message} rows (empty: loadable)."""
-    from fmgguf.runtime.gguf_file import file_problems
+    from fmgguf.runtime.gguf.gguf_file import file_problems
 
     return [{"field": p.field, "message": p.message} for p in file_problems(info)]
 
@@ -270,7 +270,7 @@ def _render_header(summary: dict[str, Any]) -> None:
 
 
 def _fim_reason(card: ModelCard) -> str:
-    from fmgguf.runtime.fim_rule import fim_verdict
+    from fmgguf.runtime.prompt.fim_rule import fim_verdict
 
     return fim_verdict(card).reason
 
@@ -339,8 +339,8 @@ def doctor_cmd(app: AppContext, as_json: bool) -> None:
     import sys
 
     from fmgguf import __version__
-    from fmgguf.runtime.devices import ggml_devices, llama_cpp_lib_dir, system_memory
-    from fmgguf.runtime.threads import choose_threads
+    from fmgguf.runtime.hw.devices import ggml_devices, llama_cpp_lib_dir, system_memory
+    from fmgguf.runtime.hw.threads import choose_threads
 
     s = app.settings
     threads = choose_threads(s.n_threads)

@@ -308,15 +308,15 @@ def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | Non
     with nothing allocated. The quantization comes from --quant, else the file name, else the
     header's general.file_type; whether it does FIM from --fim/--no-fim, else its vocabulary."""
     from fmgguf.download.local import check_new_id, guess_quant, import_gguf
-    from fmgguf.runtime.dryrun import check_loadable
-    from fmgguf.runtime.fim_rule import import_fim_block
-    from fmgguf.runtime.loading import FILE_TYPES
+    from fmgguf.runtime.plan.dryrun import check_loadable
+    from fmgguf.runtime.prompt.fim_rule import import_fim_block
+    from fmgguf.runtime.runner.loading import FILE_TYPES
 
     dl = _downloader(app)
     check_new_id(dl, model_id, force)  # the --as value first: a bad id names the flag, not the catalog file
     check_loadable(Path(file))
     if quant is None and guess_quant(Path(file).name) is None:
-        from fmgguf.runtime.gguf_file import read_gguf
+        from fmgguf.runtime.gguf.gguf_file import read_gguf
 
         file_type = read_gguf(Path(file), check=False).file_type  # F32 is 0
         quant = FILE_TYPES.get(file_type) if file_type is not None else None  # None: import_gguf asks for it

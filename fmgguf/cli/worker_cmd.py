@@ -1,7 +1,7 @@
 """`fmgguf worker`: serve this machine's devices to other machines' fmgguf (llama.cpp's RPC backend).
 
 The server is llama.cpp's own, from the same library the client uses, run in a child process
-(:mod:`fmgguf.runtime.rpc_worker`): its C call never returns, and the child can be stopped cleanly.
+(:mod:`fmgguf.runtime.rpc.rpc_worker`): its C call never returns, and the child can be stopped cleanly.
 The protocol has no authentication and no encryption, so a worker binds to loopback unless
 ``--allow-remote`` says otherwise, and then it prints why that is dangerous and what is safer.
 """
@@ -98,11 +98,11 @@ def worker_cmd(app: AppContext, host: str, port: int, devices: tuple[str, ...], 
 
 def serve(host: str, port: int, names: str, n_threads: int, cache_dir: str | None) -> int:
     """Start the worker child, say what it serves and when it is ready, and wait for it (Ctrl-C stops it)."""
-    from fmgguf.runtime.rpc import wait_listening
-    from fmgguf.runtime.rpc_worker import DEVICES_MARK
+    from fmgguf.runtime.rpc.rpc import wait_listening
+    from fmgguf.runtime.rpc.rpc_worker import DEVICES_MARK
 
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "fmgguf.runtime.rpc_worker", f"{host}:{port}", str(n_threads), cache_dir or "-",
+    cmd = [sys.executable, "-m", "fmgguf.runtime.rpc.rpc_worker", f"{host}:{port}", str(n_threads), cache_dir or "-",
            names]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
     previous = signal.signal(signal.SIGTERM, _interrupt)

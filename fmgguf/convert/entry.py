@@ -17,8 +17,8 @@ from fmgguf.errors import ConvertError
 def read_arch(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """(architecture dict for the schema, parameters dict) from a GGUF's header and tensor table."""
     from fmgguf.errors import GGUFError
-    from fmgguf.runtime.card_arch import card_numbers
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.card_arch import card_numbers
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
 
     try:
         arch, params = card_numbers(read_gguf(path))

@@ -3,7 +3,7 @@
 The file is hard-linked into ``store/local/<id>/<quant>/`` (or referenced where it lies when a hard
 link is impossible), hashed once, and given a user-catalog entry whose sha256 pins it. Whether
 llama.cpp can load the file is for the caller to check first (the CLI runs
-``fmgguf.runtime.dryrun.check_loadable``: download never imports the runtime).
+``fmgguf.runtime.plan.dryrun.check_loadable``: download never imports the runtime).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | N
                 force: bool = False, fim: dict[str, Any] | None = None) -> dict[str, Any]:
     """Register one local GGUF as ``model_id``: a hard link in the store (or a reference), no copy.
     A built-in catalog id is refused unless ``force``. ``fim``: the card's ``fim`` block (the caller
-    reads it from the vocabulary, fmgguf.runtime.fim_rule), so every command answers alike."""
+    reads it from the vocabulary, fmgguf.runtime.prompt.fim_rule), so every command answers alike."""
     from fmgguf.catalog import normalize_quant
     from fmgguf.catalog.user import add_user_entry
     from fmgguf.download.hashing import sha256_file

@@ -11,9 +11,9 @@ _LAZY = {
     "ModelManager": "fmgguf.runtime.manager:ModelManager",
     "get_model_manager": "fmgguf.runtime.manager:get_model_manager",
     "SwitchResult": "fmgguf.runtime.manager:SwitchResult",
-    "GenerationResult": "fmgguf.runtime.generation:GenerationResult",
-    "GenerationStream": "fmgguf.runtime.generation:GenerationStream",
-    "LoadedModel": "fmgguf.runtime.loading:LoadedModel",
+    "GenerationResult": "fmgguf.runtime.engine.generation:GenerationResult",
+    "GenerationStream": "fmgguf.runtime.engine.generation:GenerationStream",
+    "LoadedModel": "fmgguf.runtime.runner.loading:LoadedModel",
 }
 
 __all__ = list(_LAZY)

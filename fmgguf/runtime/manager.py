@@ -22,11 +22,14 @@ from typing import TYPE_CHECKING
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, RunnerCrashedError
 from fmgguf.runtime import requests
-from fmgguf.runtime.drafting import check_mode
-from fmgguf.runtime.engine import GenerationStats
-from fmgguf.runtime.fim_stop import cut_pieces
-from fmgguf.runtime.generation import GenerationResult, GenerationStream, ModelGone
-from fmgguf.runtime.loading import (
+from fmgguf.runtime.engine.drafting import check_mode
+from fmgguf.runtime.engine.engine import GenerationStats
+from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream, ModelGone
+from fmgguf.runtime.prompt.fim_stop import cut_pieces
+from fmgguf.runtime.requests import Ask
+from fmgguf.runtime.router import Router
+from fmgguf.runtime.runner.health import CrashRecord
+from fmgguf.runtime.runner.loading import (
     FileFacts,
     LoadedModel,
     SwitchResult,
@@ -34,18 +37,15 @@ from fmgguf.runtime.loading import (
     check_load_options,
     engine_starter,
 )
-from fmgguf.runtime.requests import Ask
-from fmgguf.runtime.router import Router
-from fmgguf.runtime.runner.health import CrashRecord
 from fmgguf.runtime.runner.residency import IdleWatcher, LoadSpec, Resident
 from fmgguf.runtime.runner.supervisor import Supervisor
-from fmgguf.runtime.tools import ToolRequest
+from fmgguf.runtime.tools.tools import ToolRequest
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog, ModelCard
     from fmgguf.download import ModelDownloader
-    from fmgguf.runtime.engine_api import EngineStarter
-    from fmgguf.runtime.fim_stop import FimCutter
+    from fmgguf.runtime.engine.engine_api import EngineStarter
+    from fmgguf.runtime.prompt.fim_stop import FimCutter
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class ModelManager:
              tools: ToolRequest | None = None, **sampling: Sampling) -> GenerationResult | GenerationStream:
         """Answer chat ``messages`` with the model's own template (GGUF, else the catalog family).
         ``tools``: functions the model may call and/or a response format, each enforced by a grammar
-        (the text that comes back still holds the calls: :mod:`fmgguf.runtime.tool_parser` reads them)."""
+        (the text that comes back still holds the calls: :mod:`fmgguf.runtime.tools.tool_parser` reads them)."""
         ask = Ask.of(requests.chat(messages, tools), max_tokens, temperature, top_p, stop, seed, sampling)
         return self._generate(ask, stream, model, keep_alive)
 
@@ -279,9 +279,9 @@ class ModelManager:
 
         A catalog model gets its family's text layout (``extra`` files ``(name, text)`` as repo-level
         context, the whole cut to ``max_prompt_chars``); a bare file its FIM token ids. The middle ends
-        where :mod:`fmgguf.runtime.fim_stop` says the gap ends (``n_indent``, ``time_limit_s``: llama.cpp's
+        where :mod:`fmgguf.runtime.prompt.fim_stop` says the gap ends (``n_indent``, ``time_limit_s``: llama.cpp's
         ``n_indent`` and ``t_max_predict_ms``); the result's ``stop_reason`` says why."""
-        from fmgguf.runtime.fim_stop import FimCutter, FimRules
+        from fmgguf.runtime.prompt.fim_stop import FimCutter, FimRules
 
         build = requests.fim(prefix, suffix, extra, filename, max_prompt_chars)
         ask = Ask.of(build, max_tokens, temperature, top_p, stop, seed, sampling, True)

@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.engine import GenerationStats
-from fmgguf.runtime.engine_api import EngineAPI
-from fmgguf.runtime.generation import GenerationResult, PromptText
-from fmgguf.runtime.loading import LoadedModel
+from fmgguf.runtime.engine.engine import GenerationStats
+from fmgguf.runtime.engine.engine_api import EngineAPI
+from fmgguf.runtime.engine.generation import GenerationResult, PromptText
+from fmgguf.runtime.runner.loading import LoadedModel
 from fmgguf.runtime.runner.residency import Resident
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.constraints import Constraint
-    from fmgguf.runtime.fim_stop import FimCutter
-    from fmgguf.runtime.tools import ToolRequest
+    from fmgguf.runtime.engine.constraints import Constraint
+    from fmgguf.runtime.prompt.fim_stop import FimCutter
+    from fmgguf.runtime.tools.tools import ToolRequest
 
 #: a prompt for the engine: token ids, or text it tokenizes itself; the stop strings it adds; a grammar
 Prompt = tuple["list[int] | PromptText", list[str], "Constraint | None"]
@@ -39,7 +39,7 @@ class Ask:
     top_p: float
     stop: tuple[str, ...]
     seed: int | None
-    #: top_k, min_p, penalties, a grammar ``constraint`` (:class:`~fmgguf.runtime.constraints.Constraint`)
+    #: top_k, min_p, penalties, a grammar ``constraint`` (:class:`~fmgguf.runtime.engine.constraints.Constraint`)
     sampling: Mapping[str, object] = field(default_factory=dict)
     #: FIM: ahead of other requests for the same model
     priority: bool = False
@@ -66,9 +66,9 @@ def plain(prompt: str) -> Build:
 
 def chat(messages: Sequence[Mapping[str, object]], tools: "ToolRequest | None" = None) -> Build:
     """The chat rendered with the model's template; ``tools`` (functions and/or a response format) go
-    into the template and become a grammar (:mod:`fmgguf.runtime.tool_grammar`)."""
-    from fmgguf.runtime.prompts import normalize_messages, render_chat
-    from fmgguf.runtime.tool_grammar import format_constraint, tool_constraint
+    into the template and become a grammar (:mod:`fmgguf.runtime.tools.tool_grammar`)."""
+    from fmgguf.runtime.prompt.prompts import normalize_messages, render_chat
+    from fmgguf.runtime.tools.tool_grammar import format_constraint, tool_constraint
 
     msgs = normalize_messages(messages)
 
@@ -87,9 +87,9 @@ def chat(messages: Sequence[Mapping[str, object]], tools: "ToolRequest | None" =
 
 def fim(prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
         max_chars: int | None = None) -> Build:
-    """The FIM prompt (:mod:`fmgguf.runtime.fim_prompt`), refused by the one FIM rule where the model can't."""
-    from fmgguf.runtime.fim_prompt import fim_prompt
-    from fmgguf.runtime.fim_rule import fim_verdict
+    """The FIM prompt (:mod:`fmgguf.runtime.prompt.fim_prompt`), refused by the one FIM rule where the model can't."""
+    from fmgguf.runtime.prompt.fim_prompt import fim_prompt
+    from fmgguf.runtime.prompt.fim_rule import fim_verdict
 
     def build(engine: EngineAPI, r: Resident) -> Prompt:
         verdict = fim_verdict(r.spec.card, name=r.info.id, lookup=engine.special_token_id)

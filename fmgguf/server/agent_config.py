@@ -37,7 +37,7 @@ def agent_context(settings: Any, card: Any, quant: str, path: Path | None) -> Ag
     """The largest context up to :data:`AGENT_CTX` (and the model's trained length) that the fit plan
     says fits, and what it costs."""
     from fmgguf._util import human_bytes as gib
-    from fmgguf.runtime.fit import plan_for_card, plan_for_file
+    from fmgguf.runtime.plan.fit import plan_for_card, plan_for_file
 
     trained = int(card.arch.context_length) if card.arch and card.arch.context_length else AGENT_CTX
     plan = None

@@ -148,7 +148,7 @@ def config_for(tool: str, roles: Roles) -> EditorConfig:
 def pick_roles(catalog: Any, downloaded: list[tuple[str, str]], base_url: str, api_key: str | None = None,
                loaded: list[str] | None = None, n_ctx: int = 4096, *, settings: Any) -> Roles:
     """The autocomplete (FIM, by the one FIM rule) and chat models among the downloaded ones, loaded ones first."""
-    from fmgguf.runtime.fim_rule import card_verdict
+    from fmgguf.runtime.prompt.fim_rule import card_verdict
 
     order = sorted(downloaded, key=lambda p: (p[0] not in (loaded or []), p[0], p[1]))
     cards = [(catalog.get(m), q) for m, q in order if m in catalog]

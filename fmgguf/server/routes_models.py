@@ -22,7 +22,7 @@ from fmgguf.server.schemas import CompareRequest, DownloadRequest, GenerateReque
 from fmgguf.server.state import ServerState, state_of
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.devices import SystemMemory
+    from fmgguf.runtime.hw.devices import SystemMemory
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling
 from fmgguf.server.dialects.core import start as start_generation
 from fmgguf.server.streaming import error_payload, run_exclusive, sse

@@ -89,7 +89,7 @@ def list_models(request: Request) -> dict:
 
 def _capabilities(state: ServerState, model_id: str) -> list[str]:
     """Ollama's words: ``completion``, ``insert`` (fill-in-the-middle, by the one FIM rule), ``chat``, ``tools``."""
-    from fmgguf.runtime.tools import tools_supported
+    from fmgguf.runtime.tools.tools import tools_supported
     from fmgguf.server.dialects.ollama_models import capabilities
 
     if model_id in state.catalog:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from fmgguf.bench import ModelBenchmarker
     from fmgguf.catalog import Catalog, ModelCard
     from fmgguf.download import ModelDownloader
-    from fmgguf.runtime.devices import SystemMemory
+    from fmgguf.runtime.hw.devices import SystemMemory
     from fmgguf.runtime.manager import ModelManager
     from fmgguf.server.dialects.core import DialectHub
     from fmgguf.settings import Settings
@@ -156,7 +156,7 @@ class ServerState:
         now = time.monotonic()
         if hit and now - hit[0] < FIT_CACHE_S:
             return hit[1]
-        from fmgguf.runtime.fit import plan_for_card
+        from fmgguf.runtime.plan.fit import plan_for_card
 
         plan = plan_for_card(card, quant, n_ctx=n_ctx, settings=self.settings, path=path, remote=remote, mem=mem)
         data = plan.as_dict()
@@ -166,7 +166,7 @@ class ServerState:
     def memory_snapshot(self) -> "SystemMemory | None":
         """Free RAM/VRAM probed once for a whole listing (None if the runtime is not available)."""
         try:
-            from fmgguf.runtime.devices import system_memory
+            from fmgguf.runtime.hw.devices import system_memory
         except ImportError:
             return None
         return system_memory(vram_override=self.settings.vram_override)

@@ -21,7 +21,7 @@ from fmgguf.errors import FmggufError
 from fmgguf.server.state import ServerState
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.generation import GenerationResult, GenerationStream
+    from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream
     from fmgguf.runtime.manager import ModelManager
 
 T = TypeVar("T")

@@ -114,7 +114,7 @@ def _pack_value(value: Any, vtype: int, sub: int | None) -> bytes:
 
 def rewrite_gguf(src: Path, dst: Path, metadata: Metadata, keep_tensor: Callable[[str], bool] = lambda _: True) -> None:
     """Write ``src``'s tensors (those ``keep_tensor`` accepts, bytes unchanged) under new ``metadata``."""
-    from fmgguf.runtime.gguf_file import ggml_types, read_gguf
+    from fmgguf.runtime.gguf.gguf_file import ggml_types, read_gguf
 
     info = read_gguf(src, check=False)
     type_ids = {name: tid for tid, (name, _, _) in ggml_types().items()}
@@ -166,7 +166,7 @@ def build_bad_model(kind: str, out_dir: str | os.PathLike[str], cache_dir: str |
 def write_split(src: Path, out_dir: Path, metadata: Metadata | None = None) -> tuple[Path, Path]:
     """``src`` as a two-part gguf-split model (as llama.cpp's gguf-split writes one: every key in the
     first part, only the split.* keys in the second); ``metadata`` replaces the first part's keys."""
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
     from fmgguf.tiny.vocab import read_kv
 
     names = [t.name for t in read_gguf(src, check=False).tensors]

@@ -26,7 +26,7 @@ def derived_quant(real: Path, quant: str) -> Path:
         _to_f16(real, f16)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     nthread = str(max(1, min(4, os.cpu_count() or 1)))
-    proc = subprocess.run([sys.executable, "-m", "fmgguf.runtime.engine_child", "--quantize", str(f16), str(tmp),
+    proc = subprocess.run([sys.executable, "-m", "fmgguf.runtime.engine.engine_child", "--quantize", str(f16), str(tmp),
                            str(FTYPES[quant]), nthread], capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)

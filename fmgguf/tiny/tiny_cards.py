@@ -52,8 +52,8 @@ def parameter_counts(spec: TinySpec, n_vocab: int) -> tuple[int, int]:
 
 def arch_from_file(path: Path, spec: TinySpec) -> dict:
     """The catalog ``arch`` block, read from the GGUF's own metadata and tensor table."""
-    from fmgguf.runtime.card_arch import card_numbers
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.card_arch import card_numbers
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
 
     arch = card_numbers(read_gguf(path))[0]
     assert arch["tied_embeddings"] == spec.tied, "the built file disagrees with its spec"

@@ -99,7 +99,7 @@ def build_tiny_model(arch: str = "qwen2", size: str = "unit", quant: str = "F16"
 def _quantize(source: Path, out: Path, ftype: int) -> None:
     """llama.cpp's quantizer in a child process: its logs stay out of ours and an abort cannot kill us."""
     nthread = max(1, os.cpu_count() or 1)
-    proc = subprocess.run([sys.executable, "-m", "fmgguf.runtime.engine_child", "--quantize", str(source), str(out), str(ftype), str(nthread)],
+    proc = subprocess.run([sys.executable, "-m", "fmgguf.runtime.engine.engine_child", "--quantize", str(source), str(out), str(ftype), str(nthread)],
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 or not _valid(out):
         tail = " | ".join((proc.stderr or proc.stdout or "no output").strip().splitlines()[-3:])

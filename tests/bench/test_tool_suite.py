@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from fmgguf.bench.tool_cases import TOOLS, cases
 from fmgguf.bench.tool_suite import CaseResult, ToolSuiteReport, call_valid, schema_errors
-from fmgguf.runtime.tools import ToolCall
+from fmgguf.runtime.tools.tools import ToolCall
 
 
 def test_the_suite_has_every_kind_of_case() -> None:

@@ -115,7 +115,7 @@ def test_interrupted_run_leaves_no_half_written_gguf(checkpoints: dict, tmp_path
     assert list(out.glob(".Cut-*.gguf.partial")), "the conversion never started writing"
     os.killpg(proc.pid, signal.SIGKILL)  # the script and the converter/quantizer under it
     proc.wait()
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
 
     for final in out.glob("Cut-*.gguf"):  # whatever has a final name is complete
         read_gguf(final)

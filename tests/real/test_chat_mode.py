@@ -1,4 +1,4 @@
-"""The chat-or-raw rule of `fmgguf run` (fmgguf.runtime.chat_mode) on the built-in catalog's cards."""
+"""The chat-or-raw rule of `fmgguf run` (fmgguf.runtime.prompt.chat_mode) on the built-in catalog's cards."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.chat_mode import gguf_names, is_instruct, wants_chat
+from fmgguf.runtime.prompt.chat_mode import gguf_names, is_instruct, wants_chat
 
 
 @pytest.fixture(scope="module")

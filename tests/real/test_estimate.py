@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.dryrun import MIB, measure
-from fmgguf.runtime.estimate import estimate_file
-from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.gguf.gguf_file import read_gguf
+from fmgguf.runtime.plan.dryrun import MIB, measure
+from fmgguf.runtime.plan.estimate import estimate_file
 
 pytestmark = pytest.mark.real
 
@@ -53,7 +53,7 @@ def test_estimate_matches_llama_cpp_printed_buffers(real_path: Path, quant: str,
 
 def test_the_fit_plan_counts_the_repacked_copy(real_path: Path) -> None:
     """On a CPU that repacks Q4_0, the plan's RAM figure includes the CPU_REPACK copy (mmap)."""
-    from fmgguf.runtime.repack import cpu_kernels, repack_interleave
+    from fmgguf.runtime.plan.repack import cpu_kernels, repack_interleave
     from fmgguf.testing.real_quants import derived_quant
 
     kernels = cpu_kernels()

@@ -1,6 +1,6 @@
 """FIM on the real code model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M): a slice of HumanEval single-line
 infilling whose middles pass their tests, ending where the gap ends (the model itself runs on into
-the suffix and a test harness of its own; fmgguf.runtime.fim_stop cuts it there)."""
+the suffix and a test harness of its own; fmgguf.runtime.prompt.fim_stop cuts it there)."""
 
 from __future__ import annotations
 

@@ -61,9 +61,9 @@ def test_a_fim_slice_passes_its_tests(qwen_manager: Any, case: str, tmp_path: Pa
 
 
 def test_the_estimate_matches_llama_cpp_allocation(qwen_path: Path) -> None:
-    from fmgguf.runtime.dryrun import MIB, measure
-    from fmgguf.runtime.estimate import estimate_file
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
+    from fmgguf.runtime.plan.dryrun import MIB, measure
+    from fmgguf.runtime.plan.estimate import estimate_file
 
     tol = 0.0051 * MIB  # llama.cpp prints MiB with two decimals
     est = estimate_file(read_gguf(qwen_path), n_ctx=2048, measure=True, use_mmap=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fmgguf.runtime.gguf_file import TensorInfo, read_gguf
-from fmgguf.runtime.repack import CpuKernels, host_buffers, pad, repack_interleave, repacked
+from fmgguf.runtime.gguf.gguf_file import TensorInfo, read_gguf
+from fmgguf.runtime.plan.repack import CpuKernels, host_buffers, pad, repack_interleave, repacked
 
 AVX2 = CpuKernels(frozenset({"AVX2", "REPACK"}))
 AVX512 = CpuKernels(frozenset({"AVX2", "AVX512", "REPACK"}))

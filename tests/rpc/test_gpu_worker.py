@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fmgguf.runtime.rpc import WorkerSpec, probe
+from fmgguf.runtime.rpc.rpc import WorkerSpec, probe
 
 from .conftest import child_env, start_worker
 
@@ -28,7 +28,7 @@ m.close()
 
 
 def test_cuda_worker_serves_gpu_memory_and_holds_layers() -> None:
-    from fmgguf.runtime.devices import ggml_devices
+    from fmgguf.runtime.hw.devices import ggml_devices
     from fmgguf.testing import build_tiny_model
 
     cuda = next(d for d in ggml_devices() if d.backend == "CUDA")

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from fmgguf.runtime.devices import Device, SystemMemory
-from fmgguf.runtime.estimate import GPU_RUNTIME_OVERHEAD, estimate_file
-from fmgguf.runtime.fit import _plan_from
-from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.gguf.gguf_file import read_gguf
+from fmgguf.runtime.hw.devices import Device, SystemMemory
+from fmgguf.runtime.plan.estimate import GPU_RUNTIME_OVERHEAD, estimate_file
+from fmgguf.runtime.plan.fit import _plan_from
 from fmgguf.settings import load_settings
 
 GiB = 1024**3

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from fmgguf.errors import InvalidRequestError, WorkerError
-from fmgguf.runtime.rpc import DEFAULT_PORT, WorkerSpec, parse_workers, probe
+from fmgguf.runtime.rpc.rpc import DEFAULT_PORT, WorkerSpec, parse_workers, probe
 
 from .conftest import child_env, closed_port, fmgguf_cmd, start_worker
 
@@ -19,7 +19,7 @@ import ctypes, sys
 first = sys.argv[1]
 if first == "llama_cpp":
     import llama_cpp
-from fmgguf.runtime import devices
+from fmgguf.runtime.hw import devices
 ours = devices._ggml()
 import llama_cpp
 theirs = llama_cpp.llama_cpp._lib
@@ -30,7 +30,7 @@ print(addr(ours) == addr(theirs), bool(ours.ggml_backend_reg_by_name(b"RPC")), d
 
 @pytest.mark.parametrize("first", ["fmgguf", "llama_cpp"])
 def test_rpc_backend_resolves_through_the_library_llama_cpp_uses(first: str) -> None:
-    from fmgguf.runtime.devices import llama_cpp_lib_dir
+    from fmgguf.runtime.hw.devices import llama_cpp_lib_dir
 
     assert (llama_cpp_lib_dir() / "libggml-rpc.so").is_file(), "the wheel was built without -DGGML_RPC=on"
     out = subprocess.run([sys.executable, "-c", _SAME_HANDLE, first], capture_output=True, text=True, timeout=120,
@@ -126,7 +126,7 @@ def test_rpc_in_process_isolation_is_refused_before_llama_cpp_connects(workers, 
     m = ModelManager(load_settings(home=tmp_path), keep_alive=0, isolation="inprocess")
     with pytest.raises(InvalidRequestError, match="runner process"):
         m.load_file(tiny_path, n_ctx=256, rpc=workers[0].endpoint)
-    from fmgguf.runtime.devices import attached_workers
+    from fmgguf.runtime.hw.devices import attached_workers
 
     assert attached_workers() == []  # nothing was attached to this (pytest's) process
     m.close()

@@ -99,7 +99,7 @@ LIES: tuple[Lie, ...] = (
 
 _PROBE = r"""
 import sys
-from fmgguf.runtime.engine import Engine, LoadOptions, GenerationStats
+from fmgguf.runtime.engine.engine import Engine, LoadOptions, GenerationStats
 with Engine(sys.argv[1], LoadOptions(n_ctx=128)) as e:
     toks = e.tokenize("def f(x):", add_bos=e.add_bos)
     text = "".join(e.stream(toks, GenerationStats(), max_tokens=4, temperature=0))

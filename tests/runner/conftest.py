@@ -22,8 +22,8 @@ _spec.loader.exec_module(aborting)  # type: ignore[union-attr]
 def trusting_validator(path: Path, cache: dict) -> Any:
     """FileFacts from the header read without the llama.cpp-matching checks (what llama.cpp would get
     without our validator); the fit plan reuses this header, so it does not check it either."""
-    from fmgguf.runtime.gguf_file import read_gguf
-    from fmgguf.runtime.loading import FileFacts
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
+    from fmgguf.runtime.runner.loading import FileFacts
 
     info = read_gguf(path, check=False)
     return FileFacts(arch=info.arch, n_ctx_train=info.n_ctx_train, file_type=info.file_type,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fmgguf.runtime.engine import LoadOptions
+from fmgguf.runtime.engine.engine import LoadOptions
 from fmgguf.runtime.runner.protocol import to_wire
 from fmgguf.runtime.runner.proxy import RunnerProcess
 

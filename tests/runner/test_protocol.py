@@ -14,7 +14,7 @@ from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, error_from_wi
 
 
 def test_dataclasses_travel_field_by_field() -> None:
-    from fmgguf.runtime.engine import GenerationStats, LoadOptions
+    from fmgguf.runtime.engine.engine import GenerationStats, LoadOptions
 
     opts = LoadOptions(n_ctx=256, n_gpu_layers=3, tensor_split=(3.0, 1.0), split_mode="row", type_k="q8_0")
     back = from_wire(LoadOptions, to_wire(opts))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.generation import GenerationStream
+from fmgguf.runtime.engine.generation import GenerationStream
 
 
 def test_two_models_stream_side_by_side(runner_manager, good_path: Path, other_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_fim_goes_ahead_of_chat_queued_for_the_same_model(runner_manager, good_p
 def test_one_runner_serves_concurrent_streams_each_its_own(good_path: Path) -> None:
     """Several streams in flight on one runner (the proxy multiplexes them by request id, whoever
     reads the socket hands the others their frames): each consumer gets exactly its own text."""
-    from fmgguf.runtime.engine import GenerationStats, LoadOptions
+    from fmgguf.runtime.engine.engine import GenerationStats, LoadOptions
     from fmgguf.runtime.runner.proxy import EngineProxy
 
     proxy = EngineProxy.start(good_path, LoadOptions(n_ctx=1024, parallel=4), slots=4)

@@ -16,8 +16,8 @@ WORKFLOW = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "
 
 _SAMPLER = r"""
 import json, sys
-from fmgguf.runtime.engine import Engine, LoadOptions, lib
-from fmgguf.runtime.grammar import json_schema_to_gbnf
+from fmgguf.runtime.engine.engine import Engine, LoadOptions, lib
+from fmgguf.runtime.engine.grammar import json_schema_to_gbnf
 gbnf = json_schema_to_gbnf(json.loads(sys.argv[2]))
 with Engine(sys.argv[1], LoadOptions(n_ctx=128)) as e:
     ptr = lib().llama_sampler_init_grammar(e.vocab, gbnf.encode(), b"root")
@@ -28,7 +28,7 @@ with Engine(sys.argv[1], LoadOptions(n_ctx=128)) as e:
 def test_claude_code_schemas_make_small_grammars_llama_cpp_takes(qwen_path: Path) -> None:
     import json
 
-    from fmgguf.runtime.grammar import any_where_typeless, json_schema_to_gbnf
+    from fmgguf.runtime.engine.grammar import any_where_typeless, json_schema_to_gbnf
 
     fixed = any_where_typeless(WORKFLOW)
     assert fixed["properties"]["args"]["type"] == ["object", "array", "string", "number", "boolean", "null"]

@@ -26,7 +26,7 @@ def test_only_the_engine_imports_llama_cpp() -> None:
     importers = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "fmgguf").rglob("*.py")
                        if re.search(r"^\s*(import|from) llama_cpp\b", p.read_text(encoding="utf-8"), re.M))
     # the test-support package builds raw llama.cpp outcomes of its bad models on purpose
-    assert importers == ["fmgguf/runtime/engine.py", "fmgguf/testing/bad_models.py"]
+    assert importers == ["fmgguf/runtime/engine/engine.py", "fmgguf/testing/bad_models.py"]
 
 
 def test_get_model_manager_is_one_per_process() -> None:
@@ -36,7 +36,7 @@ def test_get_model_manager_is_one_per_process() -> None:
 
 
 def test_multi_gpu_options_reach_llama_cpp() -> None:
-    from fmgguf.runtime.engine import LoadOptions
+    from fmgguf.runtime.engine.engine import LoadOptions
 
     kw = LoadOptions(n_ctx=256, n_gpu_layers=20, tensor_split=(3.0, 1.0), main_gpu=1, split_mode="row",
                      type_k="q8_0", type_v="q8_0", flash_attn=True).llama_kwargs()

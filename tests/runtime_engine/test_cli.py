@@ -108,7 +108,7 @@ def test_fim_is_refused_from_the_card_before_the_download_check(model_id: str, c
 
 
 def test_a_context_past_the_trained_one_warns(qwen_path: Path) -> None:
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
 
     trained = read_gguf(qwen_path).n_ctx_train
     r = CliRunner().invoke(cli, ["run", str(qwen_path), "x", "-n", "1", "--ctx", str(trained * 2), "--json"])

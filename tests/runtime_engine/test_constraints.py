@@ -11,12 +11,12 @@ import pytest
 
 from fmgguf.bench.tool_suite import schema_errors
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.constraints import Constraint
-from fmgguf.runtime.engine import Engine, GenerationStats, LoadOptions
-from fmgguf.runtime.grammar import check_grammar, json_schema_to_gbnf
-from fmgguf.runtime.tool_grammar import format_constraint, tool_constraint
-from fmgguf.runtime.tool_parser import ToolCallParser
-from fmgguf.runtime.tools import ResponseFormat, ToolRequest, ToolSpec
+from fmgguf.runtime.engine.constraints import Constraint
+from fmgguf.runtime.engine.engine import Engine, GenerationStats, LoadOptions
+from fmgguf.runtime.engine.grammar import check_grammar, json_schema_to_gbnf
+from fmgguf.runtime.tools.tool_grammar import format_constraint, tool_constraint
+from fmgguf.runtime.tools.tool_parser import ToolCallParser
+from fmgguf.runtime.tools.tools import ResponseFormat, ToolRequest, ToolSpec
 
 #: bounded, so a random model cannot wander off into an endless string
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["path", "n", "mode"],
@@ -120,7 +120,7 @@ def _allows_after(engine: Engine, gbnf: str, text: str, token: int) -> bool:
     """Whether llama.cpp's grammar sampler, having accepted ``text``'s tokens, still allows ``token``."""
     import ctypes
 
-    from fmgguf.runtime.engine import lib
+    from fmgguf.runtime.engine.engine import lib
 
     mod = lib()
     smpl = mod.llama_sampler_init_grammar(engine.vocab, gbnf.encode("utf-8"), b"root")
@@ -137,7 +137,7 @@ def _allows_after(engine: Engine, gbnf: str, text: str, token: int) -> bool:
 
 def test_parallel_calls_stop_at_the_bound(engine: Engine) -> None:
     """A looping model gets at most MAX_PARALLEL_CALLS calls in one answer, then only the end."""
-    from fmgguf.runtime.tool_grammar import MAX_PARALLEL_CALLS
+    from fmgguf.runtime.tools.tool_grammar import MAX_PARALLEL_CALLS
 
     c = tool_constraint(ToolRequest(TOOLS, "required", True), "hermes")
     assert c is not None

@@ -1,4 +1,4 @@
-"""fmgguf.runtime.fim_stop on strings: where a fill-in-the-middle completion ends, and what streaming shows.
+"""fmgguf.runtime.prompt.fim_stop on strings: where a fill-in-the-middle completion ends, and what streaming shows.
 
 Every case runs twice: fed whole, and fed one character at a time, checking after every piece that
 nothing shown is ever taken back (the shown text is always a prefix of the final middle)."""
@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from fmgguf.runtime.fim_stop import FimCutter, FimRules, cut_pieces, stop_type
+from fmgguf.runtime.prompt.fim_stop import FimCutter, FimRules, cut_pieces, stop_type
 
 PRE = 'def total(xs):\n    """Sum."""\n    t = 0\n    for x in xs:\n'
 SUF = "    return t\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from fmgguf.runtime.prompt_cache import PromptCache, common_prefix, normalize_volatile
+from fmgguf.runtime.engine.prompt_cache import PromptCache, common_prefix, normalize_volatile
 
 
 def _buf(n: int) -> ctypes.Array:
@@ -61,7 +61,7 @@ SYSTEM = ("You are a careful coding agent working in a repository. Read files be
 
 
 def _run(engine: object, text: str, n: int = 12) -> tuple[str, object]:
-    from fmgguf.runtime.engine import GenerationStats
+    from fmgguf.runtime.engine.engine import GenerationStats
 
     stats = GenerationStats()
     toks = engine.tokenize(text, add_bos=engine.add_bos)  # type: ignore[attr-defined]
@@ -70,7 +70,7 @@ def _run(engine: object, text: str, n: int = 12) -> tuple[str, object]:
 
 
 def test_a_conversation_comes_back_from_the_cache_and_never_leaks(qwen_path: Path) -> None:
-    from fmgguf.runtime.engine import Engine, LoadOptions
+    from fmgguf.runtime.engine.engine import Engine, LoadOptions
 
     a = SYSTEM + "\nUser: write a parser for ini files in Python."
     b = SYSTEM + "\nUser: explain the off-by-one bug in this loop: for i in range(len(x) + 1)."

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fmgguf.errors import FIMNotSupportedError, InvalidRequestError
-from fmgguf.runtime.prompts import (
+from fmgguf.runtime.prompt.prompts import (
     FAMILIES,
     FimTokens,
     build_fim_tokens,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.constraints import Constraint
-from fmgguf.runtime.engine import Engine, GenerationStats, LoadOptions
+from fmgguf.runtime.engine.constraints import Constraint
+from fmgguf.runtime.engine.engine import Engine, GenerationStats, LoadOptions
 
 pytestmark = pytest.mark.slow  # a minute on 2 busy cores: every test drives several generations
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.drafting import SHORT_MATCH_DRAFT, NgramTable, check_mode
-from fmgguf.runtime.engine import Engine, GenerationStats, LoadOptions
+from fmgguf.runtime.engine.drafting import SHORT_MATCH_DRAFT, NgramTable, check_mode
+from fmgguf.runtime.engine.engine import Engine, GenerationStats, LoadOptions
 
 #: a prompt with repeats to look up
 PROMPT = "def add(a, b):\n    return a + b\n\n" * 6 + "class Stack:\n    def push(self, x):\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.kv_reuse import KV_REUSE_MIN, plan_reuse
-from fmgguf.runtime.threads import choose_threads, physical_cores
+from fmgguf.runtime.engine.kv_reuse import KV_REUSE_MIN, plan_reuse
+from fmgguf.runtime.hw.threads import choose_threads, physical_cores
 
 
 def _topology(root: Path, siblings: list[str]) -> Path:
@@ -50,7 +50,7 @@ def test_threads_setting_and_its_errors(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_load_options_carry_the_thread_choice() -> None:
-    from fmgguf.runtime.engine import LoadOptions
+    from fmgguf.runtime.engine.engine import LoadOptions
 
     kw = LoadOptions(n_ctx=256).llama_kwargs()
     assert kw["n_threads"] == kw["n_threads_batch"] == choose_threads(None).n_threads

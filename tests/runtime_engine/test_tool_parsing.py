@@ -8,9 +8,9 @@ import json
 import pytest
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.prompts import render_chat
-from fmgguf.runtime.tool_parser import ToolCallParser, could_start
-from fmgguf.runtime.tools import ResponseFormat, ToolRequest, ToolSpec, template_format
+from fmgguf.runtime.prompt.prompts import render_chat
+from fmgguf.runtime.tools.tool_parser import ToolCallParser, could_start
+from fmgguf.runtime.tools.tools import ResponseFormat, ToolRequest, ToolSpec, template_format
 
 TOOLS = (ToolSpec("read_file", "Read a file", {"type": "object", "properties": {"path": {"type": "string"}},
                                                "required": ["path"]}),

@@ -108,7 +108,7 @@ def test_fit_warns_past_the_trained_context(llama_f16: Path) -> None:
     assert r.stderr.strip() == f"warning: {data['warnings'][0]}"
     r = CliRunner().invoke(cli, ["--offline", "fit", "qwen2.5-coder-7b-instruct", "--ctx", "32768", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["warnings"] == [] and not r.stderr
-    from fmgguf.runtime.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import read_gguf
 
     trained = read_gguf(llama_f16).n_ctx_train
     r = CliRunner().invoke(cli, ["fit", str(llama_f16), "--ctx", str(trained * 4), "--no-measure"])

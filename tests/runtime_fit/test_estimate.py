@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.dryrun import MIB, measure
-from fmgguf.runtime.estimate import estimate_card, estimate_file, kv_layers_for
-from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.gguf.gguf_file import read_gguf
+from fmgguf.runtime.plan.dryrun import MIB, measure
+from fmgguf.runtime.plan.estimate import estimate_card, estimate_file, kv_layers_for
 
 from .conftest import ARCHES, NO_EXTRA_BUFTS
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.devices import Device, SystemMemory
-from fmgguf.runtime.estimate import GPU_RUNTIME_OVERHEAD, estimate_file
-from fmgguf.runtime.fit import choose, plan_for_card, plan_for_file
-from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.gguf.gguf_file import read_gguf
+from fmgguf.runtime.hw.devices import Device, SystemMemory
+from fmgguf.runtime.plan.estimate import GPU_RUNTIME_OVERHEAD, estimate_file
+from fmgguf.runtime.plan.fit import choose, plan_for_card, plan_for_file
 from fmgguf.settings import load_settings
 
 GiB = 1024**3
@@ -158,7 +158,7 @@ def test_plan_before_download_reads_the_header_over_http(tiny: dict) -> None:
 
 def test_remote_header_corruption_is_an_error(tmp_path: Path, tiny: dict) -> None:
     from fmgguf.errors import GGUFError
-    from fmgguf.runtime.remote_header import read_remote_gguf
+    from fmgguf.runtime.gguf.remote_header import read_remote_gguf
     from fmgguf.testing import HubServer
 
     src = tiny[("llama", "F16")]

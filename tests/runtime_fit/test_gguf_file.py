@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fmgguf.errors import GGUFError
-from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.gguf.gguf_file import read_gguf
 
 
 # --- a minimal GGUF writer for targeted corruption ----------------------------------------------

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fmgguf.runtime.devices import ggml_devices, system_memory
-from fmgguf.runtime.dryrun import MIB, measure
-from fmgguf.runtime.estimate import GPU_RUNTIME_OVERHEAD, estimate_file
-from fmgguf.runtime.fit import plan_for_file
-from fmgguf.runtime.gguf_file import read_gguf
+from fmgguf.runtime.gguf.gguf_file import read_gguf
+from fmgguf.runtime.hw.devices import ggml_devices, system_memory
+from fmgguf.runtime.plan.dryrun import MIB, measure
+from fmgguf.runtime.plan.estimate import GPU_RUNTIME_OVERHEAD, estimate_file
+from fmgguf.runtime.plan.fit import plan_for_file
 from fmgguf.settings import load_settings
 
 pytestmark = pytest.mark.gpu

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from fmgguf.cli.main import cli
 from fmgguf.errors import GGUFError, exit_code_for
-from fmgguf.runtime.dryrun import check_loadable, dry_run_check
-from fmgguf.runtime.gguf_file import read_gguf
-from fmgguf.runtime.validation import check_model
+from fmgguf.runtime.gguf.gguf_file import read_gguf
+from fmgguf.runtime.gguf.validation import check_model
+from fmgguf.runtime.plan.dryrun import check_loadable, dry_run_check
 from fmgguf.testing.bad_models import BAD_KINDS, build_bad_model, raw_llama_outcome
 
 KINDS = sorted(BAD_KINDS)

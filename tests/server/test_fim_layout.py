@@ -1,5 +1,5 @@
-"""The one FIM prompt builder (runtime/prompts.py: fim_format + render_fim) every dialect uses (the
-post-processor, runtime/fim_stop.py, is tested in tests/runtime_engine/test_fim_stop.py)."""
+"""The one FIM prompt builder (runtime/prompt/prompts.py: fim_format + render_fim) every dialect uses (the
+post-processor, runtime/prompt/fim_stop.py, is tested in tests/runtime_engine/test_fim_stop.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from fmgguf.catalog.schema import FIM
 from fmgguf.errors import FIMNotSupportedError
-from fmgguf.runtime.prompts import fim_format, render_fim
+from fmgguf.runtime.prompt.prompts import fim_format, render_fim
 
 QWEN = FIM(prefix="<|fim_prefix|>", suffix="<|fim_suffix|>", middle="<|fim_middle|>", order="PSM", supported=True)
 CODESTRAL = FIM(prefix="[PREFIX]", suffix="[SUFFIX]", order="SPM", supported=True)

@@ -1,4 +1,4 @@
-"""The one FIM-capability rule (fmgguf.runtime.fim_rule): a card decides; an imported file, or a file with
+"""The one FIM-capability rule (fmgguf.runtime.prompt.fim_rule): a card decides; an imported file, or a file with
 no card, by whether its vocabulary holds a known FIM token set; import-gguf --fim/--no-fim overrides.
 The CLI (`fmgguf fim`) and every server dialect agree: an imported FIM-token file fills in the middle
 everywhere, an imported file without FIM tokens is refused everywhere for the same stated reason.
@@ -40,7 +40,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_the_rule_for_cards_files_and_imports(files: dict[str, Path]) -> None:
     from fmgguf.catalog import Catalog
-    from fmgguf.runtime.fim_rule import fim_verdict
+    from fmgguf.runtime.prompt.fim_rule import fim_verdict
 
     catalog = Catalog.load(user_path=Path("/nonexistent/catalog.yaml"))
     assert fim_verdict(catalog.get("qwen2.5-coder-0.5b-instruct")).able  # the card says yes

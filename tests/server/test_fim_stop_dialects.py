@@ -1,4 +1,4 @@
-"""The FIM post-processor (runtime/fim_stop.py) behind every dialect, on the tiny qwen model.
+"""The FIM post-processor (runtime/prompt/fim_stop.py) behind every dialect, on the tiny qwen model.
 
 The raw generation comes from /completion with the same prompt text the FIM path lays out (greedy, so
 it is the same token stream); what every FIM dialect returns must be exactly that raw text cut by
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fmgguf.runtime.fim_stop import FimCutter, FimRules
+from fmgguf.runtime.prompt.fim_stop import FimCutter, FimRules
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ SUFFIX = "\n    return y\n"
 
 def _raw(url: str, prefix: str, suffix: str) -> dict:
     from fmgguf.catalog.schema import FIM
-    from fmgguf.runtime.prompts import fim_format, render_fim
+    from fmgguf.runtime.prompt.prompts import fim_format, render_fim
 
     fmt = fim_format(FIM(prefix="<|fim_prefix|>", suffix="<|fim_suffix|>", middle="<|fim_middle|>", supported=True))
     body = {"prompt": render_fim(fmt, prefix, suffix), "n_predict": N, "temperature": 0, "seed": 1}

@@ -1,4 +1,4 @@
-"""The runner process: one :class:`~fmgguf.runtime.engine.Engine` (one llama.cpp model) behind the
+"""The runner process: one :class:`~fmgguf.runtime.engine.engine.Engine` (one llama.cpp model) behind the
 runner protocol. Started by :class:`~fmgguf.runtime.runner.process.RunnerProcess` as
 ``python -m fmgguf.runtime.runner.child FD`` with one end of a socket pair as ``FD``.
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, LoadReply, error_to_wire, from_wire, to_wire
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine import Engine
+    from fmgguf.runtime.engine.engine import Engine
 
 #: engine methods the parent may call by name (plain arguments and results)
 CALLS = frozenset({"tokenize", "special_token_id", "token_text", "fim_token_ids", "memory_bytes", "is_eog"})
@@ -119,7 +119,7 @@ class Runner:
 
     # --- operations ----------------------------------------------------------------------------
     def op_load(self, msg: dict[str, Any]) -> LoadReply:
-        from fmgguf.runtime.engine import Engine, LoadOptions
+        from fmgguf.runtime.engine.engine import Engine, LoadOptions
 
         rid = msg["id"]
 
@@ -142,8 +142,8 @@ class Runner:
 
     def op_stream(self, msg: dict[str, Any]) -> object:
         """Start a generation beside the others; its frames come from the scheduler (:class:`ChannelSink`)."""
-        from fmgguf.runtime.constraints import Constraint
-        from fmgguf.runtime.engine import GenerationStats
+        from fmgguf.runtime.engine.constraints import Constraint
+        from fmgguf.runtime.engine.engine import GenerationStats
 
         rid = int(msg["id"])
         stats = GenerationStats(started=float(msg.get("started") or time.perf_counter()))

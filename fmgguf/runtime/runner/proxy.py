@@ -1,5 +1,5 @@
 """The parent's side of a runner: :class:`EngineProxy` offers the manager the
-:class:`~fmgguf.runtime.engine_api.EngineAPI` while llama.cpp runs in the child
+:class:`~fmgguf.runtime.engine.engine_api.EngineAPI` while llama.cpp runs in the child
 (:class:`~fmgguf.runtime.runner.process.RunnerProcess`).
 
 Several streams may run at once, each under its own request id; a cancel goes to its id. When the
@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fmgguf.errors import ModelNotLoadedError, RunnerCrashedError
-from fmgguf.runtime.engine import GenerationStats, LoadOptions
-from fmgguf.runtime.engine_api import Progress
-from fmgguf.runtime.generation import PromptText
+from fmgguf.runtime.engine.engine import GenerationStats, LoadOptions
+from fmgguf.runtime.engine.engine_api import Progress
+from fmgguf.runtime.engine.generation import PromptText
 from fmgguf.runtime.runner.process import RunnerProcess, crash_error, describe_exit, last_words
 from fmgguf.runtime.runner.protocol import (
     ChannelTimeout,
@@ -43,7 +43,7 @@ _POLL_S = 0.5
 
 
 class EngineProxy:
-    """What the manager needs of an engine (:class:`~fmgguf.runtime.engine_api.EngineAPI`), served by a runner."""
+    """What the manager needs of an engine (:class:`~fmgguf.runtime.engine.engine_api.EngineAPI`), served by a runner."""
 
     isolation = "process"
     tokenizes_in_stream = True

@@ -14,9 +14,9 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from fmgguf.runtime.engine_api import EngineAPI
-from fmgguf.runtime.generation import SlotQueue
-from fmgguf.runtime.loading import LoadedModel
+from fmgguf.runtime.engine.engine_api import EngineAPI
+from fmgguf.runtime.engine.generation import SlotQueue
+from fmgguf.runtime.runner.loading import LoadedModel
 
 if TYPE_CHECKING:
     from fmgguf.catalog import ModelCard

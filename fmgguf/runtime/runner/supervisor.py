@@ -1,5 +1,5 @@
 """The supervisor: which models are resident and which one is selected, loading them (validate, make
-room, plan, start an engine through the injected :data:`~fmgguf.runtime.engine_api.EngineStarter`),
+room, plan, start an engine through the injected :data:`~fmgguf.runtime.engine.engine_api.EngineStarter`),
 unloading them once their queue has drained, and what happens when a runner dies (crash records,
 backoff, broken models).
 
@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fmgguf.errors import FmggufError, InsufficientMemoryError, ModelBrokenError, RunnerCrashedError
-from fmgguf.runtime.engine_api import EngineAPI, EngineStarter, Progress
-from fmgguf.runtime.fim_rule import fim_verdict
-from fmgguf.runtime.generation import SlotQueue
-from fmgguf.runtime.loading import (
+from fmgguf.runtime.engine.engine_api import EngineAPI, EngineStarter, Progress
+from fmgguf.runtime.engine.generation import SlotQueue
+from fmgguf.runtime.prompt.fim_rule import fim_verdict
+from fmgguf.runtime.runner.health import CrashRecord, HealthBook, backoff
+from fmgguf.runtime.runner.loading import (
     FileFacts,
     LoadedModel,
     LoadRequest,
@@ -35,12 +36,11 @@ from fmgguf.runtime.loading import (
     start_engine,
     validate,
 )
-from fmgguf.runtime.runner.health import CrashRecord, HealthBook, backoff
 from fmgguf.runtime.runner.residency import LoadSpec, Resident, Residents
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine import LoadOptions
-    from fmgguf.runtime.fit import FitPlan
+    from fmgguf.runtime.engine.engine import LoadOptions
+    from fmgguf.runtime.plan.fit import FitPlan
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class Supervisor:
     def crashed(self, spec: LoadSpec, exc: RunnerCrashedError, resident: Resident | None = None) -> None:
         """Count the crash once (every stream of a dead runner reports it), forget the dead runner, and
         say in ``exc`` when the model is now broken."""
-        from fmgguf.runtime.rpc import explain_lost_workers
+        from fmgguf.runtime.rpc.rpc import explain_lost_workers
 
         if resident is not None:
             with self.lock:

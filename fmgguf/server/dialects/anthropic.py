@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.prompt_cache import normalize_volatile
+from fmgguf.runtime.engine.prompt_cache import normalize_volatile
 from fmgguf.server.dialects import agent_common as ac
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, ToolCall, ToolSpec, start
 from fmgguf.server.state import state_of

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from fmgguf.errors import CancelledError, FmggufError
-from fmgguf.runtime.tool_parser import ToolCallParser
-from fmgguf.runtime.tools import ResponseFormat, ToolCall, ToolRequest, ToolSpec
+from fmgguf.runtime.tools.tool_parser import ToolCallParser
+from fmgguf.runtime.tools.tools import ResponseFormat, ToolCall, ToolRequest, ToolSpec
 from fmgguf.server.streaming import StreamedGeneration
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.generation import GenerationResult, GenerationStream
+    from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream
     from fmgguf.runtime.manager import ModelManager
     from fmgguf.server.state import ServerState
 
@@ -125,7 +125,7 @@ class Outcome:
     tokens_per_s: float = 0.0
     #: "stop" | "tool_calls" | "length" | "context" | "limit" (time limit) | "cancelled"
     finish_reason: str = "stop"
-    #: FIM: why the middle ended (fmgguf.runtime.fim_stop: suffix, indent, n_indent, time; else eos, length...)
+    #: FIM: why the middle ended (fmgguf.runtime.prompt.fim_stop: suffix, indent, n_indent, time; else eos, length...)
     stop_reason: str | None = None
     #: the prompt was cut to fit the context window
     truncated: bool = False

@@ -6,7 +6,7 @@ llama.cpp provider) and GET /health.
 after it. ``n_predict: 0`` is a warm-up: the prompt goes into the KV cache, no text comes back.
 ``tokens_cached`` is how many prompt tokens were reused from the previous request's KV cache;
 ``timings.prompt_n`` the prompt tokens decoded this time. Every middle ends where
-:mod:`fmgguf.runtime.fim_stop` says the gap ends: ``n_indent`` and ``t_max_predict_ms`` (at the first
+:mod:`fmgguf.runtime.prompt.fim_stop` says the gap ends: ``n_indent`` and ``t_max_predict_ms`` (at the first
 line end after that long, as llama.cpp) give ``stop_type: "limit"``, a repeated suffix or a dedent out
 of the cursor's block ``"word"``; ``stop_reason`` says which. Accepted and not used: ``cache_prompt``
 (the cache is always reused), ``t_max_prompt_ms``, ``samplers``, ``id_slot``, ``n_cmpl``, ``lora``.
@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fmgguf.runtime.fim_stop import stop_type as fim_stop_type
+from fmgguf.runtime.prompt.fim_stop import stop_type as fim_stop_type
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_error_line, start
 from fmgguf.server.schemas import MAX_PROMPT_CHARS, MAX_TOKENS
 from fmgguf.server.state import state_of

@@ -22,7 +22,7 @@ from fmgguf.server.state import ServerState, state_of
 
 if TYPE_CHECKING:
     from fmgguf.catalog import ModelCard
-    from fmgguf.runtime.prompts import FimFormat
+    from fmgguf.runtime.prompt.prompts import FimFormat
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 #: the Ollama API version we answer like (Copilot's BYOK provider wants >= 0.6.4)
@@ -133,7 +133,7 @@ def ps(request: Request) -> dict:
 def show(request: Request, body: _Body) -> dict:
     """Template, parameters, model_info and capabilities of a model (Continue reads ``.Suffix`` in the
     template as "does FIM"; Copilot reads ``<arch>.context_length`` and ``capabilities``)."""
-    from fmgguf.runtime.prompts import fim_format
+    from fmgguf.runtime.prompt.prompts import fim_format
 
     state = state_of(request)
     card, quant = resolve_local(state, body.ref())
@@ -161,7 +161,7 @@ def capabilities(card: "ModelCard", *, insert: bool) -> list[str]:
     """What a catalog model does, in Ollama's words: ``insert`` (FIM, as the one FIM rule decided), ``tools``
     (its template carries them, or it chats and takes them through the generic JSON envelope; a model that
     cannot chat cannot)."""
-    from fmgguf.runtime.tools import tools_supported
+    from fmgguf.runtime.tools.tools import tools_supported
 
     chat = card.chat_template if card.chat_template not in (None, "none") else None
     return ["completion"] + (["insert"] if insert else []) + (["tools"] if tools_supported(None, chat) else [])

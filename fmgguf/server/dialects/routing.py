@@ -19,10 +19,10 @@ from fmgguf.server.json_views import downloaded_pairs
 
 if TYPE_CHECKING:
     from fmgguf.catalog import ModelCard
-    from fmgguf.runtime.fim_rule import FimVerdict
-    from fmgguf.runtime.generation import GenerationStream
-    from fmgguf.runtime.loading import LoadedModel
+    from fmgguf.runtime.engine.generation import GenerationStream
     from fmgguf.runtime.manager import ModelManager
+    from fmgguf.runtime.prompt.fim_rule import FimVerdict
+    from fmgguf.runtime.runner.loading import LoadedModel
     from fmgguf.server.dialects.core import GenRequest
     from fmgguf.server.state import ServerState
 
@@ -94,9 +94,9 @@ def resolve(state: "ServerState", requested: str | None, kind: str) -> Target:
 
 
 def fim_verdict_for(state: "ServerState", card: "ModelCard") -> "FimVerdict":
-    """The one FIM rule (fmgguf.runtime.fim_rule) for a catalog card; an imported card without a ``fim``
+    """The one FIM rule (fmgguf.runtime.prompt.fim_rule) for a catalog card; an imported card without a ``fim``
     block is judged by its installed file's vocabulary."""
-    from fmgguf.runtime.fim_rule import card_verdict
+    from fmgguf.runtime.prompt.fim_rule import card_verdict
 
     return card_verdict(card, state.settings)
 
@@ -169,7 +169,7 @@ def call_manager(state: "ServerState", manager: "ModelManager", req: "GenRequest
     """Make ``req``'s model ready, then start its generation on it: (GenerationStream, model id, whether
     the prompt was cut to fit the context window). FIM requests go ahead of the others queued for
     the same model. Runs in a worker thread."""
-    from fmgguf.runtime.prompts import fim_format, render_fim
+    from fmgguf.runtime.prompt.prompts import fim_format, render_fim
 
     target = resolve(state, req.model, req.kind)
     ready = ensure_model_ready(manager, target)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.tools import ResponseFormat, ToolCall, ToolSpec
+from fmgguf.runtime.tools.tools import ResponseFormat, ToolCall, ToolSpec
 from fmgguf.server.schemas import ChatMessage, NamedToolChoice, ResponseFormatBody, ToolDef
 
 

@@ -1,0 +1,196 @@
+"""Speculative decoding in the slot scheduler's decode loop: n-gram drafting and its checking.
+
+A :class:`Drafter` belongs to one :class:`~fmgguf.runtime.engine.slots.Scheduler`. Its :class:`NgramTable`
+holds, for the n-grams (n = 12, 6) of every request's prompt and output, the token that followed
+the most recent occurrence; the table is shared across the slots (one request's file helps another
+that edits it). Each step, :meth:`Drafter.plan` gives a generating slot a draft: the tokens the table
+predicts after its last tokens, chained one lookup at a time. The scheduler puts the slot's last
+token plus the draft into the batch with logits for each; after the decode :meth:`Drafter.verify`
+samples the slot's own sampler chain at each position in order and stops at the first token that
+differs from the draft. So at temperature 0 the longest greedy-agreeing prefix is kept, plus the
+model's own next token; at temperature > 0 this *is* the standard rejection rule for a draft that
+puts all its probability on one token (accept with probability p(x), else draw from p without x),
+so the output distribution is unchanged, and a seeded run draws the same numbers as without drafts.
+The rejected tail leaves the KV cache (``llama_memory_seq_rm``).
+
+Tuning (:class:`DraftLength`): the draft grows while whole drafts are accepted and shrinks to what
+was accepted otherwise; when the acceptance rate drops low the slot stops drafting for a while (a
+pause that doubles each time). No slot drafts while every slot is busy: under load the batch is
+full of other slots' tokens already and drafts would only cost throughput.
+
+Reference: llama.cpp's common/ngram-*.cpp and speculative.cpp (``--spec-type ngram-simple``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.engine.sampling import argmax_rows
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine.slot_requests import Request
+    from fmgguf.runtime.engine.slots import Scheduler, Slot
+
+MODES = ("off", "ngram")
+#: n-gram orders looked up, longest first. Code repeats short n-grams everywhere (indentation,
+#: ``self.``, ``item.``): a 3-gram guess is wrong often enough to cost more than it saves (new code on
+#: Qwen2.5-Coder-0.5B: 0.90x with 3-grams, 1.07x without; the rename edit 2.33x either way), while a
+#: 12-token match is almost always followed by what followed it before (llama.cpp's ngram-simple
+#: matches 12 tokens, ngram-mod 24).
+ORDERS = (12, 6)
+#: a draft whose first token comes from a shorter match than ORDERS[0] is cut to this many tokens
+SHORT_MATCH_DRAFT = 6
+#: entries per order before the table starts over (bounds memory: ~100 MB at most)
+TABLE_LIMIT = 500_000
+#: On a CPU a batch of k rows costs far less than k single-token decodes but far more than one, so
+#: long drafts only pay where they are accepted: the length doubles after a whole draft is taken.
+MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 48, 2, 16
+#: acceptance rate (moving average) under which a slot pauses drafting
+LOW_ACCEPTANCE = 0.3
+#: tokens drafted per step over all slots
+STEP_BUDGET = 64
+
+
+def check_mode(value: str | None) -> str:
+    """``value`` as a speculative mode: off | ngram | draft:<model id> (None: off)."""
+    mode = (value or "off").strip().lower()
+    if mode in ("", "none", "false", "0"):
+        return "off"
+    if mode in MODES:
+        return mode
+    if mode.startswith("draft:") and mode[6:]:
+        raise InvalidRequestError(f"speculative {value!r}: draft-model mode is not available in this build",
+                                  fix="use speculative ngram (drafts from the prompt and output) or off")
+    raise InvalidRequestError(f"speculative {value!r} is not a mode", fix="use off, ngram or draft:<model id>")
+
+
+class NgramTable:
+    """n-gram → the token that followed it last, for n in :data:`ORDERS`."""
+
+    def __init__(self) -> None:
+        self.maps: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in ORDERS}
+
+    def add(self, tokens: list[int], start: int) -> None:
+        """Index the n-grams of ``tokens`` whose next token is at ``start`` or later."""
+        for n, table in self.maps.items():
+            if len(table) > TABLE_LIMIT:
+                table.clear()
+            for i in range(max(start, n), len(tokens)):
+                table[tuple(tokens[i - n:i])] = tokens[i]
+
+    def draft(self, history: list[int], length: int) -> list[int]:
+        """Up to ``length`` tokens predicted after ``history``, each from the longest n-gram found;
+        a draft that starts from a short match stops at :data:`SHORT_MATCH_DRAFT` tokens."""
+        window = history[-ORDERS[0]:]
+        out: list[int] = []
+        while len(out) < length:
+            nxt, order = None, 0
+            for n in ORDERS:
+                if len(window) >= n:
+                    nxt = self.maps[n].get(tuple(window[-n:]))
+                    if nxt is not None:
+                        order = n
+                        break
+            if nxt is None:
+                break
+            if not out and order < ORDERS[0]:
+                length = min(length, SHORT_MATCH_DRAFT)
+            out.append(nxt)
+            window = window[1:] + [nxt] if len(window) >= ORDERS[0] else window + [nxt]
+        return out
+
+
+@dataclass
+class DraftLength:
+    """One slot's draft length and its pause after low acceptance."""
+
+    length: int = FIRST_DRAFT
+    rate: float = 1.0
+    pause: int = 0
+    next_pause: int = 8
+    #: tokens of the slot's history already in the table
+    indexed: int = 0
+
+    def update(self, drafted: int, accepted: int) -> None:
+        # a miss (a renamed word, say) halves the length at most: the copy usually goes on right after it
+        self.length = min(MAX_DRAFT, self.length * 2) if accepted == drafted else \
+            max(MIN_DRAFT, accepted + 1, self.length // 2)
+        self.rate = 0.7 * self.rate + 0.3 * (accepted / drafted)
+        if self.rate < LOW_ACCEPTANCE:
+            self.pause, self.next_pause = self.next_pause, min(self.next_pause * 2, 256)
+            self.rate, self.length = 0.6, FIRST_DRAFT // 2
+        elif accepted == drafted:
+            self.next_pause = 8
+
+
+class Drafter:
+    """The n-gram drafting of one scheduler (see the module docstring)."""
+
+    def __init__(self, sched: Scheduler, recurrent: bool) -> None:
+        self.sched = sched
+        self.table = NgramTable()
+        #: recurrent state cannot drop a rejected tail: such models never draft
+        self.enabled = not recurrent
+        self.state: dict[int, DraftLength] = {}
+
+    def start(self, slot: Slot) -> None:
+        self.state[slot.seq] = DraftLength()
+
+    def plan(self, decoding: list[Slot], busy: int, slots: int) -> int:
+        """Set ``slot.draft`` for the decoding slots that should draft; returns the tokens drafted."""
+        for s in decoding:
+            s.draft = []
+        if not self.enabled or (busy >= slots and slots > 1):
+            return 0
+        budget = STEP_BUDGET
+        for s in decoding:
+            req = s.req
+            if req is None or req.speculative != "ngram" or s.next_token is None or budget <= 0:
+                continue
+            st = self.state.setdefault(s.seq, DraftLength())
+            history = s.cache + [s.next_token]
+            self.table.add(history, max(st.indexed, 1))
+            st.indexed = len(history)
+            if st.pause > 0:
+                st.pause -= 1
+                continue
+            left = s.limit - req.stats.completion_tokens - 1  # the draft never runs past max_tokens
+            room = self.sched.n_ctx - len(history)
+            want = min(st.length, left, room - 1, budget)
+            if want <= 0:
+                continue
+            s.draft = self.table.draft(history, want)
+            budget -= len(s.draft)
+        return STEP_BUDGET - budget
+
+    def verify(self, s: Slot, req: Request, idx: int) -> list[int]:
+        """The tokens the slot takes after a decode that checked its draft (batch indices ``idx``..):
+        the accepted draft tokens and the model's own next one. The rejected tail leaves the cache."""
+        draft, s.draft = s.draft, []
+        sched, sampler = self.sched, s.sampler
+        assert sampler is not None
+        got: list[int] = []
+        # greedy: one numpy argmax over the rows instead of a sampler call for each
+        picks = argmax_rows(sched.mod, sched.ctx, idx, len(draft) + 1, sampler.n_vocab) \
+            if sampler.stateless_greedy else None
+        for j in range(len(draft) + 1):
+            tok = picks[j] if picks is not None else sampler.sample(sched.ctx, idx + j)
+            got.append(tok)
+            if j == len(draft) or tok != draft[j] or sched.engine.is_eog(tok):
+                break
+        accepted = len(got) - 1
+        if accepted < len(draft):
+            start = len(s.cache) - len(draft) + accepted
+            sched.mod.llama_memory_seq_rm(sched.mem, s.seq, start, -1)
+            del s.cache[start:]
+        req.stats.drafted_tokens += len(draft)
+        req.stats.accepted_tokens += accepted
+        self.state.setdefault(s.seq, DraftLength()).update(len(draft), accepted)
+        return got
+
+
+def is_recurrent(mod: Any, model: Any) -> bool:
+    """Whether the model keeps a recurrent state (which cannot drop a rejected draft)."""
+    return bool(mod.llama_model_is_recurrent(model)) or bool(mod.llama_model_is_hybrid(model))

@@ -1,0 +1,123 @@
+"""How llama.cpp loads a file: :class:`LoadOptions` (chosen by the manager) and the llama.cpp
+model and context parameters made from them. The ``llama_cpp`` module is passed in by the engine
+(the one module that imports it)."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+from fmgguf.errors import EngineError
+
+_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Everything that decides how llama.cpp loads a file (all chosen by the caller)."""
+
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    n_threads: int | None = None
+    n_batch: int = 512
+    flash_attn: bool = False
+    type_k: str | None = None
+    type_v: str | None = None
+    tensor_split: tuple[float, ...] | None = None
+    main_gpu: int = 0
+    split_mode: str | int | None = None
+    use_mmap: bool = True
+    swa_full: bool | None = None
+    #: RPC workers ("host:port") attached before loading, in tensor_split order (ahead of local GPUs)
+    rpc_servers: tuple[str, ...] | None = None
+    #: generations served at once (slots of the one context; a FIM lane slot comes on top)
+    parallel: int = 4
+    #: host RAM for saved KV states of earlier prompts (runtime.engine.prompt_cache; 0 = no cache)
+    prompt_cache_bytes: int = 0
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        from fmgguf.runtime.hw.threads import choose_threads
+
+        threads = choose_threads(self.n_threads).n_threads
+        kw: dict[str, Any] = {
+            "n_ctx": int(self.n_ctx), "n_gpu_layers": int(self.n_gpu_layers), "n_batch": int(self.n_batch),
+            "n_ubatch": int(self.n_batch), "n_threads": threads, "n_threads_batch": threads,
+            "flash_attn": bool(self.flash_attn), "main_gpu": int(self.main_gpu), "use_mmap": self.use_mmap,
+            "verbose": False,
+        }
+        if self.tensor_split:
+            kw["tensor_split"] = [float(x) for x in self.tensor_split]
+        if self.split_mode is not None:
+            kw["split_mode"] = split_mode_value(self.split_mode)
+        for name in ("type_k", "type_v"):
+            value = getattr(self, name)
+            if value is not None:
+                kw[name] = kv_type_value(value)
+        if self.swa_full is not None:
+            kw["swa_full"] = self.swa_full
+        kw["n_seq_max"] = n_slots(self.parallel)
+        kw["kv_unified"] = True  # one KV cache for every slot: a single long request may use all of it
+        return kw
+
+
+def n_slots(parallel: int) -> int:
+    """Sequences of the context: ``parallel`` slots and, with more than one, a FIM lane slot."""
+    p = max(1, int(parallel))
+    return p + 1 if p > 1 else 1
+
+
+def model_params(mod: Any, kw: dict[str, Any]) -> tuple[Any, Any]:
+    """llama_model_params for ``kw`` (LoadOptions.llama_kwargs) and the array it points to (kept alive)."""
+    mp = mod.llama_model_default_params()
+    layers = int(kw["n_gpu_layers"])
+    mp.n_gpu_layers = 0x7FFFFFFF if layers == -1 else layers
+    mp.split_mode = int(kw.get("split_mode", mod.LLAMA_SPLIT_MODE_LAYER))
+    mp.main_gpu = int(kw["main_gpu"])
+    split = None
+    if kw.get("tensor_split"):
+        if len(kw["tensor_split"]) > mod.LLAMA_MAX_DEVICES:
+            raise EngineError(f"tensor_split has {len(kw['tensor_split'])} entries, llama.cpp takes at most "
+                              f"{mod.LLAMA_MAX_DEVICES}", fix="give one entry per device")
+        split = (ctypes.c_float * mod.LLAMA_MAX_DEVICES)(*kw["tensor_split"])
+        mp.tensor_split = split
+    mp.load_mode = mod.LLAMA_LOAD_MODE_MMAP if kw["use_mmap"] else mod.LLAMA_LOAD_MODE_NONE
+    return mp, split
+
+
+def context_params(mod: Any, kw: dict[str, Any]) -> Any:
+    cp = mod.llama_context_default_params()
+    cp.n_ctx = int(kw["n_ctx"])
+    cp.n_batch = min(int(kw["n_batch"]), cp.n_ctx)
+    cp.n_ubatch = min(int(kw["n_ubatch"]), cp.n_batch)
+    cp.n_threads = cp.n_threads_batch = int(kw["n_threads"])
+    cp.n_seq_max = int(kw["n_seq_max"])
+    cp.kv_unified = bool(kw["kv_unified"])
+    cp.flash_attn_type = mod.LLAMA_FLASH_ATTN_TYPE_ENABLED if kw["flash_attn"] else mod.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    for name in ("type_k", "type_v", "swa_full"):
+        if name in kw:
+            setattr(cp, name, kw[name])
+    return cp
+
+
+def kv_type_value(name: str | int) -> int:
+    if isinstance(name, int):
+        return name
+    key = str(name).lower()
+    if key not in _KV_TYPES:
+        from fmgguf.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"KV cache type {name!r} is unknown", fix=f"use one of {', '.join(_KV_TYPES)}")
+    return _KV_TYPES[key]
+
+
+def split_mode_value(mode: str | int) -> int:
+    if isinstance(mode, int):
+        return mode
+    table = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+    key = str(mode).lower()
+    if key not in table:
+        from fmgguf.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"split mode {mode!r} is unknown", fix="use none, layer, row or tensor")
+    return table[key]

@@ -1,0 +1,63 @@
+"""The fill-in-the-middle prompt of a loaded model, as :meth:`ModelManager.fill_in_middle` sends it.
+
+A catalog model whose card says it does FIM gets its family's text layout (:func:`render_fim`: the
+other files of the project as repo-level context, the whole cut to a character budget); a bare file
+(or a card without a FIM block) gets its FIM token ids from the GGUF keys, the known token strings or
+llama.cpp's own guess (:func:`resolve_fim_tokens`). Where the middle ends is :mod:`fim_stop`'s business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from fmgguf.runtime.engine.generation import PromptText
+from fmgguf.runtime.prompt.prompts import build_fim_tokens, fim_format, render_fim, resolve_fim_tokens
+
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import FIM
+
+
+class FimEngine(Protocol):
+    """What the prompt builder needs of an engine (in this process, or its runner's proxy)."""
+
+    add_bos: bool
+    bos_id: int
+    metadata: Mapping[str, object]
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]: ...
+    def special_token_id(self, text: str) -> int | None: ...
+    def fim_token_ids(self) -> dict[str, int]: ...
+
+
+def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, int], model_name: str,
+               prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
+               max_chars: int | None = None, in_stream: bool = False) -> tuple[list[int] | PromptText, list[str]]:
+    """(prompt tokens, or the text for a runner to tokenize when ``in_stream``; the layout's stop strings).
+
+    ``card_fim``: the FIM block the one rule (:func:`fmgguf.runtime.prompt.fim_rule.fim_verdict`) settled on, which
+    has already refused a model that cannot fill in the middle."""
+    if card_fim is not None and card_fim.supported:
+        fmt = fim_format(card_fim, model_name)
+        text = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars)
+        if in_stream:
+            return PromptText(text, engine.add_bos), list(fmt.stop)
+        return engine.tokenize(text, add_bos=engine.add_bos, special=True), list(fmt.stop)
+    fim = resolve_fim_tokens(gguf_ids=dict(fim_ids) or gguf_fim_ids(engine), lookup=engine.special_token_id,
+                             card_fim=card_fim, vocab_ids=engine.fim_token_ids(),
+                             model_name=model_name)
+    pre = engine.tokenize(prefix, add_bos=False, special=False) if prefix else []
+    suf = engine.tokenize(suffix, add_bos=False, special=False) if suffix else []
+    return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
+
+
+def gguf_fim_ids(engine: FimEngine) -> dict[str, int]:
+    """The FIM token ids the GGUF header declares (``tokenizer.ggml.fim_*_token_id`` and older names)."""
+    out = {}
+    for role, keys in (("pre", ("fim_pre", "prefix")), ("suf", ("fim_suf", "suffix")), ("mid", ("fim_mid", "middle"))):
+        for k in keys:
+            v = engine.metadata.get(f"tokenizer.ggml.{k}_token_id")
+            if v is not None and str(v).lstrip("-").isdigit() and int(str(v)) >= 0:
+                out[role] = int(str(v))
+                break
+    return out
