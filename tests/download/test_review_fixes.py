@@ -251,12 +251,16 @@ def test_ctrl_c_pull_says_how_to_resume(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         add_model("blob", {src.name: src})
         dl = make_downloader()
+        # Ctrl-C's SIGINT handled the default way even where this test runs in a background job (a
+        # non-interactive shell starts those with SIGINT ignored, and Python then keeps it ignored)
         proc = subprocess.Popen([sys.executable, "-m", "fmgguf", "pull", "blob", "--quant", "Q8_0", "--json"],
-                                env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 30
         parts = lambda: list(dl.settings.hub_cache.glob("models--*/blobs/*.incomplete"))  # noqa: E731
         while not (parts() and parts()[0].stat().st_size > 0) and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert proc.poll() is None, "the pull ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
