@@ -119,14 +119,14 @@ def real_manager(real_path: Path, real_card: Any, tmp_path_factory: pytest.TempP
 class Served:
     """`python -m fmgguf serve --port 0 --model FILE`, its URL read from the banner."""
 
-    def __init__(self, model: Path | str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model: Path | str, env: dict[str, str] | None = None, wait_s: float = 120) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "fmgguf", "serve", "--port", "0", "--model", str(model)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
         self.url: str | None = None
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(120) or self.url is None:
+        if not self._ready.wait(wait_s) or self.url is None:
             self.stop()
             raise AssertionError("fmgguf serve did not start:\n" + "".join(self.lines))
 

@@ -14,11 +14,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,54 +43,23 @@ def clis() -> object:
     return got
 
 
-class Serve:
-    """`fmgguf serve --model FILE` as a real process on a free loopback port."""
-
-    def __init__(self, model: Path, home: Path) -> None:
-        env = {**os.environ, "FMGGUF_HOME": str(home), "FMGGUF_CONFIG_DIR": str(home), "FMGGUF_CTX": "32768",
-               "FMGGUF_CACHE": str(_cache())}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fmgguf", "serve", "--port", "0", "--model", str(model)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self.url: str | None = None
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                m = re.search(r"fmgguf serving on (http://\S+?) ", line)
-                if m:
-                    self.url = m.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(180) or self.url is None:
-            self.stop()
-            raise AssertionError("fmgguf serve did not start:\n" + "".join(self.lines))
-
-    def statuses(self, route: str) -> dict[str, int]:
-        text = httpx.get(self.url + "/metrics", timeout=10).text  # type: ignore[operator]
-        out: dict[str, int] = {}
-        for m in re.finditer(r'fmgguf_requests_total\{method="POST",route="([^"]+)",status="(\d+)"\} (\d+)', text):
-            if m.group(1) == route:
-                out[m.group(2)] = out.get(m.group(2), 0) + int(m.group(3))
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def _statuses(server: Any, route: str) -> dict[str, int]:
+    """The HTTP statuses the server answered on ``route``, with their counts (its own /metrics)."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    out: dict[str, int] = {}
+    for m in re.finditer(r'fmgguf_requests_total\{method="POST",route="([^"]+)",status="(\d+)"\} (\d+)', text):
+        if m.group(1) == route:
+            out[m.group(2)] = out.get(m.group(2), 0) + int(m.group(3))
+    return out
 
 
 @pytest.fixture(scope="module")
-def server(qwen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(qwen_path, tmp_path_factory.mktemp("agents-serve"))
+def server(qwen_path: Path, serve_process: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`fmgguf serve --model FILE` as a real process on a free loopback port, context 32k."""
+    home = tmp_path_factory.mktemp("agents-serve")
+    env = {**os.environ, "FMGGUF_HOME": str(home), "FMGGUF_CONFIG_DIR": str(home), "FMGGUF_CTX": "32768",
+           "FMGGUF_CACHE": str(_cache())}
+    s = serve_process(qwen_path, env, wait_s=180)
     yield s
     s.stop()
 
@@ -103,7 +72,7 @@ def _workdir(tmp_path: Path) -> Path:
     return work
 
 
-def test_claude_code_finishes_an_edit_without_api_errors(clis: object, server: Serve, qwen_path: Path,
+def test_claude_code_finishes_an_edit_without_api_errors(clis: object, server: Any, qwen_path: Path,
                                                          tmp_path: Path) -> None:
     from fmgguf.testing.agent_clis import quiet_env
 
@@ -127,19 +96,19 @@ def test_claude_code_finishes_an_edit_without_api_errors(clis: object, server: S
     # the turn ended on the model's side (answer, or the turn limit), never on an API or protocol error
     assert result.get("subtype") in ("success", "error_max_turns"), (result, r.stderr[-2000:])
     assert "api_error" not in json.dumps(result) and result.get("num_turns", 0) >= 1, result
-    statuses = server.statuses("/v1/messages")
+    statuses = _statuses(server, "/v1/messages")
     assert statuses.get("200", 0) >= 1 and set(statuses) == {"200"}, statuses
     print(f"claude code: {result.get('subtype')} in {took:.0f} s, {result.get('num_turns')} turns, "
           f"hello.py now {(work / 'hello.py').read_text()!r}")
 
 
-def _generations(server: Serve, dialect: str) -> int:
-    text = httpx.get(server.url + "/metrics", timeout=10).text  # type: ignore[operator]
+def _generations(server: Any, dialect: str) -> int:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
     return sum(int(m.group(1)) for m in re.finditer(
         r'fmgguf_generations_total\{dialect="' + dialect + r'",finish="[^"]+"\} (\d+)', text))
 
 
-def _run_codex_until_round_trip(cmd: list[str], work: Path, env: dict[str, str], server: Serve,
+def _run_codex_until_round_trip(cmd: list[str], work: Path, env: dict[str, str], server: Any,
                                 budget_s: float) -> tuple[list[dict], bool]:
     """Codex's JSON events, until it exits by itself or until the request that carries a tool call's result
     back has been answered (the first answer was parsed, the call run, its output sent): Codex has no turn
@@ -158,7 +127,7 @@ def _run_codex_until_round_trip(cmd: list[str], work: Path, env: dict[str, str],
     reader.start()
     deadline, round_trip = time.monotonic() + budget_s, False
     while proc.poll() is None and time.monotonic() < deadline:
-        if _generations(server, "responses") >= 1 and server.statuses("/v1/responses").get("200", 0) >= 2:
+        if _generations(server, "responses") >= 1 and _statuses(server, "/v1/responses").get("200", 0) >= 2:
             round_trip = True
             time.sleep(10)  # time for Codex to read the second answer's first events and report a problem
             break
@@ -174,7 +143,7 @@ def _run_codex_until_round_trip(cmd: list[str], work: Path, env: dict[str, str],
     return events, round_trip
 
 
-def test_codex_finishes_an_edit_without_api_errors(clis: object, server: Serve, qwen_path: Path,
+def test_codex_finishes_an_edit_without_api_errors(clis: object, server: Any, qwen_path: Path,
                                                    tmp_path: Path) -> None:
     from fmgguf.testing.agent_clis import quiet_env
 
@@ -201,7 +170,7 @@ def test_codex_finishes_an_edit_without_api_errors(clis: object, server: Serve, 
     # either Codex ended its turn by itself, or a tool call's result went back and was answered
     assert "turn.completed" in kinds or round_trip, kinds
     assert any(e.get("type") == "item.completed" for e in events), kinds
-    statuses = server.statuses("/v1/responses")
+    statuses = _statuses(server, "/v1/responses")
     assert statuses.get("200", 0) >= 1 and set(statuses) == {"200"}, statuses
     print(f"codex: {len(events)} events in {took:.0f} s ({'turn completed' if 'turn.completed' in kinds else 'stopped after the round trip'}), "
           f"hello.py now {(work / 'hello.py').read_text()!r}")
