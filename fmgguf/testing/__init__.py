@@ -9,16 +9,11 @@ Imports are lazy so ``import fmgguf.testing`` costs nothing::
 from __future__ import annotations
 
 from fmgguf._util import lazy_exports
+from fmgguf.tiny import EXPORTS as TINY_EXPORTS
 
 _LAZY: dict[str, str] = {
-    "build_tiny_model": "fmgguf.tiny.tiny_models:build_tiny_model",
-    "tiny_model_path": "fmgguf.tiny.tiny_models:tiny_model_path",
-    "tiny_card": "fmgguf.tiny.tiny_cards:tiny_card",
-    "tiny_repo_files": "fmgguf.tiny.tiny_cards:tiny_repo_files",
-    "tiny_spec": "fmgguf.tiny.tiny_specs:tiny_spec",
-    "ARCHES": "fmgguf.tiny.tiny_specs:ARCHES",
+    **TINY_EXPORTS,
     "ensure_sdist": "fmgguf.tiny.vocab:ensure_sdist",
-    "ensure_vocab": "fmgguf.tiny.vocab:ensure_vocab",
     "smoke_generate": "fmgguf.testing.smoke:smoke_generate",
     "cuda_available": "fmgguf.testing.gpu:cuda_available",
     "HubServer": "fmgguf.testing.hub_server:HubServer",

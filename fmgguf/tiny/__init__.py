@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from fmgguf._util import lazy_exports
 
-_LAZY: dict[str, str] = {
+#: name -> "module:attribute", imported on first use (fmgguf.testing re-exports these too)
+EXPORTS: dict[str, str] = {
     "build_tiny_model": "fmgguf.tiny.tiny_models:build_tiny_model",
     "tiny_model_path": "fmgguf.tiny.tiny_models:tiny_model_path",
     "tiny_card": "fmgguf.tiny.tiny_cards:tiny_card",
@@ -19,6 +20,6 @@ _LAZY: dict[str, str] = {
     "ensure_vocab": "fmgguf.tiny.vocab:ensure_vocab",
 }
 
-__all__ = list(_LAZY)
+__all__ = list(EXPORTS)
 
-__getattr__ = lazy_exports(__name__, _LAZY)
+__getattr__ = lazy_exports(__name__, EXPORTS)

@@ -168,8 +168,6 @@ def argmax_rows(mod: Any, ctx: Any, first: int, count: int, n_vocab: int) -> lis
     """The greedy token of each logits row at batch indices ``first`` .. ``first + count - 1`` of the
     last decode (rows that were asked logits for), read with numpy over llama.cpp's own buffer: the
     first maximum, as llama.cpp's greedy sampler picks it, without a sampler call per row."""
-    import numpy as np
-
     row_bytes = n_vocab * ctypes.sizeof(ctypes.c_float)
     start = ctypes.cast(mod.llama_get_logits_ith(ctx, first), ctypes.c_void_p).value
     end = ctypes.cast(mod.llama_get_logits_ith(ctx, first + count - 1), ctypes.c_void_p).value
