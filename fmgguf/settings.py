@@ -138,9 +138,13 @@ class Settings:
     #: CPU threads llama.cpp computes with, for generation and prompt processing (FMGGUF_THREADS,
     #: ``threads:`` in the config file, --threads; None = llama.cpp's own default, one per usable core)
     n_threads: int | None = None
-    #: speculative decoding by default: "off", "ngram" (drafts looked up in the prompt and output) or
-    #: "draft:<model id>" (FMGGUF_SPECULATIVE, ``speculative:`` in the config file, --speculative)
+    #: speculative decoding by default: "off", "ngram" (drafts looked up in the prompt and output),
+    #: "draft" (the catalog's draft model for the model) or "draft:<model id or .gguf path>"
+    #: (FMGGUF_SPECULATIVE, ``speculative:`` in the config file, --speculative)
     speculative: str = "off"
+    #: a draft model's draft ends before a token it gives less probability than this (FMGGUF_DRAFT_P_MIN,
+    #: llama-server's --draft-p-min)
+    draft_p_min: float = 0.75
     #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
     rpc: str | None = None
     #: benchmark sandbox defaults
@@ -219,6 +223,7 @@ _ENV_KEYS = (
     ("FMGGUF_CATALOG", "catalog_file"), ("HF_ENDPOINT", "hf_endpoint"), ("FMGGUF_DEFAULT_MODEL", "default_model"),
     ("FMGGUF_DEFAULT_QUANT", "default_quant"), ("FMGGUF_LOG_LEVEL", "log_level"), ("FMGGUF_RPC", "rpc"),
     ("FMGGUF_ISOLATION", "isolation"), ("FMGGUF_SPECULATIVE", "speculative"),
+    ("FMGGUF_DRAFT_P_MIN", "draft_p_min"),
     ("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models"),
     ("FMGGUF_PARALLEL", "parallel"), ("FMGGUF_MAX_RATE", "max_rate"), ("FMGGUF_VRAM", "vram_override"),
     ("FMGGUF_PROMPT_CACHE_BYTES", "prompt_cache_bytes"), ("FMGGUF_KEEP_ALIVE", "keep_alive"),
@@ -283,13 +288,15 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                           fix="set FMGGUF_THREADS (or threads: in the config file) to 1 or more, or leave it unset")
     if out.get("parallel") is not None and not 1 <= int(out["parallel"]) <= 64:
         raise ConfigError(f"parallel {out['parallel']} is out of range", fix="set FMGGUF_PARALLEL to 1..64")
+    if out.get("draft_p_min") is not None and not 0.0 <= float(out["draft_p_min"]) <= 1.0:
+        raise ConfigError(f"draft_p_min {out['draft_p_min']} is not a probability",
+                          fix="set FMGGUF_DRAFT_P_MIN (or draft_p_min: in the config file) to 0..1")
     if out.get("speculative") is not None:
-        mode = str(out["speculative"]).strip().lower()
-        mode = "off" if mode in ("", "none", "false") else mode
-        if mode not in ("off", "ngram") and not (mode.startswith("draft:") and len(mode) > 6):
+        mode = speculative_mode(str(out["speculative"]))
+        if mode is None:
             raise ConfigError(f"speculative {out['speculative']!r} is not a mode",
-                              fix="set FMGGUF_SPECULATIVE (or speculative: in the config file) to off, ngram or "
-                                  "draft:<model id>")
+                              fix="set FMGGUF_SPECULATIVE (or speculative: in the config file) to off, ngram, draft "
+                                  "(the catalog's draft model) or draft:<model id>")
         out["speculative"] = mode
     if out.get("hf_endpoint"):
         out["hf_endpoint"] = str(out["hf_endpoint"]).rstrip("/")
@@ -299,3 +306,17 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and config file, with ``overrides`` on top."""
     return Settings.load(**overrides)
+
+
+def speculative_mode(value: str | None) -> str | None:
+    """``value`` as a speculative decoding mode: off | ngram | draft | draft:<model id or .gguf path>
+    (the id keeps its case: a path may need it); None when it is none of them."""
+    text = (value or "").strip()
+    low = text.lower()
+    if low in ("", "none", "false", "0", "off"):
+        return "off"
+    if low in ("ngram", "draft"):
+        return low
+    if low.startswith("draft:") and text[6:].strip():
+        return "draft:" + text[6:].strip()
+    return None

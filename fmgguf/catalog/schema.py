@@ -311,6 +311,9 @@ class ModelCard(_Strict):
     notes: list[str] = Field(default_factory=list)
     #: the seed config's sizing hint, kept for display ("14GB")
     recommended_gpu_memory: str | None = None
+    #: the catalog id of a small model of the same vocabulary that drafts for this one (speculative
+    #: decoding, ``--speculative draft``); None: no pair
+    draft: str | None = None
     #: True for entries from the shipped catalog (set by the loader, not the YAML)
     builtin: bool = False
 

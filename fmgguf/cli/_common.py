@@ -85,9 +85,10 @@ def _set_speculative(ctx: click.Context, _param: click.Parameter, value: str | N
 
 
 speculative_option = click.option(
-    "--speculative", metavar="off|ngram|draft:ID", default=None, expose_value=False, callback=_set_speculative,
-    help="Speculative decoding: ngram drafts the next tokens from the prompt and output and checks them in "
-         "one batch (same greedy text, faster edits). Default: FMGGUF_SPECULATIVE, else off.")
+    "--speculative", metavar="off|ngram|draft|draft:ID", default=None, expose_value=False, callback=_set_speculative,
+    help="Speculative decoding: ngram drafts the next tokens from the prompt and output, draft has a small "
+         "model of the same vocabulary draft them (the catalog's pair, or draft:ID / draft:FILE.gguf, downloaded); "
+         "both are checked in one batch (same greedy text). Default: FMGGUF_SPECULATIVE, else off.")
 
 rpc_option = click.option(
     "--rpc", metavar="HOST[:PORT][@BUDGET],...", default=None, expose_value=False, callback=_set_rpc,

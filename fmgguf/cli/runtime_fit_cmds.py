@@ -21,6 +21,7 @@ from fmgguf.cli._common import (
     json_option,
     pass_app,
     rpc_option,
+    speculative_option,
     trained_context,
 )
 
@@ -70,6 +71,7 @@ def _parse_ctx(ctx: str | None) -> int | str | None:
 @click.option("--type-v", default="f16", show_default=True, help="KV cache V type (needs --flash-attn if quantized).")
 @click.option("--no-measure", is_flag=True, help="Skip llama.cpp's dry run (compute buffer from a formula).")
 @rpc_option
+@speculative_option
 @json_option
 @pass_app
 def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, ctx: str | None, kv_quant: bool,
@@ -77,7 +79,8 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     """Will TARGET (a catalog id or a .gguf file) fit this machine, and how: GPU layers, context, KV type.
 
     With --rpc the plan spreads layers over the workers too; a worker that cannot be reached is planned
-    from its budget (HOST@48GB) alone, so a plan can be made before the machines are set up."""
+    from its budget (HOST@48GB) alone, so a plan can be made before the machines are set up. With
+    --speculative draft (or draft:ID) the draft model's memory is counted beside the model's."""
     from fmgguf.errors import CatalogError
     from fmgguf.runtime.plan.fit import plan_for_card, plan_for_file
     from fmgguf.runtime.rpc.rpc import parse_workers
@@ -93,11 +96,13 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     plans: dict[str, Any] = {}
     trained: dict[str, int | None] = {}
     if _is_file(target):
+        common["draft"] = _fit_draft(app, None)
         plans[Path(target).name] = plan_for_file(target, measure=not no_measure, **common)
         trained[Path(target).name] = trained_context(target)
         title = Path(target).name
     else:
         card, q = app.catalog.resolve(target)
+        common["draft"] = _fit_draft(app, card)
         quants = [quant] if quant else ([q] if ":" in target else list(card.variants))
         for qq in quants:
             local = _local_path(app, card.id, qq)
@@ -123,6 +128,15 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
         emit_json({"target": title, "plans": {k: p.as_dict() for k, p in plans.items()}, "warnings": warnings})
         return
     _render_plans(title, plans)
+
+
+def _fit_draft(app: AppContext, card: Any) -> Any:
+    """The draft model the ``speculative`` setting brings (fmgguf.runtime.plan.fit.DraftSource), or None."""
+    from fmgguf.download import ModelDownloader
+    from fmgguf.runtime.draft_pick import fit_draft
+
+    return fit_draft(app.settings.speculative, card, app.catalog,
+                     ModelDownloader(settings=app.settings, catalog=app.catalog))
 
 
 def _context_warnings(plans: dict[str, Any], trained: dict[str, int | None]) -> list[str]:
@@ -154,6 +168,9 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     row("flash attention", lambda p: "on" if p.flash_attn else "off")
     row("weights", lambda p: human_bytes(p.estimate.weights_total))
     row("KV cache", lambda p: human_bytes(p.estimate.kv_total))
+    if any(p.draft_bytes for p in plans.values()):
+        row("draft model", lambda p: f"{human_bytes(p.draft_bytes)} ({'GPU' if p.draft_gpu_layers else 'RAM'})"
+            if p.draft_bytes else "-")
     row("slots", lambda p: f"{p.parallel} + FIM lane, each up to {p.n_ctx} (one shared KV cache)")
     row("CPU threads", lambda p: f"{p.threads.n_threads} ({'setting' if p.threads.source == 'setting' else 'cores'})"
         if p.threads else "-")

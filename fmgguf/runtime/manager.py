@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, RunnerCrashedError
 from fmgguf.runtime import requests
-from fmgguf.runtime.engine.drafting import check_mode
+from fmgguf.runtime.engine.drafting import default_mode
 from fmgguf.runtime.engine.engine import GenerationStats
 from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream, ModelGone
 from fmgguf.runtime.prompt.fim_stop import cut_pieces
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from fmgguf.catalog import Catalog, ModelCard
     from fmgguf.download import ModelDownloader
     from fmgguf.runtime.engine.engine_api import EngineStarter
+    from fmgguf.runtime.plan.fit import DraftSource
     from fmgguf.runtime.prompt.fim_stop import FimCutter
     from fmgguf.settings import Settings
 
@@ -85,6 +86,15 @@ class ModelManager:
                               max_queue=self.max_queue, **({"validator": validator} if validator else {}))
         self._idle: IdleWatcher[ModelManager] = IdleWatcher(self, lambda m: m.sup.sweep())
         self.router = Router(self.sup, lambda: self.catalog, lambda: self.downloader)
+        self.sup.draft_for = self._draft_for
+
+    def _draft_for(self, spec: LoadSpec) -> "DraftSource | None":
+        """The draft model a load of ``spec`` brings under the ``speculative`` setting (read at each load)."""
+        from fmgguf.runtime.draft_pick import pick_draft
+
+        if not self.settings.speculative.startswith("draft"):
+            return None
+        return pick_draft(self.settings.speculative, spec.path, spec.card, self.catalog, self.downloader)
 
     # --- collaborators (built on first use) --------------------------------------------------
     @property
@@ -314,7 +324,8 @@ class ModelManager:
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             stats = GenerationStats(started=started)
-            sampling = {**sampling, "speculative": check_mode(sampling.get("speculative") or self.settings.speculative)}
+            sampling = {**sampling, "speculative": default_mode(sampling.get("speculative"), self.settings.speculative,
+                                                                engine.draft_name)}
             cancel = threading.Event()
             pieces = self._guard(resident, engine.stream(
                 tokens, stats, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,

@@ -80,7 +80,7 @@ class _OpenAIBody(BaseModel):
     n: int | None = Field(default=None, ge=1, le=1)
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
-    #: fmgguf's own: speculative decoding off | ngram (default: the server's `speculative` setting)
+    #: fmgguf's own: speculative decoding off | ngram | draft | draft:<id> (default: the server's `speculative` setting)
     speculative: str | None = Field(default=None, max_length=300)
 
     @field_validator("stop")

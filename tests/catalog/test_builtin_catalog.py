@@ -192,3 +192,16 @@ def test_seed_style_lookups_resolve(catalog: Catalog) -> None:
     assert (card.id, quant) == ("qwen2.5-coder-7b-instruct", "Q8_0")
     assert catalog.get("Qwen/Qwen2.5-Coder-7B-Instruct").id == "qwen2.5-coder-7b-instruct"
     assert catalog.get("deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct").id == "deepseek-coder-v2-lite-instruct"
+
+
+def test_draft_pairs_name_a_smaller_model_of_the_same_family_and_vocabulary(catalog: Catalog) -> None:
+    pairs = {c.id: c.draft for c in catalog.models() if c.draft}
+    # the pairs: Qwen2.5-Coder 0.5B drafts for 1.5B-32B
+    assert all(pairs.get(f"qwen2.5-coder-{s}-instruct") == "qwen2.5-coder-0.5b-instruct"
+               for s in ("1.5b", "3b", "7b", "14b", "32b"))
+    for target, draft in pairs.items():
+        t, d = catalog.get(target), catalog.get(draft)
+        assert d.family == t.family and d.id != t.id and not d.draft, target
+        assert d.parameters.total < t.parameters.total / 2, target
+        # llama.cpp refuses vocabularies that differ by more than 128 (padding) entries
+        assert abs(d.arch.vocab - t.arch.vocab) <= 128, target

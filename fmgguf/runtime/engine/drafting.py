@@ -13,6 +13,10 @@ puts all its probability on one token (accept with probability p(x), else draw f
 so the output distribution is unchanged, and a seeded run draws the same numbers as without drafts.
 The rejected tail leaves the KV cache (``llama_memory_seq_rm``).
 
+A request in ``draft`` mode gets its draft from the engine's draft model instead
+(:mod:`fmgguf.runtime.engine.draft_model`, greedy, one draft-model decode for all such slots per
+token) and is checked the same way; its draft is kept to :data:`MAX_MODEL_DRAFT` tokens.
+
 Tuning (:class:`DraftLength`): the draft grows while whole drafts are accepted and shrinks to what
 was accepted otherwise; when the acceptance rate drops low the slot stops drafting for a while (a
 pause that doubles each time). No slot drafts while every slot is busy: under load the batch is
@@ -27,13 +31,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.engine.draft_model import DraftAsk
 from fmgguf.runtime.engine.sampling import argmax_rows
 
 if TYPE_CHECKING:
+    from fmgguf.runtime.engine.draft_model import DraftModel
     from fmgguf.runtime.engine.slot_requests import Request
     from fmgguf.runtime.engine.slots import Scheduler, Slot
 
-MODES = ("off", "ngram")
+MODES = ("off", "ngram", "draft")
 #: n-gram orders looked up, longest first. Code repeats short n-grams everywhere (indentation,
 #: ``self.``, ``item.``): a 3-gram guess is wrong often enough to cost more than it saves (new code on
 #: Qwen2.5-Coder-0.5B: 0.90x with 3-grams, 1.07x without; the rename edit 2.33x either way), while a
@@ -51,19 +57,49 @@ MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 48, 2, 16
 LOW_ACCEPTANCE = 0.3
 #: tokens drafted per step over all slots
 STEP_BUDGET = 64
+#: a draft model's drafts stay shorter: each of their tokens costs a decode of the draft model
+MAX_MODEL_DRAFT = 16
 
 
 def check_mode(value: str | None) -> str:
-    """``value`` as a speculative mode: off | ngram | draft:<model id> (None: off)."""
-    mode = (value or "off").strip().lower()
-    if mode in ("", "none", "false", "0"):
-        return "off"
-    if mode in MODES:
+    """``value`` as a speculative mode: off | ngram | draft | draft:<model id> (None: off)."""
+    from fmgguf.settings import speculative_mode
+
+    mode = speculative_mode(value)
+    if mode is not None:
         return mode
-    if mode.startswith("draft:") and mode[6:]:
-        raise InvalidRequestError(f"speculative {value!r}: draft-model mode is not available in this build",
-                                  fix="use speculative ngram (drafts from the prompt and output) or off")
-    raise InvalidRequestError(f"speculative {value!r} is not a mode", fix="use off, ngram or draft:<model id>")
+    raise InvalidRequestError(f"speculative {value!r} is not a mode",
+                              fix="use off, ngram, draft (the catalog's draft model) or draft:<model id>")
+
+
+def default_mode(asked: str | None, setting: str | None, draft_name: str | None) -> str:
+    """A request's mode: what it asked for, else the ``speculative`` setting, where a draft-model
+    setting means off for a model loaded without a draft (it has no pair)."""
+    if asked:
+        return check_mode(asked)
+    mode = check_mode(setting)
+    if mode.startswith("draft"):  # the draft loaded with the model is the one the setting named
+        return "off" if draft_name is None else "draft"
+    return mode
+
+
+def request_mode(value: str | None, draft_name: str | None) -> str:
+    """The mode a request runs with (off | ngram | draft) on an engine whose draft model is ``draft_name``."""
+    mode = check_mode(value)
+    if not mode.startswith("draft"):
+        return mode
+    if draft_name is None:
+        raise InvalidRequestError(f"speculative {value!r}: this model was loaded without a draft model",
+                                  fix="load it with --speculative draft:<model id> (or FMGGUF_SPECULATIVE), "
+                                      "or ask for speculative ngram")
+    wanted = mode[6:]
+    if wanted.endswith(".gguf"):  # a file's draft is named by its stem
+        wanted = wanted.replace("\\", "/").rsplit("/", 1)[-1][:-5]
+    if wanted and wanted != draft_name and not draft_name.startswith(wanted + ":"):
+        raise InvalidRequestError(f"speculative {value!r}: the draft model loaded with this model is {draft_name}",
+                                  fix=f"ask for draft:{draft_name} (or draft), or load the model with "
+                                      f"--speculative {mode}")
+    return "draft"
 
 
 class NgramTable:
@@ -134,6 +170,8 @@ class Drafter:
         #: recurrent state cannot drop a rejected tail: such models never draft
         self.enabled = not recurrent
         self.state: dict[int, DraftLength] = {}
+        #: the engine's draft model (None: only n-gram drafting)
+        self.model: DraftModel | None = sched.engine.draft
 
     def start(self, slot: Slot) -> None:
         self.state[slot.seq] = DraftLength()
@@ -145,25 +183,40 @@ class Drafter:
         if not self.enabled or (busy >= slots and slots > 1):
             return 0
         budget = STEP_BUDGET
+        asks: dict[int, Slot] = {}
+        wants: list[DraftAsk] = []
         for s in decoding:
             req = s.req
-            if req is None or req.speculative != "ngram" or s.next_token is None or budget <= 0:
+            if req is None or req.speculative == "off" or s.next_token is None or budget <= 0:
                 continue
-            st = self.state.setdefault(s.seq, DraftLength())
-            history = s.cache + [s.next_token]
-            self.table.add(history, max(st.indexed, 1))
-            st.indexed = len(history)
-            if st.pause > 0:
-                st.pause -= 1
-                continue
-            left = s.limit - req.stats.completion_tokens - 1  # the draft never runs past max_tokens
-            room = self.sched.n_ctx - len(history)
-            want = min(st.length, left, room - 1, budget)
+            want, history = self._want(s, req, budget)
             if want <= 0:
                 continue
-            s.draft = self.table.draft(history, want)
-            budget -= len(s.draft)
-        return STEP_BUDGET - budget
+            if req.speculative == "ngram":
+                s.draft = self.table.draft(history, want)
+                budget -= len(s.draft)
+            elif self.model is not None:
+                asks[s.seq] = s
+                wants.append(DraftAsk(s.seq, history, want))
+                budget -= want
+        for seq, tokens in (self.model.draft(wants) if wants else {}).items():
+            asks[seq].draft = tokens
+        return sum(len(s.draft) for s in decoding)
+
+    def _want(self, s: Slot, req: Request, budget: int) -> tuple[int, list[int]]:
+        """How many tokens to draft for slot ``s`` now (0: none), and its history (indexed for n-grams)."""
+        st = self.state.setdefault(s.seq, DraftLength())
+        history = s.cache + [s.next_token]  # type: ignore[list-item]
+        if req.speculative == "ngram":
+            self.table.add(history, max(st.indexed, 1))
+            st.indexed = len(history)
+        if st.pause > 0:
+            st.pause -= 1
+            return 0, history
+        left = s.limit - req.stats.completion_tokens - 1  # the draft never runs past max_tokens
+        room = self.sched.n_ctx - len(history)
+        cap = MAX_MODEL_DRAFT if req.speculative == "draft" else MAX_DRAFT
+        return min(st.length, cap, left, room - 1, budget), history
 
     def verify(self, s: Slot, req: Request, idx: int) -> list[int]:
         """The tokens the slot takes after a decode that checked its draft (batch indices ``idx``..):

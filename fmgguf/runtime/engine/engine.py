@@ -29,6 +29,7 @@ from fmgguf.runtime.engine.load_options import (  # noqa: F401 - LoadOptions & c
     LoadOptions,
     context_params,
     kv_type_value,
+    load_llama,
     model_params,
     n_slots,
     split_mode_value,
@@ -141,9 +142,17 @@ class Engine:
             _ROUTER.remove(listener)
         self.load_s = time.perf_counter() - started
         self.buffers = listener.buffers()
+        self._describe(mod)
+        if options.draft_path:
+            from fmgguf.runtime.engine.draft_model import open_draft
+
+            try:
+                self.draft = open_draft(mod, options, self._vocab, self.path.name, _ROUTER)
+            except BaseException:
+                self._free()
+                raise
         self.load_log = listener.lines
         self.n_threads = int(kw["n_threads"])
-        self._describe(mod)
         from fmgguf.runtime.engine.prompt_state import PromptStates  # noqa: PLC0415 - it imports lib() from here
 
         #: saved slot states of earlier prompts, in host RAM (agents' system prompts); None without one
@@ -155,16 +164,12 @@ class Engine:
         return {} if self.prompt_states is None else dataclasses.asdict(self.prompt_states.cache.stats())
 
     def _load(self, mod: Any, kw: dict[str, Any]) -> None:
-        internals = mod._internals
         with _state_lock:
             if not _state.get("backend"):
                 mod.llama_backend_init()
                 _state["backend"] = True
-        if not self.path.is_file():
-            raise ValueError(f"Model path does not exist: {self.path}")
         params, self._split = model_params(mod, kw)
-        self._model = internals.LlamaModel(path_model=str(self.path), params=params, verbose=False)
-        self._ctx = internals.LlamaContext(model=self._model, params=context_params(mod, kw), verbose=False)
+        self._model, self._ctx = load_llama(mod, self.path, params, context_params(mod, kw))
 
     def _describe(self, mod: Any) -> None:
         model = self._model
@@ -185,6 +190,8 @@ class Engine:
     #: :class:`~fmgguf.runtime.engine.engine_api.EngineAPI` facts: this process, token ids
     pid: int | None = None
     tokenizes_in_stream: bool = False
+    #: speculative decoding's draft model (:class:`~fmgguf.runtime.engine.draft_model.DraftModel`), None: none
+    draft: Any = None
 
     @property
     def slots(self) -> int:
@@ -206,13 +213,23 @@ class Engine:
         return None
 
     @property
+    def draft_name(self) -> str | None:
+        """The draft model's name (``draft:<name>`` in requests), None without one."""
+        if self.draft is None:
+            return None
+        return self.options.draft_name or self.draft.path.stem
+
+    @property
     def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template") or None
 
     def memory_bytes(self) -> int:
         """What llama.cpp reported allocating for this model (weights + KV + compute + output)."""
         b = self.buffers
-        total = sum(int(b.get(k, 0)) for k in ("model", "kv", "compute", "output", "rs"))
+        keys = ("model", "kv", "compute", "output", "rs")
+        total = sum(int(b.get(k, 0)) for k in keys)
+        if self.draft is not None:
+            total += sum(int(self.draft.buffers.get(k, 0)) for k in keys)
         if total:
             return total
         return int(lib().llama_model_size(self._require().model))
@@ -292,14 +309,14 @@ class Engine:
                 priority: bool = False, constraint: Constraint | None = None, speculative: str | None = None,
                 **sampling: Any) -> Any:
         """A :class:`~fmgguf.runtime.engine.slots.Request` for :meth:`submit` (the arguments of :meth:`stream`)."""
-        from fmgguf.runtime.engine.drafting import check_mode
+        from fmgguf.runtime.engine.drafting import request_mode
         from fmgguf.runtime.engine.sampling import SamplingParams
         from fmgguf.runtime.engine.slots import Request
 
         return Request(tokens=self.prompt_tokens(tokens, stats), stats=stats, sink=sink,
                        params=SamplingParams(**sampling).check(), max_tokens=max_tokens, stop=tuple(stop or ()),
                        priority=bool(priority), constraint=constraint, cancel=cancel or threading.Event(),
-                       speculative=check_mode(speculative))
+                       speculative=request_mode(speculative, self.draft_name))
 
     def prompt_tokens(self, tokens: Sequence[int], stats: GenerationStats) -> list[int]:
         """The prompt as the scheduler takes it (an empty one is the BOS token); ContextOverflowError
@@ -354,6 +371,9 @@ class Engine:
         slots, self._slots = self._slots, None
         if slots is not None:
             slots.close()  # running streams end as cancelled
+        draft, self.draft = self.draft, None
+        if draft is not None:
+            draft.close()
         ctx, model = self._ctx, self._model
         self._ctx = self._model = None
         if ctx is not None:

@@ -51,6 +51,10 @@ class EngineAPI(Protocol):
     def alive(self) -> bool: ...
 
     @property
+    def draft_name(self) -> str | None:
+        """The draft model loaded beside it (speculative decoding's ``draft`` mode), None: none."""
+
+    @property
     def tokenizes_in_stream(self) -> bool:
         """``stream`` also takes a :class:`~fmgguf.runtime.engine.generation.PromptText` (one round trip, not two)."""
 

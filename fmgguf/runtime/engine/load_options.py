@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fmgguf.errors import EngineError
@@ -35,6 +36,13 @@ class LoadOptions:
     parallel: int = 4
     #: host RAM for saved KV states of earlier prompts (runtime.engine.prompt_cache; 0 = no cache)
     prompt_cache_bytes: int = 0
+    #: speculative decoding's draft model (runtime.engine.draft_model): its GGUF, its name in messages
+    #: and requests (``draft:<name>``), and its GPU layers (it shares the target's context size and slots)
+    draft_path: str | None = None
+    draft_name: str | None = None
+    draft_gpu_layers: int = 0
+    #: a draft ends before a token the draft model is less sure of (llama-server's --draft-p-min)
+    draft_p_min: float = 0.75
 
     def llama_kwargs(self) -> dict[str, Any]:
         from fmgguf.runtime.hw.threads import choose_threads
@@ -65,6 +73,18 @@ def n_slots(parallel: int) -> int:
     """Sequences of the context: ``parallel`` slots and, with more than one, a FIM lane slot."""
     p = max(1, int(parallel))
     return p + 1 if p > 1 else 1
+
+
+def load_llama(mod: Any, path: Path, params: Any, cparams: Any) -> tuple[Any, Any]:
+    """llama-cpp-python's model and context wrappers for ``path`` (ValueError/RuntimeError on failure)."""
+    if not path.is_file():
+        raise ValueError(f"Model path does not exist: {path}")
+    model = mod._internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+    try:
+        return model, mod._internals.LlamaContext(model=model, params=cparams, verbose=False)
+    except BaseException:
+        model.close()
+        raise
 
 
 def model_params(mod: Any, kw: dict[str, Any]) -> tuple[Any, Any]:

@@ -64,6 +64,9 @@ class Estimate:
     #: bytes each block / the output layer adds in CPU_REPACK while it stays on the CPU (mmap: a second copy)
     repack_layers: list[int] = field(default_factory=list)
     repack_output: int = 0
+    #: speculative decoding's draft model, resident beside this one at the same context (its own estimate)
+    draft: "Estimate | None" = None
+    draft_name: str | None = None
 
     @property
     def n_layers(self) -> int:

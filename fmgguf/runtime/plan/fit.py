@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fmgguf._util import human_bytes
 from fmgguf.runtime.hw.devices import Device, SystemMemory, system_memory
 from fmgguf.runtime.hw.threads import ThreadChoice, choose_threads
 from fmgguf.runtime.plan.estimate import GPU_RUNTIME_OVERHEAD, Estimate, estimate_card, estimate_file, pad
@@ -78,6 +79,9 @@ class FitPlan:
     threads: ThreadChoice | None = None
     #: requests served at once (slots of one unified KV cache: each may grow to n_ctx, together they share it)
     parallel: int = 1
+    #: the draft model's memory (speculative decoding; counted in vram_needed or ram_needed) and its GPU layers
+    draft_bytes: int = 0
+    draft_gpu_layers: int = 0
 
     @property
     def full_gpu(self) -> bool:
@@ -99,7 +103,7 @@ class FitPlan:
                 "ram_free": self.ram_free, "devices": [d.as_dict() for d in self.devices],
                 "tensor_split": self.tensor_split, "source": self.source, "notes": self.notes,
                 "threads": None if self.threads is None else self.threads.as_dict(), "parallel": self.parallel,
-                "slot_ctx": self.n_ctx,
+                "slot_ctx": self.n_ctx, "draft_bytes": self.draft_bytes, "draft_gpu_layers": self.draft_gpu_layers,
                 "estimate": None if est is None else {
                     "weights": est.weights_total, "kv_cache": est.kv_total, "compute": est.compute,
                     "output_buffer": est.output_buffer, "total": est.total, "compute_source": est.compute_source}}
@@ -160,6 +164,9 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
     devs = place(est, targets, settings.vram_margin, margins=margins) if targets else []
     k = sum(d.layers for d in devs)
     ram_needed = est.host_bytes(k)
+    draft_layers, draft_note = _place_draft(est, devs, targets, settings.vram_margin, k)
+    if est.draft is not None and not draft_layers:
+        ram_needed += est.draft.total
     ram_budget = mem.ram_free - settings.ram_margin
     fits = ram_needed <= ram_budget
     on_workers = sum(d.layers for d in devs if d.kind == "RPC")
@@ -183,8 +190,24 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
                    type_k=est.type_k, type_v=est.type_v, flash_attn=est.flash_attn,
                    vram_needed=sum(d.needed for d in devs if d.kind != "CPU"), ram_needed=ram_needed,
                    vram_free=sum(g.free for g in targets), ram_free=mem.ram_free, devices=devs,
-                   tensor_split=split, estimate=est, source=source, notes=list(est.notes) + list(mem.notes),
-                   threads=choose_threads(settings.n_threads), parallel=settings.parallel)
+                   tensor_split=split, estimate=est, source=source,
+                   notes=list(est.notes) + list(mem.notes) + ([draft_note] if draft_note else []),
+                   threads=choose_threads(settings.n_threads), parallel=settings.parallel,
+                   draft_bytes=est.draft.total if est.draft is not None else 0, draft_gpu_layers=draft_layers)
+
+
+def _place_draft(est: Estimate, devs: list[DevicePlan], gpus: list[Device], margin: int, k: int) -> tuple[int, str]:
+    """The draft model's GPU layers (all of it on the last GPU, beside a fully offloaded target, when it
+    fits there; else 0: it runs on the CPU) and a note saying where it went ("" without a draft)."""
+    draft = est.draft
+    if draft is None:
+        return 0, ""
+    name, size = est.draft_name or "the draft model", human_bytes(draft.total)
+    last = devs[-1] if devs and k >= est.n_layers and gpus and gpus[-1].kind != "RPC" else None
+    if last is not None and last.needed + draft.total + GPU_RUNTIME_OVERHEAD <= last.free - margin:
+        last.needed += draft.total
+        return draft.n_layers, f"draft model {name}: {size} on {last.name} beside the model"
+    return 0, f"draft model {name}: {size} in RAM (it runs on the CPU)"
 
 
 def choose(make: Callable[[int, str, str, bool], Estimate], mem: SystemMemory, settings: "Settings", *,
@@ -233,6 +256,35 @@ def choose(make: Callable[[int, str, str, bool], Estimate], mem: SystemMemory, s
     return max(fitting, key=lambda p: (p.n_gpu_layers, p.n_ctx)) if fitting else tried[0]
 
 
+# --- the draft model --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DraftSource:
+    """Speculative decoding's draft model, counted beside the model planned: a local GGUF (``path``)
+    or, not downloaded yet, a catalog variant (``card``, ``quant``: planned from catalog numbers)."""
+
+    name: str
+    path: Path | None = None
+    card: "ModelCard | None" = None
+    quant: str | None = None
+
+    def estimate(self, ctx: int, tk: str, tv: str, fa: bool, swa_full: bool, n_ubatch: int) -> Estimate:
+        if self.path is not None:
+            from fmgguf.runtime.gguf.gguf_file import read_gguf
+
+            return estimate_file(read_gguf(self.path), n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa,
+                                 swa_full=swa_full, n_ubatch=n_ubatch, measure=False)
+        assert self.card is not None and self.quant is not None
+        return estimate_card(self.card, self.quant, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa,
+                             swa_full=swa_full, n_ubatch=n_ubatch)
+
+
+def _with_draft(est: Estimate, draft: DraftSource | None) -> Estimate:
+    if draft is None:
+        return est
+    return replace(est, draft=draft.estimate(est.n_ctx, est.type_k, est.type_v, est.flash_attn, est.swa_full,
+                                             est.n_ubatch), draft_name=draft.name)
+
+
 # --- public entry points ------------------------------------------------------------------------------
 def _memory(settings: "Settings", vram: int | None, mem: SystemMemory | None,
             workers: "Sequence[WorkerSpec] | None" = None, need_workers: bool = True) -> SystemMemory:
@@ -251,7 +303,8 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
                   vram: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = False,
                   kv_quant: bool = False, swa_full: bool = True, n_ubatch: int = 512, measure: bool = True,
                   mem: SystemMemory | None = None, info: "GGUFInfo | None" = None,
-                  workers: "Sequence[WorkerSpec] | None" = None, need_workers: bool = True) -> FitPlan:
+                  workers: "Sequence[WorkerSpec] | None" = None, need_workers: bool = True,
+                  draft: DraftSource | None = None) -> FitPlan:
     """The plan for a local GGUF on this machine (or for ``vram`` bytes of GPU memory). ``info``: the
     file's header as :func:`~fmgguf.runtime.gguf.gguf_file.read_gguf` already returned it (not read again).
     ``workers``: RPC workers the layers may go to as well (probed; see :func:`fmgguf.runtime.rpc.rpc.worker_devices`)."""
@@ -265,8 +318,8 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
     mem = _memory(settings, vram, mem, workers, need_workers)
 
     def make(ctx: int, tk: str, tv: str, fa: bool) -> Estimate:
-        return estimate_file(info, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full,
-                             n_ubatch=n_ubatch, measure=False)
+        return _with_draft(estimate_file(info, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full,
+                                         n_ubatch=n_ubatch, measure=False), draft)
 
     plan = choose(make, mem, settings, n_ctx=n_ctx, n_ctx_train=info.n_ctx_train, type_k=type_k, type_v=type_v,
                   flash_attn=flash_attn, kv_quant=kv_quant, source="file")
@@ -274,6 +327,7 @@ def plan_for_file(path: str | Path, n_ctx: int | str | None = None, settings: "S
         est = estimate_file(info, n_ctx=plan.n_ctx, type_k=plan.type_k, type_v=plan.type_v,
                             flash_attn=plan.flash_attn, swa_full=swa_full, n_ubatch=n_ubatch, measure=True,
                             n_gpu_layers=plan.n_gpu_layers if mem.source == "ggml" else 0)
+        est = _with_draft(est, draft)
         notes = [n for n in plan.notes if n not in est.notes]
         plan = _plan_from(est, mem, settings, "file")
         plan.notes = notes + [n for n in plan.notes if n not in notes]
@@ -284,7 +338,7 @@ def plan_for_card(card: "ModelCard", quant: str, n_ctx: int | str | None = None,
                   vram: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = False,
                   kv_quant: bool = False, swa_full: bool = True, n_ubatch: int = 512, path: str | Path | None = None,
                   remote: bool = True, mem: SystemMemory | None = None, workers: "Sequence[WorkerSpec] | None" = None,
-                  need_workers: bool = True) -> FitPlan:
+                  need_workers: bool = True, draft: DraftSource | None = None) -> FitPlan:
     """The plan for a catalog model: from the local file when given, else from its header read with
     HTTP Range requests, else (offline, or the hub unreachable) from catalog numbers."""
     from fmgguf.errors import FmggufError
@@ -293,7 +347,7 @@ def plan_for_card(card: "ModelCard", quant: str, n_ctx: int | str | None = None,
     settings = settings or load_settings()
     if path is not None:
         return plan_for_file(path, n_ctx, settings, vram, type_k, type_v, flash_attn, kv_quant, swa_full, n_ubatch,
-                             mem=mem, workers=workers, need_workers=need_workers)
+                             mem=mem, workers=workers, need_workers=need_workers, draft=draft)
     mem = _memory(settings, vram, mem, workers, need_workers)
     variant = card.variant(quant)
     note = None
@@ -306,15 +360,15 @@ def plan_for_card(card: "ModelCard", quant: str, n_ctx: int | str | None = None,
             note = f"header not read ({exc.message}); planned from catalog numbers"
         else:
             def make_h(ctx: int, tk: str, tv: str, fa: bool) -> Estimate:
-                return estimate_file(info, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full,
-                                     n_ubatch=n_ubatch, source="header")
+                return _with_draft(estimate_file(info, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa,
+                                                 swa_full=swa_full, n_ubatch=n_ubatch, source="header"), draft)
 
             return choose(make_h, mem, settings, n_ctx=n_ctx, n_ctx_train=info.n_ctx_train, type_k=type_k,
                           type_v=type_v, flash_attn=flash_attn, kv_quant=kv_quant, source="header")
 
     def make_c(ctx: int, tk: str, tv: str, fa: bool) -> Estimate:
-        return estimate_card(card, quant, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, swa_full=swa_full,
-                             n_ubatch=n_ubatch)
+        return _with_draft(estimate_card(card, quant, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa,
+                                         swa_full=swa_full, n_ubatch=n_ubatch), draft)
 
     plan = choose(make_c, mem, settings, n_ctx=n_ctx, n_ctx_train=card.arch.context_length if card.arch else None,
                   type_k=type_k, type_v=type_v, flash_attn=flash_attn, kv_quant=kv_quant, source="catalog")

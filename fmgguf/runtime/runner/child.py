@@ -132,7 +132,8 @@ class Runner:
                          bos_id=engine.bos_id, eos_id=engine.eos_id, add_bos=engine.add_bos,
                          bos_text=engine.bos_text, eos_text=engine.eos_text, buffers=engine.buffers,
                          load_s=engine.load_s, memory=engine.memory_bytes(), fim_token_ids=engine.fim_token_ids(),
-                         pid=os.getpid(), slots=engine.slots, lanes=engine.lanes)
+                         pid=os.getpid(), slots=engine.slots, lanes=engine.lanes,
+                         draft_name=engine.draft_name)
 
     def op_call(self, msg: dict[str, Any]) -> object:
         name = str(msg.get("name"))

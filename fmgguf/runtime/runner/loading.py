@@ -55,6 +55,8 @@ class LoadRequest:
     flash: bool
     needs_plan: bool
     workers: tuple = ()  # RPC workers (fmgguf.runtime.rpc.rpc.WorkerSpec) the layers may go to
+    #: speculative decoding's draft model, loaded beside the model (fmgguf.runtime.plan.fit.DraftSource)
+    draft: Any = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def validate(path: Path, cache: dict[tuple, FileFacts]) -> FileFacts:
 
 
 def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: int | str, type_k: str, type_v: str,
-             flash: bool, gpu: bool, info: Any = None, workers: tuple = ()) -> Any:
+             flash: bool, gpu: bool, info: Any = None, workers: tuple = (), draft: Any = None) -> Any:
     """The fit plan for ``path`` (``info``: its header, already read). On a CPU-only build the plan can
     only say "CPU only", so a plan that fits is kept per file identity, options and margins; with a GPU
     it is made afresh (free VRAM changes)."""
@@ -156,11 +158,12 @@ def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: i
     except ImportError:
         return None
     key = (identity(path), n_ctx, type_k, type_v, flash, settings.ram_margin, settings.vram_margin,
-           settings.vram_override)
+           settings.vram_override, draft)
     if not gpu and not workers and key in cache:
         return cache[key]
     plan = plan_for_file(path, n_ctx=n_ctx, settings=settings, type_k=type_k, type_v=type_v,
-                         flash_attn=flash, measure=gpu, info=info, workers=workers)  # workers: probed
+                         flash_attn=flash, measure=gpu, info=info, workers=workers,  # workers: probed
+                         draft=draft)
     if not gpu and not workers and plan.fits:  # "won't fit" is measured again next time: memory may have been freed
         cache[key] = plan
         while len(cache) > 16:
@@ -252,7 +255,7 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
     gpu = supports_gpu_offload()
     try:
         plan = fit_plan(path, s, plans, "auto" if n_ctx_opt == "auto" else want_ctx, type_k or "f16", type_v or "f16",
-                        flash, gpu, info=facts.info, workers=request.workers)
+                        flash, gpu, info=facts.info, workers=request.workers, draft=request.draft)
     except WorkerError:
         raise
     except Exception:
@@ -286,8 +289,17 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
                        tensor_split=tuple(split) if split else None, main_gpu=int(options.get("main_gpu") or 0),
                        split_mode=options.get("split_mode"),
                        rpc_servers=tuple(w.endpoint for w in request.workers) or None,
-                       prompt_cache_bytes=int(s.prompt_cache_bytes))
+                       prompt_cache_bytes=int(s.prompt_cache_bytes), **_draft_options(request.draft, plan, s))
     return opts, plan
+
+
+def _draft_options(draft: Any, plan: Any, settings: "Settings") -> dict[str, Any]:
+    """LoadOptions' draft fields for ``draft`` (a DraftSource or None), on the GPU where the plan put it."""
+    if draft is None or draft.path is None:
+        return {}
+    return {"draft_path": str(draft.path), "draft_name": draft.name,
+            "draft_gpu_layers": int(plan.draft_gpu_layers) if plan is not None else 0,
+            "draft_p_min": float(settings.draft_p_min)}
 
 
 def engine_starter(isolation: str, slots: int = 1) -> "EngineStarter":

@@ -55,6 +55,8 @@ class LoadReply:
     #: streams the runner generates at once (1: one after the other), and FIM lane slots beside them
     slots: int = 1
     lanes: int = 0
+    #: the draft model loaded beside it (speculative decoding), None: none
+    draft_name: str | None = None
 
 
 class ChannelClosed(Exception):

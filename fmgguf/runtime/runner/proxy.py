@@ -66,6 +66,8 @@ class EngineProxy:
         self.slots = max(1, reply.slots)
         #: slots beside those that only priority (FIM) streams take
         self.lanes = max(0, reply.lanes)
+        #: the draft model the runner loaded beside it (speculative decoding), None: none
+        self.draft_name = reply.draft_name
         self._closed = False
 
     @classmethod

@@ -40,7 +40,7 @@ from fmgguf.runtime.runner.residency import LoadSpec, Resident, Residents
 
 if TYPE_CHECKING:
     from fmgguf.runtime.engine.engine import LoadOptions
-    from fmgguf.runtime.plan.fit import FitPlan
+    from fmgguf.runtime.plan.fit import DraftSource, FitPlan
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Supervisor:
         self.loading: dict[str, float] = {}
         self._facts: dict[tuple, FileFacts] = {}
         self._plans: dict[tuple, "FitPlan"] = {}
+        #: the draft model a load brings (speculative decoding; the manager sets it: it knows the catalog)
+        self.draft_for: Callable[[LoadSpec], "DraftSource | None"] = lambda spec: None
 
     # --- what is resident ------------------------------------------------------------------------
     @property
@@ -106,7 +108,7 @@ class Supervisor:
             self.restarts += 1
         _report(report, "validate", 0.0)
         facts = self.validate(spec.path, self._facts)
-        request = load_request(facts, options, self.settings)
+        request = dataclasses.replace(load_request(facts, options, self.settings), draft=self.draft_for(spec))
         self.loading[spec.key] = time.time()
         try:
             engine, load_opts, plan = self._start(spec, facts, request, options, replace, report)

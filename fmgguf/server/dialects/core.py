@@ -50,7 +50,7 @@ class Sampling:
     frequency_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    #: speculative decoding for this request: off | ngram (None: the server's setting)
+    #: speculative decoding for this request: off | ngram | draft | draft:<id> (None: the server's setting)
     speculative: str | None = None
 
     def kwargs(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class _LlamaBody(BaseModel):
     cache_prompt: bool = True
     t_max_prompt_ms: int | None = None
     t_max_predict_ms: int | None = Field(default=None, ge=-1)
-    #: speculative decoding: off | ngram (default: the server's `speculative` setting)
+    #: speculative decoding: off | ngram | draft | draft:<id> (default: the server's `speculative` setting)
     speculative: str | None = Field(default=None, max_length=300)
 
     def sampling(self) -> Sampling:
