@@ -167,6 +167,7 @@ def _render_info(data: dict[str, Any]) -> None:
          if data.get("fim") else "no"),
         ("specialization", data.get("specialization") or "-"),
         ("capabilities", ", ".join(data.get("capabilities") or []) or "-"),
+        ("draft model", f"{data['draft']} (--speculative draft)" if data.get("draft") else "-"),
     ]
     for key, value in lines:
         c.print(f"  {key:<15} {value}", highlight=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fmgguf.errors import InvalidRequestError
-from fmgguf.runtime.engine.drafting import check_mode, default_mode, request_mode
+from fmgguf.runtime.engine.drafting import MAX_MODEL_DRAFT, check_mode, default_mode, request_mode
 from fmgguf.runtime.engine.engine import Engine, GenerationStats, LoadOptions
 
 PROMPTS = ["def fib(n):\n", "class Queue:\n    def __init__(self):\n", "import os\n\ndef walk(root):\n"]
@@ -40,7 +40,8 @@ def test_greedy_text_with_a_draft_model_is_the_text_without(target_path: Path, d
     with Engine(target_path, LoadOptions(n_ctx=512, parallel=2)) as plain:
         expected = [_run(plain, p, max_tokens=40, temperature=0)[0] for p in PROMPTS]
     opts = LoadOptions(n_ctx=512, parallel=2, draft_path=str(draft_path), draft_name="tiny-draft",
-                       draft_p_min=0.0)  # random tiny models are never sure: draft anyway
+                       draft_p_min=0.0, draft_min_gain=0.0)  # random tiny models are never sure, and their
+    # drafts cost what the target does: draft anyway
     with Engine(target_path, opts) as e:
         assert e.draft_name == "tiny-draft"
         runs = [_run(e, p, max_tokens=40, temperature=0, speculative="draft") for p in PROMPTS]
@@ -56,7 +57,7 @@ def test_greedy_text_with_a_draft_model_is_the_text_without(target_path: Path, d
 def test_a_draft_identical_to_the_target_is_accepted_whole(target_path: Path) -> None:
     """The target drafting for itself: every draft token is what the target picks (F16 weights, no
     quantized kernels: batched and single decodes agree), so nearly all are accepted, and max_tokens holds."""
-    opts = LoadOptions(n_ctx=512, parallel=2, draft_path=str(target_path), draft_p_min=0.0)
+    opts = LoadOptions(n_ctx=512, parallel=2, draft_path=str(target_path), draft_p_min=0.0, draft_min_gain=0.0)
     with Engine(target_path, opts) as e:
         plain = _run(e, PROMPTS[1], max_tokens=48, temperature=0)[0]
         text, stats = _run(e, PROMPTS[1], max_tokens=48, temperature=0, speculative=f"draft:{target_path.name}")
@@ -119,3 +120,46 @@ def test_the_setting_loads_the_draft_beside_the_model(tmp_path: Path, target_pat
             bad.load_file(target_path, n_ctx=256)
         finally:
             bad.close()
+
+
+def test_draft_costs_choose_a_length_only_where_it_pays() -> None:
+    from fmgguf.runtime.engine.draft_costs import DraftCosts
+
+    assert DraftCosts().best_length(16, 0.1) == 16  # nothing measured yet: draft, and so measure
+    cheap = DraftCosts(step=1.0, row=0.05, draft=0.1)  # a draft ten times cheaper than its target
+    assert 3 <= cheap.best_length(16, 0.8) <= 8 and cheap.best_length(16, 0.99) >= 10
+    assert cheap.gain(cheap.best_length(16, 0.8), 0.8) > 1.8
+    dear = DraftCosts(step=1.0, row=0.05, draft=0.95)  # as dear as the target itself
+    assert dear.best_length(16, 0.99) == 0 and dear.best_length(16, 0.5) == 0
+    measured = DraftCosts()
+    measured.observe_step(0.10, 0)
+    measured.observe_step(0.30, 4)  # four drafted rows added 0.2 s
+    measured.observe_draft(0.4, 8)
+    assert (measured.step, round(measured.row, 3), measured.draft) == (0.10, 0.05, 0.05)
+
+
+@pytest.mark.slow
+def test_a_draft_that_does_not_pay_is_paused_with_the_same_text(target_path: Path) -> None:
+    """Costs that say the draft does not pay (frozen here: measured ones move with the machine's load):
+    the slot pauses after its first try and probes now and then; without a minimum it drafts throughout."""
+    from fmgguf.runtime.engine.draft_costs import DraftCosts
+
+    class Frozen(DraftCosts):
+        def observe_step(self, seconds: float, drafted_rows: int) -> None:
+            pass
+
+        def observe_draft(self, seconds: float, tokens: int) -> None:
+            pass
+
+    opts = LoadOptions(n_ctx=512, parallel=2, draft_path=str(target_path), draft_p_min=0.0)
+    with Engine(target_path, opts) as e:
+        plain = _run(e, PROMPTS[1], max_tokens=48, temperature=0)[0]
+        e._slots.drafter.costs = Frozen(step=0.01, row=0.001, draft=0.05)  # a draft 5x dearer than the target
+        text, dear = _run(e, PROMPTS[1], max_tokens=48, temperature=0, speculative="draft")
+        e._slots.drafter.min_gain = 0.0  # no minimum: it drafts whatever the costs
+        again, free = _run(e, PROMPTS[1], max_tokens=48, temperature=0, speculative="draft")
+        assert text == again == plain and dear.completion_tokens == free.completion_tokens == 48
+        assert 0 < dear.drafted_tokens <= 2 * MAX_MODEL_DRAFT and free.drafted_tokens >= 40
+        e._slots.drafter.costs = Frozen(step=0.01, row=0.0005, draft=0.001)  # a cheap draft: it pays
+        e._slots.drafter.min_gain = 1.05
+        assert _run(e, PROMPTS[1], max_tokens=48, temperature=0, speculative="draft")[1].drafted_tokens >= 40

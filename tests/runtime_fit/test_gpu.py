@@ -120,3 +120,29 @@ def test_switch_plans_with_the_old_models_vram_given_back(models: dict) -> None:
         assert result.plan.label == "Full GPU", (held, result.plan.as_dict())
     finally:
         manager.close()
+
+
+def test_a_draft_model_on_the_gpu_beside_the_model(models: dict, tmp_path: Path) -> None:
+    """Speculative decoding's draft model (here the tiny llama drafting for a copy of itself) goes on the
+    GPU beside a fully offloaded model: the plan counts it, its buffers are CUDA ones, greedy text holds."""
+    from fmgguf.runtime.engine.engine import Engine, GenerationStats, LoadOptions
+    from fmgguf.runtime.plan.fit import DraftSource
+
+    path = models["llama"]
+    own = tmp_path / "draft.gguf"
+    own.write_bytes(path.read_bytes())
+    plan = plan_for_file(path, n_ctx=N_CTX, draft=DraftSource(name="draft", path=own))
+    assert plan.label == "Full GPU" and plan.draft_gpu_layers > 0 and plan.draft_bytes > 0, plan.as_dict()
+
+    def run(e: Engine, **kw) -> tuple[str, GenerationStats]:
+        stats = GenerationStats()
+        return "".join(e.stream(e.tokenize("def f(x):", add_bos=e.add_bos), stats, max_tokens=32,
+                                temperature=0, **kw)), stats
+
+    opts = LoadOptions(n_ctx=N_CTX, n_gpu_layers=-1, parallel=2, draft_path=str(own),
+                       draft_gpu_layers=plan.draft_gpu_layers, draft_p_min=0.0)
+    with Engine(path, opts) as e:
+        assert any(k.startswith("CUDA") for k in e.draft.buffers.get("by_device", {})), e.draft.buffers
+        plain, _ = run(e)
+        text, stats = run(e, speculative="draft")
+        assert text == plain and stats.accepted_tokens > 0

@@ -37,3 +37,8 @@ def test_speculative_field_same_text_and_counts(served: Any) -> None:
 def test_unknown_mode_is_a_client_error(served: Any) -> None:
     r = httpx.post(served.url + "/completion", json={"prompt": "x", "n_predict": 2, "speculative": "warp"}, timeout=60)
     assert 400 <= r.status_code < 500 and "ngram" in r.text
+
+
+def test_draft_mode_without_a_draft_model_is_a_client_error(served: Any) -> None:
+    r = httpx.post(served.url + "/completion", json={"prompt": "x", "n_predict": 2, "speculative": "draft"}, timeout=60)
+    assert 400 <= r.status_code < 500 and "without a draft model" in r.text and "--speculative draft" in r.text

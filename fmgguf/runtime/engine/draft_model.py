@@ -78,6 +78,8 @@ class DraftModel:
         self.limit_vocab = self.n_vocab
         #: what llama.cpp reported allocating for it (set by the engine, from the load log)
         self.buffers: dict[str, int] = {}
+        #: tokens the last draft() decoded to catch up with the slots (a first draft: whole prompts)
+        self.caught_up = 0
 
     # --- drafting ------------------------------------------------------------------------------
     def draft(self, asks: Sequence[DraftAsk]) -> dict[int, list[int]]:
@@ -128,6 +130,7 @@ class DraftModel:
             self.cache[a.seq] = [int(t) for t in a.history]
         # the last tokens go last, so their logits all come from the final decode
         pending = body + lasts
+        self.caught_up = len(pending)
         final: list[tuple[int, int, int, bool]] = []
         for at in range(0, len(pending), self.n_batch):
             final = pending[at:at + self.n_batch]

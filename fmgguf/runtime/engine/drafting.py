@@ -27,10 +27,12 @@ Reference: llama.cpp's common/ngram-*.cpp and speculative.cpp (``--spec-type ngr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.engine.draft_costs import DraftCosts
 from fmgguf.runtime.engine.draft_model import DraftAsk
 from fmgguf.runtime.engine.sampling import argmax_rows
 
@@ -59,6 +61,8 @@ LOW_ACCEPTANCE = 0.3
 STEP_BUDGET = 64
 #: a draft model's drafts stay shorter: each of their tokens costs a decode of the draft model
 MAX_MODEL_DRAFT = 16
+#: every this many steps one step goes without a draft model's draft, to measure a plain decode again
+REMEASURE_STEPS = 128
 
 
 def check_mode(value: str | None) -> str:
@@ -148,6 +152,9 @@ class DraftLength:
     next_pause: int = 8
     #: tokens of the slot's history already in the table
     indexed: int = 0
+    #: the next draft is drafted whatever the costs say (after a pause), and the next such pause
+    probe: bool = False
+    cost_pause: int = 8
 
     def update(self, drafted: int, accepted: int) -> None:
         # a miss (a renamed word, say) halves the length at most: the copy usually goes on right after it
@@ -172,6 +179,12 @@ class Drafter:
         self.state: dict[int, DraftLength] = {}
         #: the engine's draft model (None: only n-gram drafting)
         self.model: DraftModel | None = sched.engine.draft
+        #: what a draft model's drafts cost, measured (:mod:`fmgguf.runtime.engine.draft_costs`)
+        self.costs = DraftCosts()
+        self.min_gain = float(sched.engine.options.draft_min_gain)
+        #: this step's generating slots and drafted rows (set by plan, read by observe)
+        self._shape = (0, 0)
+        self._steps = 0
 
     def start(self, slot: Slot) -> None:
         self.state[slot.seq] = DraftLength()
@@ -199,9 +212,29 @@ class Drafter:
                 asks[s.seq] = s
                 wants.append(DraftAsk(s.seq, history, want))
                 budget -= want
-        for seq, tokens in (self.model.draft(wants) if wants else {}).items():
+        self._draw(asks, wants)
+        drafted = sum(len(s.draft) for s in decoding)
+        self._shape = (len(decoding), drafted)
+        return drafted
+
+    def _draw(self, asks: dict[int, Slot], wants: list[DraftAsk]) -> None:
+        """The draft model's drafts for ``wants``, timed; a step now and then goes without (see REMEASURE_STEPS)."""
+        self._steps += 1
+        if not wants or self.model is None or (self._steps % REMEASURE_STEPS == 1 and len(asks) == 1):
+            return
+        started = time.perf_counter()
+        drafts = self.model.draft(wants)
+        if self.model.caught_up <= 2 * len(wants):  # a first catch-up with a whole prompt is no per-token cost
+            self.costs.observe_draft(time.perf_counter() - started, sum(len(t) for t in drafts.values()))
+        for seq, tokens in drafts.items():
             asks[seq].draft = tokens
-        return sum(len(s.draft) for s in decoding)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """A target decode of ``rows`` rows took ``seconds``: kept when it held one generating slot and its
+        draft only (the costs a draft model's draft is weighed against)."""
+        slots, drafted = self._shape
+        if slots == 1 and rows == 1 + drafted:
+            self.costs.observe_step(seconds, drafted)
 
     def _want(self, s: Slot, req: Request, budget: int) -> tuple[int, list[int]]:
         """How many tokens to draft for slot ``s`` now (0: none), and its history (indexed for n-grams)."""
@@ -215,8 +248,18 @@ class Drafter:
             return 0, history
         left = s.limit - req.stats.completion_tokens - 1  # the draft never runs past max_tokens
         room = self.sched.n_ctx - len(history)
-        cap = MAX_MODEL_DRAFT if req.speculative == "draft" else MAX_DRAFT
-        return min(st.length, cap, left, room - 1, budget), history
+        if req.speculative != "draft":
+            return min(st.length, MAX_DRAFT, left, room - 1, budget), history
+        want = min(st.length, MAX_MODEL_DRAFT, left, room - 1, budget)
+        if st.probe:  # the first draft after a pause is a probe: the acceptance may have changed
+            st.probe = False
+            return want, history
+        worth = self.costs.best_length(want, st.rate, self.min_gain) if want > 0 else 0
+        if want > 0 and worth == 0:  # not expected to pay now: pause (longer each time), then probe again
+            st.pause, st.cost_pause, st.probe = st.cost_pause, min(st.cost_pause * 2, 256), True
+        elif worth > 0:
+            st.cost_pause = 8
+        return worth, history
 
     def verify(self, s: Slot, req: Request, idx: int) -> list[int]:
         """The tokens the slot takes after a decode that checked its draft (batch indices ``idx``..):

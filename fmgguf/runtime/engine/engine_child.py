@@ -111,21 +111,24 @@ def _dry_run_main(argv: list[str]) -> int:
     return 0 if result.get("ok") else 3
 
 
-def quantize(src: str, dst: str, ftype: int, nthread: int = 0) -> int:
-    """llama_model_quantize with default parameters; returns llama.cpp's status (0 = ok)."""
+def quantize(src: str, dst: str, ftype: int, nthread: int = 0, requantize: bool = False) -> int:
+    """llama_model_quantize with default parameters (``requantize``: a quantized source may be converted,
+    e.g. Q4_K_M to F16); returns llama.cpp's status (0 = ok)."""
     lc = lib()
     params = lc.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
+    params.allow_requantize = bool(requantize)
     return int(lc.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
 
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "--dry-run":
         return _dry_run_main(argv[1:])
-    if len(argv) == 5 and argv[0] == "--quantize":
-        return quantize(argv[1], argv[2], int(argv[3]), int(argv[4]))
-    sys.stderr.write("usage: python -m fmgguf.runtime.engine.engine_child --dry-run JSON | --quantize SRC DST FTYPE NTHREAD\n")
+    if len(argv) in (5, 6) and argv[0] == "--quantize" and argv[5:] in ([], ["--requantize"]):
+        return quantize(argv[1], argv[2], int(argv[3]), int(argv[4]), requantize=len(argv) == 6)
+    sys.stderr.write("usage: python -m fmgguf.runtime.engine.engine_child --dry-run JSON | "
+                     "--quantize SRC DST FTYPE NTHREAD [--requantize]\n")
     return 2
 
 

@@ -43,6 +43,9 @@ class LoadOptions:
     draft_gpu_layers: int = 0
     #: a draft ends before a token the draft model is less sure of (llama-server's --draft-p-min)
     draft_p_min: float = 0.75
+    #: a draft model drafts only where its measured costs promise this speed-up (0: always; see
+    #: runtime.engine.draft_costs)
+    draft_min_gain: float = 1.05
 
     def llama_kwargs(self) -> dict[str, Any]:
         from fmgguf.runtime.hw.threads import choose_threads

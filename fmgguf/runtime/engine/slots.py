@@ -144,7 +144,9 @@ class Scheduler:
                 if not self.stopping and not self._any_ready():
                     self.cond.wait(0.05)
             return True
+        started = time.perf_counter()
         rc = int(self.mod.llama_decode(self.ctx, self.batch))
+        self.drafter.observe(n, time.perf_counter() - started)
         if rc != 0:
             self._decode_failed(rc)
             return True
