@@ -145,6 +145,9 @@ class Settings:
     #: a draft model's draft ends before a token it gives less probability than this (FMGGUF_DRAFT_P_MIN,
     #: llama-server's --draft-p-min)
     draft_p_min: float = 0.75
+    #: a draft model drafts only where its measured costs promise this speed-up; 0 drafts always
+    #: (FMGGUF_DRAFT_MIN_GAIN; see fmgguf/runtime/engine/draft_costs.py)
+    draft_min_gain: float = 1.05
     #: RPC workers models are split across: "HOST[:PORT][@BUDGET],..." (FMGGUF_RPC / --rpc; None = local only)
     rpc: str | None = None
     #: benchmark sandbox defaults
@@ -223,7 +226,7 @@ _ENV_KEYS = (
     ("FMGGUF_CATALOG", "catalog_file"), ("HF_ENDPOINT", "hf_endpoint"), ("FMGGUF_DEFAULT_MODEL", "default_model"),
     ("FMGGUF_DEFAULT_QUANT", "default_quant"), ("FMGGUF_LOG_LEVEL", "log_level"), ("FMGGUF_RPC", "rpc"),
     ("FMGGUF_ISOLATION", "isolation"), ("FMGGUF_SPECULATIVE", "speculative"),
-    ("FMGGUF_DRAFT_P_MIN", "draft_p_min"),
+    ("FMGGUF_DRAFT_P_MIN", "draft_p_min"), ("FMGGUF_DRAFT_MIN_GAIN", "draft_min_gain"),
     ("FMGGUF_MAX_LOADED_MODELS", "max_loaded_models"),
     ("FMGGUF_PARALLEL", "parallel"), ("FMGGUF_MAX_RATE", "max_rate"), ("FMGGUF_VRAM", "vram_override"),
     ("FMGGUF_PROMPT_CACHE_BYTES", "prompt_cache_bytes"), ("FMGGUF_KEEP_ALIVE", "keep_alive"),
@@ -272,7 +275,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for key in ("download_retries", "default_ctx", "bench_workers", "n_threads", "max_loaded_models", "parallel"):
             if key in out and out[key] is not None:
                 out[key] = int(out[key])
-        for key in ("keep_alive", "bench_timeout"):
+        for key in ("keep_alive", "bench_timeout", "draft_p_min", "draft_min_gain"):
             if key in out and out[key] is not None:
                 out[key] = float(out[key])
         if "offline" in out and isinstance(out["offline"], str):
@@ -291,6 +294,9 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     if out.get("draft_p_min") is not None and not 0.0 <= float(out["draft_p_min"]) <= 1.0:
         raise ConfigError(f"draft_p_min {out['draft_p_min']} is not a probability",
                           fix="set FMGGUF_DRAFT_P_MIN (or draft_p_min: in the config file) to 0..1")
+    if out.get("draft_min_gain") is not None and not 0.0 <= float(out["draft_min_gain"]) <= 100.0:
+        raise ConfigError(f"draft_min_gain {out['draft_min_gain']} is out of range",
+                          fix="set FMGGUF_DRAFT_MIN_GAIN to 0 (always draft) or a speed-up such as 1.05")
     if out.get("speculative") is not None:
         mode = speculative_mode(str(out["speculative"]))
         if mode is None:

@@ -115,3 +115,15 @@ def test_parallel_is_one_setting_from_file_env_and_override(tmp_path: Path) -> N
     for bad in ("0", "65"):
         with pytest.raises(errors.ConfigError, match="FMGGUF_PARALLEL"):
             Settings.load(env={**base, "FMGGUF_PARALLEL": bad})
+
+
+def test_speculative_settings(tmp_path: Path) -> None:
+    base = {"FMGGUF_HOME": str(tmp_path)}
+    s = Settings.load(env={**base, "FMGGUF_SPECULATIVE": "draft:/Models/Draft.gguf", "FMGGUF_DRAFT_P_MIN": "0.5",
+                           "FMGGUF_DRAFT_MIN_GAIN": "0"})
+    assert (s.speculative, s.draft_p_min, s.draft_min_gain) == ("draft:/Models/Draft.gguf", 0.5, 0.0)  # a path keeps its case
+    assert Settings.load(env={**base, "FMGGUF_SPECULATIVE": "DRAFT"}).speculative == "draft"
+    for env, what in ((("FMGGUF_SPECULATIVE", "warp"), "not a mode"), (("FMGGUF_DRAFT_P_MIN", "1.5"), "probability"),
+                      (("FMGGUF_DRAFT_P_MIN", "sure"), "bad setting"), (("FMGGUF_DRAFT_MIN_GAIN", "-1"), "out of range")):
+        with pytest.raises(errors.ConfigError, match=what):
+            Settings.load(env={**base, env[0]: env[1]})

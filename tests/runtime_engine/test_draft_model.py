@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.engine.draft_model import CATCH_UP_STEP
 from fmgguf.runtime.engine.drafting import MAX_MODEL_DRAFT, check_mode, default_mode, request_mode
 from fmgguf.runtime.engine.engine import Engine, GenerationStats, LoadOptions
 
@@ -65,6 +66,13 @@ def test_a_draft_identical_to_the_target_is_accepted_whole(target_path: Path) ->
         assert stats.drafted_tokens >= 24 and stats.accepted_tokens >= 0.9 * stats.drafted_tokens
         for n in (1, 5):
             assert _run(e, PROMPTS[1], max_tokens=n, temperature=0, speculative="draft")[1].completion_tokens == n
+        # a prompt longer than a catch-up step: the draft takes it in chunks while the slot decodes on
+        long_prompt = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(24))
+        assert len(e.tokenize(long_prompt)) > 2 * CATCH_UP_STEP
+        plain = _run(e, long_prompt, max_tokens=64, temperature=0)[0]
+        text, stats = _run(e, long_prompt, max_tokens=64, temperature=0, speculative="draft")
+        assert text == plain and stats.accepted_tokens >= 0.9 * stats.drafted_tokens > 0
+        assert e._slots.drafter.model.caught_up <= CATCH_UP_STEP
 
 
 def test_a_draft_of_another_vocabulary_is_refused(qwen_path: Path, llama_path: Path) -> None:
@@ -99,7 +107,8 @@ def test_the_setting_loads_the_draft_beside_the_model(tmp_path: Path, target_pat
 
     own = tmp_path / "own-copy.gguf"  # the target drafting for itself (a copy: the same file is never its draft)
     own.write_bytes(target_path.read_bytes())
-    settings = load_settings(home=tmp_path, speculative=f"draft:{own}", draft_p_min=0.0)
+    # (no minimum gain: costs measured under load would make the drafts, and so the batches, vary)
+    settings = load_settings(home=tmp_path, speculative=f"draft:{own}", draft_p_min=0.0, draft_min_gain=0.0)
     m = ModelManager(settings, keep_alive=0, isolation=isolation)
     try:
         m.load_file(target_path, n_ctx=256)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 VOCAB_SIZE_SLACK = 128
 #: the first token ids are control tokens that families renumber freely: not compared
 VOCAB_CHECK_START = 5
+#: prompt tokens a sequence catches up with in one step (the scheduler's prompt chunk while others decode)
+CATCH_UP_STEP = 128
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,9 @@ class DraftModel:
 
     def _catch_up(self, asks: Sequence[DraftAsk]) -> dict[int, int]:
         """Bring each sequence to its history (the last token always decoded again, for its logits);
-        returns each sequence's logits row in the final decode."""
+        returns each caught-up sequence's logits row in the final decode. A sequence further behind
+        than :data:`CATCH_UP_STEP` tokens (a new prompt) takes that many now and drafts in a later step,
+        so one step never stalls the other slots for a whole prompt."""
         body: list[tuple[int, int, int, bool]] = []  # (seq, pos, token, logits)
         lasts: list[tuple[int, int, int, bool]] = []
         for a in asks:
@@ -125,6 +129,10 @@ class DraftModel:
                 self.mod.llama_memory_seq_rm(self.mem, a.seq, -1, -1)
                 keep = 0
             last = len(a.history) - 1
+            if last - keep > CATCH_UP_STEP:
+                body += [(a.seq, p, int(a.history[p]), False) for p in range(keep, keep + CATCH_UP_STEP)]
+                self.cache[a.seq] = [int(t) for t in a.history[:keep + CATCH_UP_STEP]]
+                continue
             body += [(a.seq, p, int(a.history[p]), False) for p in range(keep, last)]
             lasts.append((a.seq, last, int(a.history[last]), True))
             self.cache[a.seq] = [int(t) for t in a.history]
@@ -139,7 +147,7 @@ class DraftModel:
 
     def _extend(self, asks: Sequence[DraftAsk], rows: dict[int, int]) -> dict[int, list[int]]:
         """Greedy draft tokens, one decode per step for every sequence still drafting."""
-        out: dict[int, list[int]] = {a.seq: [] for a in asks}
+        out: dict[int, list[int]] = {a.seq: [] for a in asks if a.seq in rows}
         want = {a.seq: a.want for a in asks}
         live = dict(rows)
         while live:

@@ -299,7 +299,7 @@ def _draft_options(draft: Any, plan: Any, settings: "Settings") -> dict[str, Any
         return {}
     return {"draft_path": str(draft.path), "draft_name": draft.name,
             "draft_gpu_layers": int(plan.draft_gpu_layers) if plan is not None else 0,
-            "draft_p_min": float(settings.draft_p_min)}
+            "draft_p_min": float(settings.draft_p_min), "draft_min_gain": float(settings.draft_min_gain)}
 
 
 def engine_starter(isolation: str, slots: int = 1) -> "EngineStarter":
