@@ -5,12 +5,15 @@ local file: the load does not download it (``fmgguf pull`` says how)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fmgguf.errors import NotDownloadedError
 from fmgguf.runtime.engine.drafting import check_mode
 from fmgguf.runtime.plan.fit import DraftSource
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fmgguf.catalog import Catalog
@@ -40,6 +43,10 @@ def pick_draft(setting: str | None, target: Path, card: "ModelCard | None", cata
         try:
             path = Path(downloader.model_path(dcard.id, quant))
         except NotDownloadedError as exc:
+            if not mode[6:]:  # the catalog's pair, not one the user named: load without it, and say so
+                log.warning("%s loads without its draft model: %s is not downloaded (fmgguf pull %s)",
+                            card.id if card else target.name, dcard.id, dcard.id)
+                return None
             raise NotDownloadedError(f"the draft model {dcard.id}:{quant} is not downloaded",
                                      fix=f"{exc.fix}; or load with --speculative ngram (or off)",
                                      model_id=dcard.id) from None

@@ -44,8 +44,8 @@ class DraftCosts:
             self.row = self._mix(self.row, max(0.0, seconds - self.step) / drafted_rows)
 
     def observe_draft(self, seconds: float, tokens: int) -> None:
-        if tokens > 0:
-            self.draft = self._mix(self.draft, seconds / tokens)
+        """A draft-model call took ``seconds`` for ``tokens`` drafted (a call that drafted none still cost)."""
+        self.draft = self._mix(self.draft, seconds / max(tokens, 1))
 
     @property
     def measured(self) -> bool:

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 VOCAB_SIZE_SLACK = 128
 #: the first token ids are control tokens that families renumber freely: not compared
 VOCAB_CHECK_START = 5
+#: the draft's probability of a token is taken among this many likeliest tokens (llama-server's draft sampler)
+TOP_K = 10
 #: prompt tokens a sequence catches up with in one step (the scheduler's prompt chunk while others decode)
 CATCH_UP_STEP = 128
 
@@ -54,17 +56,18 @@ class DraftModel:
     def __init__(self, mod: Any, path: str | Path, target: LoadOptions, *, n_gpu_layers: int = 0) -> None:
         self.path = Path(path)
         self.mod = mod
-        opts = replace(target, n_gpu_layers=n_gpu_layers, draft_path=None, rpc_servers=None, tensor_split=None,
-                       prompt_cache_bytes=0)
+        # on the device the fit plan chose (its whole weight on one entry of tensor_split), never spread
+        opts = replace(target, n_gpu_layers=n_gpu_layers, draft_path=None, rpc_servers=None,
+                       tensor_split=target.draft_tensor_split if n_gpu_layers else None, prompt_cache_bytes=0)
         kw = opts.llama_kwargs()
         self._split: Any = None
         try:
             params, self._split = model_params(mod, kw)
             self.model, self.ctx_obj = load_llama(mod, self.path, params, context_params(mod, kw))
         except (ValueError, RuntimeError, MemoryError) as exc:
-            raise EngineError(f"llama.cpp could not load the draft model {self.path.name}: {exc}",
-                              fix="check the draft file with `fmgguf inspect FILE`, or choose another draft "
-                                  "(--speculative draft:<model id>)") from None
+            raise EngineError(f"llama.cpp could not load the draft model {self.path}: {exc}",
+                              fix=f"check it with `fmgguf inspect {self.path}` and the memory with `fmgguf fit`, "
+                                  "or load without it (--speculative ngram or off)") from None
         self.ctx = self.ctx_obj.ctx
         self.mem = mod.llama_get_memory(self.ctx)
         self.vocab = self.model.vocab
@@ -80,8 +83,8 @@ class DraftModel:
         self.limit_vocab = self.n_vocab
         #: what llama.cpp reported allocating for it (set by the engine, from the load log)
         self.buffers: dict[str, int] = {}
-        #: tokens the last draft() decoded to catch up with the slots (a first draft: whole prompts)
-        self.caught_up = 0
+        #: tokens the last draft() decoded to catch up with the slots, and the most one call decoded
+        self.caught_up = self.caught_up_most = 0
 
     # --- drafting ------------------------------------------------------------------------------
     def draft(self, asks: Sequence[DraftAsk]) -> dict[int, list[int]]:
@@ -110,10 +113,13 @@ class DraftModel:
                 self.mod.llama_memory_seq_rm(self.mem, seq, -1, -1)
                 del self.cache[seq]
         fits, used = [], 0
-        for a in asks[: self.n_batch]:
-            if used + len(a.history) + a.want <= self.n_ctx:
+        for a in asks:
+            if len(fits) < self.n_batch and used + len(a.history) + a.want <= self.n_ctx:
                 fits.append(a)
                 used += len(a.history) + a.want
+            elif a.seq in self.cache:  # left out this step: its cache goes too, so the others fit
+                self.mod.llama_memory_seq_rm(self.mem, a.seq, -1, -1)
+                del self.cache[a.seq]
         return fits
 
     def _catch_up(self, asks: Sequence[DraftAsk]) -> dict[int, int]:
@@ -139,10 +145,14 @@ class DraftModel:
         # the last tokens go last, so their logits all come from the final decode
         pending = body + lasts
         self.caught_up = len(pending)
-        final: list[tuple[int, int, int, bool]] = []
-        for at in range(0, len(pending), self.n_batch):
-            final = pending[at:at + self.n_batch]
-            self._decode(final)
+        self.caught_up_most = max(self.caught_up_most, self.caught_up)
+        if not pending:
+            return {}
+        split = max(len(pending) - self.n_batch, 0)  # the final decode takes the last n_batch entries
+        for at in range(0, split, self.n_batch):
+            self._decode(pending[at:min(at + self.n_batch, split)])
+        final = pending[split:]
+        self._decode(final)
         return {seq: i for i, (seq, _, _, logits) in enumerate(final) if logits}
 
     def _extend(self, asks: Sequence[DraftAsk], rows: dict[int, int]) -> dict[int, list[int]]:
@@ -168,14 +178,15 @@ class DraftModel:
         return out
 
     def _pick(self, row: int) -> tuple[int, float]:
-        """The greedy token of a logits row of the last decode, and its probability."""
+        """The greedy token of a logits row of the last decode, and its probability among the
+        :data:`TOP_K` likeliest tokens (as llama-server's draft sampler has it: top-k, then softmax)."""
         ptr = self.mod.llama_get_logits_ith(self.ctx, row)
         if not ptr:
             raise EngineError("llama.cpp kept no logits for a draft row", fix="report this as a bug")
         logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
         best = int(logits.argmax())
-        p = 1.0 / float(np.exp(logits - logits[best]).sum())
-        return best, p
+        top = np.partition(logits, -TOP_K)[-TOP_K:] if self.n_vocab > TOP_K else logits
+        return best, 1.0 / float(np.exp(top - logits[best]).sum())
 
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
         b = self.batch
@@ -203,7 +214,8 @@ class DraftModel:
             model.close()
 
 
-def open_draft(mod: Any, options: LoadOptions, target_vocab: Any, target_name: str, router: Any) -> DraftModel:
+def open_draft(mod: Any, options: LoadOptions, target_model: Any, target_vocab: Any, target_name: str,
+               router: Any) -> DraftModel:
     """The draft model of ``options.draft_path`` (``mod``: the engine's llama_cpp), its buffers read from
     llama.cpp's load log (``router``: the engine's log router); refused unless its vocabulary is the target's."""
     from fmgguf.runtime.engine.llama_log import LoadListener
@@ -217,6 +229,9 @@ def open_draft(mod: Any, options: LoadOptions, target_vocab: Any, target_name: s
         router.remove(listener)
     draft.buffers = listener.buffers()
     try:
+        if is_recurrent(mod, draft.model.model) or is_recurrent(mod, target_model):
+            raise InvalidRequestError(f"{target_name} or its draft {draft.path.name} keeps a recurrent state, which "
+                                      "cannot drop a rejected draft", fix="use --speculative ngram or off for it")
         draft.limit_vocab = check_vocabularies(target_vocab, draft.vocab, draft.mod, target_name,
                                                options.draft_name or draft.path.stem)
     except BaseException:
@@ -243,12 +258,14 @@ def check_vocabularies(target: Any, draft: Any, mod: Any, target_name: str, draf
 
     if int(mod.llama_vocab_type(target)) != int(mod.llama_vocab_type(draft)):
         raise refuse("their tokenizers are of different types")
+    for added, token, name in ((mod.llama_vocab_get_add_bos, mod.llama_vocab_bos, "BOS"),
+                               (mod.llama_vocab_get_add_eos, mod.llama_vocab_eos, "EOS")):
+        adds = bool(added(target))
+        if adds != bool(added(draft)) or (adds and int(token(target)) != int(token(draft))):
+            raise refuse(f"their {name} tokens differ")
     nt, nd = int(mod.llama_vocab_n_tokens(target)), int(mod.llama_vocab_n_tokens(draft))
     if abs(nt - nd) > VOCAB_SIZE_SLACK:
         raise refuse(f"their vocabularies have {nt} and {nd} tokens")
-    for name in ("llama_vocab_bos", "llama_vocab_eos"):
-        if int(getattr(mod, name)(target)) != int(getattr(mod, name)(draft)):
-            raise refuse(f"their {name[12:].upper()} tokens differ")
     for i in range(VOCAB_CHECK_START, min(nt, nd)):
         a, b = mod.llama_vocab_get_text(target, i), mod.llama_vocab_get_text(draft, i)
         if a != b:
@@ -258,3 +275,8 @@ def check_vocabularies(target: Any, draft: Any, mod: Any, target_name: str, draf
 
 def _show(text: bytes | None) -> str:
     return repr((text or b"").decode("utf-8", "replace"))
+
+
+def is_recurrent(mod: Any, model: Any) -> bool:
+    """Whether the model keeps a recurrent state (which cannot drop a rejected draft)."""
+    return bool(mod.llama_model_is_recurrent(model)) or bool(mod.llama_model_is_hybrid(model))

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.engine.draft_costs import DraftCosts
-from fmgguf.runtime.engine.draft_model import DraftAsk
+from fmgguf.runtime.engine.draft_model import DraftAsk, is_recurrent  # noqa: F401 - the scheduler reads it here
 from fmgguf.runtime.engine.sampling import argmax_rows
 
 if TYPE_CHECKING:
@@ -219,8 +219,10 @@ class Drafter:
 
     def _draw(self, asks: dict[int, Slot], wants: list[DraftAsk]) -> None:
         """The draft model's drafts for ``wants``, timed; a step now and then goes without (see REMEASURE_STEPS)."""
+        if not wants or self.model is None:
+            return
         self._steps += 1
-        if not wants or self.model is None or (self._steps % REMEASURE_STEPS == 1 and len(asks) == 1):
+        if self._steps % REMEASURE_STEPS == 1 and len(asks) == 1:
             return
         started = time.perf_counter()
         drafts = self.model.draft(wants)
@@ -228,6 +230,8 @@ class Drafter:
             self.costs.observe_draft(time.perf_counter() - started, sum(len(t) for t in drafts.values()))
         for seq, tokens in drafts.items():
             asks[seq].draft = tokens
+            if tokens:  # a probe ends with a draft (not while the draft model still catches up)
+                self.state[seq].probe = False
 
     def observe(self, rows: int, seconds: float) -> None:
         """A target decode of ``rows`` rows took ``seconds``: kept when it held one generating slot and its
@@ -252,7 +256,6 @@ class Drafter:
             return min(st.length, MAX_DRAFT, left, room - 1, budget), history
         want = min(st.length, MAX_MODEL_DRAFT, left, room - 1, budget)
         if st.probe:  # the first draft after a pause is a probe: the acceptance may have changed
-            st.probe = False
             return want, history
         worth = self.costs.best_length(want, st.rate, self.min_gain) if want > 0 else 0
         if want > 0 and worth == 0:  # not expected to pay now: pause (longer each time), then probe again
@@ -285,8 +288,3 @@ class Drafter:
         req.stats.accepted_tokens += accepted
         self.state.setdefault(s.seq, DraftLength()).update(len(draft), accepted)
         return got
-
-
-def is_recurrent(mod: Any, model: Any) -> bool:
-    """Whether the model keeps a recurrent state (which cannot drop a rejected draft)."""
-    return bool(mod.llama_model_is_recurrent(model)) or bool(mod.llama_model_is_hybrid(model))

@@ -147,7 +147,7 @@ class Engine:
             from fmgguf.runtime.engine.draft_model import open_draft
 
             try:
-                self.draft = open_draft(mod, options, self._vocab, self.path.name, _ROUTER)
+                self.draft = open_draft(mod, options, self._model.model, self._vocab, self.path.name, _ROUTER)
             except BaseException:
                 self._free()
                 raise

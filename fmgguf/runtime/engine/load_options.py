@@ -41,6 +41,8 @@ class LoadOptions:
     draft_path: str | None = None
     draft_name: str | None = None
     draft_gpu_layers: int = 0
+    #: the draft's tensor_split when it goes on a GPU: its whole weight on the device the plan chose
+    draft_tensor_split: tuple[float, ...] | None = None
     #: a draft ends before a token the draft model is less sure of (llama-server's --draft-p-min)
     draft_p_min: float = 0.75
     #: a draft model drafts only where its measured costs promise this speed-up (0: always; see

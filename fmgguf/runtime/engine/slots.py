@@ -146,7 +146,9 @@ class Scheduler:
             return True
         started = time.perf_counter()
         rc = int(self.mod.llama_decode(self.ctx, self.batch))
-        self.drafter.observe(n, time.perf_counter() - started)
+        if self.drafter.model is not None:  # timed to the end: a GPU decode returns before it is done
+            self.mod.llama_synchronize(self.ctx)
+            self.drafter.observe(n, time.perf_counter() - started)
         if rc != 0:
             self._decode_failed(rc)
             return True
@@ -207,7 +209,7 @@ class Scheduler:
         slot.sampler = Sampler(self.mod, self.engine.vocab, req.params, req.constraint)
         slot.out = TextOut(req.stop)
         slot.req, slot.prefill_at, slot.next_token = req, kept, None
-        slot.admitted = time.perf_counter()
+        slot.admitted, slot.draft = time.perf_counter(), []
         self.drafter.start(slot)
 
     def _from_host_cache(self, slot: Slot, tokens: list[int]) -> int:
@@ -384,3 +386,4 @@ class Scheduler:
             s.sampler.close()
         self.mod.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
         s.cache, s.req, s.sampler, s.out, s.next_token, s.prefill_at, s.batch_index = [], None, None, None, None, None, -1
+        s.draft = []

@@ -82,6 +82,8 @@ class FitPlan:
     #: the draft model's memory (speculative decoding; counted in vram_needed or ram_needed) and its GPU layers
     draft_bytes: int = 0
     draft_gpu_layers: int = 0
+    #: the draft's tensor_split on a machine of several devices: its whole weight on the one chosen
+    draft_tensor_split: list[float] | None = None
 
     @property
     def full_gpu(self) -> bool:
@@ -193,7 +195,8 @@ def _plan_from(est: Estimate, mem: SystemMemory, settings: "Settings", source: s
                    tensor_split=split, estimate=est, source=source,
                    notes=list(est.notes) + list(mem.notes) + ([draft_note] if draft_note else []),
                    threads=choose_threads(settings.n_threads), parallel=settings.parallel,
-                   draft_bytes=est.draft.total if est.draft is not None else 0, draft_gpu_layers=draft_layers)
+                   draft_bytes=est.draft.total if est.draft is not None else 0, draft_gpu_layers=draft_layers,
+                   draft_tensor_split=[0.0] * (len(targets) - 1) + [1.0] if draft_layers and len(targets) > 1 else None)
 
 
 def _place_draft(est: Estimate, devs: list[DevicePlan], gpus: list[Device], margin: int, k: int) -> tuple[int, str]:
@@ -205,7 +208,7 @@ def _place_draft(est: Estimate, devs: list[DevicePlan], gpus: list[Device], marg
     name, size = est.draft_name or "the draft model", human_bytes(draft.total)
     last = devs[-1] if devs and k >= est.n_layers and gpus and gpus[-1].kind != "RPC" else None
     if last is not None and last.needed + draft.total + GPU_RUNTIME_OVERHEAD <= last.free - margin:
-        last.needed += draft.total
+        last.needed += draft.total  # (on the last device: the plan's draft_tensor_split says so)
         return draft.n_layers, f"draft model {name}: {size} on {last.name} beside the model"
     return 0, f"draft model {name}: {size} in RAM (it runs on the CPU)"
 

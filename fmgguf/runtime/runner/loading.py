@@ -299,6 +299,8 @@ def _draft_options(draft: Any, plan: Any, settings: "Settings") -> dict[str, Any
         return {}
     return {"draft_path": str(draft.path), "draft_name": draft.name,
             "draft_gpu_layers": int(plan.draft_gpu_layers) if plan is not None else 0,
+            "draft_tensor_split": tuple(plan.draft_tensor_split) if plan is not None and plan.draft_tensor_split
+            else None,
             "draft_p_min": float(settings.draft_p_min), "draft_min_gain": float(settings.draft_min_gain)}
 
 
