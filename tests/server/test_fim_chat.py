@@ -52,6 +52,11 @@ def test_a_chat_card_sends_the_chat_prompt_with_the_fence_as_a_stop() -> None:
     tokens, _ = fim_prompt(FakeEngine(), verdict.card_fim(), {}, "m", "a = 1\n" * 500, SUF, family="chatml",
                            max_chars=1000)
     assert ("a = 1\n" * 200) not in "".join(chr(t) for t in tokens)  # type: ignore[union-attr]
+    # inside a line of code the FIM tokens continue it; after the indentation alone the chat fills the line
+    tokens, stops = fim_prompt(FakeEngine(), verdict.card_fim(), {}, "m", "    return ", SUF, family="chatml")
+    assert "".join(chr(t) for t in tokens).startswith("<|fim_prefix|>") and "```" not in stops  # type: ignore[union-attr]
+    tokens, _ = fim_prompt(FakeEngine(), verdict.card_fim(), {}, "m", PRE + "    ", SUF, family="chatml")
+    assert "".join(chr(t) for t in tokens).endswith(f"```\n{PRE}    ")  # type: ignore[union-attr]
     # the token layout stays the default
     tokens, _ = fim_prompt(FakeEngine(), QWEN_CHAT.model_copy(update={"prompt": "tokens"}), {}, "m", PRE, SUF)
     assert "".join(chr(t) for t in tokens).startswith("<|fim_prefix|>")  # type: ignore[union-attr]

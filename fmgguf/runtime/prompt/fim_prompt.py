@@ -51,10 +51,13 @@ def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, in
 
     ``card_fim``: the FIM block the one rule (:func:`fmgguf.runtime.prompt.fim_rule.fim_verdict`) settled on, which
     has already refused a model that cannot fill in the middle; ``family``: the card's chat family (a chat
-    fill on a file without a chat template)."""
+    fill on a file without a chat template). A ``prompt: chat`` card fills through the chat where the cursor
+    is at a line's start (after its indentation at most: the gaps it was measured better on); inside a line
+    of code its FIM tokens continue the line (through the chat, ``return `` before ``assert add(2, 3) == 5``
+    became ``2 + 3``: the model copied the test)."""
     if card_fim is not None and card_fim.supported:
         fmt = fim_format(card_fim, model_name)
-        if card_fim.prompt == "chat":
+        if card_fim.prompt == "chat" and not prefix[prefix.rfind("\n") + 1:].strip():
             text, stops = _chat_fill(engine, fmt, prefix, suffix, extra, filename, max_chars, family)
         else:
             text, stops = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars), list(fmt.stop)
