@@ -36,9 +36,9 @@ def chat_fill_text(prefix: str, suffix: str, *, template: str | None, family: st
                    extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
                    bos_text: str = "", eos_text: str = "") -> str:
     """The prompt text: the chat (system, user with the marked file) rendered with the model's template,
-    then the opened assistant reply (a fence and ``prefix``). The mark sits where the cursor is (at the
-    start of the suffix's first line when the cursor is at a line start: on a line of its own, the
-    model skipped the gap more often)."""
+    then the opened assistant reply (a fence and ``prefix``). The mark sits where the cursor is, before
+    the suffix's first line when the cursor is at a line start (on a line of its own it passed no more
+    gaps and overran more)."""
     lang = fence_language(filename)
     files = "".join(f"{name}:\n{FENCE}{fence_language(name)}\n{text.rstrip()}\n{FENCE}\n\n" for name, text in extra)
     head = f"{filename}:\n" if filename and extra else ""
