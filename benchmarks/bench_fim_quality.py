@@ -9,7 +9,8 @@ The gaps are :mod:`fmgguf.bench.infill`'s: ``line`` removes the middle line of a
 would take ~4x as long). Each answer runs with HumanEval's tests in fmgguf's
 sandbox; a middle *overran* when it holds more non-blank lines than the gap had.
 
-- fmgguf: ``ModelManager.fill_in_middle`` with the catalog card (the path every FIM dialect takes);
+- fmgguf: ``ModelManager.fill_in_middle`` with the catalog card (the path every FIM dialect takes; the
+  card's ``fim.prompt: chat`` fills the gap through the model's chat, :mod:`fmgguf.runtime.prompt.fim_chat`);
 - llama-server: ``POST /infill`` with ``input_prefix``/``input_suffix`` (built by benchmarks/_llama_server.py
   from the vendored llama.cpp of the pinned llama-cpp-python).
 

@@ -278,6 +278,9 @@ class FIM(_Strict):
     #: token presence is not capability: False refuses FIM with a clear error
     supported: bool
     note: str | None = None
+    #: how the prompt is written: ``tokens`` (the FIM tokens above) or ``chat`` (an instruct checkpoint that
+    #: fills gaps better through its chat: :mod:`fmgguf.runtime.prompt.fim_chat`)
+    prompt: Literal["tokens", "chat"] = "tokens"
 
 
 class Parameters(_Strict):

@@ -95,7 +95,8 @@ def fim(prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (), filenam
         verdict = fim_verdict(r.spec.card, name=r.info.id, lookup=engine.special_token_id)
         verdict.check()
         tokens, stops = fim_prompt(engine, verdict.card_fim(), r.info.fim_ids, r.info.id, prefix, suffix, extra,
-                                   filename, max_chars, in_stream=engine.tokenizes_in_stream)
+                                   filename, max_chars, in_stream=engine.tokenizes_in_stream,
+                                   family=r.spec.card.chat_template if r.spec.card is not None else None)
         return tokens, stops, None
     return build
 

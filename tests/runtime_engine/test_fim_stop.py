@@ -48,6 +48,17 @@ def test_a_jump_into_the_suffix_ends_the_middle(step: int | None) -> None:
         "        s += n\n        pass\n", None)
 
 
+def test_a_suffix_line_the_prefix_already_has_is_not_a_jump(step: int | None) -> None:
+    # ``return False`` is the suffix's second line, but the code before the gap has it too: the gap's own
+    # line may well be another one, so only the suffix's next line cuts there
+    prefix = "def ok(m, d):\n    if m > 12:\n        return False\n    if d > 31:\n"
+    suffix = "    if d < 1:\n        return False\n    return True\n"
+    out = "        return False\n    if d < 1:\n"
+    assert run(prefix, suffix, out, step) == ("        return False\n", "suffix")
+    # a line of the suffix the prefix does not have still means the model skipped into the suffix
+    assert run(prefix.replace("False", "None"), suffix, out, step) == ("", "suffix")
+
+
 def test_a_second_exit_before_the_suffixs_exit_ends_the_middle(step: int | None) -> None:
     prefix = "def f(xs):\n    small = min(xs)\n"
     suffix = "    return (max(small), min(large))\n"

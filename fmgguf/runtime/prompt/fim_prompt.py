@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fmgguf.runtime.engine.generation import PromptText
-from fmgguf.runtime.prompt.prompts import build_fim_tokens, fim_format, render_fim, resolve_fim_tokens
+from fmgguf.runtime.prompt.fim_chat import chat_fill_stops, chat_fill_text
+from fmgguf.runtime.prompt.prompts import (
+    FimFormat,
+    build_fim_tokens,
+    fim_format,
+    fit_fim_text,
+    render_fim,
+    resolve_fim_tokens,
+)
 
 if TYPE_CHECKING:
     from fmgguf.catalog.schema import FIM
@@ -23,7 +31,12 @@ class FimEngine(Protocol):
 
     add_bos: bool
     bos_id: int
+    bos_text: str
+    eos_text: str
     metadata: Mapping[str, object]
+
+    @property
+    def chat_template(self) -> str | None: ...
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]: ...
     def special_token_id(self, text: str) -> int | None: ...
@@ -32,23 +45,42 @@ class FimEngine(Protocol):
 
 def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, int], model_name: str,
                prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
-               max_chars: int | None = None, in_stream: bool = False) -> tuple[list[int] | PromptText, list[str]]:
+               max_chars: int | None = None, in_stream: bool = False,
+               family: str | None = None) -> tuple[list[int] | PromptText, list[str]]:
     """(prompt tokens, or the text for a runner to tokenize when ``in_stream``; the layout's stop strings).
 
     ``card_fim``: the FIM block the one rule (:func:`fmgguf.runtime.prompt.fim_rule.fim_verdict`) settled on, which
-    has already refused a model that cannot fill in the middle."""
+    has already refused a model that cannot fill in the middle; ``family``: the card's chat family (a chat
+    fill on a file without a chat template). A ``prompt: chat`` card fills through the chat where the cursor
+    is at a line's start (after its indentation at most: the gaps it was measured better on); inside a line
+    of code its FIM tokens continue the line (through the chat, ``return `` before ``assert add(2, 3) == 5``
+    became ``2 + 3``: the model copied the test)."""
     if card_fim is not None and card_fim.supported:
         fmt = fim_format(card_fim, model_name)
-        text = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars)
+        if card_fim.prompt == "chat" and not prefix[prefix.rfind("\n") + 1:].strip():
+            text, stops = _chat_fill(engine, fmt, prefix, suffix, extra, filename, max_chars, family)
+        else:
+            text, stops = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars), list(fmt.stop)
         if in_stream:
-            return PromptText(text, engine.add_bos), list(fmt.stop)
-        return engine.tokenize(text, add_bos=engine.add_bos, special=True), list(fmt.stop)
+            return PromptText(text, engine.add_bos), stops
+        return engine.tokenize(text, add_bos=engine.add_bos, special=True), stops
     fim = resolve_fim_tokens(gguf_ids=dict(fim_ids) or gguf_fim_ids(engine), lookup=engine.special_token_id,
                              card_fim=card_fim, vocab_ids=engine.fim_token_ids(),
                              model_name=model_name)
     pre = engine.tokenize(prefix, add_bos=False, special=False) if prefix else []
     suf = engine.tokenize(suffix, add_bos=False, special=False) if suffix else []
     return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
+
+
+def _chat_fill(engine: FimEngine, fmt: FimFormat, prefix: str, suffix: str, extra: Sequence[tuple[str, str]],
+               filename: str | None, max_chars: int | None, family: str | None) -> tuple[str, list[str]]:
+    """A ``prompt: chat`` card's prompt text and stops (:mod:`fmgguf.runtime.prompt.fim_chat`); the prefix is
+    written twice (in the marked file and in the opened reply), so it gets half the character budget."""
+    if max_chars is not None:
+        prefix, suffix = fit_fim_text(prefix, suffix, max(max_chars // 2, 0))
+    text = chat_fill_text(prefix, suffix, template=engine.chat_template, family=family, extra=extra,
+                          filename=filename, bos_text=engine.bos_text, eos_text=engine.eos_text)
+    return text, chat_fill_stops(fmt.stop)
 
 
 def gguf_fim_ids(engine: FimEngine) -> dict[str, int]:

@@ -42,6 +42,8 @@ class FimVerdict:
     #: the token texts (prefix, suffix, middle) and order, where known
     tokens: tuple[str, str, str | None] | None = None
     order: str = "PSM"
+    #: the card's prompt style (``tokens`` or ``chat``)
+    prompt: str = "tokens"
 
     def refusal(self) -> FIMNotSupportedError:
         return FIMNotSupportedError(self.reason, fix=FIM_FIX)
@@ -58,7 +60,7 @@ class FimVerdict:
             return None
         pre, suf, mid = self.tokens
         return FIM(prefix=pre, suffix=suf, middle=mid, order="SPM" if self.order == "SPM" else "PSM",
-                   supported=self.able, note=self.reason)
+                   supported=self.able, note=self.reason, prompt="chat" if self.prompt == "chat" else "tokens")
 
 
 def needs_vocabulary(card: "ModelCard | None") -> bool:
@@ -106,7 +108,8 @@ def card_verdict(card: "ModelCard", settings: "Settings") -> FimVerdict:
 def _from_card(who: str, fim: "FIM") -> FimVerdict:
     tokens = (fim.prefix, fim.suffix, fim.middle) if fim.prefix else None
     if fim.supported:
-        return FimVerdict(True, f"{who}'s catalog card says it does fill-in-the-middle", "card", tokens, fim.order)
+        return FimVerdict(True, f"{who}'s catalog card says it does fill-in-the-middle", "card", tokens, fim.order,
+                          fim.prompt)
     note = f" ({fim.note})" if fim.note else ""
     return FimVerdict(False, f"{who} was not trained for fill-in-the-middle{note}", "card", tokens, fim.order)
 

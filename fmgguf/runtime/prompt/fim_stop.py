@@ -6,8 +6,8 @@ writes the middle, then the code after the cursor again, then a test harness of 
 
 - ``suffix``: a line that repeats the suffix's first non-blank line (and the next one too when the
   first says little, such as ``else:`` or ``}``), or one of its first three non-blank lines that say
-  something (at any indentation: the model skipped into the suffix), or a ``return``/``raise``/``break``/
-  ``continue`` at the indentation of the suffix's first line when that line starts with the same word
+  something and are not in the prefix already (at any indentation: the model skipped into the suffix),
+  or a ``return``/``raise``/``break``/``continue`` at the indentation of the suffix's first line when that line starts with the same word
   (the suffix's line would be dead code after it); a reworded copy of the suffix's first line (a name
   changed) when the next line is the suffix's second; with the cursor inside a line, a first line that
   ends with the rest of the cursor's line;
@@ -128,8 +128,8 @@ class FimRules:
 
     #: the suffix's first non-blank lines (right-stripped, indentation kept), at most two
     suffix_head: tuple[str, ...] = ()
-    #: the telling ones among the suffix's first three non-blank lines, stripped: a middle line equal to
-    #: one of them (at any indentation) means the model jumped into the suffix
+    #: the telling ones among the suffix's first three non-blank lines that the prefix does not have, stripped:
+    #: a middle line equal to one of them (at any indentation) means the model jumped into the suffix
     suffix_lines: tuple[str, ...] = ()
     #: lines indented less than this end the middle (None: no such rule)
     block_indent: int | None = None
@@ -157,7 +157,8 @@ class FimRules:
         else:
             head_lines = [cursor_line + rest, *suffix_lines[1:]] if suffix_lines else []
         head = tuple(ln.rstrip() for ln in head_lines if ln.strip())[:_HEAD_LINES]
-        telling = tuple(h.strip() for h in head if not _weak(h))
+        seen = {ln.strip() for ln in prefix.split("\n")}
+        telling = tuple(h.strip() for h in head if not _weak(h) and h.strip() not in seen)
         scan, block = _prefix_block(prefix, cursor_line, mid_line)
         return cls(suffix_head=head[:2], suffix_lines=telling, block_indent=block, cursor_indent="" if mid_line else cursor_line,
                    mid_line=mid_line, line_rest=rest.strip() if mid_line else "", depth=max(scan.depth, 0),

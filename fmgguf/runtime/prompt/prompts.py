@@ -339,13 +339,19 @@ def render_fim(fmt: FimFormat, prefix: str, suffix: str, extra: Sequence[tuple[s
     left (cut at a coarse line boundary so the start stays put while the user types: the KV cache of the
     previous request keeps matching), extra files only what still fits, newest kept."""
     if max_chars is not None:
-        suffix = _head(suffix, max(max_chars // 4, 0))
-        prefix = _stable_tail(prefix, max(max_chars - len(suffix), 0))
+        prefix, suffix = fit_fim_text(prefix, suffix, max_chars)
     fim = (f"{fmt.suffix}{suffix}{fmt.prefix}{prefix}" if fmt.order == "SPM"
            else f"{fmt.prefix}{prefix}{fmt.suffix}{suffix}") + (fmt.middle or "")
     room = None if max_chars is None else max_chars - len(prefix) - len(suffix)
     context = _repo_context(fmt, extra, filename, repo, room)
     return context + fim
+
+
+def fit_fim_text(prefix: str, suffix: str, max_chars: int) -> tuple[str, str]:
+    """``prefix`` and ``suffix`` cut to ``max_chars`` together: the suffix keeps at most a quarter, the
+    prefix what is left (its start moving in coarse steps, :func:`_stable_tail`)."""
+    suffix = _head(suffix, max(max_chars // 4, 0))
+    return _stable_tail(prefix, max(max_chars - len(suffix), 0)), suffix
 
 
 def _repo_context(fmt: FimFormat, extra: Sequence[tuple[str, str]], filename: str | None, repo: str | None,
