@@ -24,6 +24,7 @@ from fmgguf.errors import ContextOverflowError, InvalidRequestError, RunnerCrash
 from fmgguf.runtime import requests
 from fmgguf.runtime.engine.drafting import default_mode
 from fmgguf.runtime.engine.engine import GenerationStats
+from fmgguf.runtime.engine.engine_api import CancelFlag
 from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream, ModelGone
 from fmgguf.runtime.prompt.fim_stop import cut_pieces
 from fmgguf.runtime.requests import Ask
@@ -326,7 +327,7 @@ class ModelManager:
             stats = GenerationStats(started=started)
             sampling = {**sampling, "speculative": default_mode(sampling.get("speculative"), self.settings.speculative,
                                                                 engine.draft_name)}
-            cancel = threading.Event()
+            cancel = CancelFlag()
             pieces = self._guard(resident, engine.stream(
                 tokens, stats, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,
                 stop=[*ask.stop, *extra_stops], seed=ask.seed, cancel=cancel, priority=ask.priority, **sampling))

@@ -75,3 +75,19 @@ def test_closing_a_stream_stops_the_runner_at_once(runner_manager, good_path: Pa
     assert latency < BOUND_S, f"closing the stream took {latency:.2f} s"
     _stopped_by_the_cancel(m, pid, stream)
 
+
+
+def test_a_stream_starts_no_thread_in_the_parent(runner_manager, good_path: Path) -> None:
+    """The cancel flag's own hook passes a cancel on: a stream through a runner costs the parent no
+    thread (one started per stream ran beside the runner's first decode and delayed the first token)."""
+    m = runner_manager()
+    m.load_file(good_path, model_id="good", n_ctx=2048)
+    m.generate_text("def f(x):", max_tokens=2, temperature=0)
+    before = set(threading.enumerate())
+    stream = m.generate_text("def f(x):", max_tokens=MAX_TOKENS, temperature=0.8, seed=1, stream=True)
+    for _ in range(3):
+        next(stream)
+    started = set(threading.enumerate()) - before
+    stream.close()
+    assert not started, sorted(t.name for t in started)
+    assert stream.result is not None and stream.result.finish_reason == "cancelled"

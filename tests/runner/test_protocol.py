@@ -94,3 +94,21 @@ def test_isolation_and_cap_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FMGGUF_MAX_LOADED_MODELS", "0")
     with pytest.raises(ConfigError, match="max_loaded_models"):
         load_settings()
+
+
+def test_cancel_flag_calls_its_hooks_once_in_the_setting_thread() -> None:
+    """How a runner's proxy passes a cancel on without a thread of its own per stream."""
+    from fmgguf.runtime.engine.engine_api import CancelFlag
+
+    flag = CancelFlag()
+    calls: list[str] = []
+    flag.on_set(lambda: calls.append(threading.current_thread().name))
+    unhook = flag.on_set(lambda: calls.append("unhooked"))
+    unhook()
+    setter = threading.Thread(target=flag.set, name="setter")
+    setter.start()
+    setter.join()
+    flag.set()  # a second set calls nothing again
+    assert calls == ["setter"] and flag.is_set() and flag.wait(0)
+    flag.on_set(lambda: calls.append("late"))  # registered after the set: called at once
+    assert calls == ["setter", "late"]

@@ -15,6 +15,7 @@ import ctypes
 import dataclasses
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from fmgguf.runtime.engine.kv_reuse import KV_REUSE_MIN  # noqa: F401 - re-expor
 from fmgguf.runtime.engine.llama_log import LoadListener, LogRouter
 from fmgguf.runtime.engine.load_options import (  # noqa: F401 - LoadOptions & co. are read from here too
     LoadOptions,
+    bound_omp_spin,
     context_params,
     kv_type_value,
     load_llama,
@@ -51,6 +53,7 @@ def lib() -> Any:
     with _state_lock:
         mod = _state.get("lib")
         if mod is None:
+            bound_omp_spin(os.environ)
             import llama_cpp as mod  # noqa: PLC0415 - heavy, and only this module may import it
 
             callback = mod.llama_log_callback(_ROUTER)

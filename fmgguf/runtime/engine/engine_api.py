@@ -20,6 +20,37 @@ if TYPE_CHECKING:
 Progress = Callable[[str, float], None]
 
 
+class CancelFlag(threading.Event):
+    """A stream's cancel flag: a :class:`threading.Event` that also calls the hooks registered with
+    :meth:`on_set`, once, in the thread that sets it. A runner's proxy passes the cancel on to its
+    runner the moment it comes, with no thread of its own per stream waiting for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: list[Callable[[], None]] = []
+        self._hooks_lock = threading.Lock()
+
+    def on_set(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` when the flag is set (at once if it is); returns what unregisters it."""
+        with self._hooks_lock:
+            if not self.is_set():
+                self._hooks.append(hook)
+                return lambda: self._drop(hook)
+        hook()
+        return lambda: None
+
+    def _drop(self, hook: Callable[[], None]) -> None:
+        with self._hooks_lock:
+            self._hooks = [h for h in self._hooks if h is not hook]
+
+    def set(self) -> None:
+        super().set()
+        with self._hooks_lock:
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+
 class EngineAPI(Protocol):
     """A loaded model: its facts, its vocabulary, and streams of generated text."""
 

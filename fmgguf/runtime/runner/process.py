@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fmgguf.errors import RunnerCrashedError
+from fmgguf.runtime.engine.load_options import bound_omp_spin
 from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, ChannelTimeout, Frame, error_from_wire
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class RunnerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("GGML_NO_BACKTRACE", "1")  # ggml would attach gdb to print a stack: slow, and noise
+        bound_omp_spin(env)  # an idle runner's worker threads stop spinning soon after its last token
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", "fmgguf.runtime.runner.child", str(child.fileno())],

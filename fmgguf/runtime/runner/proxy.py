@@ -14,12 +14,12 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from fmgguf.errors import ModelNotLoadedError, RunnerCrashedError
 from fmgguf.runtime.engine.engine import GenerationStats, LoadOptions
-from fmgguf.runtime.engine.engine_api import Progress
+from fmgguf.runtime.engine.engine_api import CancelFlag, Progress
 from fmgguf.runtime.engine.generation import PromptText
 from fmgguf.runtime.runner.process import RunnerProcess, crash_error, describe_exit, last_words
 from fmgguf.runtime.runner.protocol import (
@@ -40,6 +40,38 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE_S = 10.0
 #: how often a waiting stream looks at its cancel flag
 _POLL_S = 0.5
+
+
+class _StreamCancel:
+    """One stream's cancel on its way to the runner: the cancel frame goes out once; a runner whose
+    stream has not ended :data:`CANCEL_GRACE_S` later is killed as hung (a timer, only once cancelled)."""
+
+    def __init__(self, runner: RunnerProcess, rid: int) -> None:
+        self.runner, self.rid = runner, rid
+        self.ended = False
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def fire(self) -> None:
+        with self._lock:
+            if self.ended or self._timer is not None:
+                return
+            self._timer = timer = threading.Timer(CANCEL_GRACE_S, self._expired)
+            timer.daemon = True
+        self.runner.cancel(self.rid)
+        timer.start()
+
+    def end(self) -> None:
+        with self._lock:
+            self.ended, timer = True, self._timer
+        if timer is not None:
+            timer.cancel()
+
+    def _expired(self) -> None:
+        with self._lock:
+            if self.ended:
+                return
+        self.runner.hung("generating", CANCEL_GRACE_S)
 
 
 class EngineProxy:
@@ -171,10 +203,8 @@ class EngineProxy:
         return self._pieces(rid, stats, cancel)
 
     def _pieces(self, rid: int, stats: GenerationStats, cancel: threading.Event | None) -> Iterator[str]:
-        done = threading.Event()
-        if cancel is not None:  # a blocking read per frame is the fast path; a side thread passes cancels on
-            threading.Thread(target=self._watch, args=(rid, cancel, done), name=f"fmgguf-runner-cancel-{self.pid}",
-                             daemon=True).start()
+        stop = _StreamCancel(self.runner, rid)
+        unhook = self._pass_cancel(cancel, stop)
         ended = False
         try:
             while True:
@@ -189,21 +219,30 @@ class EngineProxy:
                     ended = True
                     raise error_from_wire(msg["error"])
         finally:
-            done.set()
+            stop.end()
+            unhook()
             if not ended:
                 self._abandon(rid, stats)
             self.runner.forget(rid)
 
-    def _watch(self, rid: int, cancel: threading.Event, done: threading.Event) -> None:
-        """Pass a cancel on to the runner; kill it if the stream has not ended :data:`CANCEL_GRACE_S` later."""
-        while not done.is_set():
-            if cancel.wait(_POLL_S):
-                if done.is_set():
+    @staticmethod
+    def _pass_cancel(cancel: threading.Event | None, stop: "_StreamCancel") -> Callable[[], None]:
+        """Pass ``cancel`` on to the runner when it is set, while this thread blocks reading frames
+        (the fast path: one blocking read per frame). A :class:`CancelFlag` calls back as it is set;
+        a plain Event gets a thread that waits on it. Returns what stops the passing on."""
+        if cancel is None:
+            return lambda: None
+        if isinstance(cancel, CancelFlag):
+            return cancel.on_set(stop.fire)
+
+        def watch() -> None:
+            while not stop.ended:
+                if cancel.wait(_POLL_S):
+                    stop.fire()
                     return
-                self.runner.cancel(rid)
-                if not done.wait(CANCEL_GRACE_S):
-                    self.runner.hung("generating", CANCEL_GRACE_S)
-                return
+
+        threading.Thread(target=watch, name=f"fmgguf-runner-cancel-{stop.rid}", daemon=True).start()
+        return lambda: None
 
     def _next_frame(self, rid: int, deadline: float) -> Frame:
         """The next frame of stream ``rid``; a runner silent past ``deadline`` is killed (RunnerCrashedError)."""
