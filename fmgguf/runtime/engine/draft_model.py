@@ -55,6 +55,8 @@ class DraftModel:
 
     def __init__(self, mod: Any, path: str | Path, target: LoadOptions, *, n_gpu_layers: int = 0) -> None:
         self.path = Path(path)
+        #: its name in messages and requests (``draft:<name>``): the caller's, else the file's stem
+        self.name = target.draft_name or self.path.stem
         self.mod = mod
         # on the device the fit plan chose (its whole weight on one entry of tensor_split), never spread
         opts = replace(target, n_gpu_layers=n_gpu_layers, draft_path=None, rpc_servers=None,
@@ -233,7 +235,7 @@ def open_draft(mod: Any, options: LoadOptions, target_model: Any, target_vocab: 
             raise InvalidRequestError(f"{target_name} or its draft {draft.path.name} keeps a recurrent state, which "
                                       "cannot drop a rejected draft", fix="use --speculative ngram or off for it")
         draft.limit_vocab = check_vocabularies(target_vocab, draft.vocab, draft.mod, target_name,
-                                               options.draft_name or draft.path.stem)
+                                               draft.name)
     except BaseException:
         draft.close()
         raise

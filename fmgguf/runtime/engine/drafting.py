@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import PureWindowsPath
 from typing import TYPE_CHECKING
 
 from fmgguf.errors import InvalidRequestError
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from fmgguf.runtime.engine.slot_requests import Request
     from fmgguf.runtime.engine.slots import Scheduler, Slot
 
-MODES = ("off", "ngram", "draft")
 #: n-gram orders looked up, longest first. Code repeats short n-grams everywhere (indentation,
 #: ``self.``, ``item.``): a 3-gram guess is wrong often enough to cost more than it saves (new code on
 #: Qwen2.5-Coder-0.5B: 0.90x with 3-grams, 1.07x without; the rename edit 2.33x either way), while a
@@ -98,7 +98,7 @@ def request_mode(value: str | None, draft_name: str | None) -> str:
                                       "or ask for speculative ngram")
     wanted = mode[6:]
     if wanted.endswith(".gguf"):  # a file's draft is named by its stem
-        wanted = wanted.replace("\\", "/").rsplit("/", 1)[-1][:-5]
+        wanted = PureWindowsPath(wanted).stem  # (splits at / and \ alike)
     if wanted and wanted != draft_name and not draft_name.startswith(wanted + ":"):
         raise InvalidRequestError(f"speculative {value!r}: the draft model loaded with this model is {draft_name}",
                                   fix=f"ask for draft:{draft_name} (or draft), or load the model with "

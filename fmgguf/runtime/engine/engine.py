@@ -63,6 +63,11 @@ def lib() -> Any:
         return mod
 
 
+def _allocated(buffers: dict[str, Any]) -> int:
+    """The bytes of llama.cpp's buffers as the load log reported them (weights, KV, compute, output)."""
+    return sum(int(buffers.get(k, 0)) for k in ("model", "kv", "compute", "output", "rs"))
+
+
 def supports_gpu_offload() -> bool:
     """A local GPU to offload to (llama_supports_gpu_offload() is true on any build with the RPC backend)."""
     from fmgguf.runtime.hw.devices import ggml_devices
@@ -218,9 +223,7 @@ class Engine:
     @property
     def draft_name(self) -> str | None:
         """The draft model's name (``draft:<name>`` in requests), None without one."""
-        if self.draft is None:
-            return None
-        return self.options.draft_name or self.draft.path.stem
+        return None if self.draft is None else self.draft.name
 
     @property
     def chat_template(self) -> str | None:
@@ -228,11 +231,7 @@ class Engine:
 
     def memory_bytes(self) -> int:
         """What llama.cpp reported allocating for this model (weights + KV + compute + output)."""
-        b = self.buffers
-        keys = ("model", "kv", "compute", "output", "rs")
-        total = sum(int(b.get(k, 0)) for k in keys)
-        if self.draft is not None:
-            total += sum(int(self.draft.buffers.get(k, 0)) for k in keys)
+        total = sum(_allocated(b) for b in (self.buffers, self.draft.buffers if self.draft is not None else {}))
         if total:
             return total
         return int(lib().llama_model_size(self._require().model))
