@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict, Union
+
+from fmgguf._util import JsonObject
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,41 @@ class GGUFArray:
 
     def __len__(self) -> int:
         return self.count
+
+
+#: one metadata value as the header holds it: a scalar, a string, a (kept) array of either, or the
+#: type and length of an array too long to keep
+MetaValue = Union[int, float, str, "list[int | float]", "list[str]", GGUFArray]
+
+
+class _SummaryBase(TypedDict):
+    path: str
+    file_size: int
+    gguf_version: int
+    architecture: str
+    name: str | None
+    n_layer: int
+    context_length: int | None
+    n_embd: int
+    n_head: int
+    n_vocab: int | None
+    file_type: int | None
+    n_tensors: int
+    n_params: int
+    tensor_bytes: int
+    quant_mix: dict[str, dict[str, int]]
+    chat_template: bool
+    fim_tokens: dict[str, int]
+    #: the scalar metadata (JSON-safe: a NaN or infinity as its repr)
+    metadata: JsonObject
+
+
+class GGUFSummary(_SummaryBase, total=False):
+    """:meth:`GGUFInfo.summary`; ``fmgguf inspect`` adds what llama.cpp would refuse and the FIM verdict."""
+
+    problems: list[dict[str, str]]
+    fim: bool
+    fim_reason: str
 
 
 @dataclass(frozen=True)
@@ -43,7 +80,7 @@ class GGUFInfo:
     version: int
     alignment: int
     data_offset: int
-    metadata: dict[str, Any]
+    metadata: dict[str, MetaValue]
     tensors: list[TensorInfo] = field(repr=False)
 
     # --- the numbers everyone asks for ---------------------------------------------------------
@@ -51,7 +88,7 @@ class GGUFInfo:
     def arch(self) -> str:
         return self.metadata["general.architecture"]
 
-    def key(self, suffix: str, default: Any = None) -> Any:
+    def key(self, suffix: str, default: object = None) -> object:
         """``<arch>.<suffix>`` from the metadata."""
         return self.metadata.get(f"{self.arch}.{suffix}", default)
 
@@ -133,7 +170,7 @@ class GGUFInfo:
             row["bytes"] += t.n_bytes
         return dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> GGUFSummary:
         """What `fmgguf inspect` shows (JSON-safe)."""
         scalars = {k: repr(v) if isinstance(v, float) and not math.isfinite(v) else v  # strict JSON: no NaN
                    for k, v in self.metadata.items()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeGuard
 
 from fmgguf.runtime.gguf.arch_shapes import Q_IS_EMBD, Dim, Hparams, expected_shapes, mla_key_length
 from fmgguf.runtime.gguf.gguf_info import GGUFArray, GGUFInfo
@@ -64,11 +64,11 @@ class _Collect:
             self.items.append(Problem(field, message))
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_float(v: Any) -> bool:
+def _is_float(v: object) -> TypeGuard[float]:
     return isinstance(v, float) or _is_int(v)
 
 
