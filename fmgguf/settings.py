@@ -267,7 +267,7 @@ def _read_config(path: Path) -> JsonObject:
     return data
 
 
-def _coerce(values: JsonObject) -> JsonObject:
+def _coerce(values: dict[str, object]) -> dict[str, object]:
     out = dict(values)
     try:
         for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory", "prompt_cache_bytes"):

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from fmgguf._util import JsonObject, PerSettings, human_bytes
+from fmgguf._util import PerSettings, human_bytes
 from fmgguf.bench.executors import ExecResult, Executor
 from fmgguf.bench.metrics import summarize
 from fmgguf.bench.run_store import Progress, Run, RunStore, skipped_record, task_record
@@ -188,7 +188,7 @@ class ModelBenchmarker:
         suite_name = Path(suite).stem if suite not in ("builtin", "humaneval", "humaneval-infill") else suite
         run_id = _safe(f"{model_id}-{quant}-{suite_name}-n{samples}")
         store = RunStore(self.settings.bench_dir / run_id)
-        meta: JsonObject = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
+        meta: dict[str, object] = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
                                 "run_dir": str(store.root), "kind": "model", "max_tokens": max_tokens,
                                 "started": _now(), **_manifest(self.executor)}
         skip = None if model_path else self._fit_reason(model_id, quant)

@@ -50,7 +50,8 @@ class _SamplingBase(TypedDict):
 
 
 class SamplingKwargs(_SamplingBase, total=False):
-    """:meth:`Sampling.kwargs`: what the manager's generate/chat/fill_in_middle take."""
+    """:meth:`Sampling.kwargs`: what the manager's generate/chat/fill_in_middle take (a FIM request adds
+    its gap's ``n_indent`` and ``time_limit_s``)."""
 
     top_k: int
     min_p: float
@@ -58,6 +59,8 @@ class SamplingKwargs(_SamplingBase, total=False):
     presence_penalty: float
     frequency_penalty: float
     speculative: str
+    n_indent: int
+    time_limit_s: float | None
 
 
 @dataclass(frozen=True)
