@@ -6,14 +6,14 @@ user model, the converter's catalog entry, the tiny test models' cards.
 
 from __future__ import annotations
 
-from fmgguf._util import JsonObject
+from fmgguf._util import JsonObject, json_int
 from fmgguf.runtime.gguf.gguf_info import GGUFInfo
 
 
 def _int(value: object) -> int | None:
     if isinstance(value, list):  # per-layer values (head counts, FFN widths): the largest
         value = max(value) if value else None
-    return int(value) if value is not None else None
+    return json_int(value) if value is not None else None
 
 
 def card_numbers(info: GGUFInfo) -> tuple[JsonObject, dict[str, int]]:
@@ -48,10 +48,11 @@ def card_numbers(info: GGUFInfo) -> tuple[JsonObject, dict[str, int]]:
     active = total
     n_expert, n_used = _int(info.key("expert_count")), _int(info.key("expert_used_count"))
     if n_expert and n_used:
-        arch["moe"] = {"n_expert": n_expert, "n_expert_used": n_used,
-                       "n_expert_shared": _int(info.key("expert_shared_count")) or 0}
+        moe: dict[str, int | None] = {"n_expert": n_expert, "n_expert_used": n_used,
+                                      "n_expert_shared": _int(info.key("expert_shared_count")) or 0}
+        arch["moe"] = moe
         if _int(info.key("expert_feed_forward_length")):
-            arch["moe"]["expert_ff"] = _int(info.key("expert_feed_forward_length"))
+            moe["expert_ff"] = _int(info.key("expert_feed_forward_length"))
         expert = 0
         for t in info.tensors:
             if "_exps." in t.name:

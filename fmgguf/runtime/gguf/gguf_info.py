@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TypedDict, Union
 
-from fmgguf._util import JsonObject
+from fmgguf._util import json_int
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class _SummaryBase(TypedDict):
     chat_template: bool
     fim_tokens: dict[str, int]
     #: the scalar metadata (JSON-safe: a NaN or infinity as its repr)
-    metadata: JsonObject
+    metadata: dict[str, str | int | float]
 
 
 class GGUFSummary(_SummaryBase, total=False):
@@ -86,7 +86,7 @@ class GGUFInfo:
     # --- the numbers everyone asks for ---------------------------------------------------------
     @property
     def arch(self) -> str:
-        return self.metadata["general.architecture"]
+        return str(self.metadata["general.architecture"])
 
     def key(self, suffix: str, default: object = None) -> object:
         """``<arch>.<suffix>`` from the metadata."""
@@ -94,38 +94,39 @@ class GGUFInfo:
 
     @property
     def name(self) -> str | None:
-        return self.metadata.get("general.name")
+        v = self.metadata.get("general.name")
+        return v if isinstance(v, str) else None
 
     @property
     def n_layer(self) -> int:
-        return int(self.key("block_count"))
+        return json_int(self.key("block_count"))
 
     @property
     def n_ctx_train(self) -> int | None:
         v = self.key("context_length")
-        return int(v) if v is not None else None
+        return json_int(v) if v is not None else None
 
     @property
     def n_embd(self) -> int:
-        return int(self.key("embedding_length"))
+        return json_int(self.key("embedding_length"))
 
     @property
     def n_head(self) -> int:
         v = self.key("attention.head_count", 0)
-        return int(max(v) if isinstance(v, list) else v)
+        return json_int(max(v) if isinstance(v, list) else v)
 
     @property
     def n_vocab(self) -> int | None:
         toks = self.metadata.get("tokenizer.ggml.tokens")
-        if toks is not None:
+        if isinstance(toks, (list, GGUFArray)):
             return len(toks)
         v = self.key("vocab_size")
-        return int(v) if v is not None else None
+        return json_int(v) if v is not None else None
 
     @property
     def file_type(self) -> int | None:
         v = self.metadata.get("general.file_type")
-        return int(v) if v is not None else None
+        return json_int(v) if v is not None else None
 
     @property
     def chat_template(self) -> str | None:
@@ -138,13 +139,13 @@ class GGUFInfo:
         out = {}
         for role in ("pre", "suf", "mid", "pad", "rep", "sep"):
             for key in (f"tokenizer.ggml.fim_{role}_token_id",):
-                if isinstance(self.metadata.get(key), int):
-                    out[role] = self.metadata[key]
+                if isinstance(v := self.metadata.get(key), int):
+                    out[role] = v
         # older files: prefix/suffix/middle ids
         for role, key in (("pre", "tokenizer.ggml.prefix_token_id"), ("suf", "tokenizer.ggml.suffix_token_id"),
                           ("mid", "tokenizer.ggml.middle_token_id")):
-            if role not in out and isinstance(self.metadata.get(key), int):
-                out[role] = self.metadata[key]
+            if role not in out and isinstance(v := self.metadata.get(key), int):
+                out[role] = v
         return out
 
     @property

@@ -56,7 +56,9 @@ class Problem:
 
 class _Collect:
     def __init__(self, arch: str) -> None:
-        self.arch, self.items, self._fields = arch, [], set()
+        self.arch = arch
+        self.items: list[Problem] = []
+        self._fields: set[str] = set()
 
     def add(self, field: str, message: str) -> None:
         if field not in self._fields:  # one problem per field: a wrong width breaks many tensors
