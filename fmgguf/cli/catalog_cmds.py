@@ -5,7 +5,7 @@ Cold start matters here (`fmgguf list` is benchmarked): nothing heavy is importe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import click
 
@@ -37,7 +37,30 @@ def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
     return downloaded_quants(app.settings)
 
 
-def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings) -> JsonObject:
+class QuantRow(TypedDict):
+    repo: str
+    size: int | None
+    approx_size: int | None
+    downloaded: bool
+
+
+class CatalogRow(TypedDict):
+    """One model of `fmgguf list`/`search` (their --json rows)."""
+
+    id: str
+    family: str
+    display_name: str
+    parameters: int | None
+    active_parameters: int | None
+    context_length: int | None
+    fim: bool
+    license: str
+    chat: bool
+    builtin: bool
+    quants: dict[str, QuantRow]
+
+
+def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings) -> CatalogRow:
     from fmgguf.runtime.prompt.fim_rule import card_verdict
 
     return {
@@ -56,12 +79,12 @@ def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings
     }
 
 
-def _table(rows: list[JsonObject], title: str | None = None) -> None:
+def _table(rows: list[CatalogRow], title: str | None = None) -> None:
     headers = ["id", "family", "params", "Q4_K_M", "Q8_0", "ctx", "FIM", "licence", "local"]
     right = {"params", "Q4_K_M", "Q8_0", "ctx"}
     body = []
     for r in rows:
-        def size(q: str, r: JsonObject = r) -> str:
+        def size(q: str, r: CatalogRow = r) -> str:
             info = r["quants"].get(q)
             if not info:
                 return "-"
