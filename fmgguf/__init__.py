@@ -7,7 +7,17 @@ Public API (imported lazily, so `import fmgguf` stays cheap)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fmgguf._util import lazy_exports
+
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from fmgguf import errors  # noqa: F401
+    from fmgguf.bench import ModelBenchmarker, get_model_benchmarker  # noqa: F401
+    from fmgguf.catalog import Catalog, ModelCard, ModelConfig, ModelProvider  # noqa: F401
+    from fmgguf.download import ModelDownloader, get_model_downloader  # noqa: F401
+    from fmgguf.runtime import ModelManager, get_model_manager  # noqa: F401
+    from fmgguf.settings import Settings, load_settings  # noqa: F401
 
 __version__ = "0.1.0"
 

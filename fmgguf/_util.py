@@ -1,5 +1,5 @@
 """Small things every layer needs, one copy each: lazy package exports, atomic file writes, the byte
-formatter, the JSON converter and the per-settings cache of the top-level ``get_*`` functions."""
+formatter, the JSON object type and converter and the per-settings cache of the top-level ``get_*`` functions."""
 
 from __future__ import annotations
 
@@ -9,22 +9,60 @@ import os
 import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from fmgguf.settings import Settings
 
 T = TypeVar("T")
 
+#: A JSON object as parsed from, or about to be written to, a wire, a file or the CLI (``json``, YAML,
+#: pydantic dumps). Its values are unknown until read: readers narrow them with ``isinstance``.
+JsonObject = dict[str, object]
 
-def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+
+def json_int(value: object) -> int:
+    """``int(value)`` for a number or numeric text read from JSON; TypeError for anything else."""
+    if isinstance(value, (int, float, str)):
+        return int(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def json_float(value: object) -> float:
+    """``float(value)`` for a number or numeric text read from JSON; TypeError for anything else."""
+    if isinstance(value, (int, float, str)):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def json_number(value: object) -> float | None:
+    """``value`` when it is a number (an int stays an int), else None."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def json_str(value: object) -> str | None:
+    """``value`` when it is text, else None."""
+    return value if isinstance(value, str) else None
+
+
+def json_object(value: object) -> JsonObject:
+    """``value`` when it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def json_list(value: object) -> list[object]:
+    """``value`` when it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
+def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], object]:
     """A module ``__getattr__`` resolving ``name -> "module:attr"`` on first use (``"module:"`` = the module).
 
     Keeps ``import fmgguf.<package>`` cheap: nothing heavy loads until a name is asked for.
     """
     namespace = importlib.import_module(package).__dict__
 
-    def __getattr__(name: str) -> Any:
+    def __getattr__(name: str) -> object:
         target = table.get(name)
         if target is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
@@ -70,7 +108,7 @@ def human_bytes(n: int | float | None, unknown: str = "?") -> str:
     return f"{value:.1f} TiB"
 
 
-def jsonable(obj: Any, depth: int = 0) -> Any:
+def jsonable(obj: object, depth: int = 0) -> object:
     """Plain JSON data from dataclasses, pydantic models, Paths and objects with ``as_dict`` (the JSON edges).
 
     Keys starting with ``_`` are private and left out; anything else unknown becomes its ``str``.

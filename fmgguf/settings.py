@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -156,7 +157,7 @@ class Settings:
     bench_workers: int = 2
     log_level: str = "WARNING"
     #: the raw config file content, for sections other modules own (e.g. the seed `models:` block)
-    raw_config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    raw_config: Mapping[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived paths -----------------------------------------------------------------------
     @property
@@ -248,7 +249,7 @@ def _from_env(env: Mapping[str, str], values: Mapping[str, object]) -> dict[str,
     return out
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path) -> JsonObject:
     if not path.is_file():
         return {}
     import yaml
@@ -266,7 +267,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+def _coerce(values: dict[str, object]) -> dict[str, object]:
     out = dict(values)
     try:
         for key in ("max_rate", "vram_margin", "ram_margin", "vram_override", "bench_memory", "prompt_cache_bytes"):

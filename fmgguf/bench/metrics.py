@@ -13,7 +13,6 @@ import random
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from fmgguf.bench.executors import OUTCOMES
 from fmgguf.bench.summary import BenchSummary, Dist, FimScore, LanguageQuality, PassBlock, Speed, TaskScore
@@ -94,7 +93,7 @@ def _speed(records: list[dict]) -> Speed:
                  sum(int(g.get("completion_tokens") or 0) for g in gens), _throughput(gens))
 
 
-def summarize(records: list[dict], samples: int = 1, meta: Mapping[str, Any] | None = None) -> BenchSummary:
+def summarize(records: list[dict], samples: int = 1, meta: Mapping[str, object] | None = None) -> BenchSummary:
     """One model × quant summary from its records (one record per task × sample).
 
     ``meta`` holds the :class:`BenchSummary` fields about the run (model, quant, suite, timings…).

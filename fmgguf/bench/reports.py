@@ -6,9 +6,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
-from fmgguf._util import human_bytes
+from fmgguf._util import JsonObject, human_bytes
 from fmgguf.bench.summary import BenchSummary
 from fmgguf.errors import BenchError
 
@@ -117,7 +116,7 @@ class ComparisonRow:
     def skipped(self) -> bool:
         return self.status == "skipped"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         if self.skipped:
             return {"run": self.run, "status": "skipped", "reason": self.reason}
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("reason", "pass_at_1")}

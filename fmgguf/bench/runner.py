@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from fmgguf._util import PerSettings, human_bytes
 from fmgguf.bench.executors import ExecResult, Executor
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 
 def _now() -> str:
@@ -51,12 +52,13 @@ class Loaded(Protocol):
 class Generator(Protocol):
     """What the benchmark needs of a model manager (:class:`fmgguf.runtime.ModelManager` is one)."""
 
-    def switch_model(self, model_id: str, quant: str | None = None, **options: Any) -> Loaded: ...
-    def load_file(self, path: str | Path, model_id: str | None = None, **options: Any) -> Loaded: ...
+    # options and sampling keywords as ModelManager takes them (its Options and Sampling values)
+    def switch_model(self, model_id: str, quant: str | None = None, **options: object) -> Loaded: ...
+    def load_file(self, path: str | Path, model_id: str | None = None, **options: object) -> Loaded: ...
     def current_model(self) -> LoadedModel | None: ...
-    def generate_text(self, prompt: str, **kw: Any) -> GenerationResult: ...
-    def chat(self, messages: list[dict], **kw: Any) -> GenerationResult: ...
-    def fill_in_middle(self, prefix: str, suffix: str, **kw: Any) -> GenerationResult: ...
+    def generate_text(self, prompt: str, **kw: object) -> GenerationResult: ...
+    def chat(self, messages: list[dict], **kw: object) -> GenerationResult: ...
+    def fill_in_middle(self, prefix: str, suffix: str, **kw: object) -> GenerationResult: ...
 
 
 class Locator(Protocol):
@@ -186,7 +188,7 @@ class ModelBenchmarker:
         suite_name = Path(suite).stem if suite not in ("builtin", "humaneval", "humaneval-infill") else suite
         run_id = _safe(f"{model_id}-{quant}-{suite_name}-n{samples}")
         store = RunStore(self.settings.bench_dir / run_id)
-        meta: dict[str, Any] = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
+        meta: dict[str, object] = {"model": model_id, "quant": quant, "suite": suite_name, "run_id": run_id,
                                 "run_dir": str(store.root), "kind": "model", "max_tokens": max_tokens,
                                 "started": _now(), **_manifest(self.executor)}
         skip = None if model_path else self._fit_reason(model_id, quant)
@@ -284,12 +286,14 @@ class ModelBenchmarker:
             stops = HUMANEVAL_STOPS if task.completion_mode else STOPS[task.language]
             res = mgr.generate_text(prompt, stop=stops, **kw)
             answer, extracted = completion_answer(task, res.text), True
-        gen = {k: getattr(res, k, None) for k in ("prompt_tokens", "completion_tokens", "ttft_s", "tokens_per_s",
-                                                  "total_s", "finish_reason", "stop_reason")}
+        gen = {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens, "ttft_s": res.ttft_s,
+               "tokens_per_s": res.tokens_per_s, "total_s": res.total_s, "finish_reason": res.finish_reason,
+               "stop_reason": res.stop_reason}
         return answer, gen, extracted
 
     # --- the seed's API ------------------------------------------------------------------------
-    async def benchmark_multiple_models(self, model_configs: dict[str, Any], **kw: Any) -> dict[str, BenchSummary]:
+    async def benchmark_multiple_models(self, model_configs: Mapping[str, object],
+                                        **kw: object) -> dict[str, BenchSummary]:
         """Benchmark each ``{id: config}`` in turn (config: a ModelConfig, a dict or a quant string)."""
         out: dict[str, BenchSummary] = {}
         for model_id, cfg in model_configs.items():
@@ -305,7 +309,7 @@ class ModelBenchmarker:
             out[model_id] = await asyncio.to_thread(self.benchmark_model, model_id, quant, **opts)
         return out
 
-    def generate_comparison_report(self, summaries: Mapping[Any, BenchSummary] | list[BenchSummary]) -> dict:
+    def generate_comparison_report(self, summaries: Mapping[K, BenchSummary] | list[BenchSummary]) -> dict:
         """Markdown, JSON-ready rows and a self-contained HTML page comparing the runs."""
         from fmgguf.bench.html_report import render_html
         from fmgguf.bench.reports import comparison_markdown, comparison_rows

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from fmgguf._util import JsonObject, json_float, json_int, json_list, json_number, json_object, json_str
 
 
 @dataclass(frozen=True)
@@ -27,16 +28,16 @@ class PassBlock:
     def pass_at_1(self) -> float:
         return self.pass_at.get(1, 0.0)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {**{f"pass@{k}": v for k, v in sorted(self.pass_at.items())}, "ci95": list(self.ci95),
                 "tasks": self.tasks, "solved": self.solved, "points_per_task": self.points_per_task}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PassBlock:
-        ks = {int(k.removeprefix("pass@")): float(v) for k, v in d.items() if k.startswith("pass@")}
-        lo, hi = d.get("ci95") or (0.0, 0.0)
-        return cls(ks, (float(lo), float(hi)), int(d.get("tasks") or 0), int(d.get("solved") or 0),
-                   d.get("points_per_task"))
+    def from_dict(cls, d: Mapping[str, object]) -> PassBlock:
+        ks = {int(k.removeprefix("pass@")): json_float(v) for k, v in d.items() if k.startswith("pass@")}
+        lo, hi = json_list(d.get("ci95")) or (0.0, 0.0)
+        return cls(ks, (json_float(lo), json_float(hi)), json_int(d.get("tasks") or 0),
+                   json_int(d.get("solved") or 0), json_number(d.get("points_per_task")))
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,9 @@ class Dist:
         return {"median": self.median, "p90": self.p90, "mean": self.mean}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Dist:
+    def from_dict(cls, d: Mapping[str, object] | None) -> Dist:
         d = d or {}
-        return cls(d.get("median"), d.get("p90"), d.get("mean"))
+        return cls(json_number(d.get("median")), json_number(d.get("p90")), json_number(d.get("mean")))
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,17 @@ class Speed:
     completion_tokens: int = 0
     throughput_tokens_per_s: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"ttft_s": self.ttft_s.as_dict(), "decode_tokens_per_s": self.decode_tokens_per_s.as_dict(),
                 "e2e_s": self.e2e_s.as_dict(), "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "throughput_tokens_per_s": self.throughput_tokens_per_s}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Speed:
+    def from_dict(cls, d: Mapping[str, object] | None) -> Speed:
         d = d or {}
-        return cls(Dist.from_dict(d.get("ttft_s")), Dist.from_dict(d.get("decode_tokens_per_s")),
-                   Dist.from_dict(d.get("e2e_s")), int(d.get("prompt_tokens") or 0),
-                   int(d.get("completion_tokens") or 0), d.get("throughput_tokens_per_s"))
+        return cls(Dist.from_dict(json_object(d.get("ttft_s"))), Dist.from_dict(json_object(d.get("decode_tokens_per_s"))),
+                   Dist.from_dict(json_object(d.get("e2e_s"))), json_int(d.get("prompt_tokens") or 0),
+                   json_int(d.get("completion_tokens") or 0), json_number(d.get("throughput_tokens_per_s")))
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,13 @@ class LanguageQuality:
     _OWN = {"gxx_warnings_total": "cpp", "gxx_warnings_per_sample": "cpp",
             "ruff_findings_per_100_loc": "python", "eslint_findings_per_100_loc": "javascript"}
 
-    def as_dict(self, language: str) -> dict[str, Any]:
+    def as_dict(self, language: str) -> JsonObject:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if self._OWN.get(f.name, language) == language}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LanguageQuality:
-        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls) if f.name in d})
+    def from_dict(cls, d: Mapping[str, object]) -> LanguageQuality:
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls) if f.name in d})  # type: ignore[arg-type]  # the JSON form's values
 
 
 @dataclass(frozen=True)
@@ -120,16 +121,17 @@ class TaskScore:
     ttft_s: float | None = None
     tokens_per_s: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"task_id": self.task_id, "category": self.category, "language": self.language, "n": self.n,
                 "c": self.c, "pass@1": self.pass_at_1, "outcomes": dict(self.outcomes), "detail": self.detail,
                 "ttft_s": self.ttft_s, "tokens_per_s": self.tokens_per_s}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TaskScore:
-        return cls(d["task_id"], d["language"], int(d["n"]), int(d["c"]), float(d.get("pass@1") or 0.0),
-                   dict(d.get("outcomes") or {}), d.get("category"), d.get("detail") or "", d.get("ttft_s"),
-                   d.get("tokens_per_s"))
+    def from_dict(cls, d: Mapping[str, object]) -> TaskScore:
+        return cls(str(d["task_id"]), str(d["language"]), json_int(d["n"]), json_int(d["c"]),
+                   json_float(d.get("pass@1") or 0.0),
+                   {k: json_int(v) for k, v in json_object(d.get("outcomes")).items()}, json_str(d.get("category")),
+                   json_str(d.get("detail")) or "", json_number(d.get("ttft_s")), json_number(d.get("tokens_per_s")))
 
 
 @dataclass(frozen=True)
@@ -141,13 +143,13 @@ class FimScore:
     exact_match_rate: float
     overrun_rate: float
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FimScore:
-        return cls(int(d.get("samples") or 0), float(d.get("exact_match_rate") or 0.0),
-                   float(d.get("overrun_rate") or 0.0))
+    def from_dict(cls, d: Mapping[str, object]) -> FimScore:
+        return cls(json_int(d.get("samples") or 0), json_float(d.get("exact_match_rate") or 0.0),
+                   json_float(d.get("overrun_rate") or 0.0))
 
 
 _BLOCKS = ("overall", "by_category", "speed", "quality", "tasks", "fim")
@@ -192,10 +194,10 @@ class BenchSummary:
     peak_rss_bytes: int | None = None
     chat_template: bool | None = None
     # --- the machine and harness it ran on (free-form records, shown as they are)
-    host: Mapping[str, Any] = field(default_factory=dict)
-    sandbox: Mapping[str, Any] = field(default_factory=dict)
-    limits: Mapping[str, Any] = field(default_factory=dict)
-    lint: Mapping[str, Any] = field(default_factory=dict)
+    host: Mapping[str, object] = field(default_factory=dict)
+    sandbox: Mapping[str, object] = field(default_factory=dict)
+    limits: Mapping[str, object] = field(default_factory=dict)
+    lint: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -214,9 +216,9 @@ class BenchSummary:
     def pass_at_1(self) -> float | None:
         return self.overall.pass_at_1 if self.overall else None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         """The JSON form (``summary.json``, ``--json``, HTTP): blocks as nested dicts, pass@k as "pass@k"."""
-        out: dict[str, Any] = {}
+        out: JsonObject = {}
         for f in dataclasses.fields(self):
             if f.name in _BLOCKS:
                 continue
@@ -233,15 +235,16 @@ class BenchSummary:
                 **({"fim": {c: f.as_dict() for c, f in self.fim.items()}} if self.fim else {})}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BenchSummary:
+    def from_dict(cls, d: Mapping[str, object]) -> BenchSummary:
         """A summary read back from its JSON form; keys this version does not know are ignored."""
         names = {f.name for f in dataclasses.fields(cls)} - set(_BLOCKS)
         plain = {k: v for k, v in d.items() if k in names}
-        overall = d.get("overall")
-        return cls(**plain,
+        overall = json_object(d.get("overall"))
+        return cls(**plain,  # type: ignore[arg-type]  # the plain fields, as the JSON form holds them
                    overall=PassBlock.from_dict(overall) if overall else None,
-                   by_category={c: PassBlock.from_dict(b) for c, b in (d.get("by_category") or {}).items()},
-                   speed=Speed.from_dict(d.get("speed")),
-                   quality={lang: LanguageQuality.from_dict(q) for lang, q in (d.get("quality") or {}).items()},
-                   tasks=tuple(TaskScore.from_dict(t) for t in d.get("tasks") or ()),
-                   fim={c: FimScore.from_dict(f) for c, f in (d.get("fim") or {}).items()})
+                   by_category={c: PassBlock.from_dict(json_object(b)) for c, b in json_object(d.get("by_category")).items()},
+                   speed=Speed.from_dict(json_object(d.get("speed"))),
+                   quality={lang: LanguageQuality.from_dict(json_object(q))
+                            for lang, q in json_object(d.get("quality")).items()},
+                   tasks=tuple(TaskScore.from_dict(json_object(t)) for t in json_list(d.get("tasks"))),
+                   fim={c: FimScore.from_dict(json_object(f)) for c, f in json_object(d.get("fim")).items()})

@@ -8,15 +8,16 @@ hard case: ``required`` only forces a call, which the grammar then makes valid b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from fmgguf._util import JsonObject
 from fmgguf.runtime.tools.tools import ToolSpec
 
 _S, _I = {"type": "string"}, {"type": "integer"}
 
 
-def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+def _obj(required: list[str], **props: Mapping[str, object]) -> JsonObject:
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
@@ -38,12 +39,12 @@ TOOLS: tuple[ToolSpec, ...] = (
 class ToolCase:
     id: str
     kind: str
-    messages: tuple[dict[str, Any], ...]
+    messages: tuple[JsonObject, ...]
     expect: tuple[str, ...] = ()
     notes: str = field(default="", compare=False)
 
 
-def _u(text: str) -> dict[str, Any]:
+def _u(text: str) -> JsonObject:
     return {"role": "user", "content": text}
 
 
@@ -96,7 +97,7 @@ _PARALLEL = [
 ]
 
 
-def _history(call_name: str, args: str, result: str, ask: str, then: str) -> tuple[dict[str, Any], ...]:
+def _history(call_name: str, args: str, result: str, ask: str, then: str) -> tuple[JsonObject, ...]:
     return (_SYSTEM, _u(ask),
             {"role": "assistant", "content": "", "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {"name": call_name, "arguments": args}}]},

@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.catalog.loader import builtin_catalog_path, load_cards, parse_card, raw_entries, read_yaml
 from fmgguf.catalog.schema import (
     BUILTIN_QUANTS,
@@ -68,7 +69,7 @@ class Catalog:
     def _merge_user(self, path: Path) -> None:
         self._merge_raw(raw_entries(read_yaml(path), path), path)
 
-    def _merge_raw(self, entries: list[dict[str, Any]], path: Path) -> None:
+    def _merge_raw(self, entries: list[JsonObject], path: Path) -> None:
         seen: set[str] = set()
         for i, raw in enumerate(entries):
             model_id = str(raw.get("id", f"#{i + 1}"))
@@ -83,7 +84,7 @@ class Catalog:
             self._cards[card.id] = card
             self.sources[card.id] = path
 
-    def _apply_seed(self, overlay: dict[str, Any], path: Path) -> None:
+    def _apply_seed(self, overlay: JsonObject, path: Path) -> None:
         model_id = overlay["id"]
         base = self._cards.get(model_id)
         if base is None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from fmgguf._util import JsonObject
 from fmgguf.catalog.schema import ModelCard
 from fmgguf.errors import CatalogError
 
@@ -35,7 +35,7 @@ def builtin_catalog_path() -> Path:
     raise CatalogError("the built-in catalog models.yaml is missing from this install", fix="reinstall fmgguf")
 
 
-def read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> object:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -53,7 +53,7 @@ def read_yaml(path: Path) -> Any:
         raise CatalogError(f"{path}{where}: {problem}", fix="fix the YAML syntax") from None
 
 
-def raw_entries(data: Any, path: Path) -> list[dict[str, Any]]:
+def raw_entries(data: object, path: Path) -> list[JsonObject]:
     """The list of raw card mappings in a parsed catalog file (either format)."""
     if data is None:
         return []
@@ -74,11 +74,11 @@ def raw_entries(data: Any, path: Path) -> list[dict[str, Any]]:
     return models
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(entry)"
 
 
-def parse_card(raw: dict[str, Any], path: Path, index: int, builtin: bool) -> ModelCard:
+def parse_card(raw: JsonObject, path: Path, index: int, builtin: bool) -> ModelCard:
     model_id = raw.get("id") if isinstance(raw.get("id"), str) else f"#{index + 1}"
     try:
         return ModelCard.model_validate({**raw, "builtin": builtin})

@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from fmgguf._util import JsonObject
 from fmgguf.catalog.schema import normalize_quant
 from fmgguf.errors import CatalogError
 
@@ -52,7 +52,7 @@ class ModelConfig:
 _OVERLAY_KEYS = {"display_name", "specialization", "recommended_gpu_memory"}
 
 
-def seed_entries(models_block: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+def seed_entries(models_block: JsonObject, path: Path) -> list[JsonObject]:
     """Translate ``models.available_models`` into raw card overlays (``_seed: True`` marks them).
 
     Each overlay names a built-in id and the quants it asked for; the catalog merges it over
@@ -74,7 +74,7 @@ def seed_entries(models_block: dict[str, Any], path: Path) -> list[dict[str, Any
                 raise CatalogError(f"{path}: model {model_id}: field quantization_support: {word!r} is not 4bit or 8bit",
                                    fix="use 4bit and/or 8bit")
             quants.append(q)
-        overlay: dict[str, Any] = {"id": str(model_id).lower(), "_seed": True, "_quants": quants,
+        overlay: JsonObject = {"id": str(model_id).lower(), "_seed": True, "_quants": quants,
                                    "_source_repo": spec.get("name")}
         for key in _OVERLAY_KEYS:
             if spec.get(key) is not None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
-from fmgguf._util import atomic_write_text
+from fmgguf._util import JsonObject, atomic_write_text
 from fmgguf.catalog.loader import parse_card, raw_entries, read_yaml
 from fmgguf.catalog.schema import ModelCard, normalize_quant
 from fmgguf.errors import CatalogError
+
+if TYPE_CHECKING:
+    from fmgguf.settings import Settings
 
 
 def _lock(path: Path):
@@ -20,7 +23,7 @@ def _lock(path: Path):
     return FileLock(str(path) + ".lock", timeout=30)
 
 
-def _read_entries(path: Path) -> list[dict[str, Any]]:
+def _read_entries(path: Path) -> list[JsonObject]:
     if not path.is_file():
         return []
     data = read_yaml(path)
@@ -29,13 +32,13 @@ def _read_entries(path: Path) -> list[dict[str, Any]]:
     return raw_entries(data, path)
 
 
-def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:
+def _write_entries(path: Path, entries: list[JsonObject]) -> None:
     text = "# fmgguf user catalog: merged over the built-in one (`fmgguf catalog add` writes here)\n"
     text += yaml.safe_dump({"models": entries}, sort_keys=False, allow_unicode=True)
     atomic_write_text(path, text)
 
 
-def add_user_entry(settings: Any, entry: dict[str, Any], merge_variants: bool = True) -> ModelCard:
+def add_user_entry(settings: Settings, entry: JsonObject, merge_variants: bool = True) -> ModelCard:
     """Validate ``entry`` (a raw card dict) and write it to the user catalog.
 
     An existing user entry with the same id is replaced; with ``merge_variants`` its other
@@ -59,7 +62,7 @@ def add_user_entry(settings: Any, entry: dict[str, Any], merge_variants: bool = 
     return card
 
 
-def remove_user_entry(settings: Any, model_id: str) -> bool:
+def remove_user_entry(settings: Settings, model_id: str) -> bool:
     path = Path(settings.catalog_file)
     with _lock(path):
         entries = _read_entries(path)
@@ -71,7 +74,7 @@ def remove_user_entry(settings: Any, model_id: str) -> bool:
 
 
 def simple_entry(model_id: str, repo: str, files: list[str], quant: str, sha256: list[str | None] | None = None,
-                 revision: str | None = None, base: ModelCard | None = None, sizes: list[int | None] | None = None) -> dict[str, Any]:
+                 revision: str | None = None, base: ModelCard | None = None, sizes: list[int | None] | None = None) -> JsonObject:
     """The entry `fmgguf catalog add` writes: one quant variant, architecture copied from ``base``
     when the id extends a built-in model (so fit plans work before download)."""
     q = normalize_quant(quant)
@@ -83,7 +86,7 @@ def simple_entry(model_id: str, repo: str, files: list[str], quant: str, sha256:
                                        for f, h, s in zip(files, shas, sz, strict=True)]}
     if revision:
         variant["revision"] = revision
-    entry: dict[str, Any] = {"id": model_id, "variants": {q: variant}}
+    entry: JsonObject = {"id": model_id, "variants": {q: variant}}
     if base is not None:
         entry.update(base.model_dump(mode="json", exclude={"variants", "builtin", "id"}, exclude_none=True))
         entry["variants"] = {**{k: v.model_dump(mode="json", exclude_none=True) for k, v in base.variants.items()},

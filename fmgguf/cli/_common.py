@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -95,11 +95,14 @@ rpc_option = click.option(
     help="Split models across these RPC workers (`fmgguf worker` on each; '' for none). Default: FMGGUF_RPC.")
 
 
-def emit_json(data: Any) -> None:
+T = TypeVar("T")
+
+
+def emit_json(data: object) -> None:
     click.echo(json.dumps(jsonable(data), indent=2, ensure_ascii=False))
 
 
-def output(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+def output(data: T, as_json: bool, render: Callable[[T], None]) -> None:
     """JSON when asked, otherwise the human rendering."""
     if as_json:
         emit_json(data)

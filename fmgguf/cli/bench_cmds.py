@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -106,7 +106,7 @@ def _run_tool_suite(app: AppContext, model_ids: tuple[str, ...], quant: str, ggu
     mid = model_ids[0]
     try:
         loaded = manager.load_file(gguf_path, model_id=mid) if gguf_path else manager.switch_model(mid, quant)
-        label = f"{mid}:{getattr(loaded, 'quant', None) or quant}"
+        label = f"{mid}:{loaded.quant or quant}"
         with _progress(not as_json) as update:
             report = run_tool_suite(manager, label, only=only, progress=update)
     finally:
@@ -155,7 +155,7 @@ def _run_reference(app: AppContext, suite: str, tasks: list[str] | None, languag
                          fix="see the failing tasks above; the harness or the toolchain is broken")
 
 
-def _bench_models(app: AppContext, runs: list[tuple[str, str]], options: dict[str, Any], html_out: str | None,
+def _bench_models(app: AppContext, runs: list[tuple[str, str]], options: dict[str, object], html_out: str | None,
                   as_json: bool) -> None:
     """`bench ID…`: each model × quant in turn, then the reports and the comparison."""
     from fmgguf.bench.reports import comparison_markdown, summary_markdown

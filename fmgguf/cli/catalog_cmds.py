@@ -5,10 +5,11 @@ Cold start matters here (`fmgguf list` is benchmarked): nothing heavy is importe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import click
 
+from fmgguf._util import JsonObject
 from fmgguf.cli._common import (
     AppContext,
     console,
@@ -36,7 +37,30 @@ def _downloaded(app: AppContext) -> dict[tuple[str, str], bool]:
     return downloaded_quants(app.settings)
 
 
-def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings) -> dict[str, Any]:
+class QuantRow(TypedDict):
+    repo: str
+    size: int | None
+    approx_size: int | None
+    downloaded: bool
+
+
+class CatalogRow(TypedDict):
+    """One model of `fmgguf list`/`search` (their --json rows)."""
+
+    id: str
+    family: str
+    display_name: str
+    parameters: int | None
+    active_parameters: int | None
+    context_length: int | None
+    fim: bool
+    license: str
+    chat: bool
+    builtin: bool
+    quants: dict[str, QuantRow]
+
+
+def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings) -> CatalogRow:
     from fmgguf.runtime.prompt.fim_rule import card_verdict
 
     return {
@@ -55,12 +79,12 @@ def _row(card: ModelCard, local: dict[tuple[str, str], bool], settings: Settings
     }
 
 
-def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+def _table(rows: list[CatalogRow], title: str | None = None) -> None:
     headers = ["id", "family", "params", "Q4_K_M", "Q8_0", "ctx", "FIM", "licence", "local"]
     right = {"params", "Q4_K_M", "Q8_0", "ctx"}
     body = []
     for r in rows:
-        def size(q: str, r: dict[str, Any] = r) -> str:
+        def size(q: str, r: CatalogRow = r) -> str:
             info = r["quants"].get(q)
             if not info:
                 return "-"
@@ -112,7 +136,7 @@ def search_cmd(app: AppContext, text: str | None, family: str | None, max_params
     output(rows, as_json, lambda r: _table(r, f"{len(r)} matching") if r else click.echo("no model matches"))
 
 
-def _with_file_numbers(app: AppContext, card: ModelCard, local: dict[tuple[str, str], bool]) -> tuple[Any, str | None]:
+def _with_file_numbers(app: AppContext, card: ModelCard, local: dict[tuple[str, str], bool]) -> tuple[ModelCard, str | None]:
     """A user card without architecture numbers, completed from its downloaded GGUF header."""
     if card.arch is not None:
         return card, None
@@ -127,14 +151,14 @@ def _with_file_numbers(app: AppContext, card: ModelCard, local: dict[tuple[str, 
         try:
             info = read_gguf(get_model_downloader(app.settings).model_path(card.id, quant))
             arch, params = card_numbers(info)
-            update: dict[str, Any] = {"arch": arch, "parameters": card.parameters or params}
+            update: JsonObject = {"arch": arch, "parameters": card.parameters or params}
             return type(card).model_validate({**card.model_dump(), **update}), info.chat_template
         except (FmggufError, ValueError):
             return card, None
     return card, None
 
 
-def card_details(card: ModelCard, local: dict[tuple[str, str], bool], app: AppContext | None = None) -> dict[str, Any]:
+def card_details(card: ModelCard, local: dict[tuple[str, str], bool], app: AppContext | None = None) -> JsonObject:
     from fmgguf.catalog.sizing import estimate_card
 
     file_template = None
@@ -147,7 +171,7 @@ def card_details(card: ModelCard, local: dict[tuple[str, str], bool], app: AppCo
     return data
 
 
-def _render_info(data: dict[str, Any]) -> None:
+def _render_info(data: JsonObject) -> None:
     from rich.table import Table
 
     c = console()

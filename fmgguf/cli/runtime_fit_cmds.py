@@ -6,8 +6,9 @@ and the compute buffer from llama.cpp's dry run in a child process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -26,7 +27,11 @@ from fmgguf.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from fmgguf.catalog.schema import ModelCard
+    from fmgguf.runtime.gguf.gguf_info import GGUFSummary
+    from fmgguf.runtime.plan.fit import DraftSource, FitPlan
 
 
 def _is_file(target: str) -> bool:
@@ -93,7 +98,7 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     common = dict(n_ctx=n_ctx, settings=settings, vram=vram_bytes, type_k=type_k.lower(), type_v=type_v.lower(),
                   flash_attn=flash_attn or type_v.lower() not in ("f16", "f32", "bf16"), kv_quant=kv_quant,
                   workers=workers, need_workers=False)
-    plans: dict[str, Any] = {}
+    plans: dict[str, FitPlan] = {}
     trained: dict[str, int | None] = {}
     if _is_file(target):
         common["draft"] = _fit_draft(app, None)
@@ -130,7 +135,7 @@ def fit_cmd(app: AppContext, target: str, quant: str | None, vram: str | None, c
     _render_plans(title, plans)
 
 
-def _fit_draft(app: AppContext, card: Any) -> Any:
+def _fit_draft(app: AppContext, card: ModelCard | None) -> DraftSource | None:
     """The draft model the ``speculative`` setting brings (fmgguf.runtime.plan.fit.DraftSource), or None."""
     from fmgguf.download import ModelDownloader
     from fmgguf.runtime.draft_pick import fit_draft
@@ -139,7 +144,7 @@ def _fit_draft(app: AppContext, card: Any) -> Any:
                      ModelDownloader(settings=app.settings, catalog=app.catalog))
 
 
-def _context_warnings(plans: dict[str, Any], trained: dict[str, int | None]) -> list[str]:
+def _context_warnings(plans: dict[str, FitPlan], trained: dict[str, int | None]) -> list[str]:
     """One line per distinct (context, trained context) pair where the plan's context is the longer."""
     out: list[str] = []
     for name, plan in plans.items():
@@ -149,7 +154,7 @@ def _context_warnings(plans: dict[str, Any], trained: dict[str, int | None]) -> 
     return out
 
 
-def _render_plans(title: str, plans: dict[str, Any]) -> None:
+def _render_plans(title: str, plans: dict[str, FitPlan]) -> None:
     from rich.table import Table
 
     table = Table(title=f"fit: {title}", box=None, header_style="bold", title_justify="left")
@@ -157,7 +162,7 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
     for name in plans:
         table.add_column(name, justify="right")
 
-    def row(label: str, fn: Any) -> None:
+    def row(label: str, fn: Callable[[FitPlan], str]) -> None:
         table.add_row(label, *[fn(p) for p in plans.values()])
 
     remote = any(d.kind == "RPC" for p in plans.values() for d in p.devices)
@@ -192,7 +197,7 @@ def _render_plans(title: str, plans: dict[str, Any]) -> None:
             con.print(f"  {name}: {note}")
 
 
-def _render_devices(con: Any, name: str, plan: Any) -> None:
+def _render_devices(con: Console, name: str, plan: FitPlan) -> None:
     """Where each layer range goes across the workers, the local GPUs and this machine's RAM."""
     from rich.table import Table
 
@@ -221,7 +226,7 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
 
     Offline, or with the hub out of reach, a catalog id shows what the catalog card knows instead."""
     from fmgguf.errors import DownloadError, OfflineError
-    from fmgguf.runtime.gguf.gguf_file import read_gguf
+    from fmgguf.runtime.gguf.gguf_file import file_problems, read_gguf
     from fmgguf.runtime.prompt.fim_rule import card_verdict, fim_verdict
 
     if _is_file(target):
@@ -244,7 +249,8 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
                 _inspect_from_card(card, q, exc.message, as_json)
                 return
     summary = info.summary()
-    problems = _problems(info)
+    # what llama.cpp would refuse or abort on, as {field, message} rows (empty: loadable)
+    problems = [{"field": p.field, "message": p.message} for p in file_problems(info)]
     summary["problems"] = problems
     summary["fim"], summary["fim_reason"] = verdict.able, verdict.reason  # the one FIM rule
     if as_json:
@@ -257,14 +263,7 @@ def inspect_cmd(app: AppContext, target: str, quant: str | None, as_json: bool) 
         raise click.exceptions.Exit(exit_code_for(GGUFError("invalid GGUF")))
 
 
-def _problems(info: Any) -> list[dict[str, str]]:
-    """What llama.cpp would refuse or abort on, as {field, message} rows (empty: loadable)."""
-    from fmgguf.runtime.gguf.gguf_file import file_problems
-
-    return [{"field": p.field, "message": p.message} for p in file_problems(info)]
-
-
-def _render_header(summary: dict[str, Any]) -> None:
+def _render_header(summary: GGUFSummary) -> None:
     con = console()
     con.print(f"[bold]{summary['path']}[/bold]  GGUF v{summary['gguf_version']}, {human_bytes(summary['file_size'])}")
     pairs = [("architecture", summary["architecture"]), ("name", summary["name"] or "-"),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
+from fmgguf._util import JsonObject
 from fmgguf.cli._common import AppContext, console, emit_json, human_bytes, json_option, output, pass_app
+
+if TYPE_CHECKING:
+    from fmgguf.download import ModelDownloader
 
 TRUST = {
     "pin": "catalog pin",
@@ -21,22 +25,30 @@ TRUST = {
 }
 
 
-def _downloader(app: AppContext):
+def _downloader(app: AppContext) -> ModelDownloader:
     from fmgguf.download import ModelDownloader
 
     return ModelDownloader(app.settings, app.catalog)
 
 
 @contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
+def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
     """A rich progress bar per file (bytes, rate, ETA); yields the callback (None when disabled)."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    tasks: dict[str, Any] = {}
-    bars: list[Any] = []  # started at the first byte, so a pull that fails early prints no empty bar
+    tasks: dict[str, TaskID] = {}
+    bars: list[Progress] = []  # started at the first byte, so a pull that fails early prints no empty bar
 
     def update(name: str, done: int, total: int | None) -> None:
         if not bars:
@@ -153,7 +165,7 @@ def ls_cmd(app: AppContext, as_json: bool) -> None:
         rec = broken.get(f"{r['id']}:{r['quant']}")
         r["broken"] = rec.reason if rec is not None else None
 
-    def render(rows: list[dict[str, Any]]) -> None:
+    def render(rows: list[JsonObject]) -> None:
         if not rows:
             click.echo("no models downloaded (fmgguf pull ID)")
             return
@@ -202,7 +214,7 @@ def verify_cmd(app: AppContext, model_id: str | None, quant: str | None, as_json
         checks += dl.verify_and_quarantine(mid, quant).checks
     rows = [c.__dict__ for c in checks]
 
-    def render(rows: list[dict[str, Any]]) -> None:
+    def render(rows: list[JsonObject]) -> None:
         for c in rows:
             mark = "ok " if c["ok"] else "BAD"
             trust = TRUST.get(c["source"], c["source"])
@@ -242,7 +254,7 @@ def du_cmd(app: AppContext, as_json: bool) -> None:
     """Disk used by downloaded models, partial downloads and quarantine; free space."""
     usage = _downloader(app).disk_usage()
 
-    def render(u: dict[str, Any]) -> None:
+    def render(u: JsonObject) -> None:
         for m in u["models"]:
             click.echo(f"{human_bytes(m['bytes']):>10}  {m['id']}:{m['quant']}")
         where = " and ".join(u.get("locations") or [u["hub_cache"]])
@@ -283,7 +295,7 @@ def import_cmd(app: AppContext, path: Path, as_json: bool) -> None:
     with _progress_bar(not as_json) as progress:
         installed = import_bundle(_downloader(app), path, progress)
 
-    def render(rows: list[dict[str, Any]]) -> None:
+    def render(rows: list[JsonObject]) -> None:
         for r in rows:
             click.echo(f"imported {r['id']}:{r['quant']} ({r['files']} file(s), {human_bytes(r['bytes'])}, verified)")
 
@@ -324,7 +336,7 @@ def import_gguf_cmd(app: AppContext, file: Path, model_id: str, quant: str | Non
     info = import_gguf(dl, file, model_id, quant, force=force, fim=block)
     info["fim"] = block["supported"]
 
-    def render(i: dict[str, Any]) -> None:
+    def render(i: JsonObject) -> None:
         click.echo(f"registered {i['id']}:{i['quant']} ({i['mode']}) {i['path']} sha256 {i['sha256']}")
         click.echo(f"  fill-in-the-middle: {'yes' if i['fim'] else 'no'} ({block['note']})")
 
@@ -339,7 +351,7 @@ def catalog_lock_cmd(app: AppContext, model_ids: tuple[str, ...], as_json: bool)
     """Record the hub's SHA256 for catalog files that have no pin, without downloading them."""
     rows = _downloader(app).lock_hashes(list(model_ids) or None)
 
-    def render(rows: list[dict[str, Any]]) -> None:
+    def render(rows: list[JsonObject]) -> None:
         for r in rows:
             click.echo(f"{r['id']}:{r['quant']} {r['file']} {r['sha256'] or '-'} ({r['status']})")
 

@@ -6,17 +6,13 @@ converter subprocess) happen only inside the functions that need them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fmgguf._util import lazy_exports
 
 __all__ = ["convert_checkpoint", "ConvertResult", "DEFAULT_QUANTS"]
 
 if TYPE_CHECKING:
     from fmgguf.convert.pipeline import DEFAULT_QUANTS, ConvertResult, convert_checkpoint
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from fmgguf.convert import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, {name: f"fmgguf.convert.pipeline:{name}" for name in __all__})

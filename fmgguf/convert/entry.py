@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
+from fmgguf._util import JsonObject
 from fmgguf.download.hashing import sha256_file
 from fmgguf.errors import ConvertError
 
 
-def read_arch(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+def read_arch(path: Path) -> tuple[JsonObject, dict[str, int]]:
     """(architecture dict for the schema, parameters dict) from a GGUF's header and tensor table."""
     from fmgguf.errors import GGUFError
     from fmgguf.runtime.gguf.card_arch import card_numbers
@@ -39,7 +39,7 @@ def model_id_for(name: str) -> str:
 
 
 def build_entry(model_id: str, name: str, files: dict[str, Path], repo: str | None = None,
-                source: str | None = None, license: str = "unknown", notes: list[str] | None = None) -> dict[str, Any]:
+                source: str | None = None, license: str = "unknown", notes: list[str] | None = None) -> JsonObject:
     """A user-catalog card (raw dict) for ``files`` (quant → local GGUF), validated against ModelCard."""
     from fmgguf.catalog.schema import KNOWN_ARCHES, ModelCard
 
@@ -53,7 +53,7 @@ def build_entry(model_id: str, name: str, files: dict[str, Path], repo: str | No
         size = path.stat().st_size
         variants[quant] = {"repo": repo, "files": [{"name": path.name, "size": size, "sha256": sha256_file(path)}],
                            "total_size": size}
-    entry: dict[str, Any] = {
+    entry: JsonObject = {
         "id": model_id,
         "family": "custom",
         "display_name": name,

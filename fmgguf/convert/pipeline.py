@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from fmgguf._util import atomic_write_text, human_bytes
+from fmgguf._util import JsonObject, atomic_write_text, human_bytes
 from fmgguf.convert.checkpoint import Checkpoint, check_architecture, check_disk, read_checkpoint
 from fmgguf.convert.entry import build_entry, model_id_for, sha256_file
 from fmgguf.convert.quantize import FTYPES, quantize
@@ -47,12 +46,12 @@ _KNOWN_FAILURES = (
 @dataclass
 class ConvertResult:
     files: dict[str, Path]
-    entry: dict[str, Any]
+    entry: JsonObject
     entry_path: Path
     skipped: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"files": {q: str(p) for q, p in self.files.items()}, "catalog_entry": str(self.entry_path),
                 "model_id": self.entry["id"], "skipped": self.skipped,
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()}}
@@ -233,7 +232,7 @@ def _resume(job: _Job, want: dict[str, str]) -> dict[str, bool]:
     return done
 
 
-def _build_f16(job: _Job, converter: Converter, ckpt_dir: Path, state: dict[str, Any]) -> None:
+def _build_f16(job: _Job, converter: Converter, ckpt_dir: Path, state: JsonObject) -> None:
     tmp = job.out / f".{job.name}-F16.gguf.partial"
     job.say(f"converting {ckpt_dir} → {job.final['F16'].name} (llama.cpp convert_hf_to_gguf.py {converter.version})")
     t = time.monotonic()
@@ -247,7 +246,7 @@ def _build_f16(job: _Job, converter: Converter, ckpt_dir: Path, state: dict[str,
     _write_json(job.state_path, state)
 
 
-def _build_quant(job: _Job, q: str, state: dict[str, Any]) -> None:
+def _build_quant(job: _Job, q: str, state: JsonObject) -> None:
     tmp = job.out / f".{job.name}-{q}.gguf.partial"
     job.say(f"quantizing → {job.final[q].name}" + (f" with imatrix {job.imatrix.name}" if job.imatrix else ""))
     t = time.monotonic()
@@ -263,7 +262,7 @@ def _build_quant(job: _Job, q: str, state: dict[str, Any]) -> None:
     _write_json(job.state_path, state)
 
 
-def _write_entry(job: _Job, ckpt: Checkpoint, converter_version: str, want: dict[str, str]) -> tuple[dict[str, Any], Path]:
+def _write_entry(job: _Job, ckpt: Checkpoint, converter_version: str, want: dict[str, str]) -> tuple[JsonObject, Path]:
     """The catalog entry for the finished files, as ``NAME.catalog.yaml`` beside them."""
     t = time.monotonic()
     source = str(ckpt.config.get("_name_or_path") or "")

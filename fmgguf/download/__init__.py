@@ -6,7 +6,13 @@ Names are imported lazily so ``fmgguf.download.records`` (used by ``fmgguf list`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fmgguf._util import lazy_exports
+
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from fmgguf.download.downloader import ModelDownloader, get_model_downloader  # noqa: F401
+    from fmgguf.download.store import FileCheck, Store, VerifyResult  # noqa: F401
 
 _LAZY = {
     "ModelDownloader": "fmgguf.download.downloader:ModelDownloader",

@@ -19,8 +19,9 @@ import tarfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, TypedDict
 
+from fmgguf._util import JsonObject, json_object
 from fmgguf.download.cache import check_free, human_bytes
 from fmgguf.download.records import ModelRecord, file_record, now
 from fmgguf.errors import BundleError, NotDownloadedError
@@ -33,6 +34,35 @@ FORMAT = "fmgguf-bundle/1"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 COPY_CHUNK = 4 << 20
+
+
+class _ManifestFileBase(TypedDict):
+    name: str
+    path: str
+    size: int
+    sha256: str
+
+
+class ManifestFile(_ManifestFileBase, total=False):
+    """One file of a bundle's model: its name, its path in the bundle, size, sha256 and how it was verified."""
+
+    source: str
+
+
+class _ManifestEntryBase(TypedDict):
+    id: str
+    quant: str
+    repo: str
+    files: list[ManifestFile]
+
+
+class ManifestEntry(_ManifestEntryBase, total=False):
+    """One model of a bundle's manifest (what :func:`_check_manifest` checks; the rest is read with care)."""
+
+    revision: str | None
+    commit: str | None
+    builtin: bool
+    card: JsonObject | None
 
 #: progress(file name, bytes done, total)
 Progress = Callable[[str, int, "int | None"], None]
@@ -51,14 +81,14 @@ def _copy_hashing(src: IO[bytes], dst: IO[bytes], name: str, total: int | None, 
 
 
 # --- export ----------------------------------------------------------------------------------------
-def export_models(dl: "ModelDownloader", specs: list[str], dest: Path, progress: Progress | None = None) -> dict[str, Any]:
+def export_models(dl: "ModelDownloader", specs: list[str], dest: Path, progress: Progress | None = None) -> JsonObject:
     """Write a bundle of the installed ``specs`` (``ID`` = every installed quant, ``ID:QUANT``) to ``dest``."""
     from fmgguf import __version__
 
     dest = Path(dest)
     records = _records_for(dl, specs)
     entries = [_manifest_entry(dl, rec) for rec in records]
-    manifest = {"format": FORMAT, "fmgguf_version": __version__, "created_at": now(), "models": entries}
+    manifest: JsonObject = {"format": FORMAT, "fmgguf_version": __version__, "created_at": now(), "models": entries}
     check_free(dest.parent, sum(f["size"] for e in entries for f in e["files"]), f"the bundle {dest}")
     is_tar = dest.suffix == ".tar"
     if dest.exists() and (is_tar or any(dest.iterdir())):
@@ -101,7 +131,7 @@ def _records_for(dl: "ModelDownloader", specs: list[str]) -> list[ModelRecord]:
     return records
 
 
-def _manifest_entry(dl: "ModelDownloader", rec: ModelRecord) -> dict[str, Any]:
+def _manifest_entry(dl: "ModelDownloader", rec: ModelRecord) -> ManifestEntry:
     """One model of the manifest: where it came from, its files' hashes, its catalog card."""
     from fmgguf.errors import UnknownModelError
 
@@ -117,7 +147,7 @@ def _manifest_entry(dl: "ModelDownloader", rec: ModelRecord) -> dict[str, Any]:
                        "sha256": f.sha256, "source": f.source} for f in rec.files]}
 
 
-def _write_tar(tmp: Path, manifest: dict[str, Any], sources: list[tuple[dict[str, Any], Path]],
+def _write_tar(tmp: Path, manifest: JsonObject, sources: list[tuple[ManifestFile, Path]],
                progress: Progress | None) -> None:
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         data = json.dumps(manifest, indent=1).encode()
@@ -135,7 +165,7 @@ def _write_tar(tmp: Path, manifest: dict[str, Any], sources: list[tuple[dict[str
             reader.check(f["sha256"], src)
 
 
-def _write_dir(tmp: Path, manifest: dict[str, Any], sources: list[tuple[dict[str, Any], Path]],
+def _write_dir(tmp: Path, manifest: JsonObject, sources: list[tuple[ManifestFile, Path]],
                progress: Progress | None) -> None:
     for f, src in sources:
         out = tmp / f["path"]
@@ -213,7 +243,7 @@ class _Source:
             self.tar.close()
 
 
-def _check_manifest(data: Any, where: Path) -> list[dict[str, Any]]:
+def _check_manifest(data: object, where: Path) -> list[ManifestEntry]:
     from fmgguf.catalog.schema import check_relative_path
 
     def bad(msg: str) -> BundleError:
@@ -242,7 +272,7 @@ def _check_manifest(data: Any, where: Path) -> list[dict[str, Any]]:
     return data["models"]
 
 
-def import_bundle(dl: "ModelDownloader", path: Path, progress: Progress | None = None) -> list[dict[str, Any]]:
+def import_bundle(dl: "ModelDownloader", path: Path, progress: Progress | None = None) -> list[JsonObject]:
     """Verify every file of the bundle, then install all of it (or nothing)."""
     src = _Source(Path(path))
     staging = dl.settings.hub_cache / f".fmgguf-import-{uuid.uuid4().hex[:12]}"
@@ -260,7 +290,7 @@ def import_bundle(dl: "ModelDownloader", path: Path, progress: Progress | None =
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _read_manifest(src: _Source, path: Path) -> list[dict[str, Any]]:
+def _read_manifest(src: _Source, path: Path) -> list[ManifestEntry]:
     try:
         with src.open(MANIFEST) as fh:
             manifest = json.loads(fh.read().decode("utf-8"))
@@ -271,7 +301,7 @@ def _read_manifest(src: _Source, path: Path) -> list[dict[str, Any]]:
     return _check_manifest(manifest, path)
 
 
-def _check_against_catalog(dl: "ModelDownloader", entries: list[dict[str, Any]]) -> None:
+def _check_against_catalog(dl: "ModelDownloader", entries: list[ManifestEntry]) -> None:
     """A bundle may not contradict this machine's catalog pins."""
     for entry in entries:
         if entry["id"] not in dl.catalog:
@@ -284,7 +314,7 @@ def _check_against_catalog(dl: "ModelDownloader", entries: list[dict[str, Any]])
                                   f"{pins[f['name']]}", fix="export from a machine with the same catalog")
 
 
-def _stage(src: _Source, entries: list[dict[str, Any]], staging: Path, progress: Progress | None) -> dict[str, Path]:
+def _stage(src: _Source, entries: list[ManifestEntry], staging: Path, progress: Progress | None) -> dict[str, Path]:
     """Copy every file next to the hub cache, hashing as it goes; BundleError at the first bad one."""
     staged: dict[str, Path] = {}
     for entry in entries:
@@ -306,16 +336,17 @@ def _stage(src: _Source, entries: list[dict[str, Any]], staging: Path, progress:
     return staged
 
 
-def _install(dl: "ModelDownloader", entry: dict[str, Any], staged: dict[str, Path]) -> dict[str, Any]:
+def _install(dl: "ModelDownloader", entry: ManifestEntry, staged: dict[str, Path]) -> JsonObject:
     """Move one model's verified files into the hub cache and record it (and its card)."""
     from fmgguf.catalog.user import add_user_entry
 
     card = entry.get("card")
     if isinstance(card, dict) and not entry.get("builtin") and card.get("id") == entry["id"]:
-        variants = card.get("variants") or {}
+        variants = json_object(card.get("variants"))
         card = {**card, "variants": {k: v for k, v in variants.items() if k == entry["quant"]} or variants}
         add_user_entry(dl.settings, card)
-    commit = entry.get("commit") if isinstance(entry.get("commit"), str) and _HEX40.match(entry["commit"] or "") \
+    given = entry.get("commit")
+    commit = given if isinstance(given, str) and _HEX40.match(given) \
         else hashlib.sha1(json.dumps(entry["files"], sort_keys=True).encode()).hexdigest()  # noqa: S324
     files = []
     for f in entry["files"]:
@@ -323,7 +354,9 @@ def _install(dl: "ModelDownloader", entry: dict[str, Any], staged: dict[str, Pat
         blob.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged[f["path"]], blob)
         pointer = dl.cache.link(entry["repo"], f["sha256"], commit, f["name"], entry.get("revision"))
-        source = f.get("source") if f.get("source") in ("pin", "hub", "tofu", "local", "lock") else "bundle"
+        source = f.get("source", "bundle")
+        if source not in ("pin", "hub", "tofu", "local", "lock"):
+            source = "bundle"
         if source in ("hub", "tofu"):
             dl.hashlock.set(entry["repo"], f["name"], f["sha256"], f["size"], source, commit)
         files.append(file_record(f["name"], pointer, f["sha256"], source, blob))

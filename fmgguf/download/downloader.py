@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fmgguf._util import PerSettings
+from fmgguf._util import JsonObject, PerSettings, json_str
 from fmgguf.download.cache import check_free
 from fmgguf.download.fetch import Expected, Fetcher, Progress
 from fmgguf.download.hashing import sha256_file
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from fmgguf.catalog import Catalog, ModelCard, ModelConfig, Variant
+    from fmgguf.catalog.schema import GGUFFile
+    from fmgguf.download.fetch import RemoteFile
     from fmgguf.settings import Settings
 
 log = logging.getLogger("fmgguf.download")
@@ -196,7 +198,7 @@ class ModelDownloader:
 
         return Path(install(self.store, self.settings, card, q, parts).files[0].path)
 
-    def _expected(self, repo: str, gguf: Any, remote: Any) -> Expected:
+    def _expected(self, repo: str, gguf: GGUFFile, remote: RemoteFile) -> Expected:
         if gguf.sha256:
             if remote.sha256 and remote.sha256 != gguf.sha256:
                 raise IntegrityError(
@@ -209,7 +211,8 @@ class ModelDownloader:
             return Expected(remote.sha256, gguf.size or remote.size, "hub")
         locked = self.hashlock.get(repo, gguf.name)
         if locked:
-            return Expected(locked["sha256"], locked.get("size") or gguf.size, "lock")
+            size = locked.get("size")
+            return Expected(json_str(locked["sha256"]), (size if isinstance(size, int) else None) or gguf.size, "lock")
         return Expected(None, gguf.size or remote.size, "tofu")
 
     def _record_ok(self, rec: ModelRecord, variant: "Variant", revision: str | None = None) -> bool:
@@ -306,7 +309,7 @@ class ModelDownloader:
         except (NotDownloadedError, IntegrityError):
             return False
 
-    def list_downloaded(self) -> list[dict[str, Any]]:
+    def list_downloaded(self) -> list[JsonObject]:
         return [rec.as_dict() for rec in self.records.all()]
 
     def verify_and_quarantine(self, model_id: str, quant: str | None = None) -> VerifyResult:
@@ -357,22 +360,22 @@ class ModelDownloader:
         """Remove the files of a deleted or replaced record that no current record uses (only files fmgguf owns)."""
         self.store.release_files(old)
 
-    def disk_usage(self) -> dict[str, Any]:
+    def disk_usage(self) -> JsonObject:
         return self.store.disk_usage()
 
     # --- pins without downloading -----------------------------------------------------------------
-    def lock_hashes(self, model_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    def lock_hashes(self, model_ids: list[str] | None = None) -> list[JsonObject]:
         """``fmgguf catalog lock``: record the hub's sha256 for every catalog file that has no pin."""
         if self.settings.offline:
             raise OfflineError("`catalog lock` asks the hub for hashes and offline mode is on",
                                fix="run it on a connected machine (or without --offline / HF_HUB_OFFLINE)")
         cards = [self.catalog.get(m) for m in model_ids] if model_ids else self.catalog.models()
         fetcher = self._fetcher(None)
-        out = []
+        out: list[JsonObject] = []
         for card in cards:
             for q, variant in card.variants.items():
                 for gguf in variant.files:
-                    row = {"id": card.id, "quant": q, "repo": variant.repo, "file": gguf.name}
+                    row: JsonObject = {"id": card.id, "quant": q, "repo": variant.repo, "file": gguf.name}
                     if gguf.sha256:
                         out.append({**row, "sha256": gguf.sha256, "source": "pin", "status": "pinned in catalog"})
                         continue

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.download.records import ModelRecord, file_record
 from fmgguf.errors import GGUFError, InvalidRequestError, UnknownQuantError
 
@@ -46,7 +47,7 @@ def check_new_id(dl: "ModelDownloader", model_id: str, force: bool = False, flag
 
 
 def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | None = None,
-                force: bool = False, fim: dict[str, Any] | None = None) -> dict[str, Any]:
+                force: bool = False, fim: JsonObject | None = None) -> JsonObject:
     """Register one local GGUF as ``model_id``: a hard link in the store (or a reference), no copy.
     A built-in catalog id is refused unless ``force``. ``fim``: the card's ``fim`` block (the caller
     reads it from the vocabulary, fmgguf.runtime.prompt.fim_rule), so every command answers alike."""
@@ -68,7 +69,7 @@ def import_gguf(dl: "ModelDownloader", file: Path, model_id: str, quant: str | N
     name = file.name if file.name.endswith(".gguf") else f"{file.name}.gguf"
     sha = sha256_file(file)
     size = file.stat().st_size
-    entry: dict[str, Any] = {"id": model_id, "family": "custom", "display_name": model_id,
+    entry: JsonObject = {"id": model_id, "family": "custom", "display_name": model_id,
                              "variants": {q: {"repo": f"local/{model_id}",
                                               "files": [{"name": name, "size": size, "sha256": sha}]}}}
     if fim is not None:

@@ -14,19 +14,24 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from fmgguf._util import JsonObject, json_list, json_object
+
+if TYPE_CHECKING:
+    from fmgguf.settings import Settings
 
 #: where an expected hash came from, strongest first
 SOURCES = ("pin", "hub", "lock", "bundle", "local", "tofu")
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: object) -> None:
     from fmgguf._util import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -52,23 +57,23 @@ class HashLock:
     def __init__(self, store_dir: Path) -> None:
         self.path = Path(store_dir) / "lock.json"
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self) -> JsonObject:
         data = read_json(self.path)
         return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else {"version": 1, "files": {}}
 
-    def get(self, repo: str, filename: str) -> dict[str, Any] | None:
-        entry = self._load()["files"].get(f"{repo}/{filename}")
+    def get(self, repo: str, filename: str) -> JsonObject | None:
+        entry = json_object(self._load()["files"]).get(f"{repo}/{filename}")
         return entry if isinstance(entry, dict) and entry.get("sha256") else None
 
     def set(self, repo: str, filename: str, sha256: str, size: int | None, source: str, commit: str | None = None) -> None:
         with _filelock(self.path):
             data = self._load()
-            data["files"][f"{repo}/{filename}"] = {"sha256": sha256, "size": size, "source": source,
+            json_object(data["files"])[f"{repo}/{filename}"] = {"sha256": sha256, "size": size, "source": source,
                                                    "commit": commit, "recorded_at": now()}
             write_json(self.path, data)
 
-    def all(self) -> dict[str, dict[str, Any]]:
-        return dict(self._load()["files"])
+    def all(self) -> JsonObject:
+        return dict(json_object(self._load()["files"]))
 
 
 @dataclass
@@ -114,7 +119,7 @@ class ModelRecord:
     def sources(self) -> list[str]:
         return sorted({f.source for f in self.files}, key=SOURCES.index)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         out = asdict(self)
         out["bytes"] = self.bytes
         out["verified_at"] = self.verified_at
@@ -123,11 +128,11 @@ class ModelRecord:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelRecord":
-        files = [FileRecord(**{k: v for k, v in f.items() if k in FileRecord.__dataclass_fields__})
-                 for f in data.get("files", [])]
+    def from_dict(cls, data: JsonObject) -> "ModelRecord":
+        files = [FileRecord(**{k: v for k, v in json_object(f).items() if k in FileRecord.__dataclass_fields__})  # type: ignore[arg-type]
+                 for f in json_list(data.get("files", []))]
         keep = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "files"}
-        return cls(**keep, files=files)
+        return cls(**keep, files=files)  # type: ignore[arg-type]  # the fields as the record file holds them
 
 
 def file_record(name: str, path: Path, sha256: str, source: str, blob: Path | None = None) -> FileRecord:
@@ -173,7 +178,7 @@ class StoreRecords:
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
     def all(self) -> list[ModelRecord]:
-        out = []
+        out: list[ModelRecord] = []
         if not self.root.is_dir():
             return out
         for folder in sorted(self.root.iterdir()):
@@ -184,7 +189,7 @@ class StoreRecords:
         return out
 
 
-def downloaded_quants(settings: Any) -> dict[tuple[str, str], bool]:
+def downloaded_quants(settings: Settings) -> dict[tuple[str, str], bool]:
     """(id, quant) -> True for every installed model whose files are unchanged since verification.
     Cheap (reads small JSON files; no hub import): used by `fmgguf list`/`info`."""
     return {(rec.id, rec.quant): all(f.unchanged() for f in rec.files)

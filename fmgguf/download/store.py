@@ -12,8 +12,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.download.cache import HubCache, free_bytes, quarantine
 from fmgguf.download.hashing import sha256_file
 from fmgguf.download.records import HashLock, ModelRecord, StoreRecords, file_record
@@ -61,7 +62,7 @@ class VerifyResult:
     def __bool__(self) -> bool:
         return self.ok
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"ok": self.ok, "files": [c.__dict__ for c in self.checks]}
 
 
@@ -132,7 +133,8 @@ class Store:
             if pinned:
                 out[fr.name] = (pinned, "pin")
             elif locked and fr.source in ("hub", "lock", "tofu"):
-                out[fr.name] = (locked["sha256"], locked.get("source", "lock"))
+                source = locked.get("source", "lock")
+                out[fr.name] = (str(locked["sha256"]), source if isinstance(source, str) else "lock")
         return out
 
     def check_files(self, rec: ModelRecord) -> list[FileCheck]:
@@ -201,9 +203,9 @@ class Store:
                 _prune_empty(path, self.local_dir)
         _prune_empty(folder, self.local_dir)
 
-    def disk_usage(self) -> dict[str, Any]:
+    def disk_usage(self) -> JsonObject:
         models = []
-        seen: set[Any] = set()
+        seen: set[tuple[int, int] | str] = set()
         total = 0
         locations: list[str] = []
         hub_cache = self.settings.hub_cache
@@ -213,7 +215,7 @@ class Store:
                 path = Path(fr.path)
                 try:  # hard links and symlinks to one blob are one file on disk
                     st = os.stat(path)
-                    key: Any = (st.st_dev, st.st_ino)
+                    key: tuple[int, int] | str = (st.st_dev, st.st_ino)
                 except OSError:
                     key = fr.blob or fr.path
                 if key in seen:

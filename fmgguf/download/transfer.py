@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
@@ -88,8 +88,8 @@ def unreachable(settings: "Settings", exc: BaseException) -> HubUnreachableError
             "carry a bundle over (`fmgguf export` on a connected machine, then `fmgguf import BUNDLE`)")
 
 
-def _retry_after(headers: object) -> float | None:
-    value = getattr(headers, "get", lambda _k: None)("Retry-After")
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
     if not value:
         return None
     try:

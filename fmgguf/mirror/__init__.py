@@ -6,7 +6,13 @@ Importing this package is cheap; the parts load on first use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fmgguf._util import lazy_exports
+
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from fmgguf.mirror.server import MirrorServer  # noqa: F401
+    from fmgguf.mirror.sources import MirrorFile, MirrorRepo, load_source  # noqa: F401
 
 _LAZY = {
     "MirrorServer": "fmgguf.mirror.server:MirrorServer",

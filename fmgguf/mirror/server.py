@@ -21,9 +21,9 @@ import threading
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from fmgguf._util import JsonObject
 from fmgguf.mirror.sources import MirrorFile, MirrorRepo, stand_in_commit
 
 CHUNK = 256 * 1024
@@ -120,7 +120,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     mirror: MirrorServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
         pass
 
     def do_HEAD(self) -> None:  # noqa: N802
@@ -184,7 +184,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
         if repo is None:
             return
         if tree_path is not None:
-            body: Any = [self._tree_entry(repo_id, name, f) for name, f in sorted(repo.files.items())
+            body: list[JsonObject] | JsonObject = [self._tree_entry(repo_id, name, f) for name, f in sorted(repo.files.items())
                          if name.startswith(tree_path)]
         else:
             body = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False, "gated": False,
@@ -198,7 +198,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
         if method == "GET":
             self.wfile.write(data)
 
-    def _tree_entry(self, repo_id: str, name: str, f: MirrorFile) -> dict[str, Any]:
+    def _tree_entry(self, repo_id: str, name: str, f: MirrorFile) -> JsonObject:
         return {"type": "file", "path": name, "size": f.size, "oid": f.sha256[:40],
                 "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 132}}
 

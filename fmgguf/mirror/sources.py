@@ -19,8 +19,9 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.download.hashing import sha256_file
 from fmgguf.errors import BundleError, InvalidRequestError
 
@@ -117,7 +118,7 @@ def stand_in_commit(repo_id: str, files: dict[str, MirrorFile]) -> str:
 
 
 # --- export bundles ------------------------------------------------------------------------------
-def _manifest_entries(data: Any, where: Path) -> list[dict[str, Any]]:
+def _manifest_entries(data: object, where: Path) -> list[JsonObject]:
     from fmgguf.catalog.schema import check_relative_path
 
     def bad(msg: str) -> BundleError:
@@ -139,7 +140,7 @@ def _manifest_entries(data: Any, where: Path) -> list[dict[str, Any]]:
     return data["models"]
 
 
-def _bundle_repos(entries: list[dict[str, Any]], locate: Callable[[str, int], tuple[Path, int]]) -> dict[str, MirrorRepo]:
+def _bundle_repos(entries: list[JsonObject], locate: Callable[[str, int], tuple[Path, int]]) -> dict[str, MirrorRepo]:
     repos: dict[str, MirrorRepo] = {}
     commits: dict[str, set[str]] = {}
     for entry in entries:

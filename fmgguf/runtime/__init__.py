@@ -5,7 +5,14 @@ Importing this package is cheap: the manager (and llama_cpp behind it) load on f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fmgguf._util import lazy_exports
+
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream  # noqa: F401
+    from fmgguf.runtime.manager import ModelManager, SwitchResult, get_model_manager  # noqa: F401
+    from fmgguf.runtime.runner.loading import LoadedModel  # noqa: F401
 
 _LAZY = {
     "ModelManager": "fmgguf.runtime.manager:ModelManager",

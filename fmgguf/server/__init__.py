@@ -6,13 +6,14 @@ Build the app with :func:`create_app` (a factory: no module globals) and run it 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from fmgguf._util import lazy_exports
+
+if TYPE_CHECKING:
+    from fmgguf.server.app import create_app
 
 __all__ = ["create_app"]
 
-
-def create_app(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`fmgguf.server.app.create_app` (imported lazily: FastAPI is an optional extra)."""
-    from fmgguf.server.app import create_app as _create_app
-
-    return _create_app(*args, **kwargs)
+#: :func:`fmgguf.server.app.create_app`, imported on first use (FastAPI is an optional extra)
+__getattr__ = lazy_exports(__name__, {"create_app": "fmgguf.server.app:create_app"})

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.server.editor_config import EditorConfig, Roles
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import ModelCard
+    from fmgguf.settings import Settings
 
 AGENTS = ("claude-code", "codex", "opencode", "aider")
 #: the context agents want (their system prompts alone are 10-20k tokens)
@@ -33,7 +38,7 @@ class AgentContext:
     note: str
 
 
-def agent_context(settings: Any, card: Any, quant: str, path: Path | None) -> AgentContext:
+def agent_context(settings: Settings, card: ModelCard, quant: str, path: Path | None) -> AgentContext:
     """The largest context up to :data:`AGENT_CTX` (and the model's trained length) that the fit plan
     says fits, and what it costs."""
     from fmgguf._util import human_bytes as gib
@@ -80,7 +85,7 @@ def claude_code_config(r: Roles) -> EditorConfig:
 
 
 def codex_config(r: Roles) -> EditorConfig:
-    provider: dict[str, Any] = {"name": "fmgguf", "base_url": r.base_url.rstrip("/") + "/v1", "wire_api": "responses",
+    provider: JsonObject = {"name": "fmgguf", "base_url": r.base_url.rstrip("/") + "/v1", "wire_api": "responses",
                                 "request_max_retries": 1, "stream_max_retries": 1, "stream_idle_timeout_ms": 600000}
     if r.api_key:
         provider["env_key"] = "FMGGUF_API_KEY"
@@ -96,7 +101,7 @@ def codex_config(r: Roles) -> EditorConfig:
 
 def opencode_config(r: Roles) -> EditorConfig:
     model = _model(r)
-    options: dict[str, Any] = {"baseURL": r.base_url.rstrip("/") + "/v1"}
+    options: JsonObject = {"baseURL": r.base_url.rstrip("/") + "/v1"}
     if r.api_key:
         options["apiKey"] = r.api_key
     provider = {"npm": "@ai-sdk/openai-compatible", "name": "fmgguf", "options": options,

@@ -12,7 +12,13 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from fmgguf._util import JsonObject
+
+if TYPE_CHECKING:
+    from fmgguf.catalog import Catalog
+    from fmgguf.settings import Settings
 
 TOOLS = ("continue", "llama.vscode", "zed", "copilot", "tabby")
 
@@ -34,7 +40,7 @@ class EditorConfig:
     #: "yaml" | "json" | "toml"
     fmt: str
     #: the settings to merge into the file (keys at the top level of it)
-    data: dict[str, Any]
+    data: JsonObject
     notes: tuple[str, ...] = field(default=())
 
     def text(self) -> str:
@@ -49,7 +55,7 @@ class EditorConfig:
             return (top + tables).lstrip("\n")
         return json.dumps(self.data, indent=2, ensure_ascii=False) + "\n"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"tool": self.tool, "title": self.title, "path": str(self.path), "format": self.fmt,
                 "text": self.text(), "notes": list(self.notes)}
 
@@ -80,7 +86,7 @@ def continue_config(r: Roles) -> EditorConfig:
                                ("fmgguf chat", r.chat, ["chat", "edit", "apply"])):
         if model is None:
             continue
-        entry: dict[str, Any] = {"name": f"{name} ({model})", "provider": "ollama", "model": model,
+        entry: JsonObject = {"name": f"{name} ({model})", "provider": "ollama", "model": model,
                                  "apiBase": base, "roles": roles}
         if r.api_key:
             entry["apiKey"] = r.api_key
@@ -93,7 +99,7 @@ def continue_config(r: Roles) -> EditorConfig:
 
 def llama_vscode_config(r: Roles) -> EditorConfig:
     base = r.base_url.rstrip("/")
-    data: dict[str, Any] = {"llama-vscode.endpoint": base, "llama-vscode.endpoint_chat": base,
+    data: JsonObject = {"llama-vscode.endpoint": base, "llama-vscode.endpoint_chat": base,
                             "llama-vscode.ai_api_version": "v1", "llama-vscode.ai_model": r.chat or "",
                             "llama-vscode.api_key": r.api_key or "", "llama-vscode.ask_install_llamacpp": False}
     notes = ("completions go to /infill (the FIM model answers when no `model` is sent); chat to /v1/chat/completions",
@@ -104,7 +110,7 @@ def llama_vscode_config(r: Roles) -> EditorConfig:
 def zed_config(r: Roles) -> EditorConfig:
     models = [{"name": m, "display_name": f"{m} (fmgguf)", "max_tokens": r.n_ctx, "supports_tools": m == r.chat}
               for m in dict.fromkeys(x for x in (r.chat, r.fim) if x)]
-    data: dict[str, Any] = {"language_models": {"ollama": {"api_url": r.base_url.rstrip("/"),
+    data: JsonObject = {"language_models": {"ollama": {"api_url": r.base_url.rstrip("/"),
                                                            "available_models": models}}}
     if r.chat:
         data["agent"] = {"default_model": {"provider": "ollama", "model": r.chat}}
@@ -129,7 +135,7 @@ def copilot_config(r: Roles) -> EditorConfig:
 
 
 def tabby_config(r: Roles) -> EditorConfig:
-    server: dict[str, Any] = {"endpoint": r.base_url.rstrip("/")}
+    server: JsonObject = {"endpoint": r.base_url.rstrip("/")}
     if r.api_key:
         server["token"] = r.api_key
     notes = ("Tabby's IDE extensions send /v1/completions with `segments` and read /v1/health",) + tuple(_missing(r))
@@ -145,8 +151,8 @@ def config_for(tool: str, roles: Roles) -> EditorConfig:
     return BUILDERS[tool](roles)
 
 
-def pick_roles(catalog: Any, downloaded: list[tuple[str, str]], base_url: str, api_key: str | None = None,
-               loaded: list[str] | None = None, n_ctx: int = 4096, *, settings: Any) -> Roles:
+def pick_roles(catalog: Catalog, downloaded: list[tuple[str, str]], base_url: str, api_key: str | None = None,
+               loaded: list[str] | None = None, n_ctx: int = 4096, *, settings: Settings) -> Roles:
     """The autocomplete (FIM, by the one FIM rule) and chat models among the downloaded ones, loaded ones first."""
     from fmgguf.runtime.prompt.fim_rule import card_verdict
 

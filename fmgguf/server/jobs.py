@@ -12,9 +12,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import CancelledError, FmggufError
+
+if TYPE_CHECKING:
+    from fmgguf.download import ModelDownloader
 
 log = logging.getLogger("fmgguf.server")
 ACTIVE = ("queued", "running")
@@ -76,7 +79,7 @@ class DownloadJob:
 class DownloadJobs:
     """All download jobs of one server (finished ones are kept for a while so late pollers see the end)."""
 
-    def __init__(self, downloader: Callable[[], Any], keep: int = 200) -> None:
+    def __init__(self, downloader: Callable[[], ModelDownloader], keep: int = 200) -> None:
         self._get_downloader = downloader
         self._jobs: dict[str, DownloadJob] = {}
         self._lock = threading.Lock()
@@ -121,10 +124,8 @@ class DownloadJobs:
         job._touch()
         try:
             downloader = self._get_downloader()
-            kwargs: dict[str, Any] = {"progress": lambda *a, **k: self._progress(job, *a, **k)}
-            if job.revision:
-                kwargs["revision"] = job.revision
-            path = downloader.download_model(job.model_id, job.quant, **kwargs)
+            path = downloader.download_model(job.model_id, job.quant, revision=job.revision or None,
+                                             progress=lambda name, done, total: self._progress(job, name, done, total))
             job.path = str(path)
             if job.total:
                 job.downloaded = job.total
@@ -143,12 +144,11 @@ class DownloadJobs:
             job.finished_at = time.time()
             job._touch()
 
-    def _progress(self, job: DownloadJob, *args: Any, **kwargs: Any) -> None:
-        """The downloader's callback, ``progress(file name, bytes done, total or None)`` per file (an event
-        object, a dict or ``(done, total)`` are read too). Raising here is how a job is cancelled."""
+    def _progress(self, job: DownloadJob, name: str, done: int, total: int | None) -> None:
+        """The downloader's callback (its ``Progress``), ``progress(file name, bytes done, total or None)`` per
+        file. Raising here is how a job is cancelled."""
         if job._cancel.is_set():
             raise CancelledError(f"download of {job.model_id} {job.quant} was cancelled", fix="start it again to resume")
-        done, total, name = _read_progress(args, kwargs)
         key = str(name) if name else ""
         old_done, old_total = job._files.get(key, (0, None))
         job._files[key] = (old_done if done is None else max(0, int(done)), total if total else old_total)
@@ -168,27 +168,3 @@ class DownloadJobs:
 def _error_dict(exc: FmggufError) -> dict:
     """The error's fields plus ``one_line``: exactly what the CLI prints after ``error:``."""
     return {**exc.to_dict(), "one_line": " ".join(exc.one_line().split())}
-
-
-_DONE_KEYS = ("downloaded", "done", "completed", "bytes_done", "bytes_downloaded", "n")
-_TOTAL_KEYS = ("total", "total_bytes", "size", "bytes_total")
-_NAME_KEYS = ("file", "filename", "name", "current_file")
-
-
-def _read_progress(args: tuple, kwargs: dict) -> tuple[int | None, int | None, str | None]:
-    def pick(source: Any, keys: tuple[str, ...]) -> Any:
-        for key in keys:
-            value = source.get(key) if isinstance(source, dict) else getattr(source, key, None)
-            if value is not None:
-                return value
-        return None
-
-    if kwargs:
-        return pick(kwargs, _DONE_KEYS), pick(kwargs, _TOTAL_KEYS), pick(kwargs, _NAME_KEYS)
-    if len(args) == 3 and isinstance(args[0], str):  # (file name, done, total)
-        return args[1], args[2], args[0]
-    if len(args) >= 2 and all(isinstance(a, (int, float)) or a is None for a in args[:2]):
-        return args[0], args[1], (args[2] if len(args) > 2 and isinstance(args[2], str) else None)
-    if len(args) == 1:
-        return pick(args[0], _DONE_KEYS), pick(args[0], _TOTAL_KEYS), pick(args[0], _NAME_KEYS)
-    return None, None, None

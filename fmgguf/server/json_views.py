@@ -4,7 +4,9 @@ The generic converter of dataclasses and models to JSON is ``fmgguf._util.jsonab
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from fmgguf._util import JsonObject
 
 if TYPE_CHECKING:
     from fmgguf.catalog.schema import ModelCard
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
 class Store(Protocol):
     """What the views need of the downloader: its list of downloaded models."""
 
-    def list_downloaded(self) -> list[dict[str, Any]]: ...
+    def list_downloaded(self) -> list[JsonObject]: ...
 
 
 def card_summary(card: ModelCard, fim: bool) -> dict:

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from fastapi import APIRouter, HTTPException, Request
 
@@ -23,6 +23,7 @@ from fmgguf.server.schemas import BenchmarkRequest
 from fmgguf.server.state import ServerState, state_of
 
 if TYPE_CHECKING:
+    from fmgguf.bench.run_store import Progress
     from fmgguf.runtime.runner.residency import LoadSpec
 
 log = logging.getLogger("fmgguf.server")
@@ -32,15 +33,30 @@ router = APIRouter(prefix="/api/models/benchmark", tags=["benchmark"])
 class Benchmarker(Protocol):
     """What a run needs of the server's benchmarker (:class:`fmgguf.bench.ModelBenchmarker` is one)."""
 
-    def benchmark_model(self, model_id: str, quant: str = ..., **options: Any) -> BenchSummary: ...
+    def benchmark_model(self, model_id: str, quant: str = ..., *, tasks: list[str] | None = ..., samples: int = ...,
+                        suite: str = ..., languages: list[str] | None = ..., max_tokens: int = ...,
+                        progress: Progress | None = ...) -> BenchSummary: ...
     def generate_comparison_report(self, summaries: list[BenchSummary]) -> dict: ...
+
+
+class _BenchOptionsBase(TypedDict):
+    suite: str
+    samples: int
+    max_tokens: int
+
+
+class BenchOptions(_BenchOptionsBase, total=False):
+    """What a run asks of :meth:`Benchmarker.benchmark_model` for each model (echoed in the run's JSON)."""
+
+    tasks: list[str]
+    languages: list[str]
 
 
 @dataclass
 class BenchRun:
     id: str
     models: list[tuple[str, str]]
-    options: dict
+    options: BenchOptions
     state: str = "running"  # running | done | failed
     progress: dict = field(default_factory=dict)
     #: one summary per (model id, quant): one run may hold the same model in two quants
@@ -122,7 +138,7 @@ async def start(request: Request, body: BenchmarkRequest) -> dict:
     for spec in body.model_ids:
         card, quant = state.catalog.resolve(spec if body.quant is None else f"{spec.partition(':')[0]}:{body.quant}")
         models.append((card.id, quant))
-    options: dict[str, Any] = {"suite": body.suite, "samples": body.samples, "max_tokens": body.max_tokens}
+    options: BenchOptions = {"suite": body.suite, "samples": body.samples, "max_tokens": body.max_tokens}
     if body.tasks:
         options["tasks"] = body.tasks
     if body.languages:

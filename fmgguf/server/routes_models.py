@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import APIRouter, Body, HTTPException, Query, Request
@@ -23,6 +23,8 @@ from fmgguf.server.state import ServerState, state_of
 
 if TYPE_CHECKING:
     from fmgguf.runtime.hw.devices import SystemMemory
+    from fmgguf.runtime.runner.health import CrashRecord
+    from fmgguf.server.jobs import DownloadJob
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling
 from fmgguf.server.dialects.core import start as start_generation
 from fmgguf.server.streaming import error_payload, run_exclusive, sse
@@ -49,7 +51,7 @@ def _safe_fit(state: ServerState, card: ModelCard, quant: str, n_ctx: int | None
 
 
 def _model_status(state: ServerState, card: ModelCard, local: set[tuple[str, str]], current: dict | None,
-                  broken: dict[str, Any] | None = None) -> tuple[str, dict | None]:
+                  broken: dict[str, CrashRecord] | None = None) -> tuple[str, dict | None]:
     jobs = state.jobs.active_for(card.id)
     if current and current.get("id") == card.id:
         return "loaded", None
@@ -161,7 +163,7 @@ def list_downloads(request: Request) -> dict:
     return {"jobs": [j.as_dict() for j in state_of(request).jobs.all()]}
 
 
-def _job(state: ServerState, job_id: str) -> Any:
+def _job(state: ServerState, job_id: str) -> DownloadJob:
     job = state.jobs.get(job_id)
     if job is None:
         raise HTTPException(404, f"no download job {job_id!r}; use the job_id returned by POST /api/models/download/ID")
@@ -254,7 +256,7 @@ async def select(request: Request, body: SelectRequest) -> dict:
     """Load a downloaded model (unloading the current one); waits for the running generations."""
     state = state_of(request)
     card, quant = _resolve(state, body.model_id, body.quant)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, int | str] = {}
     if body.n_ctx is not None:
         kwargs["n_ctx"] = body.n_ctx
     result = await run_exclusive(state, lambda m: m.switch_model(card.id, quant, **kwargs), "load")
@@ -278,7 +280,7 @@ def _rest_dict(outcome: Outcome) -> dict:
 
 
 @router.post("/generate")
-async def generate(request: Request, body: GenerateRequest) -> Any:
+async def generate(request: Request, body: GenerateRequest) -> object:
     """Generate from the selected model through the dialect core; ``suffix`` makes it fill-in-the-middle;
     ``stream`` gives SSE (``data: {"text": ...}`` events, then ``event: done`` with the counts)."""
     state = state_of(request)
@@ -327,7 +329,7 @@ def compare(request: Request, body: CompareRequest) -> dict:
     return {"models": rows, "fields": fields}
 
 
-def _bench_results(state: ServerState, model_id: str) -> Any:
+def _bench_results(state: ServerState, model_id: str) -> dict | None:
     from fmgguf.server.routes_bench import stored_results
 
     try:

@@ -13,13 +13,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from fmgguf._util import JsonObject
 from fmgguf.server.dialects.core import Generation, GenRequest, Outcome, Sampling, ToolCall, start
 from fmgguf.server.dialects.routing import fim_able, loaded_names
 from fmgguf.server.dialects.tooling import (
@@ -35,6 +36,7 @@ from fmgguf.server.state import ServerState, state_of
 from fmgguf.server.streaming import error_payload, sse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+M = TypeVar("M", bound=BaseModel)
 DEFAULT_MAX_TOKENS = 256
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _FINISH = {"stop": "stop", "tool_calls": "tool_calls", "length": "length", "context": "length", "limit": "length", "cancelled": "stop"}
@@ -119,19 +121,19 @@ def _client(request: Request, body: _OpenAIBody) -> str:
     return f"openai|{host}|{request.headers.get('user-agent', '')}|{body.model or ''}"
 
 
-def _validated(model: type[BaseModel], data: Any) -> Any:
+def _validated(model: type[M], data: object) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]) from None
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request) -> object:
     raw = await request.body()
     try:
         return json.loads(raw or b"null")
     except ValueError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", getattr(exc, "pos", 0)),
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos if isinstance(exc, json.JSONDecodeError) else 0),
                                        "msg": "JSON decode error", "ctx": {"error": str(exc).split(":")[0]}}]) from None
 
 
@@ -140,7 +142,7 @@ _COMPLETION_BODY = {"requestBody": {"required": True, "content": {"application/j
 
 
 @router.post("/completions", openapi_extra=_COMPLETION_BODY)
-async def completions(request: Request) -> Any:
+async def completions(request: Request) -> object:
     """Text completion; with ``suffix`` it fills in the middle (the model's own FIM tokens). A body with
     ``segments`` (Tabby's IDE clients) is a Tabby completion."""
     data = await _json(request)
@@ -184,7 +186,7 @@ def _chat_request(body: ChatRequest) -> GenRequest:
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: Request, body: ChatRequest) -> Any:
+async def chat_completions(request: Request, body: ChatRequest) -> object:
     """Chat with the model (its chat template); ``tools`` through the template, calls back as
     ``tool_calls``; ``response_format`` JSON enforced by a grammar."""
     state = state_of(request)
@@ -192,7 +194,7 @@ async def chat_completions(request: Request, body: ChatRequest) -> Any:
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if not body.stream:
         o = await gen.collect()
-        message: dict[str, Any] = {"role": "assistant", "content": o.text or (None if o.tool_calls else "")}
+        message: JsonObject = {"role": "assistant", "content": o.text or (None if o.tool_calls else "")}
         if o.tool_calls:
             message["tool_calls"] = [c.openai() for c in o.tool_calls]
         return {"id": cid, "object": "chat.completion", "created": created, "model": o.model,
@@ -202,7 +204,7 @@ async def chat_completions(request: Request, body: ChatRequest) -> Any:
     first, calls = [True], [0]
 
     def chunk(text: str | ToolCall, finish: str | None) -> dict:
-        delta: dict[str, Any] = {}
+        delta: JsonObject = {}
         if first[0]:
             delta["role"] = "assistant"
             first[0] = False
@@ -231,7 +233,7 @@ def _why(o: Outcome) -> dict:
     return {"stop_reason": o.stop_reason} if o.stop_reason else {}
 
 
-def _stream(gen: Generation, body: _OpenAIBody, chunk: Callable[[Any, str | None], dict],
+def _stream(gen: Generation, body: _OpenAIBody, chunk: Callable[[str | ToolCall, str | None], dict],
             usage_chunk: Callable[[dict], dict]) -> StreamingResponse:
     include_usage = bool((body.stream_options or {}).get("include_usage"))
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fmgguf._util import JsonObject
 
 MAX_PROMPT_CHARS = 2_000_000
 MAX_TOKENS = 32768
@@ -28,7 +30,7 @@ class SelectRequest(_Body):
 
     @field_validator("n_ctx")
     @classmethod
-    def _ctx(cls, v: Any) -> Any:
+    def _ctx(cls, v: int | str | None) -> int | str | None:
         if isinstance(v, int) and not (16 <= v <= 1 << 21):
             raise ValueError("n_ctx must be between 16 and 2097152, or 'auto'")
         return v
@@ -79,13 +81,13 @@ class _OpenAIBody(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     n: int | None = Field(default=None, ge=1, le=1)
     stream: bool | None = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: JsonObject | None = None
     #: fmgguf's own: speculative decoding off | ngram | draft | draft:<id> (default: the server's `speculative` setting)
     speculative: str | None = Field(default=None, max_length=300)
 
     @field_validator("stop")
     @classmethod
-    def _stop(cls, v: Any) -> Any:
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
         if isinstance(v, list) and len(v) > 32:  # Continue sends ~12 for a FIM template
             raise ValueError("at most 32 stop sequences")
         return v
@@ -106,7 +108,7 @@ class CompletionRequest(_OpenAIBody):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, v: Any) -> Any:
+    def _prompt(cls, v: str | list[str]) -> str:
         if isinstance(v, list):
             if len(v) != 1:
                 raise ValueError("send one prompt per request (a list of one string is accepted)")
@@ -126,7 +128,7 @@ class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str = Field(min_length=1, max_length=200)
     #: JSON text (OpenAI); an object is accepted too
-    arguments: Union[str, dict[str, Any], None] = None
+    arguments: Union[str, JsonObject, None] = None
 
 
 class MessageToolCall(BaseModel):
@@ -157,7 +159,7 @@ class FunctionDef(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str = Field(min_length=1, max_length=64)
     description: str | None = Field(default=None, max_length=100_000)
-    parameters: dict[str, Any] | None = None
+    parameters: JsonObject | None = None
     strict: bool | None = None
 
 
@@ -170,14 +172,14 @@ class ToolDef(BaseModel):
 class NamedToolChoice(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["function"] = "function"
-    function: dict[str, Any]
+    function: JsonObject
 
 
 class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str | None = Field(default=None, max_length=200)
     #: "schema" in JSON (``schema`` would shadow a pydantic attribute)
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    json_schema: JsonObject | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 
@@ -200,4 +202,4 @@ class EmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = Field(default=None, max_length=200)
-    input: Union[str, list[Any], None] = None
+    input: Union[str, list[object], None] = None

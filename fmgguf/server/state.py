@@ -11,8 +11,9 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.server.gate import GenerationGate
 from fmgguf.server.jobs import DownloadJobs
 
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from fmgguf.download import ModelDownloader
     from fmgguf.runtime.hw.devices import SystemMemory
     from fmgguf.runtime.manager import ModelManager
+    from fmgguf.runtime.runner.health import CrashRecord
     from fmgguf.server.dialects.core import DialectHub
+    from fmgguf.server.routes_bench import BenchRun
     from fmgguf.settings import Settings
 
 #: seconds a computed fit plan is reused (device probing is not free)
@@ -47,9 +50,9 @@ class ServerState:
         self.jobs = DownloadJobs(lambda: self.downloader)
         self._dialects: "DialectHub | None" = None
         #: the last finished generation (finish reason, token counts), for status and tests
-        self.last_generation: dict[str, Any] | None = None
+        self.last_generation: JsonObject | None = None
         self._fit_cache: dict[tuple[str, str, int], tuple[float, dict]] = {}
-        self.bench_runs: dict[str, Any] = {}
+        self.bench_runs: dict[str, BenchRun] = {}
         self.started_at = time.time()
         #: the hot catalog's view of the user catalog and the store (see :meth:`refresh`)
         self._stamp = _store_stamp(settings)
@@ -200,7 +203,7 @@ class ServerState:
         model_id, _, quant = busy[0][0].partition(":")
         return (model_id, quant, busy[0][1])
 
-    def broken(self) -> dict[str, Any]:
+    def broken(self) -> dict[str, CrashRecord]:
         """key -> crash record of the models whose runner crashed three times in a row (read from the
         fmgguf home, so a model broken by the CLI or another server shows too)."""
         from fmgguf.runtime.runner.health import HealthBook

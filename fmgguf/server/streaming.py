@@ -12,8 +12,8 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Literal, TypeVar, Union
 
 import anyio
 
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from fmgguf.runtime.manager import ModelManager
 
 T = TypeVar("T")
+#: what a streamed generation's thread hands the event loop: ``("piece", text)`` ..., then ``("done",
+#: result)`` (None: the stream kept no result) or ``("error", exc)``
+StreamEvent = Union[tuple[Literal["piece"], str], tuple[Literal["done"], "GenerationResult | None"],
+                    tuple[Literal["error"], Exception]]
 
 
 def sse(data: object, event: str | None = None) -> str:
@@ -58,7 +62,7 @@ class StreamedGeneration:
     def __init__(self, state: ServerState, stream: GenerationStream) -> None:
         self.state = state
         self.stream = stream
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.finished = asyncio.Event()
         self._thread = threading.Thread(target=self._pump, name="fmgguf-stream", daemon=True)
@@ -81,7 +85,7 @@ class StreamedGeneration:
         self._thread.start()
         return self
 
-    def _put(self, item: tuple) -> None:
+    def _put(self, item: StreamEvent) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the loop is gone (server shutting down): nobody is listening
@@ -106,7 +110,7 @@ class StreamedGeneration:
             except RuntimeError:
                 pass
 
-    async def events(self) -> AsyncIterator[tuple[str, Any]]:
+    async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """("piece", text) ..., then ("done", result) or ("error", exc). Cancels the stream if abandoned."""
         ended = False
         try:

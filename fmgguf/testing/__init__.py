@@ -8,8 +8,20 @@ Imports are lazy so ``import fmgguf.testing`` costs nothing::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fmgguf._util import lazy_exports
 from fmgguf.tiny import EXPORTS as TINY_EXPORTS
+
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from fmgguf.testing.bad_models import BAD_KINDS, build_bad_model, raw_llama_outcome  # noqa: F401
+    from fmgguf.testing.gpu import cuda_available  # noqa: F401
+    from fmgguf.testing.hub_server import HubServer  # noqa: F401
+    from fmgguf.testing.smoke import smoke_generate  # noqa: F401
+    from fmgguf.tiny.tiny_cards import tiny_card, tiny_repo_files  # noqa: F401
+    from fmgguf.tiny.tiny_models import build_tiny_model, tiny_model_path  # noqa: F401
+    from fmgguf.tiny.tiny_specs import ARCHES, tiny_spec  # noqa: F401
+    from fmgguf.tiny.vocab import ensure_sdist, ensure_vocab  # noqa: F401
 
 _LAZY: dict[str, str] = {
     **TINY_EXPORTS,

@@ -23,15 +23,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fmgguf.errors import InvalidRequestError
+from fmgguf.runtime.gguf.gguf_info import MetaValue
 
 # GGUF value type codes
 _U32, _I32, _F32, _STRING, _ARRAY = 4, 5, 6, 8, 9
 _SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
-Metadata = dict[str, tuple[Any, int, "int | None"]]
+#: key -> (value, GGUF value type, element type of an array)
+Metadata = dict[str, tuple[MetaValue, int, "int | None"]]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class BadKind:
     what: str
     #: "load": llama.cpp refuses or aborts loading / creating the context; "decode": only at the first decode
     fails_at: str
-    set_kv: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    set_kv: dict[str, tuple[MetaValue, int]] = field(default_factory=dict)
     drop_kv: tuple[str, ...] = ()
     drop_tensors: Callable[[str], bool] | None = None
 
@@ -100,7 +101,7 @@ def _pack_str(text: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _pack_value(value: Any, vtype: int, sub: int | None) -> bytes:
+def _pack_value(value: MetaValue, vtype: int, sub: int | None) -> bytes:
     if vtype == _STRING:
         return _pack_str(value)
     if vtype == _ARRAY:

@@ -18,12 +18,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from fmgguf._util import JsonObject
 from fmgguf.mirror.server import CHUNK, MirrorHandler, MirrorServer, read_chunks
 from fmgguf.mirror.sources import MirrorFile
+
+
+class _RequestSeen(threading.local):
+    """The request a handler thread is answering, for the log entries it writes (None outside one)."""
+
+    path: str | None = None
+    auth: str | None = None
+
+
+_REQUEST = _RequestSeen()
 
 
 @dataclass
@@ -77,7 +88,7 @@ class HubServer(MirrorServer):
         self.throttle = throttle
         self.revision = revision
         self.faults: list[Fault] = []
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[JsonObject] = []
         self._lock = threading.Lock()
         self.commits = {repo_id: repo.commit for repo_id, repo in self.repos.items()}
         self.git_oids: dict[tuple[str, str], str] = {}
@@ -106,14 +117,14 @@ class HubServer(MirrorServer):
                     return fault
         return None
 
-    def log(self, **entry: Any) -> dict[str, Any]:
+    def log(self, **entry: object) -> JsonObject:
         with self._lock:
-            entry.setdefault("path", getattr(threading.current_thread(), "hub_path", None))
-            entry.setdefault("auth", getattr(threading.current_thread(), "hub_auth", None))
+            entry.setdefault("path", _REQUEST.path)
+            entry.setdefault("auth", _REQUEST.auth)
             self.requests.append(entry)
         return entry
 
-    def gets(self, filename: str | None = None) -> list[dict[str, Any]]:
+    def gets(self, filename: str | None = None) -> list[JsonObject]:
         """The GET requests for file data (optionally for one file)."""
         with self._lock:
             return [r for r in self.requests if r["method"] == "GET" and r.get("file")
@@ -128,20 +139,19 @@ class _FaultyHandler(MirrorHandler):
 
     mirror: HubServer
     _fault: Fault | None = None
-    _record: dict[str, Any] | None = None
+    _record: JsonObject | None = None
 
     def _route(self, method: str) -> None:
-        threading.current_thread().hub_path = self.path  # type: ignore[attr-defined]
-        threading.current_thread().hub_auth = self.headers.get("Authorization")  # type: ignore[attr-defined]
+        _REQUEST.path, _REQUEST.auth = self.path, self.headers.get("Authorization")
         self._fault, self._record = None, None
         super()._route(method)
 
     def _error(self, method: str, status: int, code: str, message: str, commit: str | None = None,
-               extra: Any = None, filename: str | None = None) -> None:
+               extra: Mapping[str, str] | None = None, filename: str | None = None) -> None:
         super()._error(method, status, code, message, commit, extra, filename)
         self.mirror.log(method=method, file=filename, range=self.headers.get("Range"), status=status, sent=0)
 
-    def _tree_entry(self, repo_id: str, name: str, f: MirrorFile) -> dict[str, Any]:
+    def _tree_entry(self, repo_id: str, name: str, f: MirrorFile) -> JsonObject:
         if self.mirror.lfs:
             return super()._tree_entry(repo_id, name, f)
         return {"type": "file", "path": name, "size": f.size, "oid": self.mirror.git_oids[(repo_id, name)]}

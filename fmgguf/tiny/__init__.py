@@ -7,7 +7,15 @@ with it (through :mod:`fmgguf.testing`, which re-exports these names).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fmgguf._util import lazy_exports
+
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from fmgguf.tiny.tiny_cards import tiny_card, tiny_repo_files  # noqa: F401
+    from fmgguf.tiny.tiny_models import build_tiny_model, tiny_model_path  # noqa: F401
+    from fmgguf.tiny.tiny_specs import ARCHES, tiny_spec  # noqa: F401
+    from fmgguf.tiny.vocab import ensure_vocab  # noqa: F401
 
 #: name -> "module:attribute", imported on first use (fmgguf.testing re-exports these too)
 EXPORTS: dict[str, str] = {

@@ -22,12 +22,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fmgguf.errors import EngineError, InvalidRequestError
 from fmgguf.runtime.engine.load_options import LoadOptions, context_params, load_llama, model_params, n_slots
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine.engine import LlamaContext, LlamaLib, LlamaModel, llama_model_p, llama_vocab_p
+    from fmgguf.runtime.engine.llama_log import BufferSizes, LogRouter
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class DraftAsk:
 class DraftModel:
     """The draft model, its context and the tokens each of its sequences holds."""
 
-    def __init__(self, mod: Any, path: str | Path, target: LoadOptions, *, n_gpu_layers: int = 0) -> None:
+    def __init__(self, mod: LlamaLib, path: str | Path, target: LoadOptions, *, n_gpu_layers: int = 0) -> None:
         self.path = Path(path)
         #: its name in messages and requests (``draft:<name>``): the caller's, else the file's stem
         self.name = target.draft_name or self.path.stem
@@ -62,7 +66,9 @@ class DraftModel:
         opts = replace(target, n_gpu_layers=n_gpu_layers, draft_path=None, rpc_servers=None,
                        tensor_split=target.draft_tensor_split if n_gpu_layers else None, prompt_cache_bytes=0)
         kw = opts.llama_kwargs()
-        self._split: Any = None
+        self._split: ctypes.Array[ctypes.c_float] | None = None
+        self.model: LlamaModel | None = None
+        self.ctx_obj: LlamaContext | None = None
         try:
             params, self._split = model_params(mod, kw)
             self.model, self.ctx_obj = load_llama(mod, self.path, params, context_params(mod, kw))
@@ -84,7 +90,7 @@ class DraftModel:
         #: drafting needs no more than the target's vocabulary: ids at or past it end a draft
         self.limit_vocab = self.n_vocab
         #: what llama.cpp reported allocating for it (set by the engine, from the load log)
-        self.buffers: dict[str, int] = {}
+        self.buffers: BufferSizes = {}
         #: tokens the last draft() decoded to catch up with the slots, and the most one call decoded
         self.caught_up = self.caught_up_most = 0
 
@@ -208,7 +214,7 @@ class DraftModel:
         if self.batch is not None:
             self.mod.llama_batch_free(self.batch)
             self.batch = None
-        ctx, model = getattr(self, "ctx_obj", None), getattr(self, "model", None)
+        ctx, model = self.ctx_obj, self.model
         self.ctx_obj = self.model = None
         if ctx is not None:
             ctx.close()
@@ -216,8 +222,8 @@ class DraftModel:
             model.close()
 
 
-def open_draft(mod: Any, options: LoadOptions, target_model: Any, target_vocab: Any, target_name: str,
-               router: Any) -> DraftModel:
+def open_draft(mod: LlamaLib, options: LoadOptions, target_model: llama_model_p, target_vocab: llama_vocab_p,
+               target_name: str, router: LogRouter) -> DraftModel:
     """The draft model of ``options.draft_path`` (``mod``: the engine's llama_cpp), its buffers read from
     llama.cpp's load log (``router``: the engine's log router); refused unless its vocabulary is the target's."""
     from fmgguf.runtime.engine.llama_log import LoadListener
@@ -250,7 +256,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], cap: int) -> int:
     return i
 
 
-def check_vocabularies(target: Any, draft: Any, mod: Any, target_name: str, draft_name: str) -> int:
+def check_vocabularies(target: llama_vocab_p, draft: llama_vocab_p, mod: LlamaLib, target_name: str,
+                       draft_name: str) -> int:
     """Refuse a draft whose vocabulary is not the target's (llama.cpp's rule); returns the number of
     token ids both have (a draft token at or past it ends the draft)."""
     def refuse(why: str) -> InvalidRequestError:
@@ -279,6 +286,6 @@ def _show(text: bytes | None) -> str:
     return repr((text or b"").decode("utf-8", "replace"))
 
 
-def is_recurrent(mod: Any, model: Any) -> bool:
+def is_recurrent(mod: LlamaLib, model: llama_model_p) -> bool:
     """Whether the model keeps a recurrent state (which cannot drop a rejected draft)."""
     return bool(mod.llama_model_is_recurrent(model)) or bool(mod.llama_model_is_hybrid(model))

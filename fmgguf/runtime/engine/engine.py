@@ -18,12 +18,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import ContextOverflowError, EngineError, InsufficientMemoryError
+from fmgguf.runtime.engine.generation import GenerationStats  # noqa: F401 - read from here too
 from fmgguf.runtime.engine.kv_reuse import KV_REUSE_MIN  # noqa: F401 - re-exported: callers read it here
 from fmgguf.runtime.engine.llama_log import LoadListener, LogRouter
 from fmgguf.runtime.engine.load_options import (  # noqa: F401 - LoadOptions & co. are read from here too
@@ -38,34 +39,54 @@ from fmgguf.runtime.engine.load_options import (  # noqa: F401 - LoadOptions & c
 )
 
 if TYPE_CHECKING:
+    # llama_cpp's types, named only here (the one module importing it) for the engine's helpers
+    from types import ModuleType as LlamaLib  # what lib() returns: the llama_cpp module
+
+    from llama_cpp import (  # noqa: F401
+        llama_batch,
+        llama_context_p,
+        llama_context_params,
+        llama_memory_t,
+        llama_model_p,
+        llama_model_params,
+        llama_sampler_p,
+        llama_vocab_p,
+    )
+    from llama_cpp._internals import LlamaContext, LlamaModel
+
     from fmgguf.runtime.engine.constraints import Constraint
+    from fmgguf.runtime.engine.draft_model import DraftModel
+    from fmgguf.runtime.engine.load_options import LlamaKwargs
+    from fmgguf.runtime.engine.slot_requests import Request, Sink
     from fmgguf.runtime.engine.slots import Scheduler
+
 
 log = logging.getLogger(__name__)
 
 _ROUTER = LogRouter()
-_state: dict[str, Any] = {}  # the ctypes callback object must stay referenced for the process' life
+_state: dict[str, object] = {}  # the ctypes callback object must stay referenced for the process' life
 _state_lock = threading.Lock()
 
 
-def lib() -> Any:
+def lib() -> LlamaLib:
     """The ``llama_cpp`` module, imported on first use, with its log routed to our logger."""
     with _state_lock:
         mod = _state.get("lib")
-        if mod is None:
-            bound_omp_spin(os.environ)
-            import llama_cpp as mod  # noqa: PLC0415 - heavy, and only this module may import it
+        if isinstance(mod, types.ModuleType):
+            return mod
+        bound_omp_spin(os.environ)
+        import llama_cpp  # noqa: PLC0415 - heavy, and only this module may import it
 
-            callback = mod.llama_log_callback(_ROUTER)
-            mod.llama_log_set(callback, ctypes.c_void_p(0))
-            _state["callback"] = callback
-            _state["lib"] = mod
-        return mod
+        callback = llama_cpp.llama_log_callback(_ROUTER)
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+        _state["callback"] = callback
+        _state["lib"] = llama_cpp
+        return llama_cpp
 
 
-def _allocated(buffers: dict[str, Any]) -> int:
+def _allocated(buffers: Mapping[str, object]) -> int:
     """The bytes of llama.cpp's buffers as the load log reported them (weights, KV, compute, output)."""
-    return sum(int(buffers.get(k, 0)) for k in ("model", "kv", "compute", "output", "rs"))
+    return sum(n for k in ("model", "kv", "compute", "output", "rs") if isinstance(n := buffers.get(k, 0), int))
 
 
 def supports_gpu_offload() -> bool:
@@ -91,27 +112,6 @@ def release_memory() -> None:
         trim(0)
 
 
-# --- options and results ---------------------------------------------------------------------------
-@dataclass
-class GenerationStats:
-    """Filled in by :meth:`Engine.stream` while it runs."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    started: float = 0.0
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    cached_tokens: int = 0
-    #: of ``cached_tokens``, those restored from the host-RAM prompt cache
-    restored_tokens: int = 0
-    #: the stop string that ended the generation (None: another reason)
-    stop_sequence: str | None = None
-    #: speculative decoding: tokens drafted, and those of them the model accepted
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0
-
-
 # --- the engine ------------------------------------------------------------------------------------
 class Engine:
     """One loaded model: llama.cpp's model and context, the slot scheduler, and what we learned loading."""
@@ -130,8 +130,8 @@ class Engine:
         _ROUTER.add(listener)
         started = time.perf_counter()
         listener.report("weights", 0.1)
-        self._model: Any = None
-        self._ctx: Any = None
+        self._model: LlamaModel | None = None
+        self._ctx: LlamaContext | None = None
         self._slots: Scheduler | None = None
         self._start_lock = threading.Lock()
         try:
@@ -171,7 +171,7 @@ class Engine:
         """The host-RAM prompt cache's counters (empty without one)."""
         return {} if self.prompt_states is None else dataclasses.asdict(self.prompt_states.cache.stats())
 
-    def _load(self, mod: Any, kw: dict[str, Any]) -> None:
+    def _load(self, mod: LlamaLib, kw: LlamaKwargs) -> None:
         with _state_lock:
             if not _state.get("backend"):
                 mod.llama_backend_init()
@@ -179,7 +179,7 @@ class Engine:
         params, self._split = model_params(mod, kw)
         self._model, self._ctx = load_llama(mod, self.path, params, context_params(mod, kw))
 
-    def _describe(self, mod: Any) -> None:
+    def _describe(self, mod: LlamaLib) -> None:
         model = self._model
         self.n_ctx = min(int(self.options.n_ctx), int(self._ctx.n_ctx()))
         self.n_ctx_train = int(model.n_ctx_train())
@@ -199,7 +199,7 @@ class Engine:
     pid: int | None = None
     tokenizes_in_stream: bool = False
     #: speculative decoding's draft model (:class:`~fmgguf.runtime.engine.draft_model.DraftModel`), None: none
-    draft: Any = None
+    draft: DraftModel | None = None
 
     @property
     def slots(self) -> int:
@@ -236,7 +236,7 @@ class Engine:
             return total
         return int(lib().llama_model_size(self._require().model))
 
-    def model_ptr(self) -> Any:
+    def model_ptr(self) -> llama_model_p:
         """llama.cpp's ``llama_model *`` (for the scheduler's llama.cpp calls)."""
         return self._require().model
 
@@ -306,10 +306,10 @@ class Engine:
                            seed=seed, priority=priority, constraint=constraint, speculative=speculative)
         return req.sink.pieces(req, self.submit)  # type: ignore[attr-defined]
 
-    def request(self, tokens: Sequence[int], stats: GenerationStats, sink: Any, *,
+    def request(self, tokens: Sequence[int], stats: GenerationStats, sink: Sink, *,
                 cancel: threading.Event | None = None, max_tokens: int | None = 256, stop: Sequence[str] | None = None,
                 priority: bool = False, constraint: Constraint | None = None, speculative: str | None = None,
-                **sampling: Any) -> Any:
+                **sampling: float | None) -> Request:
         """A :class:`~fmgguf.runtime.engine.slots.Request` for :meth:`submit` (the arguments of :meth:`stream`)."""
         from fmgguf.runtime.engine.drafting import request_mode
         from fmgguf.runtime.engine.sampling import SamplingParams
@@ -334,7 +334,7 @@ class Engine:
                 fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
         return tokens
 
-    def submit(self, req: Any) -> Scheduler:
+    def submit(self, req: Request) -> Scheduler:
         """Queue a :class:`~fmgguf.runtime.engine.slots.Request` for the slots (the scheduler starts on first use)."""
         self._require()
         with self._start_lock:
@@ -361,7 +361,7 @@ class Engine:
         return InsufficientMemoryError(f"out of memory while {what} {self.path.name}{reason}", fix=fix,
                                        n_ctx=opts.n_ctx, n_gpu_layers=opts.n_gpu_layers)
 
-    def _require(self) -> Any:
+    def _require(self) -> LlamaModel:
         model = self._model
         if model is None:
             from fmgguf.errors import ModelNotLoadedError

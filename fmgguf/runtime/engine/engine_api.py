@@ -63,7 +63,7 @@ class EngineAPI(Protocol):
     add_bos: bool
     bos_text: str
     eos_text: str
-    buffers: Mapping[str, int]
+    buffers: Mapping[str, int | Mapping[str, Mapping[str, int]]]
     load_s: float
 
     @property

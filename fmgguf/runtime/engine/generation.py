@@ -1,4 +1,5 @@
-"""What a generation returns (:class:`GenerationResult`, :class:`GenerationStream`) and the queue of
+"""What a generation counts as it runs (:class:`GenerationStats`, filled in by the engine or read back from
+a runner), what it returns (:class:`GenerationResult`, :class:`GenerationStream`) and the queue of
 each resident model (:class:`SlotQueue`): several streams at once, FIM first, the rest in order."""
 
 from __future__ import annotations
@@ -7,9 +8,29 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import BusyError
+
+
+@dataclass
+class GenerationStats:
+    """Filled in by :meth:`Engine.stream` while it runs."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    started: float = 0.0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    cached_tokens: int = 0
+    #: of ``cached_tokens``, those restored from the host-RAM prompt cache
+    restored_tokens: int = 0
+    #: the stop string that ended the generation (None: another reason)
+    stop_sequence: str | None = None
+    #: speculative decoding: tokens drafted, and those of them the model accepted
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,7 @@ class GenerationResult:
     drafted_tokens: int = 0
     accepted_tokens: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return asdict(self)
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine.engine import LlamaLib, llama_vocab_p
 
 _REGEX_SPECIAL = set("\\^$.|?*+()[]{}/")
 
@@ -35,7 +38,7 @@ LOOSE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", 
                   "dependentSchemas", "if", "then", "else", "contains", "unevaluatedProperties")
 
 
-def loose_parts(schema: Any, where: str = "$") -> list[str]:
+def loose_parts(schema: object, where: str = "$") -> list[str]:
     """Where ``schema`` uses a keyword the grammar cannot enforce (``$.properties.n.minimum``)."""
     out: list[str] = []
     if isinstance(schema, Mapping):
@@ -53,7 +56,7 @@ def loose_parts(schema: Any, where: str = "$") -> list[str]:
     return out
 
 
-def json_schema_to_gbnf(schema: Mapping[str, Any], what: str = "the schema", root: str = "root",
+def json_schema_to_gbnf(schema: Mapping[str, object], what: str = "the schema", root: str = "root",
                         strict: bool = False) -> str:
     """llama.cpp's JSON-schema-to-GBNF conversion; a schema it cannot express is an InvalidRequestError
     naming the part. Bounds it leaves out (:data:`LOOSE_KEYWORDS`) are refused the same way when
@@ -89,7 +92,7 @@ MAX_SPELLED_BOUND = 256
 _BOUNDS = ("maxLength", "minLength", "maxItems", "minItems")
 
 
-def any_where_typeless(schema: Any) -> Any:
+def any_where_typeless(schema: object) -> object:
     """``schema`` with every sub-schema that holds only annotations (``{"description": ...}``, ``{}``) made
     an explicit "any JSON value": JSON Schema's meaning, which llama-cpp-python's converter rejects
     ("Unrecognized schema") or narrows to objects. Claude Code's tools have such parameters. Length
@@ -98,17 +101,17 @@ def any_where_typeless(schema: Any) -> Any:
         return schema
     if not set(schema) - _ANNOTATIONS:
         return {**schema, "type": list(_ANY)}
-    out = {k: v for k, v in schema.items()
-           if not (k in _BOUNDS and isinstance(v, int) and v > MAX_SPELLED_BOUND)}
+    out: dict[object, object] = {k: v for k, v in schema.items()
+                                 if not (k in _BOUNDS and isinstance(v, int) and v > MAX_SPELLED_BOUND)}
     for key in ("properties", "$defs", "definitions", "patternProperties"):
-        if isinstance(out.get(key), Mapping):
-            out[key] = {name: any_where_typeless(sub) for name, sub in out[key].items()}
+        if isinstance(subs := out.get(key), Mapping):
+            out[key] = {name: any_where_typeless(sub) for name, sub in subs.items()}
     for key in ("items", "additionalProperties", "not", "contains"):
-        if isinstance(out.get(key), Mapping):
-            out[key] = any_where_typeless(out[key])
+        if isinstance(sub := out.get(key), Mapping):
+            out[key] = any_where_typeless(sub)
     for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
-        if isinstance(out.get(key), list):
-            out[key] = [any_where_typeless(sub) for sub in out[key]]
+        if isinstance(subs := out.get(key), list):
+            out[key] = [any_where_typeless(sub) for sub in subs]
     return out
 
 
@@ -130,7 +133,7 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def check_grammar(vocab: Any, gbnf: str) -> None:
+def check_grammar(vocab: llama_vocab_p, gbnf: str) -> None:
     """InvalidRequestError unless llama.cpp parses ``gbnf`` (its sampler init returns NULL otherwise)."""
     mod = _lib()
     ptr = mod.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
@@ -140,7 +143,7 @@ def check_grammar(vocab: Any, gbnf: str) -> None:
     mod.llama_sampler_free(ptr)
 
 
-def _lib() -> Any:
+def _lib() -> LlamaLib:
     from fmgguf.runtime.engine.engine import lib
 
     return lib()

@@ -14,7 +14,6 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 #: llama.cpp's own messages land here (level mapped from ggml's). Quiet by default: the NullHandler
@@ -29,6 +28,9 @@ _LOG_MAX_BYTES = 2 * 1024 * 1024
 _LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _OOM_HINTS = ("failed to allocate", "unable to allocate", "out of memory", "cudamalloc failed",
               "std::bad_alloc", "cannot allocate memory", "failed to create llama_context")
+#: llama.cpp's buffer sizes read from its load log: bytes per kind ("model", "kv", "compute", "output",
+#: "rs") and, under "by_device", per device and kind
+BufferSizes = dict[str, int | dict[str, dict[str, int]]]
 _BUFFER_RE = re.compile(r"\s(\S+)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*([\d.]+)\s*MiB")
 
 
@@ -41,7 +43,7 @@ class LogRouter:
         self._level = logging.INFO
         self._listeners: list["LoadListener"] = []
 
-    def __call__(self, level: int, text: bytes, _user_data: Any) -> None:
+    def __call__(self, level: int, text: bytes, _user_data: object) -> None:
         try:
             if level == 1 and not llama_log.isEnabledFor(logging.DEBUG):
                 # llama.cpp's debug chatter (hundreds of lines per load): dropped before any work
@@ -115,19 +117,20 @@ class LoadListener:
                                       or "memory" in low or "unable" in low or "invalid" in low):
             self.lines.append(text)
 
-    def buffers(self) -> dict[str, int]:
-        """``{"model": bytes, "kv": ..., "compute": ..., "output": ..., "by_device": {...}}``."""
-        out: dict[str, Any] = {"by_device": {}}
+    def buffers(self) -> BufferSizes:
+        """``{"by_device": {device: {kind: bytes}}, "model": bytes, "kv": ..., "compute": ..., "output": ...}``."""
+        totals: dict[str, int] = {}
+        by_device: dict[str, dict[str, int]] = {}
         for text in self.lines:
             m = _BUFFER_RE.search(" " + text)
             if not m:
                 continue
             device, kind, mib = m.group(1), m.group(2).lower(), float(m.group(3))
             size = int(round(mib * 1024 * 1024))
-            out[kind] = out.get(kind, 0) + size
-            dev = out["by_device"].setdefault(device, {})
+            totals[kind] = totals.get(kind, 0) + size
+            dev = by_device.setdefault(device, {})
             dev[kind] = dev.get(kind, 0) + size
-        return out
+        return {"by_device": by_device, **totals}
 
     def oom(self) -> bool:
         return any(h in line.lower() for line in self.lines for h in _OOM_HINTS)

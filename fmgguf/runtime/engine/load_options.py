@@ -8,9 +8,44 @@ import ctypes
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from fmgguf.errors import EngineError
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine.engine import (
+        LlamaContext,
+        LlamaLib,
+        LlamaModel,
+        llama_context_params,
+        llama_model_params,
+    )
+
+
+class _LlamaKwargsBase(TypedDict):
+    n_ctx: int
+    n_gpu_layers: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    n_threads_batch: int
+    flash_attn: bool
+    main_gpu: int
+    use_mmap: bool
+    verbose: bool
+    n_seq_max: int
+    kv_unified: bool
+
+
+class LlamaKwargs(_LlamaKwargsBase, total=False):
+    """llama-cpp-python's ``Llama(...)`` keyword arguments for a :class:`LoadOptions` (the optional ones
+    only when set)."""
+
+    tensor_split: list[float]
+    split_mode: int
+    type_k: int
+    type_v: int
+    swa_full: bool
 
 #: spins an idle llama.cpp worker thread (OpenMP) makes waiting for the next decode before it sleeps.
 #: libgomp's default, 300,000, kept a core busy for ~5 ms after every stream (5.0-6.3 ms of CPU
@@ -65,28 +100,26 @@ class LoadOptions:
     #: runtime.engine.draft_costs)
     draft_min_gain: float = 1.05
 
-    def llama_kwargs(self) -> dict[str, Any]:
+    def llama_kwargs(self) -> LlamaKwargs:
         from fmgguf.runtime.hw.threads import choose_threads
 
         threads = choose_threads(self.n_threads).n_threads
-        kw: dict[str, Any] = {
+        kw: LlamaKwargs = {
             "n_ctx": int(self.n_ctx), "n_gpu_layers": int(self.n_gpu_layers), "n_batch": int(self.n_batch),
             "n_ubatch": int(self.n_batch), "n_threads": threads, "n_threads_batch": threads,
             "flash_attn": bool(self.flash_attn), "main_gpu": int(self.main_gpu), "use_mmap": self.use_mmap,
-            "verbose": False,
+            "verbose": False, "n_seq_max": n_slots(self.parallel), "kv_unified": True,
         }
         if self.tensor_split:
             kw["tensor_split"] = [float(x) for x in self.tensor_split]
         if self.split_mode is not None:
             kw["split_mode"] = split_mode_value(self.split_mode)
-        for name in ("type_k", "type_v"):
-            value = getattr(self, name)
-            if value is not None:
-                kw[name] = kv_type_value(value)
+        if self.type_k is not None:
+            kw["type_k"] = kv_type_value(self.type_k)
+        if self.type_v is not None:
+            kw["type_v"] = kv_type_value(self.type_v)
         if self.swa_full is not None:
             kw["swa_full"] = self.swa_full
-        kw["n_seq_max"] = n_slots(self.parallel)
-        kw["kv_unified"] = True  # one KV cache for every slot: a single long request may use all of it
         return kw
 
 
@@ -96,7 +129,8 @@ def n_slots(parallel: int) -> int:
     return p + 1 if p > 1 else 1
 
 
-def load_llama(mod: Any, path: Path, params: Any, cparams: Any) -> tuple[Any, Any]:
+def load_llama(mod: LlamaLib, path: Path, params: llama_model_params,
+               cparams: llama_context_params) -> tuple[LlamaModel, LlamaContext]:
     """llama-cpp-python's model and context wrappers for ``path`` (ValueError/RuntimeError on failure)."""
     if not path.is_file():
         raise ValueError(f"Model path does not exist: {path}")
@@ -108,7 +142,7 @@ def load_llama(mod: Any, path: Path, params: Any, cparams: Any) -> tuple[Any, An
         raise
 
 
-def model_params(mod: Any, kw: dict[str, Any]) -> tuple[Any, Any]:
+def model_params(mod: LlamaLib, kw: LlamaKwargs) -> tuple[llama_model_params, ctypes.Array[ctypes.c_float] | None]:
     """llama_model_params for ``kw`` (LoadOptions.llama_kwargs) and the array it points to (kept alive)."""
     mp = mod.llama_model_default_params()
     layers = int(kw["n_gpu_layers"])
@@ -126,7 +160,7 @@ def model_params(mod: Any, kw: dict[str, Any]) -> tuple[Any, Any]:
     return mp, split
 
 
-def context_params(mod: Any, kw: dict[str, Any]) -> Any:
+def context_params(mod: LlamaLib, kw: LlamaKwargs) -> llama_context_params:
     cp = mod.llama_context_default_params()
     cp.n_ctx = int(kw["n_ctx"])
     cp.n_batch = min(int(kw["n_batch"]), cp.n_ctx)
@@ -135,9 +169,12 @@ def context_params(mod: Any, kw: dict[str, Any]) -> Any:
     cp.n_seq_max = int(kw["n_seq_max"])
     cp.kv_unified = bool(kw["kv_unified"])
     cp.flash_attn_type = mod.LLAMA_FLASH_ATTN_TYPE_ENABLED if kw["flash_attn"] else mod.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    for name in ("type_k", "type_v", "swa_full"):
-        if name in kw:
-            setattr(cp, name, kw[name])
+    if "type_k" in kw:
+        cp.type_k = kw["type_k"]
+    if "type_v" in kw:
+        cp.type_v = kw["type_v"]
+    if "swa_full" in kw:
+        cp.swa_full = kw["swa_full"]
     return cp
 
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fmgguf.runtime.engine.engine import lib
 from fmgguf.runtime.engine.kv_reuse import KV_REUSE_MIN
 from fmgguf.runtime.engine.prompt_cache import PromptCache
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine.engine import llama_context_p, llama_memory_t
 
 
 class PromptStates:
@@ -25,7 +28,7 @@ class PromptStates:
     def __init__(self, capacity_bytes: int) -> None:
         self.cache = PromptCache(capacity_bytes)
 
-    def prepare(self, ctx: Any, mem: Any, seq: int, held: list[int], tokens: Sequence[int],
+    def prepare(self, ctx: llama_context_p, mem: llama_memory_t, seq: int, held: list[int], tokens: Sequence[int],
                 live: int) -> tuple[list[int] | None, int]:
         """Before sequence ``seq`` (holding ``held``, of which ``live`` tokens serve ``tokens``) takes a
         new prompt: keep its state in host RAM when most of it would go, and restore the best cached
@@ -43,7 +46,7 @@ class PromptStates:
         self.cache.take(entry)
         return list(entry.tokens), min(shared, len(tokens) - 1)
 
-    def save(self, ctx: Any, seq: int, held: list[int]) -> bool:
+    def save(self, ctx: llama_context_p, seq: int, held: list[int]) -> bool:
         mod = lib()
         size = int(mod.llama_state_seq_get_size(ctx, seq))
         if not self.cache.wants(len(held), size):
@@ -54,7 +57,7 @@ class PromptStates:
         return self.cache.put(held, buf)
 
     @staticmethod
-    def restore(ctx: Any, mem: Any, seq: int, data: ctypes.Array) -> bool:
+    def restore(ctx: llama_context_p, mem: llama_memory_t, seq: int, data: ctypes.Array) -> bool:
         mod = lib()
         mod.llama_memory_seq_rm(mem, seq, -1, -1)
         return int(mod.llama_state_seq_set_data(ctx, data, ctypes.sizeof(data), seq)) != 0

@@ -14,12 +14,15 @@ from __future__ import annotations
 import ctypes
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.engine.constraints import Constraint
+
+if TYPE_CHECKING:
+    from fmgguf.runtime.engine.engine import LlamaLib, llama_context_p, llama_sampler_p, llama_vocab_p
 
 #: tokens the repeat/presence/frequency penalties look back over (llama.cpp's penalty_last_n default)
 PENALTY_LAST_N = 64
@@ -61,9 +64,10 @@ def trigger_pattern(triggers: tuple[str, ...]) -> str:
 class Sampler:
     """A llama.cpp sampler chain for one generation; :meth:`sample` picks (and accepts) a token."""
 
-    def __init__(self, mod: Any, vocab: Any, params: SamplingParams, constraint: Constraint | None = None) -> None:
+    def __init__(self, mod: LlamaLib, vocab: llama_vocab_p, params: SamplingParams,
+                 constraint: Constraint | None = None) -> None:
         self._mod = mod
-        self._grammar: Any = None
+        self._grammar: llama_sampler_p | None = None
         self.n_vocab = int(mod.llama_vocab_n_tokens(vocab))
         self._cands: np.ndarray | None = None
         chain = mod.llama_sampler_chain_init(mod.llama_sampler_chain_default_params())
@@ -84,10 +88,10 @@ class Sampler:
             self.close()
             raise
 
-    def _add(self, smpl: Any) -> None:
+    def _add(self, smpl: llama_sampler_p) -> None:
         self._mod.llama_sampler_chain_add(self._chain, smpl)  # the chain owns it from here
 
-    def _make_grammar(self, vocab: Any, constraint: Constraint) -> Any:
+    def _make_grammar(self, vocab: llama_vocab_p, constraint: Constraint) -> llama_sampler_p:
         mod = self._mod
         gbnf, root = constraint.gbnf.encode("utf-8"), b"root"
         if constraint.triggers:
@@ -120,7 +124,7 @@ class Sampler:
         seed = int(p.seed) if p.seed is not None else random.randint(0, 2**31 - 1)
         self._add(mod.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
-    def sample(self, ctx: Any, index: int) -> int:
+    def sample(self, ctx: llama_context_p, index: int) -> int:
         """The token for the logits at batch ``index`` of the last decode (accepted into the chain)."""
         mod = self._mod
         if self._grammar is None:
@@ -132,7 +136,7 @@ class Sampler:
         mod.llama_sampler_accept(self._chain, token)
         return token
 
-    def _pick(self, ctx: Any, index: int, grammar: bool) -> int:
+    def _pick(self, ctx: llama_context_p, index: int, grammar: bool) -> int:
         """The chain's choice over the logits at ``index``, filtered by the grammar first if asked."""
         mod, n = self._mod, self.n_vocab
         if self._cands is None:
@@ -164,7 +168,7 @@ class Sampler:
             self._mod.llama_sampler_free(grammar)
 
 
-def argmax_rows(mod: Any, ctx: Any, first: int, count: int, n_vocab: int) -> list[int]:
+def argmax_rows(mod: LlamaLib, ctx: llama_context_p, first: int, count: int, n_vocab: int) -> list[int]:
     """The greedy token of each logits row at batch indices ``first`` .. ``first + count - 1`` of the
     last decode (rows that were asked logits for), read with numpy over llama.cpp's own buffer: the
     first maximum, as llama.cpp's greedy sampler picks it, without a sampler call per row."""

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import ContextOverflowError, EngineError, FmggufError, ModelNotLoadedError
 from fmgguf.runtime.engine.kv_reuse import plan_reuse
@@ -26,7 +26,7 @@ from fmgguf.runtime.engine.slot_requests import QueueSink, Request, Sink  # noqa
 from fmgguf.runtime.engine.textout import TextOut
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import Engine
+    from fmgguf.runtime.engine.engine import Engine, llama_batch, llama_context_p
     from fmgguf.runtime.engine.sampling import Sampler
 
 #: prompt tokens a non-priority request may prefill in a step while other slots are decoding
@@ -62,7 +62,7 @@ class Slot:
 class Scheduler:
     """The slots of one engine and the thread that drives them."""
 
-    def __init__(self, engine: Engine, ctx: Any, n_batch: int, parallel: int) -> None:
+    def __init__(self, engine: Engine, ctx: llama_context_p, n_batch: int, parallel: int) -> None:
         from fmgguf.runtime.engine.engine import lib
 
         self.mod = lib()
@@ -283,7 +283,7 @@ class Scheduler:
         return n
 
     @staticmethod
-    def _put(b: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+    def _put(b: llama_batch, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b.token[i] = token
         b.pos[i] = pos
         b.n_seq_id[i] = 1

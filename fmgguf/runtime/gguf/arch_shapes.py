@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeGuard
 
+from fmgguf._util import json_int
 from fmgguf.runtime.gguf.gguf_info import GGUFInfo
 
 #: architectures whose attn_q/attn_output are n_embd wide whatever the head count
@@ -43,7 +45,7 @@ class Dim:
 
 def mla_key_length(info: GGUFInfo) -> int:
     mla = info.key("attention.key_length_mla")
-    return mla if _is_int(mla) and mla > 0 else int(info.key("attention.key_length") or 0)
+    return mla if _is_int(mla) and mla > 0 else json_int(info.key("attention.key_length") or 0)
 
 
 
@@ -149,5 +151,5 @@ def expected_shapes(info: GGUFInfo, hp: Hparams) -> dict[str, tuple[Dim, ...]]:
     return dict(_deepseek2_shapes(info, hp) if info.arch == "deepseek2" else _dense_shapes(info, hp))
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)

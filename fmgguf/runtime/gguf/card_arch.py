@@ -6,18 +6,17 @@ user model, the converter's catalog entry, the tiny test models' cards.
 
 from __future__ import annotations
 
-from typing import Any
-
+from fmgguf._util import JsonObject, json_int
 from fmgguf.runtime.gguf.gguf_info import GGUFInfo
 
 
-def _int(value: Any) -> int | None:
+def _int(value: object) -> int | None:
     if isinstance(value, list):  # per-layer values (head counts, FFN widths): the largest
         value = max(value) if value else None
-    return int(value) if value is not None else None
+    return json_int(value) if value is not None else None
 
 
-def card_numbers(info: GGUFInfo) -> tuple[dict[str, Any], dict[str, int]]:
+def card_numbers(info: GGUFInfo) -> tuple[JsonObject, dict[str, int]]:
     """(``arch`` block valid for the catalog schema, ``parameters`` {total, active})."""
     n_embd, n_head = _int(info.key("embedding_length")), _int(info.key("attention.head_count"))
     n_head_kv = _int(info.key("attention.head_count_kv")) or n_head
@@ -25,7 +24,7 @@ def card_numbers(info: GGUFInfo) -> tuple[dict[str, Any], dict[str, int]]:
         or (n_embd // n_head if n_embd and n_head else None)
     head_dim_v = _int(info.key("attention.value_length_mla")) or _int(info.key("attention.value_length"))
     names = {t.name for t in info.tensors}
-    arch: dict[str, Any] = {
+    arch: JsonObject = {
         "name": info.arch,
         "n_layer": _int(info.key("block_count")),
         "n_embd": n_embd,
@@ -49,10 +48,11 @@ def card_numbers(info: GGUFInfo) -> tuple[dict[str, Any], dict[str, int]]:
     active = total
     n_expert, n_used = _int(info.key("expert_count")), _int(info.key("expert_used_count"))
     if n_expert and n_used:
-        arch["moe"] = {"n_expert": n_expert, "n_expert_used": n_used,
-                       "n_expert_shared": _int(info.key("expert_shared_count")) or 0}
+        moe: dict[str, int | None] = {"n_expert": n_expert, "n_expert_used": n_used,
+                                      "n_expert_shared": _int(info.key("expert_shared_count")) or 0}
+        arch["moe"] = moe
         if _int(info.key("expert_feed_forward_length")):
-            arch["moe"]["expert_ff"] = _int(info.key("expert_feed_forward_length"))
+            moe["expert_ff"] = _int(info.key("expert_feed_forward_length"))
         expert = 0
         for t in info.tensors:
             if "_exps." in t.name:

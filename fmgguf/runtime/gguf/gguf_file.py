@@ -20,10 +20,10 @@ import struct
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from fmgguf.errors import GGUFError
-from fmgguf.runtime.gguf.gguf_info import GGUFArray, GGUFInfo, TensorInfo
+from fmgguf.runtime.gguf.gguf_info import GGUFArray, GGUFInfo, MetaValue, TensorInfo
 from fmgguf.runtime.gguf.validation import Problem, check_model
 
 GGUF_MAGIC = b"GGUF"
@@ -127,7 +127,7 @@ class _Cursor:
         self.pos += n
         return self._buf[rel:rel + n]
 
-    def unpack(self, fmt: str, size: int, what: str) -> Any:
+    def unpack(self, fmt: str, size: int, what: str) -> int:  # an integer field (fmt: a struct integer code)
         return struct.unpack(fmt, self.take(size, what))[0]
 
     def skip(self, n: int, what: str) -> None:
@@ -180,10 +180,10 @@ class _Cursor:
             raise self.fail(f"{what} is not valid UTF-8") from None
 
 
-def _read_value(cur: _Cursor, vtype: int, key: str) -> Any:
+def _read_value(cur: _Cursor, vtype: int, key: str) -> MetaValue:
     if vtype in _SCALARS:
         _, fmt, size = _SCALARS[vtype]
-        return cur.unpack(fmt, size, f"value of {key}")
+        return struct.unpack(fmt, cur.take(size, f"value of {key}"))[0]  # an integer, a float or a bool
     if vtype == _STRING:
         return cur.string(f"value of {key}")
     if vtype == _ARRAY:
@@ -258,8 +258,8 @@ def _read_preamble(cur: _Cursor, size: int) -> tuple[int, int, int]:  # (version
     return version, n_tensors, n_kv
 
 
-def _read_metadata(cur: _Cursor, n_kv: int) -> dict[str, Any]:
-    metadata = {}
+def _read_metadata(cur: _Cursor, n_kv: int) -> dict[str, MetaValue]:
+    metadata: dict[str, MetaValue] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
         if not key:

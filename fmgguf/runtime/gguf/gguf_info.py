@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict, Union
+
+from fmgguf._util import json_int
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,41 @@ class GGUFArray:
 
     def __len__(self) -> int:
         return self.count
+
+
+#: one metadata value as the header holds it: a scalar, a string, a (kept) array of either, or the
+#: type and length of an array too long to keep
+MetaValue = Union[int, float, str, "list[int | float]", "list[str]", GGUFArray]
+
+
+class _SummaryBase(TypedDict):
+    path: str
+    file_size: int
+    gguf_version: int
+    architecture: str
+    name: str | None
+    n_layer: int
+    context_length: int | None
+    n_embd: int
+    n_head: int
+    n_vocab: int | None
+    file_type: int | None
+    n_tensors: int
+    n_params: int
+    tensor_bytes: int
+    quant_mix: dict[str, dict[str, int]]
+    chat_template: bool
+    fim_tokens: dict[str, int]
+    #: the scalar metadata (JSON-safe: a NaN or infinity as its repr)
+    metadata: dict[str, str | int | float]
+
+
+class GGUFSummary(_SummaryBase, total=False):
+    """:meth:`GGUFInfo.summary`; ``fmgguf inspect`` adds what llama.cpp would refuse and the FIM verdict."""
+
+    problems: list[dict[str, str]]
+    fim: bool
+    fim_reason: str
 
 
 @dataclass(frozen=True)
@@ -43,52 +80,53 @@ class GGUFInfo:
     version: int
     alignment: int
     data_offset: int
-    metadata: dict[str, Any]
+    metadata: dict[str, MetaValue]
     tensors: list[TensorInfo] = field(repr=False)
 
     # --- the numbers everyone asks for ---------------------------------------------------------
     @property
     def arch(self) -> str:
-        return self.metadata["general.architecture"]
+        return str(self.metadata["general.architecture"])
 
-    def key(self, suffix: str, default: Any = None) -> Any:
+    def key(self, suffix: str, default: object = None) -> object:
         """``<arch>.<suffix>`` from the metadata."""
         return self.metadata.get(f"{self.arch}.{suffix}", default)
 
     @property
     def name(self) -> str | None:
-        return self.metadata.get("general.name")
+        v = self.metadata.get("general.name")
+        return v if isinstance(v, str) else None
 
     @property
     def n_layer(self) -> int:
-        return int(self.key("block_count"))
+        return json_int(self.key("block_count"))
 
     @property
     def n_ctx_train(self) -> int | None:
         v = self.key("context_length")
-        return int(v) if v is not None else None
+        return json_int(v) if v is not None else None
 
     @property
     def n_embd(self) -> int:
-        return int(self.key("embedding_length"))
+        return json_int(self.key("embedding_length"))
 
     @property
     def n_head(self) -> int:
         v = self.key("attention.head_count", 0)
-        return int(max(v) if isinstance(v, list) else v)
+        return json_int(max(v) if isinstance(v, list) else v)
 
     @property
     def n_vocab(self) -> int | None:
         toks = self.metadata.get("tokenizer.ggml.tokens")
-        if toks is not None:
+        if isinstance(toks, (list, GGUFArray)):
             return len(toks)
         v = self.key("vocab_size")
-        return int(v) if v is not None else None
+        return json_int(v) if v is not None else None
 
     @property
     def file_type(self) -> int | None:
         v = self.metadata.get("general.file_type")
-        return int(v) if v is not None else None
+        return json_int(v) if v is not None else None
 
     @property
     def chat_template(self) -> str | None:
@@ -101,13 +139,13 @@ class GGUFInfo:
         out = {}
         for role in ("pre", "suf", "mid", "pad", "rep", "sep"):
             for key in (f"tokenizer.ggml.fim_{role}_token_id",):
-                if isinstance(self.metadata.get(key), int):
-                    out[role] = self.metadata[key]
+                if isinstance(v := self.metadata.get(key), int):
+                    out[role] = v
         # older files: prefix/suffix/middle ids
         for role, key in (("pre", "tokenizer.ggml.prefix_token_id"), ("suf", "tokenizer.ggml.suffix_token_id"),
                           ("mid", "tokenizer.ggml.middle_token_id")):
-            if role not in out and isinstance(self.metadata.get(key), int):
-                out[role] = self.metadata[key]
+            if role not in out and isinstance(v := self.metadata.get(key), int):
+                out[role] = v
         return out
 
     @property
@@ -133,7 +171,7 @@ class GGUFInfo:
             row["bytes"] += t.n_bytes
         return dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> GGUFSummary:
         """What `fmgguf inspect` shows (JSON-safe)."""
         scalars = {k: repr(v) if isinstance(v, float) and not math.isfinite(v) else v  # strict JSON: no NaN
                    for k, v in self.metadata.items()

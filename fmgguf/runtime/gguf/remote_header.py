@@ -9,6 +9,7 @@ same bounded parser as local files; a header larger than ``MAX_HEADER`` is refus
 from __future__ import annotations
 
 import re
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,7 +56,7 @@ class HTTPRangeSource:
             raise DownloadError(f"reading the GGUF header from {self.url} failed: HTTP {exc.code}",
                                 fix="check the model id and revision, or plan from catalog numbers: `fmgguf --offline fit ID` / `fmgguf info ID`") from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason = exc.reason if isinstance(exc, (urllib.error.URLError, ssl.SSLError)) else exc
             raise DownloadError(f"cannot reach {urllib.parse.urlsplit(self.url).netloc}: {reason}",
                                 fix="check the network or HF_ENDPOINT, or plan from catalog numbers: `fmgguf --offline fit ID` / `fmgguf info ID`") from None
         self.requests += 1

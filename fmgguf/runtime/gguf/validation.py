@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeGuard
 
 from fmgguf.runtime.gguf.arch_shapes import Q_IS_EMBD, Dim, Hparams, expected_shapes, mla_key_length
 from fmgguf.runtime.gguf.gguf_info import GGUFArray, GGUFInfo
@@ -56,7 +56,9 @@ class Problem:
 
 class _Collect:
     def __init__(self, arch: str) -> None:
-        self.arch, self.items, self._fields = arch, [], set()
+        self.arch = arch
+        self.items: list[Problem] = []
+        self._fields: set[str] = set()
 
     def add(self, field: str, message: str) -> None:
         if field not in self._fields:  # one problem per field: a wrong width breaks many tensors
@@ -64,11 +66,11 @@ class _Collect:
             self.items.append(Problem(field, message))
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_float(v: Any) -> bool:
+def _is_float(v: object) -> TypeGuard[float]:
     return isinstance(v, float) or _is_int(v)
 
 

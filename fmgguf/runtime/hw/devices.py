@@ -18,10 +18,13 @@ import ctypes
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+
+from fmgguf._util import JsonObject
 
 DEV_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}
 
@@ -38,7 +41,7 @@ class Device:
     pci_id: str | None = None
     memory_source: str = "ggml"  # ggml | nvml | override | psutil | rpc (probe) | budget (--rpc @BUDGET)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return asdict(self)
 
 
@@ -53,7 +56,7 @@ class SystemMemory:
     workers: list[Device] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"gpus": [g.as_dict() for g in self.gpus], "ram_free": self.ram_free, "ram_total": self.ram_total,
                 "backends": self.backends, "source": self.source, "workers": [w.as_dict() for w in self.workers],
                 "notes": self.notes}
@@ -167,7 +170,10 @@ _START_SERVER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.
                                  ctypes.POINTER(ctypes.c_void_p))
 
 
-def _rpc_fn(name: str, proto: Any) -> Any:
+F = TypeVar("F")
+
+
+def _rpc_fn(name: str, proto: Callable[[int], F]) -> F | None:
     lib = _ggml()
     reg = lib.ggml_backend_reg_by_name(b"RPC") if lib is not None else None
     addr = lib.ggml_backend_reg_get_proc_address(reg, name.encode()) if reg else None

@@ -17,8 +17,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import EngineError, GGUFError
 from fmgguf.runtime.gguf.gguf_file import read_gguf
 from fmgguf.runtime.gguf.gguf_info import GGUFInfo
@@ -31,6 +32,8 @@ BUFFER_RE = re.compile(r"(\w+):\s+(\S+)\s+(model|KV|compute|output|RS)\s+buffer 
 KV_SIZE_RE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\),"
                         r" K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB")
 OFFLOADED_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+#: one ``llama_kv_cache: size`` line: bytes, cells, layers, and the K and V types and bytes
+KvCacheLine = dict[str, int | str]
 DEVICE_FREE_RE = re.compile(r"using device (\S+) \((.*?)\).* - (\d+) MiB free")
 
 
@@ -45,11 +48,11 @@ class Measurement:
     kv_buffers: dict[str, int] = field(default_factory=dict)
     compute_buffers: dict[str, int] = field(default_factory=dict)
     output_buffers: dict[str, int] = field(default_factory=dict)
-    kv_caches: list[dict[str, Any]] = field(default_factory=list)  # one per `llama_kv_cache: size` line
+    kv_caches: list[KvCacheLine] = field(default_factory=list)  # one per `llama_kv_cache: size` line
     offloaded: tuple[int, int] | None = None
     #: with devices=True: [name, free, total] per ggml device before loading and once loaded
-    devices_before: list[list[Any]] = field(default_factory=list)
-    devices_loaded: list[list[Any]] = field(default_factory=list)
+    devices_before: list[list[str | int]] = field(default_factory=list)
+    devices_loaded: list[list[str | int]] = field(default_factory=list)
     error: str | None = None
     log: str = field(default="", repr=False)
 
@@ -74,7 +77,7 @@ class Measurement:
         """Everything the buffers hold (a real load): model + KV + compute + output."""
         return self.model_total + sum(self.kv_buffers.values()) + self.compute_total + self.output_total
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"ok": self.ok, "n_ctx": self.n_ctx, "model_size": self.model_size, "model_buffers": self.model_buffers,
                 "kv_buffers": self.kv_buffers, "compute_buffers": self.compute_buffers,
                 "output_buffers": self.output_buffers, "kv_caches": self.kv_caches, "kv_total": self.kv_total,
@@ -85,21 +88,34 @@ def _mib(text: str) -> int:
     return round(float(text) * MIB)
 
 
-def parse_log(log: str) -> dict[str, Any]:
+class ParsedLog(TypedDict):
+    """What a llama.cpp load log states: buffer bytes by kind (BUFFER_RE's) and buffer name, the KV
+    cache lines, and (offloaded layers, layers)."""
+
+    model: dict[str, int]
+    KV: dict[str, int]
+    compute: dict[str, int]
+    output: dict[str, int]
+    RS: dict[str, int]
+    kv_caches: list[KvCacheLine]
+    offloaded: tuple[int, int] | None
+
+
+def parse_log(log: str) -> ParsedLog:
     """The buffer sizes, KV caches and offload count stated in a llama.cpp load log."""
-    out: dict[str, Any] = {"model": {}, "KV": {}, "compute": {}, "output": {}, "RS": {}, "kv_caches": [],
-                           "offloaded": None}
+    buffers: dict[str, dict[str, int]] = {"model": {}, "KV": {}, "compute": {}, "output": {}, "RS": {}}
     for m in BUFFER_RE.finditer(log):
         _, buf, kind, size = m.groups()
-        out[kind][buf] = out[kind].get(buf, 0) + _mib(size)
+        buffers[kind][buf] = buffers[kind].get(buf, 0) + _mib(size)
+    kv_caches: list[KvCacheLine] = []
     for m in KV_SIZE_RE.finditer(log):
-        out["kv_caches"].append({"bytes": _mib(m.group(1)), "cells": int(m.group(2)), "layers": int(m.group(3)),
-                                 "type_k": m.group(6), "k_bytes": _mib(m.group(7)),
-                                 "type_v": m.group(8), "v_bytes": _mib(m.group(9))})
+        kv_caches.append({"bytes": _mib(m.group(1)), "cells": int(m.group(2)), "layers": int(m.group(3)),
+                          "type_k": m.group(6), "k_bytes": _mib(m.group(7)),
+                          "type_v": m.group(8), "v_bytes": _mib(m.group(9))})
     m = OFFLOADED_RE.search(log)
-    if m:
-        out["offloaded"] = (int(m.group(1)), int(m.group(2)))
-    return out
+    return ParsedLog(model=buffers["model"], KV=buffers["KV"], compute=buffers["compute"], output=buffers["output"],
+                     RS=buffers["RS"], kv_caches=kv_caches,
+                     offloaded=(int(m.group(1)), int(m.group(2))) if m else None)
 
 
 def measure(path: str | Path, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch: int = 512, n_gpu_layers: int = 0,

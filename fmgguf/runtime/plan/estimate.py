@@ -11,9 +11,11 @@ formula. Before download the same breakdown is built from catalog numbers (:func
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.gguf.gguf_file import GGUFInfo, row_bytes
 
@@ -115,14 +117,14 @@ class Estimate:
             weights += sum(self.repack_layers[i] for i in range(min(first, len(self.repack_layers))))
         return weights + kv + compute + self.output_buffer
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         d = asdict(self)
         d.update(kv_total=self.kv_total, total=self.total, n_layers=self.n_layers)
         return d
 
 
 # --- KV cache --------------------------------------------------------------------------------------
-def _per_layer(value: Any, n_layer: int, default: int) -> list[int]:
+def _per_layer(value: object, n_layer: int, default: int) -> list[int]:
     if isinstance(value, list):
         if len(value) < n_layer:
             value = list(value) + [value[-1] if value else default] * (n_layer - len(value))
@@ -130,7 +132,7 @@ def _per_layer(value: Any, n_layer: int, default: int) -> list[int]:
     return [int(value if value is not None else default)] * n_layer
 
 
-def swa_layers(info_arch: str, n_layer: int, metadata: dict[str, Any]) -> tuple[list[bool], int]:
+def swa_layers(info_arch: str, n_layer: int, metadata: Mapping[str, object]) -> tuple[list[bool], int]:
     """(is_swa per layer, window) following llama.cpp's set_swa_pattern; window 0 = no SWA."""
     window = metadata.get(f"{info_arch}.attention.sliding_window", SWA_DEFAULT_WINDOW.get(info_arch, 0)) or 0
     if info_arch not in SWA_PATTERNS or not window:
@@ -157,7 +159,7 @@ def check_kv_types(type_k: str, type_v: str, flash_attn: bool) -> None:
                                   fix="pass flash_attn=True (--flash-attn) or keep type_v f16")
 
 
-def kv_layers_for(arch: str, n_layer: int, metadata: dict[str, Any], n_ctx: int, type_k: str, type_v: str,
+def kv_layers_for(arch: str, n_layer: int, metadata: Mapping[str, object], n_ctx: int, type_k: str, type_v: str,
                   swa_full: bool, n_ubatch: int, n_seq_max: int = 1, flash_attn: bool = False) -> list[int]:
     """Per-layer KV bytes as llama.cpp allocates them (llama-kv-cache.cpp, -iswa.cpp)."""
     n_embd = int(metadata[f"{arch}.embedding_length"])
@@ -335,12 +337,12 @@ def estimate_card(card: "ModelCard", quant: str, n_ctx: int | None = None, type_
                     compute_source="formula")
 
 
-def _card_metadata(card: "ModelCard") -> dict[str, Any]:
+def _card_metadata(card: "ModelCard") -> dict[str, object]:
     """The GGUF keys the KV formula reads, rebuilt from a card's architecture numbers."""
     a = card.arch
     assert a is not None
     p = a.name
-    md: dict[str, Any] = {f"{p}.embedding_length": a.n_embd, f"{p}.attention.head_count": a.n_head,
+    md: dict[str, object] = {f"{p}.embedding_length": a.n_embd, f"{p}.attention.head_count": a.n_head,
                           f"{p}.attention.head_count_kv": a.n_head_kv, f"{p}.attention.key_length": a.head_dim,
                           f"{p}.attention.value_length": a.head_dim_v or a.head_dim}
     if a.kv_lora_rank:  # MLA as the converter writes it: one KV head of latent + rope

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fmgguf._util import human_bytes
+from fmgguf._util import JsonObject, human_bytes
 from fmgguf.runtime.hw.devices import Device, SystemMemory, system_memory
 from fmgguf.runtime.hw.threads import ThreadChoice, choose_threads
 from fmgguf.runtime.plan.estimate import GPU_RUNTIME_OVERHEAD, Estimate, estimate_card, estimate_file, pad
@@ -50,7 +50,7 @@ class DevicePlan:
         span = str(self.first_layer) if self.first_layer == self.last_layer else f"{self.first_layer}-{self.last_layer}"
         return span + (" + output" if self.output_layer else "")
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"name": self.name, "layers": self.layers, "needed": self.needed, "free": self.free,
                 "output_layer": self.output_layer, "kind": self.kind, "first_layer": self.first_layer,
                 "last_layer": self.last_layer, "layer_range": self.layer_range, "memory_source": self.memory_source}
@@ -89,15 +89,15 @@ class FitPlan:
     def full_gpu(self) -> bool:
         return self.n_gpu_layers >= self.n_layers
 
-    def llama_kwargs(self) -> dict[str, Any]:
+    def llama_kwargs(self) -> dict[str, object]:
         """The llama_cpp.Llama arguments this plan stands for."""
-        kw: dict[str, Any] = {"n_gpu_layers": self.n_gpu_layers, "n_ctx": self.n_ctx, "flash_attn": self.flash_attn,
+        kw: dict[str, object] = {"n_gpu_layers": self.n_gpu_layers, "n_ctx": self.n_ctx, "flash_attn": self.flash_attn,
                               "type_k": self.type_k, "type_v": self.type_v}
         if self.tensor_split:
             kw["tensor_split"] = self.tensor_split
         return kw
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         est = self.estimate
         return {"label": self.label, "fits": self.fits, "n_gpu_layers": self.n_gpu_layers, "n_layers": self.n_layers,
                 "n_ctx": self.n_ctx, "type_k": self.type_k, "type_v": self.type_v, "flash_attn": self.flash_attn,

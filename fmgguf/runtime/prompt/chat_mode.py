@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fmgguf.catalog import ModelCard
@@ -34,7 +34,7 @@ def is_instruct(card: "ModelCard | None" = None, names: Iterable[str] = ()) -> b
     return any(_INSTRUCT_WORDS.search(n or "") for n in names)
 
 
-def gguf_names(file_name: str, metadata: Mapping[str, Any]) -> list[str]:
+def gguf_names(file_name: str, metadata: Mapping[str, object]) -> list[str]:
     """The names a GGUF goes by: its file name (without .gguf), general.name and general.finetune."""
     stem = file_name[:-5] if file_name.lower().endswith(".gguf") else file_name
     return [stem, str(metadata.get("general.name") or ""), str(metadata.get("general.finetune") or "")]

@@ -16,10 +16,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import FIMNotSupportedError, InvalidRequestError
 from fmgguf.runtime.tools.tools import ToolFormat, ToolRequest, template_format, template_messages
+
+if TYPE_CHECKING:
+    from fmgguf.catalog.schema import FIM
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ class ChatPrompt:
     tool_format: ToolFormat = "generic"
 
 
-def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def normalize_messages(messages: Sequence[Mapping[str, object]]) -> list[JsonObject]:
     """Check and copy chat messages: each a mapping with a known role and string content; an assistant's
     ``tool_calls`` and a tool result's ``tool_call_id`` / ``name`` are kept."""
     if not messages:
@@ -54,7 +58,7 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         content = msg.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             content = "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-        item: dict[str, Any] = {"role": role, "content": "" if content is None else str(content)}
+        item: JsonObject = {"role": role, "content": "" if content is None else str(content)}
         calls = msg.get("tool_calls")
         if role == "assistant" and isinstance(calls, Sequence) and not isinstance(calls, str) and calls:
             item["tool_calls"] = [dict(c) for c in calls if isinstance(c, Mapping)]
@@ -65,7 +69,7 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     return out
 
 
-def render_chat(messages: Sequence[Mapping[str, Any]], *, template: str | None, family: str | None,
+def render_chat(messages: Sequence[Mapping[str, object]], *, template: str | None, family: str | None,
                 bos_text: str = "", eos_text: str = "", tools: ToolRequest | None = None) -> ChatPrompt:
     """The prompt for ``messages``: GGUF template first, then the catalog family. ``tools``: rendered by
     the template where it carries tools (``ChatPrompt.tool_format`` says how), else described in the
@@ -97,8 +101,8 @@ def _strip_bos(text: str, bos_text: str) -> str:
     return text
 
 
-def _render_jinja(template: str, messages: list[dict[str, Any]], bos_text: str, eos_text: str,
-                  tools: list[dict[str, Any]] | None = None) -> str:
+def _render_jinja(template: str, messages: list[JsonObject], bos_text: str, eos_text: str,
+                  tools: list[JsonObject] | None = None) -> str:
     import jinja2  # noqa: PLC0415
     import jinja2.ext  # noqa: PLC0415
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
@@ -118,18 +122,18 @@ def _render_jinja(template: str, messages: list[dict[str, Any]], bos_text: str, 
 
 
 # --- family formats (used when the GGUF carries no template) -------------------------------------
-def _system_and_rest(msgs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+def _system_and_rest(msgs: list[JsonObject]) -> tuple[str, list[JsonObject]]:
     if msgs and msgs[0]["role"] == "system":
         return msgs[0]["content"], msgs[1:]
     return "", msgs
 
 
-def _chatml(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+def _chatml(msgs: list[JsonObject]) -> tuple[str, tuple[str, ...]]:
     parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs]
     return "".join(parts) + "<|im_start|>assistant\n", ("<|im_end|>",)
 
 
-def _llama2(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+def _llama2(msgs: list[JsonObject]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out, first = "", True
     for m in rest:
@@ -144,7 +148,7 @@ def _llama2(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     return out, ()
 
 
-def _mistral(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+def _mistral(msgs: list[JsonObject]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out, first = "", True
     for m in rest:
@@ -159,7 +163,7 @@ def _mistral(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     return out, ()
 
 
-def _gemma(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+def _gemma(msgs: list[JsonObject]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out, first = "", True
     for m in rest:
@@ -172,7 +176,7 @@ def _gemma(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     return out + "<start_of_turn>model\n", ("<end_of_turn>",)
 
 
-def _deepseek_v2(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+def _deepseek_v2(msgs: list[JsonObject]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out = f"{system}\n\n" if system else ""
     for m in rest:
@@ -183,7 +187,7 @@ def _deepseek_v2(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     return out + "Assistant:", ("\nUser:",)
 
 
-def _alpaca(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+def _alpaca(msgs: list[JsonObject]) -> tuple[str, tuple[str, ...]]:
     system, rest = _system_and_rest(msgs)
     out = f"{system}\n" if system else ""
     for m in rest:
@@ -194,7 +198,7 @@ def _alpaca(msgs: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     return out, ("### Instruction:", "<|EOT|>")
 
 
-_FORMATTERS: dict[str, Callable[[list[dict[str, Any]]], tuple[str, tuple[str, ...]]]] = {
+_FORMATTERS: dict[str, Callable[[list[JsonObject]], tuple[str, tuple[str, ...]]]] = {
     "chatml": _chatml, "llama2": _llama2, "mistral-instruct": _mistral, "gemma": _gemma,
     "deepseek-v2": _deepseek_v2, "alpaca-instruction": _alpaca,
 }
@@ -227,25 +231,25 @@ class FimTokens:
 
 
 def resolve_fim_tokens(*, gguf_ids: Mapping[str, int], lookup: Callable[[str], int | None],
-                       card_fim: Any = None, vocab_ids: Mapping[str, int] | None = None,
+                       card_fim: FIM | None = None, vocab_ids: Mapping[str, int] | None = None,
                        model_name: str = "this model") -> FimTokens:
     """The FIM token ids for a loaded model, or :class:`FIMNotSupportedError`.
 
     ``gguf_ids``: ids the GGUF declares (``pre``/``suf``/``mid``, as ``GGUFInfo.fim_tokens``); ``lookup(text)``: the id if ``text`` is one token;
     ``card_fim``: the catalog card's ``fim`` (or None); ``vocab_ids``: llama.cpp's own guess.
     """
-    if card_fim is not None and not getattr(card_fim, "supported", True):
-        note = getattr(card_fim, "note", None)
+    if card_fim is not None and not card_fim.supported:
+        note = card_fim.note
         raise FIMNotSupportedError(
             f"{model_name} was not trained for fill-in-the-middle" + (f" ({note})" if note else ""),
             fix="pick a model whose `fmgguf info ID` says FIM: yes, or use plain completion (`fmgguf run`)")
-    order = str(getattr(card_fim, "order", None) or "PSM")
+    order: str = card_fim.order if card_fim is not None else "PSM"
     pre, suf, mid = (_int(gguf_ids.get(k)) for k in ("pre", "suf", "mid"))
     if pre is not None and suf is not None:
         return FimTokens(pre, suf, mid, order, "gguf")
     candidates: list[tuple[str, str, str | None]] = []
-    if card_fim is not None and getattr(card_fim, "prefix", None):
-        candidates.append((card_fim.prefix, card_fim.suffix, getattr(card_fim, "middle", None)))
+    if card_fim is not None and card_fim.prefix:
+        candidates.append((card_fim.prefix, card_fim.suffix, card_fim.middle))
     candidates.extend(KNOWN_FIM_TOKENS)
     for pre, suf, mid in candidates:
         p, s = lookup(pre), lookup(suf)
@@ -274,10 +278,11 @@ def build_fim_tokens(prefix_ids: Sequence[int], suffix_ids: Sequence[int], fim: 
     return head + body + tail
 
 
-def _int(value: Any) -> int | None:
+def _int(value: int | str | None) -> int | None:
+    """A token id the GGUF declares, or None (none given, not a number, or below 0)."""
     try:
-        out = int(value)
-    except (TypeError, ValueError):
+        out = int(value) if value is not None else -1
+    except ValueError:
         return None
     return out if out >= 0 else None
 
@@ -318,17 +323,17 @@ class FimFormat:
     stop: tuple[str, ...] = ()
 
 
-def fim_format(card_fim: Any, model_name: str = "this model") -> FimFormat:
+def fim_format(card_fim: FIM | None, model_name: str = "this model") -> FimFormat:
     """The layout for a card's ``fim`` block; :class:`FIMNotSupportedError` where the card says no."""
-    if card_fim is None or not getattr(card_fim, "supported", False):
-        note = getattr(card_fim, "note", None) if card_fim is not None else None
+    if card_fim is None or not card_fim.supported:
+        note = card_fim.note if card_fim is not None else None
         raise FIMNotSupportedError(
             f"{model_name} was not trained for fill-in-the-middle" + (f" ({note})" if note else ""),
             fix="pick a model whose `fmgguf info ID` says FIM: yes")
-    pre, suf, mid = card_fim.prefix, card_fim.suffix, getattr(card_fim, "middle", None)
+    pre, suf, mid = card_fim.prefix, card_fim.suffix, card_fim.middle
     repo, sep = _REPO_TOKENS.get(pre, (None, None))
     own = tuple(t for t in (pre, suf, mid, repo, sep) if t)
-    return FimFormat(pre, suf, mid, str(getattr(card_fim, "order", "PSM") or "PSM"), sep, repo,
+    return FimFormat(pre, suf, mid, card_fim.order, sep, repo,
                      own + _FIM_STOPS.get(pre, ()))
 
 

@@ -19,12 +19,13 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fmgguf._util import JsonObject
 from fmgguf.runtime.runner.protocol import Channel, ChannelClosed, LoadReply, error_to_wire, from_wire, to_wire
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import Engine
+    from fmgguf.runtime.engine.engine import Engine, GenerationStats
 
 #: engine methods the parent may call by name (plain arguments and results)
 CALLS = frozenset({"tokenize", "special_token_id", "token_text", "fim_token_ids", "memory_bytes", "is_eog"})
@@ -36,7 +37,7 @@ class ChannelSink:
     """A stream's frames straight from the scheduler's thread: ``piece`` frames, then ``ok`` (the
     stats) or ``error``. The socket buffers: the slot never waits for the parent."""
 
-    def __init__(self, runner: "Runner", rid: int, stats: Any) -> None:
+    def __init__(self, runner: "Runner", rid: int, stats: GenerationStats) -> None:
         self.runner, self.rid, self.stats = runner, rid, stats
 
     def ready(self) -> bool:
@@ -52,7 +53,7 @@ class ChannelSink:
         else:
             self._send({"re": self.rid, "ok": to_wire(self.stats)})
 
-    def _send(self, frame: dict[str, Any]) -> None:
+    def _send(self, frame: JsonObject) -> None:
         try:
             self.runner.channel.send(frame)
         except ChannelClosed:
@@ -63,7 +64,7 @@ class Runner:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.engine: "Engine | None" = None
-        self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.jobs: queue.Queue[JsonObject] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
 
     def read_loop(self) -> None:
@@ -82,7 +83,7 @@ class Runner:
                 continue
             self.jobs.put(msg)
 
-    def start_stream(self, msg: dict[str, Any]) -> None:
+    def start_stream(self, msg: JsonObject) -> None:
         """Hand a ``stream`` to the slot scheduler from the reader thread (its frames come from the
         scheduler's thread); what fails before that (no model, a prompt too long) is its one error frame."""
         rid = int(msg["id"])
@@ -107,7 +108,7 @@ class Runner:
                 result = handler(msg)
                 if result is LATER:
                     continue
-                reply: dict[str, Any] = {"re": rid, "ok": to_wire(result)}
+                reply: JsonObject = {"re": rid, "ok": to_wire(result)}
             except Exception as exc:  # noqa: BLE001 - every failure goes back as an error frame
                 reply = {"re": rid, "error": error_to_wire(exc)}
             try:
@@ -118,7 +119,7 @@ class Runner:
                 os._exit(0)
 
     # --- operations ----------------------------------------------------------------------------
-    def op_load(self, msg: dict[str, Any]) -> LoadReply:
+    def op_load(self, msg: JsonObject) -> LoadReply:
         from fmgguf.runtime.engine.engine import Engine, LoadOptions
 
         rid = msg["id"]
@@ -135,13 +136,13 @@ class Runner:
                          pid=os.getpid(), slots=engine.slots, lanes=engine.lanes,
                          draft_name=engine.draft_name)
 
-    def op_call(self, msg: dict[str, Any]) -> object:
+    def op_call(self, msg: JsonObject) -> object:
         name = str(msg.get("name"))
         if name not in CALLS:
             raise ValueError(f"the runner does not offer {name!r}")
         return getattr(self._engine(), name)(*msg.get("args", []), **msg.get("kwargs", {}))
 
-    def op_stream(self, msg: dict[str, Any]) -> object:
+    def op_stream(self, msg: JsonObject) -> object:
         """Start a generation beside the others; its frames come from the scheduler (:class:`ChannelSink`)."""
         from fmgguf.runtime.engine.constraints import Constraint
         from fmgguf.runtime.engine.engine import GenerationStats
@@ -162,7 +163,7 @@ class Runner:
         engine.submit(req)
         return LATER
 
-    def op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
+    def op_stats(self, _msg: JsonObject) -> JsonObject:
         rss = 0
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -170,7 +171,7 @@ class Runner:
                     rss = int(line.split()[1]) * 1024
         return {"pid": os.getpid(), "rss": rss, "loaded": self.engine is not None}
 
-    def op_close(self, _msg: dict[str, Any]) -> bool:
+    def op_close(self, _msg: JsonObject) -> bool:
         engine, self.engine = self.engine, None  # a stream arriving now finds no model, not a closing one
         if engine is not None:
             engine.close()

@@ -13,7 +13,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from fmgguf._util import JsonObject
 
 #: crashes in a row that mark a model broken
 BROKEN_AFTER = 3
@@ -31,7 +32,7 @@ class CrashRecord:
     signal: str | None
     at: float
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         out = asdict(self)
         out["file_id"] = list(self.file_id)
         out["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))

@@ -8,8 +8,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import FmggufError, GGUFError, InsufficientMemoryError, InvalidRequestError, WorkerError
 
 if TYPE_CHECKING:
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from fmgguf.download import ModelDownloader
     from fmgguf.runtime.engine.engine import LoadOptions
     from fmgguf.runtime.engine.engine_api import EngineAPI, EngineStarter, Progress
-    from fmgguf.runtime.plan.fit import FitPlan
+    from fmgguf.runtime.gguf.gguf_info import GGUFInfo
+    from fmgguf.runtime.plan.fit import DraftSource, FitPlan
     from fmgguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class FileFacts:
     n_ctx_train: int | None
     file_type: int | None
     fim_ids: Mapping[str, int]
-    info: Any = field(default=None, repr=False, compare=False)
+    info: GGUFInfo | None = field(default=None, repr=False, compare=False)
 
     @property
     def quant(self) -> str:
@@ -56,7 +58,7 @@ class LoadRequest:
     needs_plan: bool
     workers: tuple = ()  # RPC workers (fmgguf.runtime.rpc.rpc.WorkerSpec) the layers may go to
     #: speculative decoding's draft model, loaded beside the model (fmgguf.runtime.plan.fit.DraftSource)
-    draft: Any = None
+    draft: DraftSource | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class LoadedModel:
     path: str
     plan: "FitPlan | None"
     memory: int
-    buffers: Mapping[str, int]
+    buffers: Mapping[str, int | Mapping[str, Mapping[str, int]]]
     n_ctx: int
     n_gpu_layers: int
     load_s: float
@@ -95,7 +97,7 @@ class LoadedModel:
     active: int = 0
     waiting: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["plan"] = self.plan.as_dict() if self.plan is not None else None
         out["buffers"], out["fim_ids"] = dict(self.buffers), dict(self.fim_ids)
@@ -121,7 +123,7 @@ class SwitchResult:
     def of(cls, info: LoadedModel) -> "SwitchResult":
         return cls(True, info.id, info.quant, info.plan, info.load_s, Path(info.path), info.n_ctx, info.n_gpu_layers)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         plan = self.plan.as_dict() if self.plan is not None else None
         return {"success": self.success, "model_id": self.model_id, "quant": self.quant, "plan": plan,
                 "load_s": round(self.load_s, 4), "path": str(self.path), "n_ctx": self.n_ctx,
@@ -148,8 +150,9 @@ def validate(path: Path, cache: dict[tuple, FileFacts]) -> FileFacts:
     return facts
 
 
-def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, Any], n_ctx: int | str, type_k: str, type_v: str,
-             flash: bool, gpu: bool, info: Any = None, workers: tuple = (), draft: Any = None) -> Any:
+def fit_plan(path: Path, settings: "Settings", cache: dict[tuple, FitPlan], n_ctx: int | str, type_k: str, type_v: str,
+             flash: bool, gpu: bool, info: GGUFInfo | None = None, workers: tuple = (),
+             draft: DraftSource | None = None) -> FitPlan | None:
     """The fit plan for ``path`` (``info``: its header, already read). On a CPU-only build the plan can
     only say "CPU only", so a plan that fits is kept per file identity, options and margins; with a GPU
     it is made afresh (free VRAM changes)."""
@@ -198,7 +201,7 @@ def check_load_options(options: Mapping[str, object]) -> None:
                                   fix=f"use {', '.join(LOAD_KEYS)}")
 
 
-def load_request(facts: FileFacts, options: Mapping[str, Any], settings: "Settings") -> LoadRequest:
+def load_request(facts: FileFacts, options: Mapping[str, object], settings: "Settings") -> LoadRequest:
     """The caller's load options checked and resolved (InvalidRequestError), before anything is unloaded."""
     from fmgguf.runtime.engine.engine import kv_type_value, split_mode_value
 
@@ -243,8 +246,8 @@ def _smaller_hint(facts: FileFacts) -> str:
     return "" if ftype in _SMALL_FTYPES else "use a smaller quant (Q4_K_M), "
 
 
-def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mapping[str, Any],
-              settings: "Settings", plans: dict[tuple, Any]) -> tuple[Any, Any]:
+def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mapping[str, object],
+              settings: "Settings", plans: dict[tuple, FitPlan]) -> tuple[LoadOptions, FitPlan | None]:
     """LoadOptions from the resolved request (:func:`load_request`) and, for "auto", the fit plan,
     made from the free memory measured now (the manager has released the old model by then)."""
     from fmgguf.runtime.engine.engine import LoadOptions, supports_gpu_offload
@@ -293,7 +296,16 @@ def plan_load(path: Path, facts: FileFacts, request: LoadRequest, options: Mappi
     return opts, plan
 
 
-def _draft_options(draft: Any, plan: Any, settings: "Settings") -> dict[str, Any]:
+class _DraftFields(TypedDict, total=False):
+    draft_path: str
+    draft_name: str
+    draft_gpu_layers: int
+    draft_tensor_split: tuple[float, ...] | None
+    draft_p_min: float
+    draft_min_gain: float
+
+
+def _draft_options(draft: DraftSource | None, plan: FitPlan | None, settings: "Settings") -> _DraftFields:
     """LoadOptions' draft fields for ``draft`` (a DraftSource or None), on the GPU where the plan put it."""
     if draft is None or draft.path is None:
         return {}

@@ -21,9 +21,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fmgguf import errors
+from fmgguf._util import JsonObject
 
 _HEADER = struct.Struct(">I")
 #: a frame larger than this is a bug or a hostile peer, not a message
@@ -31,7 +32,7 @@ MAX_FRAME = 64 * 1024 * 1024
 
 T = TypeVar("T")
 #: one decoded frame (JSON at the pipe's edge)
-Frame = dict[str, Any]
+Frame = JsonObject
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class LoadReply:
     add_bos: bool
     bos_text: str
     eos_text: str
-    buffers: Mapping[str, int]
+    buffers: Mapping[str, int | Mapping[str, Mapping[str, int]]]
     load_s: float
     memory: int
     fim_token_ids: Mapping[str, int]
@@ -75,7 +76,7 @@ class Channel:
         self._send_lock = threading.Lock()
         self._buf = bytearray()  # what one recv brought beyond the frame asked for (streamed pieces queue up)
 
-    def send(self, message: Mapping[str, Any]) -> None:
+    def send(self, message: Mapping[str, object]) -> None:
         data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         try:
             with self._send_lock:
@@ -115,7 +116,7 @@ class Channel:
             pass
 
 
-def to_wire(obj: object) -> Any:
+def to_wire(obj: object) -> object:
     """JSON-ready data: dataclasses as their fields, tuples as lists, Paths as strings."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -128,7 +129,7 @@ def to_wire(obj: object) -> Any:
     return obj
 
 
-def from_wire(cls: type[T], data: Mapping[str, Any]) -> T:
+def from_wire(cls: type[T], data: Mapping[str, object]) -> T:
     """``cls`` rebuilt from the fields it knows (unknown ones are dropped; tuple fields become tuples)."""
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs = {}
@@ -142,7 +143,7 @@ def from_wire(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def update_from_wire(target: object, data: Mapping[str, Any]) -> None:
+def update_from_wire(target: object, data: Mapping[str, object]) -> None:
     """Copy the known fields of ``data`` onto the mutable dataclass ``target``."""
     names = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
     for name, value in data.items():
@@ -150,7 +151,7 @@ def update_from_wire(target: object, data: Mapping[str, Any]) -> None:
             setattr(target, name, value)
 
 
-def error_to_wire(exc: BaseException) -> dict[str, Any]:
+def error_to_wire(exc: BaseException) -> JsonObject:
     if isinstance(exc, errors.FmggufError):
         details = {k: v for k, v in exc.details.items() if isinstance(v, (str, int, float, bool, type(None)))}
         return {"type": type(exc).__name__, "message": exc.message, "fix": exc.fix, "details": details}
@@ -158,7 +159,7 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
             "fix": "see the runner log; reload the model and try again", "details": {}}
 
 
-def error_from_wire(data: Mapping[str, Any]) -> errors.FmggufError:
+def error_from_wire(data: Mapping[str, object]) -> errors.FmggufError:
     """The same error class the runner raised (EngineError for one this side does not know)."""
     cls = getattr(errors, str(data.get("type")), None)
     if not (isinstance(cls, type) and issubclass(cls, errors.FmggufError)):

@@ -49,6 +49,7 @@ def error_body(path: str, status: int, payload: dict) -> dict | None:
 def install(app: "FastAPI") -> None:
     """Add every dialect's routes, /metrics and the request counter to ``app``."""
     from fastapi.responses import PlainTextResponse
+    from starlette.routing import Mount, Route, WebSocketRoute
 
     from fmgguf.server.dialects import anthropic, llamacpp, mistral, ollama, ollama_models, responses, tabby
     from fmgguf.server.dialects.core import hub_of
@@ -70,6 +71,7 @@ def install(app: "FastAPI") -> None:
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         route = request.scope.get("route")
-        name = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "other")
+        path = route.path if isinstance(route, (Route, Mount, WebSocketRoute)) else None
+        name = path or ("/static" if request.url.path.startswith("/static/") else "other")
         hub.metrics.request(request.method, name, response.status_code)
         return response

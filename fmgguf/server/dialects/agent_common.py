@@ -13,18 +13,26 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Literal, TypeVar
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import InvalidRequestError
 from fmgguf.server.dialects.core import GenRequest, Outcome, ResponseFormat, Sampling, ToolCall, ToolSpec
+
+if TYPE_CHECKING:
+    from fmgguf.server.state import ServerState
+
+E = TypeVar("E")
+#: the arguments of a call as a client sends them: an object, or JSON text
+Arguments = str | Mapping[str, object] | None
 
 
 def new_call_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:24]
 
 
-def tool_spec(name: str, description: str | None, schema: Mapping[str, Any] | None) -> ToolSpec:
+def tool_spec(name: str, description: str | None, schema: Mapping[str, object] | None) -> ToolSpec:
     params = dict(schema) if schema else {"type": "object", "properties": {}}
     return ToolSpec(name=name, description=description or "", parameters=params)
 
@@ -34,7 +42,7 @@ def named_choice(name: str) -> str:
     return f"tool:{name}"
 
 
-def _arguments(value: Any, where: str) -> dict[str, Any]:
+def _arguments(value: Arguments, where: str) -> JsonObject:
     if isinstance(value, Mapping):
         return dict(value)
     try:
@@ -46,24 +54,24 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
     return parsed
 
 
-def call_message(call_id: str, name: str, arguments: Any, where: str = "tool call") -> dict[str, Any]:
+def call_message(call_id: str, name: str, arguments: Arguments, where: str = "tool call") -> JsonObject:
     """An assistant turn's tool call, OpenAI-shaped (arguments as JSON text)."""
     args = json.dumps(_arguments(arguments, where), ensure_ascii=False)
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
 
 
-def assistant_message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-    msg: dict[str, Any] = {"role": "assistant", "content": text}
+def assistant_message(text: str, calls: list[JsonObject]) -> JsonObject:
+    msg: JsonObject = {"role": "assistant", "content": text}
     if calls:
         msg["tool_calls"] = calls
     return msg
 
 
-def tool_message(call_id: str, content: str) -> dict[str, Any]:
+def tool_message(call_id: str, content: str) -> JsonObject:
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
-def chat_request(dialect: str, model: str | None, messages: tuple[dict[str, Any], ...], sampling: Sampling, *,
+def chat_request(dialect: str, model: str | None, messages: tuple[JsonObject, ...], sampling: Sampling, *,
                  stream: bool, tools: tuple[ToolSpec, ...], tool_choice: str | None, parallel: bool | None,
                  response_format: ResponseFormat | None = None) -> GenRequest:
     choice = tool_choice or "auto"
@@ -82,7 +90,7 @@ def tool_calls_of(outcome: Outcome) -> tuple[ToolCall, ...]:
     return tuple(outcome.tool_calls or ())
 
 
-def call_parts(call: ToolCall) -> tuple[str, dict[str, Any], str]:
+def call_parts(call: ToolCall) -> tuple[str, JsonObject, str]:
     """(name, arguments as an object, id) of a parsed call."""
     args = call.arguments
     if isinstance(args, str):
@@ -99,7 +107,7 @@ def stop_hit(outcome: Outcome) -> str | None:
     return outcome.stop_sequence
 
 
-async def count_prompt_tokens(state: Any, req: GenRequest) -> int:
+async def count_prompt_tokens(state: ServerState, req: GenRequest) -> int:
     """The prompt length of ``req`` in its model's tokens (template and tools included), no generation."""
     import anyio
 
@@ -113,7 +121,7 @@ async def count_prompt_tokens(state: Any, req: GenRequest) -> int:
         state.gate.release()
 
 
-async def heartbeat(items: AsyncIterator[tuple[str, Any]], every_s: float) -> AsyncIterator[tuple[str, Any]]:
+async def heartbeat(items: AsyncIterator[E], every_s: float) -> AsyncGenerator[E | tuple[Literal["heartbeat"], None], None]:
     """``items`` as they come, with ``("heartbeat", None)`` after each ``every_s`` seconds of silence
     (a long prompt is processed before the first piece; streaming clients give up on silent streams)."""
     pending: asyncio.Future | None = None

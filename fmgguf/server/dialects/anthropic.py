@@ -16,16 +16,17 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.engine.prompt_cache import normalize_volatile
 from fmgguf.server.dialects import agent_common as ac
-from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, ToolCall, ToolSpec, start
+from fmgguf.server.dialects.core import Generation, GenRequest, Outcome, Sampling, ToolCall, ToolSpec, start
 from fmgguf.server.state import state_of
 from fmgguf.server.streaming import error_payload, sse
 
@@ -48,9 +49,9 @@ class Block(BaseModel):
     text: str | None = None
     id: str | None = None
     name: str | None = None
-    input: dict[str, Any] | None = None
+    input: JsonObject | None = None
     tool_use_id: str | None = None
-    content: Union[str, list[dict[str, Any]], None] = None
+    content: Union[str, list[JsonObject], None] = None
     is_error: bool | None = None
 
 
@@ -65,7 +66,7 @@ class Tool(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str = Field(min_length=1, max_length=200)
     description: str | None = None
-    input_schema: dict[str, Any] | None = None
+    input_schema: JsonObject | None = None
     #: set on Anthropic's server tools (web_search_..., code_execution_...): those run at Anthropic
     type: str | None = None
 
@@ -102,7 +103,7 @@ def error_body(status: int, line: str) -> dict:
 
 
 # --- request -> the internal request ------------------------------------------------------------
-def _text_of(content: Union[str, list[Block], list[dict[str, Any]], None], where: str) -> str:
+def _text_of(content: Union[str, list[Block], list[JsonObject], None], where: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -123,8 +124,8 @@ def system_text(system: Union[str, list[Block], None]) -> str:
     return normalize_volatile(_text_of(system, "system"))
 
 
-def _messages(body: CountBody) -> tuple[dict[str, Any], ...]:
-    out: list[dict[str, Any]] = []
+def _messages(body: CountBody) -> tuple[JsonObject, ...]:
+    out: list[JsonObject] = []
     system = system_text(body.system)
     if system:
         out.append({"role": "system", "content": system})
@@ -203,7 +204,7 @@ def _message(o: Outcome, mid: str, text: str) -> dict:
 
 
 @router.post("/messages")
-async def messages(request: Request, body: MessagesBody) -> Any:
+async def messages(request: Request, body: MessagesBody) -> object:
     """Anthropic Messages; ``stream: true`` answers with Anthropic's SSE events."""
     state = state_of(request)
     gen = await start(state, to_request(body))
@@ -251,7 +252,7 @@ def _ev(kind: str, data: dict) -> str:
     return sse({"type": kind, **data}, event=kind)
 
 
-async def _events(gen: Any, mid: str) -> AsyncIterator[str]:
+async def _events(gen: Generation, mid: str) -> AsyncIterator[str]:
     start_msg = {"id": mid, "type": "message", "role": "assistant", "model": gen.model, "content": [],
                  "stop_reason": None, "stop_sequence": None,
                  "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,

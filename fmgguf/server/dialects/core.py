@@ -13,6 +13,9 @@ piece never carries tool-call markup. Messages stay OpenAI-shaped dicts: ``role`
 ``tool_call_id`` (and ``name``) on ``role: tool`` results. ``response_format`` asks for JSON (any object,
 or valid against a schema), enforced by a grammar. No dialect talks to
 the engine or the manager: :func:`fmgguf.server.dialects.routing.call_manager` is the one place that does.
+
+Endpoints return ``object``: FastAPI takes the return annotation as the response model, and ``object``
+serializes the dict a handler builds as it is and passes a StreamingResponse through.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, TypedDict, Union
 
 from fmgguf.errors import CancelledError, FmggufError
 from fmgguf.runtime.tools.tool_parser import ToolCallParser
@@ -36,6 +39,28 @@ if TYPE_CHECKING:
     from fmgguf.server.state import ServerState
 
 Kind = Literal["prompt", "chat", "fim"]
+
+
+class _SamplingBase(TypedDict):
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    stop: list[str] | None
+    seed: int | None
+
+
+class SamplingKwargs(_SamplingBase, total=False):
+    """:meth:`Sampling.kwargs`: what the manager's generate/chat/fill_in_middle take (a FIM request adds
+    its gap's ``n_indent`` and ``time_limit_s``)."""
+
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    speculative: str
+    n_indent: int
+    time_limit_s: float | None
 
 
 @dataclass(frozen=True)
@@ -53,12 +78,22 @@ class Sampling:
     #: speculative decoding for this request: off | ngram | draft | draft:<id> (None: the server's setting)
     speculative: str | None = None
 
-    def kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+    def kwargs(self) -> SamplingKwargs:
+        """The manager's keyword arguments (the optional ones only when set)."""
+        kw: SamplingKwargs = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                               "stop": list(self.stop) or None, "seed": self.seed}
-        for name in ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "speculative"):
-            if getattr(self, name) is not None:
-                kw[name] = getattr(self, name)
+        if self.top_k is not None:
+            kw["top_k"] = self.top_k
+        if self.min_p is not None:
+            kw["min_p"] = self.min_p
+        if self.repeat_penalty is not None:
+            kw["repeat_penalty"] = self.repeat_penalty
+        if self.presence_penalty is not None:
+            kw["presence_penalty"] = self.presence_penalty
+        if self.frequency_penalty is not None:
+            kw["frequency_penalty"] = self.frequency_penalty
+        if self.speculative is not None:
+            kw["speculative"] = self.speculative
         return kw
 
 
@@ -73,7 +108,7 @@ class GenRequest:
     model: str | None = None
     prompt: str = ""
     suffix: str = ""
-    messages: tuple[Mapping[str, Any], ...] = ()
+    messages: tuple[Mapping[str, object], ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
     filename: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
@@ -143,6 +178,12 @@ class Outcome:
         return max(self.total_s - self.ttft_s, 0.0)
 
 
+#: what :meth:`Generation.events` yields: ``("piece", text)`` and ``("tool_call", call)`` ..., then
+#: ``("done", outcome)`` or ``("error", exc)``
+GenEvent = Union[tuple[Literal["piece"], str], tuple[Literal["tool_call"], ToolCall], tuple[Literal["done"], Outcome],
+                 tuple[Literal["error"], Exception]]
+
+
 class Generation:
     """A started request: iterate :meth:`events`, or :meth:`collect` the whole text."""
 
@@ -172,7 +213,7 @@ class Generation:
             return None
         return ToolCallParser(tools.callable_tools(), tools.parallel)
 
-    async def events(self) -> AsyncIterator[tuple[str, Any]]:
+    async def events(self) -> AsyncGenerator[GenEvent, None]:
         """("piece", text) and ("tool_call", ToolCall) ..., then ("done", Outcome) or ("error", exc)."""
         parser = self._parser()
         try:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Union
+from typing import Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fmgguf._util import JsonObject
 from fmgguf.runtime.prompt.fim_stop import stop_type as fim_stop_type
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, fmgguf_error_line, start
 from fmgguf.server.schemas import MAX_PROMPT_CHARS, MAX_TOKENS
@@ -81,13 +82,13 @@ class InfillBody(_LlamaBody):
 
 
 class CompletionBody(_LlamaBody):
-    prompt: Union[str, list[Any]] = ""
+    prompt: Union[str, list[object]] = ""
 
     @field_validator("prompt")
     @classmethod
-    def _text(cls, v: Any) -> Any:
+    def _text(cls, v: str | list[object]) -> str:
         if isinstance(v, list):
-            if not all(isinstance(x, str) for x in v) or len(v) != 1:
+            if len(v) != 1 or not isinstance(v[0], str):
                 raise ValueError("send the prompt as one string (token arrays are not supported)")
             v = v[0]
         if len(v) > MAX_PROMPT_CHARS:
@@ -124,7 +125,7 @@ def _final(outcome: Outcome, body: _LlamaBody, content: str) -> dict:
                         "draft_n": outcome.drafted_tokens, "draft_n_accepted": outcome.accepted_tokens}}
 
 
-async def _answer(request: Request, body: _LlamaBody, req: GenRequest) -> Any:
+async def _answer(request: Request, body: _LlamaBody, req: GenRequest) -> JsonObject | StreamingResponse:
     gen = await start(state_of(request), req)
     if not body.stream:
         outcome = await gen.collect()
@@ -144,7 +145,7 @@ async def _answer(request: Request, body: _LlamaBody, req: GenRequest) -> Any:
 
 
 @router.post("/infill")
-async def infill(request: Request, body: InfillBody) -> Any:
+async def infill(request: Request, body: InfillBody) -> object:
     """Fill in the middle, llama.cpp style (``n_predict: 0`` warms the cache up)."""
     req = GenRequest("fim", "llama.cpp", body.model, prompt=body.input_prefix + body.prompt, suffix=body.input_suffix,
                      extra=tuple((c.filename, c.text) for c in body.input_extra), sampling=body.sampling(),
@@ -154,7 +155,7 @@ async def infill(request: Request, body: InfillBody) -> Any:
 
 
 @router.post("/completion")
-async def completion(request: Request, body: CompletionBody) -> Any:
+async def completion(request: Request, body: CompletionBody) -> object:
     """Plain completion of ``prompt`` (no chat template), llama.cpp style."""
     req = GenRequest("prompt", "llama.cpp", body.model, prompt=str(body.prompt), sampling=body.sampling(),
                      stream=body.stream, time_limit_s=body.time_limit(), warmup=body.n_predict == 0)

@@ -7,7 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Union
+from typing import Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -41,7 +41,7 @@ def _usage(o: Outcome) -> dict:
 
 
 @router.post("/fim/completions")
-async def fim_completions(request: Request, body: FimBody) -> Any:
+async def fim_completions(request: Request, body: FimBody) -> object:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     host = request.client.host if request.client else "?"
     req = GenRequest("fim", "mistral", body.model, prompt=body.prompt, suffix=body.suffix or "",

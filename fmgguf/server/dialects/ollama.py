@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
-from typing import Any, Union
+from collections.abc import AsyncIterator, Callable
+from typing import Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import InvalidRequestError
 from fmgguf.server.dialects.core import GenRequest, Outcome, Sampling, ToolCall, fmgguf_error_line, start
 from fmgguf.server.dialects.ollama_models import NDJSON, ndjson, now_iso
@@ -62,7 +63,7 @@ class _GenBody(BaseModel):
     keep_alive: Union[str, float, int, None] = None
     options: Options | None = None
     #: "json" or a JSON schema: the answer is JSON (valid against the schema)
-    format: Union[str, dict[str, Any], None] = None
+    format: Union[str, JsonObject, None] = None
 
 
 class GenerateBody(_GenBody):
@@ -80,7 +81,7 @@ class ChatMessageBody(BaseModel):
 
 class ChatBody(_GenBody):
     messages: list[ChatMessageBody] = Field(default_factory=list, max_length=1000)
-    tools: list[Any] | None = None
+    tools: list[object] | None = None
 
 
 class EmbedBody(BaseModel):
@@ -134,7 +135,7 @@ def _final(outcome: Outcome, created: str) -> dict:
 
 
 @router.post("/generate")
-async def generate(request: Request, body: GenerateBody) -> Any:
+async def generate(request: Request, body: GenerateBody) -> object:
     """Completion; with ``suffix`` fill-in-the-middle (the model's FIM tokens); ``raw`` skips the chat
     template; an empty prompt only loads the model (``keep_alive`` 0: unloads it)."""
     state = state_of(request)
@@ -162,7 +163,7 @@ async def generate(request: Request, body: GenerateBody) -> Any:
 
 
 @router.post("/chat")
-async def chat(request: Request, body: ChatBody) -> Any:
+async def chat(request: Request, body: ChatBody) -> object:
     """Chat with the model's template; NDJSON ``message`` deltas."""
     state = state_of(request)
     keep = keep_alive_seconds(body.keep_alive)
@@ -178,13 +179,14 @@ async def chat(request: Request, body: ChatBody) -> Any:
 
 
 def _chat_message(piece: str, calls: tuple[ToolCall, ...] = ()) -> dict:
-    msg: dict[str, Any] = {"role": "assistant", "content": piece}
+    msg: JsonObject = {"role": "assistant", "content": piece}
     if calls:
         msg["tool_calls"] = [ollama_call(c, i) for i, c in enumerate(calls)]
     return {"message": msg}
 
 
-async def _respond(state: Any, req: GenRequest, piece: Any, empty: Any) -> Any:
+async def _respond(state: ServerState, req: GenRequest, piece: Callable[..., dict],
+                   empty: Callable[[], dict]) -> JsonObject | StreamingResponse:
     gen = await start(state, req)
     created = now_iso()
     if not req.stream:

@@ -9,13 +9,14 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import InvalidRequestError, NotDownloadedError
 from fmgguf.server.dialects.routing import clean_name, fim_verdict_for, unknown_model
 from fmgguf.server.state import ServerState, state_of
@@ -143,7 +144,7 @@ def show(request: Request, body: _Body) -> dict:
     fmt = fim_format(verdict.card_fim(), card.id) if verdict.able else None
     template = _template(fmt)
     params = [f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s)}" for s in (fmt.stop if fmt else ())]
-    info: dict[str, Any] = {"general.architecture": arch, "general.basename": card.id,
+    info: JsonObject = {"general.architecture": arch, "general.basename": card.id,
                             "general.parameter_count": card.parameters.total if card.parameters else 0,
                             f"{arch}.context_length": n_ctx, "fmgguf.trained_context_length": card.context_length}
     if card.arch:
@@ -188,7 +189,7 @@ def _template(fmt: "FimFormat | None") -> str:
 
 
 @router.post("/pull")
-async def pull(request: Request, body: PullBody) -> Any:
+async def pull(request: Request, body: PullBody) -> object:
     """Download a catalog model (sha256-verified) with Ollama's NDJSON progress lines."""
     state = state_of(request)
     from fmgguf.errors import UnknownModelError

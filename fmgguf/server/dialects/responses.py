@@ -17,15 +17,25 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmgguf._util import JsonObject
 from fmgguf.errors import InvalidRequestError
 from fmgguf.server.dialects import agent_common as ac
-from fmgguf.server.dialects.core import GenRequest, Outcome, ResponseFormat, Sampling, ToolSpec, start
+from fmgguf.server.dialects.core import (
+    Generation,
+    GenRequest,
+    Outcome,
+    ResponseFormat,
+    Sampling,
+    ToolCall,
+    ToolSpec,
+    start,
+)
 from fmgguf.server.schemas import MAX_TOKENS
 from fmgguf.server.state import state_of
 from fmgguf.server.streaming import error_payload, sse
@@ -41,10 +51,10 @@ _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 class ResponsesBody(BaseModel):
     model_config = ConfigDict(extra="ignore")  # reasoning, include, prompt_cache_key, metadata, user: not used
     model: str | None = Field(default=None, max_length=300)
-    input: Union[str, list[dict[str, Any]]] = Field(default="")
+    input: Union[str, list[JsonObject]] = Field(default="")
     instructions: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Union[Literal["auto", "none", "required"], dict[str, Any], None] = None
+    tools: list[JsonObject] | None = None
+    tool_choice: Union[Literal["auto", "none", "required"], JsonObject, None] = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -52,16 +62,18 @@ class ResponsesBody(BaseModel):
     stream: bool = False
     store: bool | None = None
     previous_response_id: str | None = None
-    text: dict[str, Any] | None = None
+    text: JsonObject | None = None
 
 
 # --- request -> the internal request ------------------------------------------------------------
-def _content_text(content: Any, where: str) -> str:
+def _content_text(content: object, where: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
     for part in content if isinstance(content, list) else [content]:
-        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
         if kind in ("input_text", "output_text", "text", "summary_text"):
             parts.append(str(part.get("text") or ""))
         elif kind in ("input_image", "input_file", "input_audio"):
@@ -70,8 +82,8 @@ def _content_text(content: Any, where: str) -> str:
     return "\n".join(parts)
 
 
-def _messages(body: ResponsesBody) -> tuple[dict[str, Any], ...]:
-    out: list[dict[str, Any]] = []
+def _messages(body: ResponsesBody) -> tuple[JsonObject, ...]:
+    out: list[JsonObject] = []
     if body.instructions:
         out.append({"role": "system", "content": body.instructions})
     items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
@@ -114,7 +126,7 @@ def _tools(body: ResponsesBody) -> tuple[ToolSpec, ...]:
     return tuple(out)
 
 
-def _tool_choice(choice: str | dict[str, Any] | None) -> str | None:
+def _tool_choice(choice: str | JsonObject | None) -> str | None:
     if isinstance(choice, dict):
         if choice.get("type") == "function" and choice.get("name"):
             return ac.named_choice(str(choice["name"]))
@@ -123,7 +135,7 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> str | None:
     return choice
 
 
-def _response_format(text: dict[str, Any] | None) -> ResponseFormat | None:
+def _response_format(text: JsonObject | None) -> ResponseFormat | None:
     fmt = (text or {}).get("format")
     if not fmt or fmt.get("type") == "text":
         return None
@@ -163,7 +175,7 @@ def _message_item(mid: str, text: str, status: str = "completed") -> dict:
     return {"type": "message", "id": mid, "status": status, "role": "assistant", "content": content}
 
 
-def _call_item(call: Any, status: str = "completed") -> dict:
+def _call_item(call: ToolCall, status: str = "completed") -> dict:
     name, args, cid = ac.call_parts(call)
     return {"type": "function_call", "id": "fc_" + uuid.uuid4().hex[:24], "call_id": cid, "name": name,
             "arguments": json.dumps(args, ensure_ascii=False) if status == "completed" else "", "status": status}
@@ -198,7 +210,7 @@ def final_output(o: Outcome) -> list[dict]:
 
 
 @router.post("/responses")
-async def responses(request: Request, body: ResponsesBody) -> Any:
+async def responses(request: Request, body: ResponsesBody) -> object:
     """Stateless Responses; ``stream: true`` answers with the ``response.*`` SSE events."""
     state = state_of(request)
     gen = await start(state, to_request(body))
@@ -219,7 +231,7 @@ class _Stream:
         self.text_item: dict | None = None
         self.text = ""
 
-    def ev(self, kind: str, **data: Any) -> str:
+    def ev(self, kind: str, **data: object) -> str:
         self.seq += 1
         return sse({"type": kind, "sequence_number": self.seq, **data}, event=kind)
 
@@ -249,7 +261,7 @@ class _Stream:
                 self.ev("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part),
                 self.ev("response.output_item.done", output_index=index, item=item)]
 
-    def call(self, call: Any) -> list[str]:
+    def call(self, call: ToolCall) -> list[str]:
         out = self.close_text()
         done = _call_item(call)
         self.output.append(done)
@@ -272,7 +284,7 @@ class _Stream:
         return out
 
 
-async def _events(gen: Any, shell: _Shell) -> AsyncIterator[str]:
+async def _events(gen: Generation, shell: _Shell) -> AsyncIterator[str]:
     st = _Stream(shell)
     first = shell.response("in_progress", [])
     yield st.ev("response.created", response=first)
