@@ -114,7 +114,7 @@ def quantize_in_process(src: Path, dst: Path, quant: str, imatrix: Path | None =
 
     import numpy as np
 
-    from fmgguf.runtime.engine.engine import lib
+    from fmgguf.runtime.engine.llama_lib import lib
 
     llama_cpp = lib()
 

@@ -17,7 +17,7 @@ from fmgguf.errors import EngineError
 
 _SCRIPT = r"""
 import json, sys
-from fmgguf.runtime.engine.engine import lib
+from fmgguf.runtime.engine.llama_lib import lib
 llama_cpp = lib()
 path, n_tokens, prompt, ngl = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 llm = llama_cpp.Llama(path, n_ctx=256, n_batch=64, n_threads=2, n_gpu_layers=ngl, verbose=False, seed=0)

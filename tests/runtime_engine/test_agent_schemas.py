@@ -16,7 +16,8 @@ WORKFLOW = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "
 
 _SAMPLER = r"""
 import json, sys
-from fmgguf.runtime.engine.engine import Engine, LoadOptions, lib
+from fmgguf.runtime.engine.engine import Engine, LoadOptions
+from fmgguf.runtime.engine.llama_lib import lib
 from fmgguf.runtime.engine.grammar import json_schema_to_gbnf
 gbnf = json_schema_to_gbnf(json.loads(sys.argv[2]))
 with Engine(sys.argv[1], LoadOptions(n_ctx=128)) as e:

@@ -120,7 +120,7 @@ def _allows_after(engine: Engine, gbnf: str, text: str, token: int) -> bool:
     """Whether llama.cpp's grammar sampler, having accepted ``text``'s tokens, still allows ``token``."""
     import ctypes
 
-    from fmgguf.runtime.engine.engine import lib
+    from fmgguf.runtime.engine.llama_lib import lib
 
     mod = lib()
     smpl = mod.llama_sampler_init_grammar(engine.vocab, gbnf.encode("utf-8"), b"root")

@@ -55,8 +55,8 @@ from fmgguf.runtime import ModelManager
 from fmgguf.settings import load_settings
 
 m = ModelManager(load_settings(), keep_alive=0, isolation="inprocess")
-import fmgguf.runtime.engine.engine as engine
-engine.lib()  # import llama.cpp before the cap
+import fmgguf.runtime.engine.llama_lib as llama_lib
+llama_lib.lib()  # import llama.cpp before the cap
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (vm + 1536 * 1024 * 1024, hard))

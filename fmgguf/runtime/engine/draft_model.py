@@ -30,7 +30,7 @@ from fmgguf.errors import EngineError, InvalidRequestError
 from fmgguf.runtime.engine.load_options import LoadOptions, context_params, load_llama, model_params, n_slots
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import LlamaContext, LlamaLib, LlamaModel, llama_model_p, llama_vocab_p
+    from fmgguf.runtime.engine.llama_lib import LlamaContext, LlamaLib, LlamaModel, llama_model_p, llama_vocab_p
     from fmgguf.runtime.engine.llama_log import BufferSizes, LogRouter
 
 log = logging.getLogger(__name__)

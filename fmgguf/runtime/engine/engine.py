@@ -1,9 +1,9 @@
-"""The one module that talks to llama.cpp (through llama-cpp-python).
+"""A loaded model in llama.cpp (through llama-cpp-python, which :mod:`fmgguf.runtime.engine.llama_lib`
+imports).
 
 It owns: loading a validated GGUF (llama-cpp-python's model and context wrappers, one context with
-``parallel`` slots over a unified KV cache) with the offload options we chose, routing llama.cpp's
-own log to Python logging (never stderr), reading load progress and the real buffer sizes from that
-log, and giving memory back on close. Generation runs in the slot scheduler
+``parallel`` slots over a unified KV cache) with the offload options we chose, reading load progress
+and the real buffer sizes from llama.cpp's log, and giving memory back on close. Generation runs in the slot scheduler
 (:mod:`fmgguf.runtime.engine.slots`): :meth:`Engine.stream` hands it a request and yields its pieces.
 
 Nothing here decides *what* to load or how much to offload: the manager does that.
@@ -15,10 +15,8 @@ import ctypes
 import dataclasses
 import gc
 import logging
-import os
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +24,8 @@ from typing import TYPE_CHECKING
 from fmgguf.errors import ContextOverflowError, EngineError, InsufficientMemoryError
 from fmgguf.runtime.engine.generation import GenerationStats  # noqa: F401 - read from here too
 from fmgguf.runtime.engine.kv_reuse import KV_REUSE_MIN  # noqa: F401 - re-exported: callers read it here
-from fmgguf.runtime.engine.llama_log import LoadListener, LogRouter
+from fmgguf.runtime.engine.llama_lib import ROUTER, init_backend, lib
+from fmgguf.runtime.engine.llama_log import LoadListener
 from fmgguf.runtime.engine.load_options import (  # noqa: F401 - LoadOptions & co. are read from here too
     LoadOptions,
     bound_omp_spin,
@@ -39,23 +38,9 @@ from fmgguf.runtime.engine.load_options import (  # noqa: F401 - LoadOptions & c
 )
 
 if TYPE_CHECKING:
-    # llama_cpp's types, named only here (the one module importing it) for the engine's helpers
-    from types import ModuleType as LlamaLib  # what lib() returns: the llama_cpp module
-
-    from llama_cpp import (  # noqa: F401
-        llama_batch,
-        llama_context_p,
-        llama_context_params,
-        llama_memory_t,
-        llama_model_p,
-        llama_model_params,
-        llama_sampler_p,
-        llama_vocab_p,
-    )
-    from llama_cpp._internals import LlamaContext, LlamaModel
-
     from fmgguf.runtime.engine.constraints import Constraint
     from fmgguf.runtime.engine.draft_model import DraftModel
+    from fmgguf.runtime.engine.llama_lib import LlamaContext, LlamaLib, LlamaModel, llama_model_p
     from fmgguf.runtime.engine.load_options import LlamaKwargs
     from fmgguf.runtime.engine.slot_requests import Request, Sink
     from fmgguf.runtime.engine.slots import Scheduler
@@ -63,25 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ROUTER = LogRouter()
-_state: dict[str, object] = {}  # the ctypes callback object must stay referenced for the process' life
-_state_lock = threading.Lock()
-
-
-def lib() -> LlamaLib:
-    """The ``llama_cpp`` module, imported on first use, with its log routed to our logger."""
-    with _state_lock:
-        mod = _state.get("lib")
-        if isinstance(mod, types.ModuleType):
-            return mod
-        bound_omp_spin(os.environ)
-        import llama_cpp  # noqa: PLC0415 - heavy, and only this module may import it
-
-        callback = llama_cpp.llama_log_callback(_ROUTER)
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-        _state["callback"] = callback
-        _state["lib"] = llama_cpp
-        return llama_cpp
+_state: dict[str, object] = {}  # malloc_trim, looked up once
 
 
 def _allocated(buffers: Mapping[str, object]) -> int:
@@ -127,7 +94,7 @@ class Engine:
             attach_workers(options.rpc_servers)
         kw = options.llama_kwargs()
         listener = LoadListener(progress)
-        _ROUTER.add(listener)
+        ROUTER.add(listener)
         started = time.perf_counter()
         listener.report("weights", 0.1)
         self._model: LlamaModel | None = None
@@ -147,7 +114,7 @@ class Engine:
             raise EngineError(f"llama.cpp could not load {self.path.name}: {detail}",
                               fix="run `fmgguf inspect FILE` to check the file, or re-download it") from None
         finally:
-            _ROUTER.remove(listener)
+            ROUTER.remove(listener)
         self.load_s = time.perf_counter() - started
         self.buffers = listener.buffers()
         self._describe(mod)
@@ -155,13 +122,13 @@ class Engine:
             from fmgguf.runtime.engine.draft_model import open_draft
 
             try:
-                self.draft = open_draft(mod, options, self._model.model, self._vocab, self.path.name, _ROUTER)
+                self.draft = open_draft(mod, options, self._model.model, self._vocab, self.path.name, ROUTER)
             except BaseException:
                 self._free()
                 raise
         self.load_log = listener.lines
         self.n_threads = int(kw["n_threads"])
-        from fmgguf.runtime.engine.prompt_state import PromptStates  # noqa: PLC0415 - it imports lib() from here
+        from fmgguf.runtime.engine.prompt_state import PromptStates
 
         #: saved slot states of earlier prompts, in host RAM (agents' system prompts); None without one
         self.prompt_states = PromptStates(options.prompt_cache_bytes) if options.prompt_cache_bytes > 0 else None
@@ -172,10 +139,7 @@ class Engine:
         return {} if self.prompt_states is None else dataclasses.asdict(self.prompt_states.cache.stats())
 
     def _load(self, mod: LlamaLib, kw: LlamaKwargs) -> None:
-        with _state_lock:
-            if not _state.get("backend"):
-                mod.llama_backend_init()
-                _state["backend"] = True
+        init_backend()
         params, self._split = model_params(mod, kw)
         self._model, self._ctx = load_llama(mod, self.path, params, context_params(mod, kw))
 

@@ -2,7 +2,7 @@
 
 Both can abort the whole process on misuse or a bad file, so callers run them as
 ``python -m fmgguf.runtime.engine.engine_child --dry-run JSON`` or ``--quantize SRC DST FTYPE NTHREAD``.
-llama.cpp itself is reached through :func:`fmgguf.runtime.engine.engine.lib` (the one llama_cpp import).
+llama.cpp itself is reached through :func:`fmgguf.runtime.engine.llama_lib.lib` (the one llama_cpp import).
 
 The dry run measures llama.cpp's own allocations with no_alloc=True (nothing is allocated); with
 "alloc": true it really loads the model (to check estimates). It prints one JSON line prefixed
@@ -15,7 +15,7 @@ import ctypes
 import json
 import sys
 
-from fmgguf.runtime.engine.engine import lib
+from fmgguf.runtime.engine.llama_lib import lib
 
 # llama.cpp measures its own allocations with no_alloc=True (nothing is allocated; a misuse aborts
 # the process, hence the child). With "alloc": true it really loads the model (to check estimates).

@@ -1,6 +1,6 @@
 """Grammar-constrained sampling on llama.cpp, for :class:`~fmgguf.runtime.engine.constraints.Constraint`.
 
-llama.cpp code reached through :func:`fmgguf.runtime.engine.engine.lib` (the one module importing llama_cpp):
+llama.cpp code reached through :func:`fmgguf.runtime.engine.llama_lib.lib` (the one module importing llama_cpp):
 the JSON-schema-to-GBNF converter that llama-cpp-python ships, a check that a GBNF grammar parses, and the
 triggers as one "anywhere in the output" pattern for llama.cpp's lazy grammar sampler (how llama.cpp's own
 server builds it; the slot scheduler's sampler chain, :mod:`fmgguf.runtime.engine.sampling`, uses it), so the
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from fmgguf.errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import LlamaLib, llama_vocab_p
+    from fmgguf.runtime.engine.llama_lib import LlamaLib, llama_vocab_p
 
 _REGEX_SPECIAL = set("\\^$.|?*+()[]{}/")
 
@@ -61,7 +61,7 @@ def json_schema_to_gbnf(schema: Mapping[str, object], what: str = "the schema", 
     """llama.cpp's JSON-schema-to-GBNF conversion; a schema it cannot express is an InvalidRequestError
     naming the part. Bounds it leaves out (:data:`LOOSE_KEYWORDS`) are refused the same way when
     ``strict``; otherwise the grammar keeps the types and shape and the bounds go unchecked."""
-    from fmgguf.runtime.engine.engine import lib
+    from fmgguf.runtime.engine.llama_lib import lib
 
     loose = loose_parts(schema) if strict else []
     if loose:
@@ -144,6 +144,6 @@ def check_grammar(vocab: llama_vocab_p, gbnf: str) -> None:
 
 
 def _lib() -> LlamaLib:
-    from fmgguf.runtime.engine.engine import lib
+    from fmgguf.runtime.engine.llama_lib import lib
 
     return lib()

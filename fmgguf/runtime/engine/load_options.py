@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypedDict
 from fmgguf.errors import EngineError
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import (
+    from fmgguf.runtime.engine.llama_lib import (
         LlamaContext,
         LlamaLib,
         LlamaModel,

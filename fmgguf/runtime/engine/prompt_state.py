@@ -14,12 +14,12 @@ import ctypes
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from fmgguf.runtime.engine.engine import lib
 from fmgguf.runtime.engine.kv_reuse import KV_REUSE_MIN
+from fmgguf.runtime.engine.llama_lib import lib
 from fmgguf.runtime.engine.prompt_cache import PromptCache
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import llama_context_p, llama_memory_t
+    from fmgguf.runtime.engine.llama_lib import llama_context_p, llama_memory_t
 
 
 class PromptStates:

@@ -1,6 +1,6 @@
 """One generation's sampler: llama.cpp's sampler chain built from the parameters the dialects
 accept, plus a grammar (:class:`~fmgguf.runtime.engine.constraints.Constraint`) from the first token or
-lazily after a trigger string. llama.cpp is reached through :func:`fmgguf.runtime.engine.engine.lib`.
+lazily after a trigger string. llama.cpp is reached through :func:`fmgguf.runtime.engine.llama_lib.lib`.
 
 The chain follows llama.cpp's common sampler order: penalties, top-k, top-p, min-p, temperature, then
 a seeded draw; at temperature 0 (or below) it is greedy. The grammar is kept beside the chain and checked
@@ -22,7 +22,7 @@ from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.engine.constraints import Constraint
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import LlamaLib, llama_context_p, llama_sampler_p, llama_vocab_p
+    from fmgguf.runtime.engine.llama_lib import LlamaLib, llama_context_p, llama_sampler_p, llama_vocab_p
 
 #: tokens the repeat/presence/frequency penalties look back over (llama.cpp's penalty_last_n default)
 PENALTY_LAST_N = 64

@@ -26,7 +26,8 @@ from fmgguf.runtime.engine.slot_requests import QueueSink, Request, Sink  # noqa
 from fmgguf.runtime.engine.textout import TextOut
 
 if TYPE_CHECKING:
-    from fmgguf.runtime.engine.engine import Engine, llama_batch, llama_context_p
+    from fmgguf.runtime.engine.engine import Engine
+    from fmgguf.runtime.engine.llama_lib import llama_batch, llama_context_p
     from fmgguf.runtime.engine.sampling import Sampler
 
 #: prompt tokens a non-priority request may prefill in a step while other slots are decoding
@@ -63,7 +64,7 @@ class Scheduler:
     """The slots of one engine and the thread that drives them."""
 
     def __init__(self, engine: Engine, ctx: llama_context_p, n_batch: int, parallel: int) -> None:
-        from fmgguf.runtime.engine.engine import lib
+        from fmgguf.runtime.engine.llama_lib import lib
 
         self.mod = lib()
         self.engine, self.ctx = engine, ctx

@@ -4,7 +4,7 @@ llama.cpp can load a model and create a context with ``no_alloc=True``: nothing 
 its log then states the exact KV-cache size and every compute/output buffer it would create
 (offload.md §1.4). Misused, that path aborts the process (GGML_ASSERT), so it always runs in a
 child: ``python -m fmgguf.runtime.engine.engine_child --dry-run JSON`` (which reaches llama.cpp
-through engine.lib(), the only llama_cpp import). The same child with ``alloc=True`` really
+through llama_lib.lib(), the only llama_cpp import). The same child with ``alloc=True`` really
 loads the model, which is how tests check our estimates against what llama.cpp allocates.
 """
 
