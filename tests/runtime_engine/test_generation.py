@@ -55,7 +55,9 @@ def test_cancel_stops_the_stream_and_frees_the_model(manager) -> None:
         if len(got) == 3:
             stream.cancel()
     assert stream.result.finish_reason == "cancelled"
-    assert stream.result.completion_tokens <= 4
+    # the scheduler thread may run a few steps ahead of a consumer the OS starves (seen at a load of 4 on 2
+    # cores); what matters is that it stops there, far short of max_tokens
+    assert stream.result.completion_tokens <= 16
     assert not manager.busy
     assert manager.generate_text("x", max_tokens=2).completion_tokens >= 1
 
