@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fmgguf.runtime.engine.generation import PromptText
-from fmgguf.runtime.prompt.fim_chat import chat_fill_stops, chat_fill_text
+from fmgguf.runtime.prompt.fim_chat import before_code, chat_fill_stops, chat_fill_text
 from fmgguf.runtime.prompt.prompts import (
     FimFormat,
     build_fim_tokens,
@@ -72,14 +72,30 @@ def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, in
     return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
 
 
+def fim_again_prompt(engine: FimEngine, card_fim: FIM | None, model_name: str, prefix: str, suffix: str,
+                     extra: Sequence[tuple[str, str]] = (), filename: str | None = None, max_chars: int | None = None,
+                     in_stream: bool = False, family: str | None = None) -> tuple[list[int] | PromptText, list[str]] | None:
+    """The second ask of a chat fill whose first middle skipped the gap (:mod:`fmgguf.runtime.prompt.fim_again`):
+    the same chat with the mark on a line of its own; None where the first ask was no chat fill or the cursor
+    is not before a line of code (nothing to skip)."""
+    if card_fim is None or not card_fim.supported or card_fim.prompt != "chat" or not before_code(prefix, suffix):
+        return None
+    text, stops = _chat_fill(engine, fim_format(card_fim, model_name), prefix, suffix, extra, filename, max_chars,
+                             family, own_line=True)
+    if in_stream:
+        return PromptText(text, engine.add_bos), stops
+    return engine.tokenize(text, add_bos=engine.add_bos, special=True), stops
+
+
 def _chat_fill(engine: FimEngine, fmt: FimFormat, prefix: str, suffix: str, extra: Sequence[tuple[str, str]],
-               filename: str | None, max_chars: int | None, family: str | None) -> tuple[str, list[str]]:
+               filename: str | None, max_chars: int | None, family: str | None,
+               own_line: bool = False) -> tuple[str, list[str]]:
     """A ``prompt: chat`` card's prompt text and stops (:mod:`fmgguf.runtime.prompt.fim_chat`); the prefix is
     written twice (in the marked file and in the opened reply), so it gets half the character budget."""
     if max_chars is not None:
         prefix, suffix = fit_fim_text(prefix, suffix, max(max_chars // 2, 0))
     text = chat_fill_text(prefix, suffix, template=engine.chat_template, family=family, extra=extra,
-                          filename=filename, bos_text=engine.bos_text, eos_text=engine.eos_text)
+                          filename=filename, bos_text=engine.bos_text, eos_text=engine.eos_text, own_line=own_line)
     return text, chat_fill_stops(fmt.stop)
 
 
