@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fmgguf.errors import ContextOverflowError, InvalidRequestError, RunnerCrashedError
 from fmgguf.runtime import requests
@@ -320,24 +320,25 @@ class ModelManager:
         resident = self._admit(model, keep_alive, ask.priority)
         try:
             engine = resident.engine
-            tokens, extra_stops, constraint = ask.build(engine, resident)
-            sampling = {**ask.sampling, "constraint": constraint} if constraint is not None else ask.sampling
+            prompt = ask.build(engine, resident)
+            tokens = prompt[0]
             if isinstance(tokens, list) and len(tokens) >= engine.n_ctx:  # (a PromptText is checked by the engine)
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             stats = GenerationStats(started=started)
-            sampling = {**sampling, "speculative": default_mode(sampling.get("speculative"), self.settings.speculative,
-                                                                engine.draft_name)}
+            sampling = {**ask.sampling, "speculative": default_mode(ask.sampling.get("speculative"),
+                                                                    self.settings.speculative, engine.draft_name)}
             cancel = CancelFlag()
             fim = None if cutter is None else FimRun(cutter, stats, cancel)
 
-            def go(toks: Any, stops: Sequence[str], flag: CancelFlag, st: GenerationStats) -> Iterator[str]:
+            def go(p: requests.Prompt, flag: CancelFlag, st: GenerationStats) -> Iterator[str]:
                 return self._guard(resident, engine.stream(
-                    toks, st, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,
-                    stop=[*ask.stop, *stops], seed=ask.seed, cancel=flag, priority=ask.priority, **sampling))
+                    p[0], st, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,
+                    stop=[*ask.stop, *p[1]], seed=ask.seed, cancel=flag, priority=ask.priority,
+                    **({**sampling, "constraint": p[2]} if p[2] is not None else sampling)))
             flag = cancel if fim is None else fim.flag()
-            pieces = go(tokens, extra_stops, flag, stats)
+            pieces = go(prompt, flag, stats)
             if fim is not None:
                 pieces = fim.pieces(pieces, flag, again_of(ask.again, engine, resident, go))
         except RunnerCrashedError as exc:

@@ -13,9 +13,9 @@ a copied mark. A copy of the mark in the second middle is cut like a copy of the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fmgguf.runtime.engine.engine import GenerationStats
 from fmgguf.runtime.engine.engine_api import CancelFlag
@@ -25,6 +25,7 @@ from fmgguf.runtime.prompt.fim_stop import FimCutter, cut_pieces
 if TYPE_CHECKING:
     from fmgguf.runtime.engine.engine_api import EngineAPI
     from fmgguf.runtime.requests import Again as AgainBuild
+    from fmgguf.runtime.requests import Prompt
     from fmgguf.runtime.runner.residency import Resident
 
 #: starts the second ask's generation with its cancel flag and stats (None: there is none)
@@ -74,7 +75,7 @@ class FimRun:
 
 
 def again_of(build: AgainBuild | None, engine: EngineAPI, resident: Resident,
-             go: Callable[[Any, Sequence[str], CancelFlag, GenerationStats], Iterator[str]]) -> Again | None:
+             go: Callable[[Prompt, CancelFlag, GenerationStats], Iterator[str]]) -> Again | None:
     """The second ask of a request as :meth:`FimRun.pieces` starts it: ``build``'s prompt through ``go``
     (the manager's start of a generation), or None (no second ask; its prompt would not fit the context)."""
     if build is None:
@@ -84,5 +85,6 @@ def again_of(build: AgainBuild | None, engine: EngineAPI, resident: Resident,
         prompt = build(engine, resident)
         if prompt is None or (isinstance(prompt[0], list) and len(prompt[0]) >= engine.n_ctx):
             return None
-        return go(prompt[0], prompt[1], flag, stats)
+        return go(prompt, flag, stats)
     return start
+
