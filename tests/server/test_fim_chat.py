@@ -68,3 +68,16 @@ def _card(fim: FIM):  # noqa: ANN202 - a card of the builtin catalog with anothe
 
     card = Catalog.load(load_settings()).get("qwen2.5-coder-0.5b-instruct")
     return card.model_copy(update={"fim": fim})
+
+
+def test_the_cut_flag_follows_the_prompt_the_card_sends() -> None:
+    from fmgguf.runtime.prompt.fim_prompt import fim_prompt_cut
+
+    prefix = "a = 1\n" * 100  # 600 characters: the text layout fits 1000, the chat fill's half (500) does not
+    assert fim_prompt_cut(QWEN_CHAT, "m", prefix, SUF, max_chars=1000)
+    tokens = QWEN_CHAT.model_copy(update={"prompt": "tokens"})
+    assert not fim_prompt_cut(tokens, "m", prefix, SUF, max_chars=1000)
+    assert fim_prompt_cut(tokens, "m", prefix, SUF, max_chars=300)
+    # inside a line of code the chat card sends its FIM tokens: the text layout's length decides
+    assert not fim_prompt_cut(QWEN_CHAT, "m", prefix + "b = ", SUF, max_chars=1000)
+    assert not fim_prompt_cut(QWEN_CHAT, "m", prefix, SUF) and not fim_prompt_cut(None, "m", prefix, SUF, max_chars=10)

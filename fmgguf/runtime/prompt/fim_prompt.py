@@ -57,7 +57,7 @@ def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, in
     became ``2 + 3``: the model copied the test)."""
     if card_fim is not None and card_fim.supported:
         fmt = fim_format(card_fim, model_name)
-        if card_fim.prompt == "chat" and not prefix[prefix.rfind("\n") + 1:].strip():
+        if _chat_fill_at(card_fim, prefix):
             text, stops = _chat_fill(engine, fmt, prefix, suffix, extra, filename, max_chars, family)
         else:
             text, stops = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars), list(fmt.stop)
@@ -70,6 +70,26 @@ def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, in
     pre = engine.tokenize(prefix, add_bos=False, special=False) if prefix else []
     suf = engine.tokenize(suffix, add_bos=False, special=False) if suffix else []
     return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
+
+
+def fim_prompt_cut(card_fim: FIM | None, model_name: str, prefix: str, suffix: str,
+                   extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
+                   max_chars: int | None = None) -> bool:
+    """Whether :func:`fim_prompt` cuts the request to fit ``max_chars`` (llama.cpp's ``truncated``): for a
+    chat fill, its prefix and suffix cut to half the budget; else the text layout shorter than uncut."""
+    if max_chars is None or card_fim is None or not card_fim.supported:
+        return False
+    if _chat_fill_at(card_fim, prefix):
+        return fit_fim_text(prefix, suffix, max(max_chars // 2, 0)) != (prefix, suffix)
+    fmt = fim_format(card_fim, model_name)
+    return len(render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars)) < \
+        len(render_fim(fmt, prefix, suffix, extra, filename=filename))
+
+
+def _chat_fill_at(card_fim: FIM, prefix: str) -> bool:
+    """A ``prompt: chat`` card fills through the chat where the cursor is at a line's start (after its
+    indentation at most)."""
+    return card_fim.prompt == "chat" and not prefix[prefix.rfind("\n") + 1:].strip()
 
 
 def fim_again_prompt(engine: FimEngine, card_fim: FIM | None, model_name: str, prefix: str, suffix: str,
