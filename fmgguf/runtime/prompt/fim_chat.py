@@ -11,6 +11,7 @@ fence is a stop string.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from fmgguf.runtime.prompt.prompts import render_chat
@@ -34,30 +35,37 @@ def fence_language(filename: str | None) -> str:
     return _LANGS.get(filename.rsplit(".", 1)[1].lower(), "")
 
 
+def fence_for(*texts: str) -> str:
+    """A code fence longer than any run of backticks in ``texts`` (CommonMark's rule), at least three: a
+    fence inside the file neither closes the block the model reads nor stops the middle early."""
+    longest = max((len(run) for text in texts for run in re.findall("`+", text)), default=0)
+    return "`" * max(len(FENCE), longest + 1)
+
+
 def chat_fill_text(prefix: str, suffix: str, *, template: str | None, family: str | None,
                    extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
-                   bos_text: str = "", eos_text: str = "", own_line: bool = False) -> str:
+                   bos_text: str = "", eos_text: str = "", own_line: bool = False, fence: str | None = None) -> str:
     """The prompt text: the chat (system, user with the marked file) rendered with the model's template,
     then the opened assistant reply (a fence and ``prefix``). The mark sits where the cursor is, before
     the suffix's first line when the cursor is at a line start (on a line of its own it passed no more
     gaps and overran more); ``own_line`` (the second ask after a skipped gap, :mod:`fim_again`): on a
     line of its own before the line of code after the cursor, indented as :func:`gap_indent` guesses."""
-    lang = fence_language(filename)
-    files = "".join(f"{name}:\n{FENCE}{fence_language(name)}\n{text.rstrip()}\n{FENCE}\n\n" for name, text in extra)
+    lang, fence = fence_language(filename), fence or fence_for(prefix, suffix, *(text for _, text in extra))
+    files = "".join(f"{name}:\n{fence}{fence_language(name)}\n{text.rstrip()}\n{fence}\n\n" for name, text in extra)
     head = f"{filename}:\n" if filename and extra else ""
     marked = f"{prefix}{MARK}{suffix}"
     if own_line:
         cursor_line = prefix[prefix.rfind("\n") + 1:]
         marked = f"{prefix}{'' if cursor_line else gap_indent(prefix, suffix)}{MARK}\n{cursor_line}{suffix}"
-    user = f"{files}{ASK}\n\n{head}{FENCE}{lang}\n{marked}{'' if marked.endswith(chr(10)) else chr(10)}{FENCE}"
+    user = f"{files}{ASK}\n\n{head}{fence}{lang}\n{marked}{'' if marked.endswith(chr(10)) else chr(10)}{fence}"
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     chat = render_chat(messages, template=template, family=family, bos_text=bos_text, eos_text=eos_text)
-    return f"{chat.text}{FENCE}{lang}\n{prefix}"
+    return f"{chat.text}{fence}{lang}\n{prefix}"
 
 
-def chat_fill_stops(family_stops: Sequence[str]) -> list[str]:
+def chat_fill_stops(family_stops: Sequence[str], fence: str = FENCE) -> list[str]:
     """The stop strings of a chat fill: the closing fence, then the template's own turn ends."""
-    return [FENCE, *family_stops]
+    return [fence, *family_stops]
 
 
 def before_code(prefix: str, suffix: str) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fmgguf.runtime.engine.generation import PromptText
-from fmgguf.runtime.prompt.fim_chat import before_code, chat_fill_stops, chat_fill_text
+from fmgguf.runtime.prompt.fim_chat import before_code, chat_fill_stops, chat_fill_text, fence_for
 from fmgguf.runtime.prompt.prompts import (
     FimFormat,
     build_fim_tokens,
@@ -114,9 +114,11 @@ def _chat_fill(engine: FimEngine, fmt: FimFormat, prefix: str, suffix: str, extr
     written twice (in the marked file and in the opened reply), so it gets half the character budget."""
     if max_chars is not None:
         prefix, suffix = fit_fim_text(prefix, suffix, max(max_chars // 2, 0))
+    fence = fence_for(prefix, suffix, *(text for _, text in extra))
     text = chat_fill_text(prefix, suffix, template=engine.chat_template, family=family, extra=extra,
-                          filename=filename, bos_text=engine.bos_text, eos_text=engine.eos_text, own_line=own_line)
-    return text, chat_fill_stops(fmt.stop)
+                          filename=filename, bos_text=engine.bos_text, eos_text=engine.eos_text, own_line=own_line,
+                          fence=fence)
+    return text, chat_fill_stops(fmt.stop, fence)
 
 
 def gguf_fim_ids(engine: FimEngine) -> dict[str, int]:
