@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ from fmgguf.runtime.engine.drafting import default_mode
 from fmgguf.runtime.engine.engine import GenerationStats
 from fmgguf.runtime.engine.engine_api import CancelFlag
 from fmgguf.runtime.engine.generation import GenerationResult, GenerationStream, ModelGone
-from fmgguf.runtime.prompt.fim_stop import cut_pieces
+from fmgguf.runtime.prompt.fim_again import FimRun, again_of
 from fmgguf.runtime.requests import Ask
 from fmgguf.runtime.router import Router
 from fmgguf.runtime.runner.health import CrashRecord
@@ -295,7 +296,8 @@ class ModelManager:
         from fmgguf.runtime.prompt.fim_stop import FimCutter, FimRules
 
         build = requests.fim(prefix, suffix, extra, filename, max_prompt_chars)
-        ask = Ask.of(build, max_tokens, temperature, top_p, stop, seed, sampling, True)
+        ask = replace(Ask.of(build, max_tokens, temperature, top_p, stop, seed, sampling, True),
+                      again=requests.fim_again(prefix, suffix, extra, filename, max_prompt_chars))
         cutter = FimCutter(FimRules.for_gap(prefix, suffix, n_indent=n_indent, time_limit_s=time_limit_s))
         return self._generate(ask, stream, model, keep_alive, cutter)
 
@@ -318,21 +320,27 @@ class ModelManager:
         resident = self._admit(model, keep_alive, ask.priority)
         try:
             engine = resident.engine
-            tokens, extra_stops, constraint = ask.build(engine, resident)
-            sampling = {**ask.sampling, "constraint": constraint} if constraint is not None else ask.sampling
+            prompt = ask.build(engine, resident)
+            tokens = prompt[0]
             if isinstance(tokens, list) and len(tokens) >= engine.n_ctx:  # (a PromptText is checked by the engine)
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context window is {engine.n_ctx}",
                     fix="shorten the prompt or load the model with a larger n_ctx (--ctx)")
             stats = GenerationStats(started=started)
-            sampling = {**sampling, "speculative": default_mode(sampling.get("speculative"), self.settings.speculative,
-                                                                engine.draft_name)}
+            sampling = {**ask.sampling, "speculative": default_mode(ask.sampling.get("speculative"),
+                                                                    self.settings.speculative, engine.draft_name)}
             cancel = CancelFlag()
-            pieces = self._guard(resident, engine.stream(
-                tokens, stats, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,
-                stop=[*ask.stop, *extra_stops], seed=ask.seed, cancel=cancel, priority=ask.priority, **sampling))
-            if cutter is not None:
-                pieces = cut_pieces(pieces, cutter, cancel, lambda: stats.finish_reason)
+            fim = None if cutter is None else FimRun(cutter, stats, cancel)
+
+            def go(p: requests.Prompt, flag: CancelFlag, st: GenerationStats) -> Iterator[str]:
+                return self._guard(resident, engine.stream(
+                    p[0], st, max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p,
+                    stop=[*ask.stop, *p[1]], seed=ask.seed, cancel=flag, priority=ask.priority,
+                    **({**sampling, "constraint": p[2]} if p[2] is not None else sampling)))
+            flag = cancel if fim is None else fim.flag()
+            pieces = go(prompt, flag, stats)
+            if fim is not None:
+                pieces = fim.pieces(pieces, flag, again_of(ask.again, engine, resident, go))
         except RunnerCrashedError as exc:
             self.sup.crashed(resident.spec, exc, resident)
             self._release(resident, ask.priority)
@@ -341,7 +349,8 @@ class ModelManager:
             self._release(resident, ask.priority)
             raise
         info = resident.info
-        gs = GenerationStream(pieces, lambda text: requests.result(text, stats, started, info, cutter),
+        gs = GenerationStream(pieces, lambda text: requests.result(text, fim.stats if fim else stats, started, info,
+                                                                   fim.cutter if fim else None),
                               lambda: self._release(resident, ask.priority), cancel)
         return gs if stream else gs.consume()
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 #: a prompt for the engine: token ids, or text it tokenizes itself; the stop strings it adds; a grammar
 Prompt = tuple["list[int] | PromptText", list[str], "Constraint | None"]
 Build = Callable[[EngineAPI, Resident], Prompt]
+#: a FIM request's second ask (:mod:`fmgguf.runtime.prompt.fim_again`): None where it has none
+Again = Callable[[EngineAPI, Resident], "Prompt | None"]
 #: sampling options beyond the common ones
 EXTRA_SAMPLING = frozenset({"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "constraint",
                             "speculative"})
@@ -43,6 +45,8 @@ class Ask:
     sampling: Mapping[str, object] = field(default_factory=dict)
     #: FIM: ahead of other requests for the same model
     priority: bool = False
+    #: FIM: the prompt asked once more when the middle skipped the gap
+    again: Again | None = None
 
     @classmethod
     def of(cls, build: Build, max_tokens: int | None, temperature: float, top_p: float,
@@ -98,6 +102,22 @@ def fim(prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (), filenam
                                    filename, max_chars, in_stream=engine.tokenizes_in_stream,
                                    family=r.spec.card.chat_template if r.spec.card is not None else None)
         return tokens, stops, None
+    return build
+
+
+def fim_again(prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
+              max_chars: int | None = None) -> Again:
+    """The second ask of a chat fill whose middle skipped the gap (:mod:`fmgguf.runtime.prompt.fim_again`);
+    it builds None where there is none."""
+    from fmgguf.runtime.prompt.fim_prompt import fim_again_prompt
+    from fmgguf.runtime.prompt.fim_rule import fim_verdict
+
+    def build(engine: EngineAPI, r: Resident) -> Prompt | None:
+        verdict = fim_verdict(r.spec.card, name=r.info.id, lookup=engine.special_token_id)
+        family = r.spec.card.chat_template if r.spec.card is not None else None
+        got = fim_again_prompt(engine, verdict.card_fim(), r.info.id, prefix, suffix, extra,
+                               filename, max_chars, in_stream=engine.tokenizes_in_stream, family=family)
+        return None if got is None else (got[0], got[1], None)
     return build
 
 

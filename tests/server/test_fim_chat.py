@@ -68,3 +68,32 @@ def _card(fim: FIM):  # noqa: ANN202 - a card of the builtin catalog with anothe
 
     card = Catalog.load(load_settings()).get("qwen2.5-coder-0.5b-instruct")
     return card.model_copy(update={"fim": fim})
+
+
+def test_the_cut_flag_follows_the_prompt_the_card_sends() -> None:
+    from fmgguf.runtime.prompt.fim_prompt import fim_prompt_cut
+
+    prefix = "a = 1\n" * 100  # 600 characters: the text layout fits 1000, the chat fill's half (500) does not
+    assert fim_prompt_cut(QWEN_CHAT, "m", prefix, SUF, max_chars=1000)
+    tokens = QWEN_CHAT.model_copy(update={"prompt": "tokens"})
+    assert not fim_prompt_cut(tokens, "m", prefix, SUF, max_chars=1000)
+    assert fim_prompt_cut(tokens, "m", prefix, SUF, max_chars=300)
+    # inside a line of code the chat card sends its FIM tokens: the text layout's length decides
+    assert not fim_prompt_cut(QWEN_CHAT, "m", prefix + "b = ", SUF, max_chars=1000)
+    assert not fim_prompt_cut(QWEN_CHAT, "m", prefix, SUF) and not fim_prompt_cut(None, "m", prefix, SUF, max_chars=10)
+
+
+def test_a_fence_in_the_file_neither_closes_the_block_nor_stops_the_middle() -> None:
+    from fmgguf.runtime.prompt.fim_chat import fence_for
+
+    doc = 'def f():\n    """Use it so:\n\n    ```python\n    f()\n    ```\n    """\n'
+    assert fence_for(doc) == "````" and fence_for("x = 1\n") == "```" and fence_for("a ````` b") == "``````"
+    verdict = fim_verdict(_card(QWEN_CHAT))
+    tokens, stops = fim_prompt(FakeEngine(), verdict.card_fim(), {}, "m", doc, SUF, family="chatml")
+    text = "".join(chr(t) for t in tokens)  # type: ignore[union-attr]
+    assert text.endswith(f"<|im_start|>assistant\n````\n{doc}") and f"````\n{doc}<MISSING>{SUF}````" in text
+    assert stops[0] == "````" and "```" not in stops
+    # a fence in another file of the request counts too
+    _, stops = fim_prompt(FakeEngine(), verdict.card_fim(), {}, "m", PRE, SUF, [("README.md", "```sh\nmake\n```")],
+                          family="chatml")
+    assert stops[0] == "````"

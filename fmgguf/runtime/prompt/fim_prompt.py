@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fmgguf.runtime.engine.generation import PromptText
-from fmgguf.runtime.prompt.fim_chat import chat_fill_stops, chat_fill_text
+from fmgguf.runtime.prompt.fim_chat import before_code, chat_fill_stops, chat_fill_text, fence_for
 from fmgguf.runtime.prompt.prompts import (
     FimFormat,
     build_fim_tokens,
@@ -57,7 +57,7 @@ def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, in
     became ``2 + 3``: the model copied the test)."""
     if card_fim is not None and card_fim.supported:
         fmt = fim_format(card_fim, model_name)
-        if card_fim.prompt == "chat" and not prefix[prefix.rfind("\n") + 1:].strip():
+        if _chat_fill_at(card_fim, prefix):
             text, stops = _chat_fill(engine, fmt, prefix, suffix, extra, filename, max_chars, family)
         else:
             text, stops = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars), list(fmt.stop)
@@ -72,15 +72,53 @@ def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, in
     return build_fim_tokens(pre, suf, fim, engine.bos_id if engine.add_bos else None), []
 
 
+def fim_prompt_cut(card_fim: FIM | None, model_name: str, prefix: str, suffix: str,
+                   extra: Sequence[tuple[str, str]] = (), filename: str | None = None,
+                   max_chars: int | None = None) -> bool:
+    """Whether :func:`fim_prompt` cuts the request to fit ``max_chars`` (llama.cpp's ``truncated``): for a
+    chat fill, its prefix and suffix cut to half the budget; else the text layout shorter than uncut."""
+    if max_chars is None or card_fim is None or not card_fim.supported:
+        return False
+    if _chat_fill_at(card_fim, prefix):
+        return fit_fim_text(prefix, suffix, max(max_chars // 2, 0)) != (prefix, suffix)
+    fmt = fim_format(card_fim, model_name)
+    return len(render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars)) < \
+        len(render_fim(fmt, prefix, suffix, extra, filename=filename))
+
+
+def _chat_fill_at(card_fim: FIM, prefix: str) -> bool:
+    """A ``prompt: chat`` card fills through the chat where the cursor is at a line's start (after its
+    indentation at most)."""
+    return card_fim.prompt == "chat" and not prefix[prefix.rfind("\n") + 1:].strip()
+
+
+def fim_again_prompt(engine: FimEngine, card_fim: FIM | None, model_name: str, prefix: str, suffix: str,
+                     extra: Sequence[tuple[str, str]] = (), filename: str | None = None, max_chars: int | None = None,
+                     in_stream: bool = False, family: str | None = None) -> tuple[list[int] | PromptText, list[str]] | None:
+    """The second ask of a chat fill whose first middle skipped the gap (:mod:`fmgguf.runtime.prompt.fim_again`):
+    the same chat with the mark on a line of its own; None where the first ask was no chat fill or the cursor
+    is not before a line of code (nothing to skip)."""
+    if card_fim is None or not card_fim.supported or card_fim.prompt != "chat" or not before_code(prefix, suffix):
+        return None
+    text, stops = _chat_fill(engine, fim_format(card_fim, model_name), prefix, suffix, extra, filename, max_chars,
+                             family, own_line=True)
+    if in_stream:
+        return PromptText(text, engine.add_bos), stops
+    return engine.tokenize(text, add_bos=engine.add_bos, special=True), stops
+
+
 def _chat_fill(engine: FimEngine, fmt: FimFormat, prefix: str, suffix: str, extra: Sequence[tuple[str, str]],
-               filename: str | None, max_chars: int | None, family: str | None) -> tuple[str, list[str]]:
+               filename: str | None, max_chars: int | None, family: str | None,
+               own_line: bool = False) -> tuple[str, list[str]]:
     """A ``prompt: chat`` card's prompt text and stops (:mod:`fmgguf.runtime.prompt.fim_chat`); the prefix is
     written twice (in the marked file and in the opened reply), so it gets half the character budget."""
     if max_chars is not None:
         prefix, suffix = fit_fim_text(prefix, suffix, max(max_chars // 2, 0))
+    fence = fence_for(prefix, suffix, *(text for _, text in extra))
     text = chat_fill_text(prefix, suffix, template=engine.chat_template, family=family, extra=extra,
-                          filename=filename, bos_text=engine.bos_text, eos_text=engine.eos_text)
-    return text, chat_fill_stops(fmt.stop)
+                          filename=filename, bos_text=engine.bos_text, eos_text=engine.eos_text, own_line=own_line,
+                          fence=fence)
+    return text, chat_fill_stops(fmt.stop, fence)
 
 
 def gguf_fim_ids(engine: FimEngine) -> dict[str, int]:

@@ -169,7 +169,7 @@ def call_manager(state: "ServerState", manager: "ModelManager", req: "GenRequest
     """Make ``req``'s model ready, then start its generation on it: (GenerationStream, model id, whether
     the prompt was cut to fit the context window). FIM requests go ahead of the others queued for
     the same model. Runs in a worker thread."""
-    from fmgguf.runtime.prompt.prompts import fim_format, render_fim
+    from fmgguf.runtime.prompt.fim_prompt import fim_prompt_cut
 
     target = resolve(state, req.model, req.kind)
     ready = ensure_model_ready(manager, target)
@@ -185,10 +185,9 @@ def call_manager(state: "ServerState", manager: "ModelManager", req: "GenRequest
         kw.update(n_indent=req.n_indent, time_limit_s=req.time_limit_s)
         if target.card is None:  # a bare file: the manager's own FIM tokens, no extras
             return manager.fill_in_middle(req.prompt, req.suffix, **kw, **common), target.model_id, False
-        fmt = fim_format(fim_verdict_for(state, target.card).card_fim(), target.card.id)
         budget = max((ready.n_ctx - int(kw.get("max_tokens") or 256) - 16) * _CHARS_PER_TOKEN, 512)
-        text = render_fim(fmt, req.prompt, req.suffix, req.extra, filename=req.filename, max_chars=budget)
-        cut = len(text) < len(render_fim(fmt, req.prompt, req.suffix, req.extra, filename=req.filename))
+        cut = fim_prompt_cut(fim_verdict_for(state, target.card).card_fim(), target.card.id, req.prompt, req.suffix,
+                             req.extra, filename=req.filename, max_chars=budget)
         return manager.fill_in_middle(req.prompt, req.suffix, extra=req.extra, filename=req.filename,
                                       max_prompt_chars=budget, **kw, **common), target.model_id, cut
     return manager.generate_text(req.prompt, **kw, **common), target.model_id, False
