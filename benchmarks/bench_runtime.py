@@ -54,7 +54,13 @@ def bench_speed(path: Path, runs: int, max_tokens: int) -> dict:
 
     manager = ModelManager(load_settings(), keep_alive=0, isolation="inprocess")  # the engine vs llama_cpp
     sampling = dict(temperature=0.0, top_p=0.95, seed=0)
-    params = dict(n_ctx=N_CTX, n_batch=512, n_ubatch=512, n_gpu_layers=0, flash_attn=False, verbose=False)
+    from fmgguf.runtime.hw.threads import choose_threads
+
+    # the threads the manager's engine uses (one per core): llama-cpp-python's own default is half the
+    # logical CPUs, and a different thread count would be measured instead of the manager's overhead
+    threads = choose_threads().n_threads
+    params = dict(n_ctx=N_CTX, n_batch=512, n_ubatch=512, n_gpu_layers=0, flash_attn=False, verbose=False,
+                  n_threads=threads, n_threads_batch=threads)
     t = time.perf_counter()
     manager.load_file(path, n_ctx=N_CTX)  # cold: validation + plan + load
     cold = time.perf_counter() - t
