@@ -63,6 +63,10 @@ class SamplingKwargs(_SamplingBase, total=False):
     time_limit_s: float | None
 
 
+#: the sampling fields passed on only when a request sets them
+_OPTIONAL = ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "speculative")
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_tokens: int | None = 256
@@ -82,18 +86,10 @@ class Sampling:
         """The manager's keyword arguments (the optional ones only when set)."""
         kw: SamplingKwargs = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                               "stop": list(self.stop) or None, "seed": self.seed}
-        if self.top_k is not None:
-            kw["top_k"] = self.top_k
-        if self.min_p is not None:
-            kw["min_p"] = self.min_p
-        if self.repeat_penalty is not None:
-            kw["repeat_penalty"] = self.repeat_penalty
-        if self.presence_penalty is not None:
-            kw["presence_penalty"] = self.presence_penalty
-        if self.frequency_penalty is not None:
-            kw["frequency_penalty"] = self.frequency_penalty
-        if self.speculative is not None:
-            kw["speculative"] = self.speculative
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                kw[name] = value  # type: ignore[literal-required]  # the names are SamplingKwargs' keys
         return kw
 
 
