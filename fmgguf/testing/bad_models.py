@@ -186,7 +186,8 @@ def write_split(src: Path, out_dir: Path, metadata: Metadata | None = None) -> t
 #: models in this llama.cpp whatever the file), then decodes 4 tokens and 1 more
 _RAW_CHILD = r"""
 import ctypes, json, sys
-import llama_cpp as lc
+from fmgguf.runtime.engine.llama_lib import lib  # the one module that imports llama_cpp
+lc = lib()
 _quiet = lc.llama_log_callback(lambda level, text, data: None)  # kept referenced: llama.cpp calls it
 lc.llama_log_set(_quiet, ctypes.c_void_p(0))
 lc.llama_backend_init()

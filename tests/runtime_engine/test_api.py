@@ -25,8 +25,7 @@ def test_importing_the_runtime_does_not_load_llama_cpp() -> None:
 def test_only_the_engine_imports_llama_cpp() -> None:
     importers = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "fmgguf").rglob("*.py")
                        if re.search(r"^\s*(import|from) llama_cpp\b", p.read_text(encoding="utf-8"), re.M))
-    # the test-support package builds raw llama.cpp outcomes of its bad models on purpose
-    assert importers == ["fmgguf/runtime/engine/llama_lib.py", "fmgguf/testing/bad_models.py"]
+    assert importers == ["fmgguf/runtime/engine/llama_lib.py"]
 
 
 def test_get_model_manager_is_one_per_process() -> None:
