@@ -55,8 +55,8 @@ def chat_fill_text(prefix: str, suffix: str, *, template: str | None, family: st
     head = f"{filename}:\n" if filename and extra else ""
     marked = f"{prefix}{MARK}{suffix}"
     if own_line:
-        cursor_line = prefix[prefix.rfind("\n") + 1:]
-        marked = f"{prefix}{'' if cursor_line else gap_indent(prefix, suffix)}{MARK}\n{cursor_line}{suffix}"
+        line = cursor_line(prefix)
+        marked = f"{prefix}{'' if line else gap_indent(prefix, suffix)}{MARK}\n{line}{suffix}"
     user = f"{files}{ASK}\n\n{head}{fence}{lang}\n{marked}{'' if marked.endswith(chr(10)) else chr(10)}{fence}"
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     chat = render_chat(messages, template=template, family=family, bos_text=bos_text, eos_text=eos_text)
@@ -68,10 +68,20 @@ def chat_fill_stops(family_stops: Sequence[str], fence: str = FENCE) -> list[str
     return [fence, *family_stops]
 
 
+def cursor_line(prefix: str) -> str:
+    """What the cursor's line holds before the cursor."""
+    return prefix[prefix.rfind("\n") + 1:]
+
+
+def at_line_start(prefix: str) -> bool:
+    """The cursor is at a line's start (after its indentation at most)."""
+    return not cursor_line(prefix).strip()
+
+
 def before_code(prefix: str, suffix: str) -> bool:
     """The cursor is at the start of a line of code (or in its indentation): a gap there can be marked
     on a line of its own (:func:`chat_fill_text`'s ``own_line``)."""
-    return not prefix[prefix.rfind("\n") + 1:].strip() and bool(suffix.split("\n", 1)[0].strip())
+    return at_line_start(prefix) and bool(suffix.split("\n", 1)[0].strip())
 
 
 def gap_indent(prefix: str, suffix: str) -> str:

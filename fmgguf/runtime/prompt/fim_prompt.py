@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fmgguf.runtime.engine.generation import PromptText
-from fmgguf.runtime.prompt.fim_chat import before_code, chat_fill_stops, chat_fill_text, fence_for
+from fmgguf.runtime.prompt.fim_chat import at_line_start, before_code, chat_fill_stops, chat_fill_text, fence_for
 from fmgguf.runtime.prompt.prompts import (
     FimFormat,
     build_fim_tokens,
@@ -61,9 +61,7 @@ def fim_prompt(engine: FimEngine, card_fim: FIM | None, fim_ids: Mapping[str, in
             text, stops = _chat_fill(engine, fmt, prefix, suffix, extra, filename, max_chars, family)
         else:
             text, stops = render_fim(fmt, prefix, suffix, extra, filename=filename, max_chars=max_chars), list(fmt.stop)
-        if in_stream:
-            return PromptText(text, engine.add_bos), stops
-        return engine.tokenize(text, add_bos=engine.add_bos, special=True), stops
+        return _prompt_of(engine, text, in_stream), stops
     fim = resolve_fim_tokens(gguf_ids=dict(fim_ids) or gguf_fim_ids(engine), lookup=engine.special_token_id,
                              card_fim=card_fim, vocab_ids=engine.fim_token_ids(),
                              model_name=model_name)
@@ -89,7 +87,7 @@ def fim_prompt_cut(card_fim: FIM | None, model_name: str, prefix: str, suffix: s
 def _chat_fill_at(card_fim: FIM, prefix: str) -> bool:
     """A ``prompt: chat`` card fills through the chat where the cursor is at a line's start (after its
     indentation at most)."""
-    return card_fim.prompt == "chat" and not prefix[prefix.rfind("\n") + 1:].strip()
+    return card_fim.prompt == "chat" and at_line_start(prefix)
 
 
 def fim_again_prompt(engine: FimEngine, card_fim: FIM | None, model_name: str, prefix: str, suffix: str,
@@ -102,9 +100,15 @@ def fim_again_prompt(engine: FimEngine, card_fim: FIM | None, model_name: str, p
         return None
     text, stops = _chat_fill(engine, fim_format(card_fim, model_name), prefix, suffix, extra, filename, max_chars,
                              family, own_line=True)
+    return _prompt_of(engine, text, in_stream), stops
+
+
+def _prompt_of(engine: FimEngine, text: str, in_stream: bool) -> list[int] | PromptText:
+    """A prompt text as the engine takes it: the text itself for a runner that tokenizes it (``in_stream``),
+    else its tokens."""
     if in_stream:
-        return PromptText(text, engine.add_bos), stops
-    return engine.tokenize(text, add_bos=engine.add_bos, special=True), stops
+        return PromptText(text, engine.add_bos)
+    return engine.tokenize(text, add_bos=engine.add_bos, special=True)
 
 
 def _chat_fill(engine: FimEngine, fmt: FimFormat, prefix: str, suffix: str, extra: Sequence[tuple[str, str]],
