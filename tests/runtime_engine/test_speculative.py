@@ -88,3 +88,55 @@ def test_the_setting_is_checked(tmp_path: Path) -> None:
     assert Settings.load(env={"FMGGUF_HOME": str(tmp_path)}).speculative == "off"
     with pytest.raises(ConfigError, match="FMGGUF_SPECULATIVE"):
         Settings.load(env={"FMGGUF_HOME": str(tmp_path), "FMGGUF_SPECULATIVE": "fast"})
+
+
+def test_drafted_rows_are_weighed_against_a_decode() -> None:
+    """n-gram drafts cost nothing to make, but each drafted row costs compute: on a CPU a handful of rows
+    cost about a decode each (a short draft loses even when all of it is taken), dozens far less."""
+    from fmgguf.runtime.engine.draft_costs import DraftCosts
+
+    c = DraftCosts()
+    c.observe_step(0.020, 0)
+    assert c.copy_length(32, 0.99) == 7  # nothing measured: a first, small draft measures
+    c.observe_step(0.020 + 6 * 0.022, 6)  # six rows cost more than six decodes
+    assert c.copy_length(6, 0.99) == 0  # never pays, even all taken
+    assert 8 <= c.copy_length(32, 0.99) <= 15  # one size beyond the measured, guessed cheaper per row
+    c.observe_step(0.020 + 32 * 0.0107, 32)  # 32 rows: about half a decode each
+    assert c.copy_length(48, 0.99) >= 8  # a slot that copies drafts more than a few rows
+    assert c.copy_length(48, 0.75) == 0  # one that does not, not at all
+
+
+def test_a_draft_not_worth_its_rows_is_watched_and_still_teaches_the_rate() -> None:
+    from fmgguf.runtime.engine.drafting import DraftLength
+
+    st = DraftLength()
+    before = st.copies[12].rate()
+    history = list(range(10))
+    st.watch([5, 6, 7], len(history), 12)
+    st.follow(history + [5, 6])  # still on track: not scored yet
+    assert st.watched and st.copies[12].rate() == before
+    st.follow(history + [5, 6, 7])  # all three came: three taken, none broken
+    assert not st.watched and st.copies[12].hits > 3 and st.copies[12].misses == 0
+    st.watch([8, 9], 13, 12)
+    st.follow(history + [5, 6, 7, 8, 1])  # broken off at the second token
+    assert not st.watched and st.copies[12].misses == 1.0 and st.copies[12].rate() < before
+    assert st.copies[6].rate() == before  # the other order's rate is its own
+
+
+@pytest.mark.slow
+def test_measured_costs_stop_drafts_that_do_not_pay(engine: Engine) -> None:
+    """With drafted rows measured at five decodes each, a request that could draft (its prompt repeats)
+    drafts nothing, and its text is the same."""
+    from fmgguf.runtime.engine.draft_costs import DraftCosts
+
+    plain, _ = _run(engine, PROMPT, max_tokens=40, temperature=0)
+    drafter = engine._slots.drafter
+    saved = drafter.costs
+    drafter.costs = DraftCosts(step=1.0, rows={size: 5.0 for size in range(1, 8)})
+    try:
+        text, stats = _run(engine, PROMPT, max_tokens=40, temperature=0, speculative="ngram")
+    finally:
+        drafter.costs = saved
+    assert text == plain and stats.drafted_tokens == 0
+    text, stats = _run(engine, PROMPT, max_tokens=40, temperature=0, speculative="ngram")
+    assert text == plain and stats.drafted_tokens > 0  # measured as they are (a tiny model's rows are cheap)

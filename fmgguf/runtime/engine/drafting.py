@@ -22,13 +22,21 @@ was accepted otherwise; when the acceptance rate drops low the slot stops drafti
 pause that doubles each time). No slot drafts while every slot is busy: under load the batch is
 full of other slots' tokens already and drafts would only cost throughput.
 
+An n-gram draft is also weighed against what drafted rows cost, as measured
+(:mod:`fmgguf.runtime.engine.draft_costs`): on a CPU a handful of drafted rows costs about a decode
+each, so a short draft loses even when it is all accepted, and a long one pays only where the slot
+is copying. Where a draft is not worth its rows it is *watched* instead: the tokens the model goes on
+to generate are compared with it, at no cost, so the slot's copy rate (:class:`CopyRate`, one for
+drafts from a 12-token match and one for those from a 6-token match) still learns when the model
+starts copying again.
+
 Reference: llama.cpp's common/ngram-*.cpp and speculative.cpp (``--spec-type ngram-simple``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
 from typing import TYPE_CHECKING
 
@@ -63,6 +71,11 @@ STEP_BUDGET = 64
 MAX_MODEL_DRAFT = 16
 #: every this many steps one step goes without a draft model's draft, to measure a plain decode again
 REMEASURE_STEPS = 128
+#: a draft model's probe (its first draft after a pause) is this short: it measures, it is not meant to pay
+PROBE_DRAFT = 4
+#: the longest pause of a draft model's drafts (tokens), and the one where drafts would not pay even if
+#: every token were taken (on a CPU, a draft model not much cheaper than its target)
+MAX_COST_PAUSE = 256
 
 
 def check_mode(value: str | None) -> str:
@@ -120,6 +133,13 @@ class NgramTable:
             for i in range(max(start, n), len(tokens)):
                 table[tuple(tokens[i - n:i])] = tokens[i]
 
+    def order(self, history: list[int]) -> int:
+        """The order of the longest n-gram match at the end of ``history`` (0: none)."""
+        for n in ORDERS:
+            if len(history) >= n and tuple(history[-n:]) in self.maps[n]:
+                return n
+        return 0
+
     def draft(self, history: list[int], length: int) -> list[int]:
         """Up to ``length`` tokens predicted after ``history``, each from the longest n-gram found;
         a draft that starts from a short match stops at :data:`SHORT_MATCH_DRAFT` tokens."""
@@ -143,6 +163,23 @@ class NgramTable:
 
 
 @dataclass
+class CopyRate:
+    """Draft tokens taken and drafts broken off, recent drafts weighing more; a prior of four tokens
+    taken, so that a new slot drafts."""
+
+    hits: float = 4.0
+    misses: float = 0.0
+
+    def rate(self) -> float:
+        """The chance that the next drafted token is taken."""
+        return self.hits / (self.hits + self.misses)
+
+    def count(self, taken: int, broken: bool) -> None:
+        self.hits = 0.8 * self.hits + taken
+        self.misses = 0.8 * self.misses + (1.0 if broken else 0.0)
+
+
+@dataclass
 class DraftLength:
     """One slot's draft length and its pause after low acceptance."""
 
@@ -155,12 +192,38 @@ class DraftLength:
     #: the next draft is drafted whatever the costs say (after a pause), and the next such pause
     probe: bool = False
     cost_pause: int = 8
+    #: n-gram drafts: how often they are taken, by the order of the match they start from, the order of
+    #: the draft being checked, and a draft being watched instead of checked (from ``watch_at``, its order)
+    copies: dict[int, "CopyRate"] = field(default_factory=lambda: {n: CopyRate() for n in ORDERS})
+    order: int = 0
+    watched: list[int] = field(default_factory=list)
+    watch_at: int = 0
+    watch_order: int = 0
+
+    def watch(self, draft: list[int], at: int, order: int) -> None:
+        """Compare ``draft`` with the tokens generated from position ``at`` on (unless one is watched)."""
+        if not self.watched:
+            self.watched, self.watch_at, self.watch_order = list(draft), at, order
+
+    def follow(self, history: list[int]) -> None:
+        """Score the watched draft against what was generated since: at its end or its first wrong token."""
+        if not self.watched:
+            return
+        came = history[self.watch_at:]
+        same = 0
+        while same < min(len(came), len(self.watched)) and came[same] == self.watched[same]:
+            same += 1
+        if same < len(came) or same == len(self.watched):
+            self.copies[self.watch_order].count(same, same < len(self.watched))
+            self.watched = []
 
     def update(self, drafted: int, accepted: int) -> None:
         # a miss (a renamed word, say) halves the length at most: the copy usually goes on right after it
         self.length = min(MAX_DRAFT, self.length * 2) if accepted == drafted else \
             max(MIN_DRAFT, accepted + 1, self.length // 2)
         self.rate = 0.7 * self.rate + 0.3 * (accepted / drafted)
+        if self.order in self.copies:
+            self.copies[self.order].count(accepted, accepted < drafted)
         if self.rate < LOW_ACCEPTANCE:
             self.pause, self.next_pause = self.next_pause, min(self.next_pause * 2, 256)
             self.rate, self.length = 0.6, FIRST_DRAFT // 2
@@ -206,7 +269,7 @@ class Drafter:
             if want <= 0:
                 continue
             if req.speculative == "ngram":
-                s.draft = self.table.draft(history, want)
+                s.draft = self._copy_draft(self.state[s.seq], history, want)
                 budget -= len(s.draft)
             elif self.model is not None:
                 asks[s.seq] = s
@@ -216,6 +279,20 @@ class Drafter:
         drafted = sum(len(s.draft) for s in decoding)
         self._shape = (len(decoding), drafted)
         return drafted
+
+    def _copy_draft(self, st: DraftLength, history: list[int], want: int) -> list[int]:
+        """The n-gram draft for a slot, cut to the length its copy rate and the measured costs say pays;
+        a draft that does not pay at all is watched instead."""
+        order = self.table.order(history)
+        draft = self.table.draft(history, want) if order else []
+        if not draft:
+            return []
+        k = self.costs.copy_length(len(draft), st.copies[order].rate(), self.min_gain)
+        if k == 0:
+            st.watch(draft, len(history), order)
+        else:
+            st.order = order
+        return draft[:k]
 
     def _draw(self, asks: dict[int, Slot], wants: list[DraftAsk]) -> None:
         """The draft model's drafts for ``wants``, timed; a step now and then goes without (see REMEASURE_STEPS)."""
@@ -247,6 +324,7 @@ class Drafter:
         if req.speculative == "ngram":
             self.table.add(history, max(st.indexed, 1))
             st.indexed = len(history)
+            st.follow(history)
         if st.pause > 0:
             st.pause -= 1
             return 0, history
@@ -255,11 +333,13 @@ class Drafter:
         if req.speculative != "draft":
             return min(st.length, MAX_DRAFT, left, room - 1, budget), history
         want = min(st.length, MAX_MODEL_DRAFT, left, room - 1, budget)
-        if st.probe:  # the first draft after a pause is a probe: the acceptance may have changed
-            return want, history
+        if st.probe:  # the first draft after a pause is a probe (a short one): the acceptance may have changed
+            return min(want, PROBE_DRAFT), history
         worth = self.costs.best_length(want, st.rate, self.min_gain) if want > 0 else 0
         if want > 0 and worth == 0:  # not expected to pay now: pause (longer each time), then probe again
-            st.pause, st.cost_pause, st.probe = st.cost_pause, min(st.cost_pause * 2, 256), True
+            if self.costs.best_length(want, 1.0, self.min_gain) == 0:  # not even all taken: costs changing only
+                st.cost_pause = MAX_COST_PAUSE
+            st.pause, st.cost_pause, st.probe = st.cost_pause, min(st.cost_pause * 2, MAX_COST_PAUSE), True
         elif worth > 0:
             st.cost_pause = 8
         return worth, history

@@ -147,7 +147,7 @@ class Scheduler:
             return True
         started = time.perf_counter()
         rc = int(self.mod.llama_decode(self.ctx, self.batch))
-        if self.drafter.model is not None:  # timed to the end: a GPU decode returns before it is done
+        if self.drafter.enabled:  # timed to the end (a GPU decode returns before it is done): what drafts cost
             self.mod.llama_synchronize(self.ctx)
             self.drafter.observe(n, time.perf_counter() - started)
         if rc != 0:
