@@ -62,7 +62,7 @@ SHORT_MATCH_DRAFT = 6
 TABLE_LIMIT = 500_000
 #: On a CPU a batch of k rows costs far less than k single-token decodes but far more than one, so
 #: long drafts only pay where they are accepted: the length doubles after a whole draft is taken.
-MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 48, 2, 16
+MAX_DRAFT, MIN_DRAFT, FIRST_DRAFT = 64, 2, 16
 #: acceptance rate (moving average) under which a slot pauses drafting
 LOW_ACCEPTANCE = 0.3
 #: tokens drafted per step over all slots
