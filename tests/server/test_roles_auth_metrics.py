@@ -63,6 +63,29 @@ def test_metrics_text_format(served: Any) -> None:
     assert "# TYPE fmgguf_tokens_per_second histogram" in text
 
 
+def test_metrics_count_streamed_refused_and_unknown_requests(served: Any) -> None:
+    """The request counter (a plain ASGI middleware) counts a stream once it is done with the status it
+    started with, a refusal with its 4xx, and a path no route serves as ``other``."""
+    import re
+
+    def count(method: str, route: str, status: int) -> float:
+        text = httpx.get(served.url + "/metrics", timeout=10).text
+        line = f'fmgguf_requests_total{{method="{method}",route="{route}",status="{status}"}}'
+        found = re.search(re.escape(line) + r" (\S+)", text)
+        return float(found.group(1)) if found else 0.0
+
+    before = [count("POST", "/v1/completions", 200), count("POST", "/v1/completions", 422),
+              count("GET", "other", 404)]
+    with httpx.stream("POST", served.url + "/v1/completions", timeout=60,
+                      json={"prompt": "x = ", "max_tokens": 3, "stream": True}) as r:
+        assert r.status_code == 200 and "[DONE]" in r.read().decode()
+    assert httpx.post(served.url + "/v1/completions", json={"prompt": 5}, timeout=10).status_code == 422
+    assert httpx.get(served.url + "/no/such/path", timeout=10).status_code == 404
+    after = [count("POST", "/v1/completions", 200), count("POST", "/v1/completions", 422),
+             count("GET", "other", 404)]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0, 1.0, 1.0]
+
+
 @pytest.mark.parametrize("buckets,edges", [("TTFT_BUCKETS", (0.1, 0.25, 1.0)), ("TPS_BUCKETS", (10.0, 50.0))])
 def test_a_value_on_a_bucket_edge_counts_in_that_bucket(buckets: str, edges: tuple[float, ...]) -> None:
     """Prometheus buckets are ``le``: less than *or equal to* the edge."""

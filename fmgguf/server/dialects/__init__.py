@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI, Request, Response
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: paths whose clients read errors as Ollama does: ``{"error": "<one line>"}``
 OLLAMA_PATHS = frozenset(f"/api/{p}" for p in ("version", "tags", "ps", "show", "generate", "chat", "pull",
@@ -67,11 +68,37 @@ def install(app: "FastAPI") -> None:
         """Prometheus text format: requests, tokens, time to first token, tokens/s, queue, models."""
         return PlainTextResponse(hub.metrics.render(state), media_type="text/plain; version=0.0.4")
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
+    def count(scope: Scope, status: int) -> None:
+        route = scope.get("route")  # the router set it in the same scope on the way down
         path = route.path if isinstance(route, (Route, Mount, WebSocketRoute)) else None
-        name = path or ("/static" if request.url.path.startswith("/static/") else "other")
-        hub.metrics.request(request.method, name, response.status_code)
-        return response
+        name = path or ("/static" if str(scope.get("path", "")).startswith("/static/") else "other")
+        hub.metrics.request(str(scope.get("method", "")), name, status)
+
+    app.add_middleware(_CountRequests, count=count)
+
+
+class _CountRequests:
+    """The request counter of /metrics as a plain ASGI middleware: it reads the status as the response
+    starts and counts when the response is done. (Starlette's ``@app.middleware("http")`` relays every
+    streamed chunk through a task and a memory stream: on one client it cost about 0.12 ms of the
+    server's CPU per token, 0.58 ms before, taken from llama.cpp's threads on a small CPU.)"""
+
+    def __init__(self, app: "ASGIApp", count: "Callable[[Scope, int], None]") -> None:
+        self.app, self.count = app, count
+
+    async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets when the app fails before it starts a response
+
+        async def counted(message: "Message") -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            self.count(scope, status)
