@@ -143,12 +143,13 @@ def measure(url: str, tokens: int, runs: int, what: str = "") -> dict:
         stream(client, "/infill", _fim(0))
         one = [stream(client, "/completion", _completion(tokens, i)).rate for i in range(runs)]
         note(what, "1 client tok/s", one)
-        bursts = [burst(client, tokens, 100 + 10 * r) for r in range(max(2, runs // 2))]
+        # three samples at least for the ratios with a tight target: the median then drops one outlier
+        bursts = [burst(client, tokens, 100 + 10 * r) for r in range(max(3, runs // 2))]
         note(what, "4 clients tok/s", bursts)
         idle = [stream(client, "/infill", _fim(i)).ttft for i in range(1, runs + 1)]
         note(what, "FIM idle s", idle)
         busy = []
-        for i in range(max(2, runs // 2)):
+        for i in range(max(3, runs // 2)):
             started = [threading.Event(), threading.Event()]
             longs = [threading.Thread(target=stream, args=(client, "/completion", _completion(
                 4 * tokens, 500 + 2 * i + k, LONG_PROMPT), started[k])) for k in range(2)]
