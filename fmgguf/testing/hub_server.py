@@ -148,8 +148,9 @@ class _FaultyHandler(MirrorHandler):
 
     def _error(self, method: str, status: int, code: str, message: str, commit: str | None = None,
                extra: Mapping[str, str] | None = None, filename: str | None = None) -> None:
-        super()._error(method, status, code, message, commit, extra, filename)
+        # logged before the answer goes out: a client that gives up on it must find it in the log
         self.mirror.log(method=method, file=filename, range=self.headers.get("Range"), status=status, sent=0)
+        super()._error(method, status, code, message, commit, extra, filename)
 
     def _tree_entry(self, repo_id: str, name: str, f: MirrorFile) -> JsonObject:
         if self.mirror.lfs:
@@ -179,6 +180,7 @@ class _FaultyHandler(MirrorHandler):
 
     def _redirect(self, method: str, repo_id: str, commit: str, filename: str, entry: MirrorFile) -> None:
         """302 to the CDN, with the file's metadata on the redirect itself (as the hub does for LFS)."""
+        self.mirror.log(method=method, file=filename, range=self.headers.get("Range"), status=302, sent=0)
         self.send_response(302)
         self.send_header("Location", f"{self.mirror.redirect_to}/{repo_id}/resolve/{commit}/{filename}")
         self.send_header("X-Repo-Commit", commit)
@@ -186,7 +188,6 @@ class _FaultyHandler(MirrorHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", "0")
         self.end_headers()
-        self.mirror.log(method=method, file=filename, range=self.headers.get("Range"), status=302, sent=0)
 
     def _file_range(self, method: str, filename: str, entry: MirrorFile) -> tuple[int, int, int] | None:
         if self._fault is not None and self._fault.ignore_range:

@@ -64,8 +64,8 @@ def test_metrics_text_format(served: Any) -> None:
 
 
 def test_metrics_count_streamed_refused_and_unknown_requests(served: Any) -> None:
-    """The request counter (a plain ASGI middleware) counts a stream once it is done with the status it
-    started with, a refusal with its 4xx, and a path no route serves as ``other``."""
+    """The request counter (a plain ASGI middleware) counts a stream with the status it starts with, a
+    refusal with its 4xx, and a path no route serves as ``other``."""
     import re
 
     def count(method: str, route: str, status: int) -> float:
