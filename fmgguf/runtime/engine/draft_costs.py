@@ -72,7 +72,8 @@ class DraftCosts:
     def gain(self, length: int, rate: float, draft: float | None = None, row: float | None = None) -> float:
         """Expected decode speed with drafts of ``length`` tokens over speed without drafts (``draft``:
         seconds to draft a token, None: the draft model's measure; ``row``: a drafted row's, None: measured)."""
-        tokens = sum(rate ** i for i in range(length + 1))
+        # 1 + rate + ... + rate^length, in closed form: the length loops call this for every length
+        tokens = float(length + 1) if rate == 1.0 else (1.0 - rate ** (length + 1)) / (1.0 - rate)
         if row is None:
             row = self.rows.get(size_class(length), self.row)
         return tokens * self.step / (self.step + length * (row + (self.draft if draft is None else draft)))
@@ -96,12 +97,13 @@ class DraftCosts:
         if most <= 0 or self.step <= 0 or min_gain <= 0:
             return max(most, 0)
         top = max(self.rows, default=FIRST_CLASS - 1)
+        guesses = {size: self.row_guess(size) for size in range(1, top + 2)}
         best, best_gain = 0, min_gain
         for k in range(1, most + 1):
             size = size_class(k)
             if size > top + 1:
                 break
-            row = self.row_guess(size)
+            row = guesses[size]
             if row is None:  # nothing measured yet: the first draft measures
                 best = k
                 continue

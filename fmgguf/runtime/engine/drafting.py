@@ -133,12 +133,19 @@ class NgramTable:
             for i in range(max(start, n), len(tokens)):
                 table[tuple(tokens[i - n:i])] = tokens[i]
 
+    def next_token(self, history: list[int]) -> tuple[int | None, int]:
+        """The token that followed the longest n-gram match at the end of ``history``, and the match's
+        order ((None, 0): no match)."""
+        for n in ORDERS:
+            if len(history) >= n:
+                nxt = self.maps[n].get(tuple(history[-n:]))
+                if nxt is not None:
+                    return nxt, n
+        return None, 0
+
     def order(self, history: list[int]) -> int:
         """The order of the longest n-gram match at the end of ``history`` (0: none)."""
-        for n in ORDERS:
-            if len(history) >= n and tuple(history[-n:]) in self.maps[n]:
-                return n
-        return 0
+        return self.next_token(history)[1]
 
     def draft(self, history: list[int], length: int) -> list[int]:
         """Up to ``length`` tokens predicted after ``history``, each from the longest n-gram found;
@@ -146,13 +153,7 @@ class NgramTable:
         window = history[-ORDERS[0]:]
         out: list[int] = []
         while len(out) < length:
-            nxt, order = None, 0
-            for n in ORDERS:
-                if len(window) >= n:
-                    nxt = self.maps[n].get(tuple(window[-n:]))
-                    if nxt is not None:
-                        order = n
-                        break
+            nxt, order = self.next_token(window)
             if nxt is None:
                 break
             if not out and order < ORDERS[0]:
@@ -194,7 +195,7 @@ class DraftLength:
     cost_pause: int = 8
     #: n-gram drafts: how often they are taken, by the order of the match they start from, the order of
     #: the draft being checked, and a draft being watched instead of checked (from ``watch_at``, its order)
-    copies: dict[int, "CopyRate"] = field(default_factory=lambda: {n: CopyRate() for n in ORDERS})
+    copies: dict[int, CopyRate] = field(default_factory=lambda: {n: CopyRate() for n in ORDERS})
     order: int = 0
     watched: list[int] = field(default_factory=list)
     watch_at: int = 0
