@@ -27,8 +27,10 @@ def regex_escape(text: str) -> str:
 
 
 def trigger_pattern(triggers: tuple[str, ...]) -> str:
-    """The whole-output pattern whose first group starts where the first trigger does."""
-    return "^[\\s\\S]*?(" + "|".join(regex_escape(t) for t in triggers) + ")[\\s\\S]*"
+    """llama.cpp's lazy-grammar pattern for trigger words: the whole output matches it, and its first group
+    starts where the first trigger does (the grammar sees the output from there on), as common_sampler
+    builds it."""
+    return "[\\s\\S]*?(" + "|".join(regex_escape(t) for t in triggers) + ")[\\s\\S]*"
 
 
 #: keywords llama-cpp-python's converter leaves out of the grammar (the value still has the right type

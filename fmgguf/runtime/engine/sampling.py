@@ -20,13 +20,13 @@ import numpy as np
 
 from fmgguf.errors import InvalidRequestError
 from fmgguf.runtime.engine.constraints import Constraint
+from fmgguf.runtime.engine.grammar import trigger_pattern
 
 if TYPE_CHECKING:
     from fmgguf.runtime.engine.llama_lib import LlamaLib, llama_context_p, llama_sampler_p, llama_vocab_p
 
 #: tokens the repeat/presence/frequency penalties look back over (llama.cpp's penalty_last_n default)
 PENALTY_LAST_N = 64
-_REGEX_SPECIALS = set("\\^$.|?*+()[]{}/")
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,6 @@ class SamplingParams:
             raise InvalidRequestError(f"repeat_penalty {self.repeat_penalty} must be above 0",
                                       fix="use 1.0 for none, or a value like 1.1")
         return self
-
-
-def _escape(text: str) -> str:
-    """``text`` as a literal in llama.cpp's (ECMAScript) regular expressions."""
-    return "".join("\\" + c if c in _REGEX_SPECIALS else c for c in text)
-
-
-def trigger_pattern(triggers: tuple[str, ...]) -> str:
-    """llama.cpp's lazy-grammar pattern for trigger words: the grammar sees the output from the first
-    trigger on (the first match group), as common_sampler builds it."""
-    return "[\\s\\S]*?(" + "|".join(_escape(t) for t in triggers) + ")[\\s\\S]*"
 
 
 class Sampler:
