@@ -73,11 +73,11 @@ def test_ngram_table_drafts_long_after_a_long_match_short_after_a_short_one() ->
     t = NgramTable()
     body = list(range(100, 140))  # 40 distinct tokens
     t.add(body, 0)
-    assert t.draft([7] + body[:12], 20) == body[12:32]  # a 12-token match: as long as asked
-    assert t.draft([7, 8] + body[:6], 20) == body[6:6 + SHORT_MATCH_DRAFT]  # a 6-token match: cut short
-    assert t.draft([7, 8] + body[:5], 20) == []  # five tokens are too few to guess from (code repeats them)
+    assert t.draft([7] + body[:12], 20) == (body[12:32], 12)  # a 12-token match: as long as asked
+    assert t.draft([7, 8] + body[:6], 20) == (body[6:6 + SHORT_MATCH_DRAFT], 6)  # a 6-token match: cut short
+    assert t.draft([7, 8] + body[:5], 20) == ([], 0)  # five tokens are too few to guess from (code repeats them)
     t.add([1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 9], 0)
-    assert t.draft([1, 2, 3, 4, 5, 6], 1) == [9]  # the latest occurrence wins
+    assert t.draft([1, 2, 3, 4, 5, 6], 1) == ([9], 6)  # the latest occurrence wins
 
 
 def test_the_setting_is_checked(tmp_path: Path) -> None:

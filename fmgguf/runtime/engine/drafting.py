@@ -143,24 +143,24 @@ class NgramTable:
                     return nxt, n
         return None, 0
 
-    def order(self, history: list[int]) -> int:
-        """The order of the longest n-gram match at the end of ``history`` (0: none)."""
-        return self.next_token(history)[1]
-
-    def draft(self, history: list[int], length: int) -> list[int]:
-        """Up to ``length`` tokens predicted after ``history``, each from the longest n-gram found;
-        a draft that starts from a short match stops at :data:`SHORT_MATCH_DRAFT` tokens."""
+    def draft(self, history: list[int], length: int) -> tuple[list[int], int]:
+        """Up to ``length`` tokens predicted after ``history``, each from the longest n-gram found, and the
+        order of the match the first one came from (0: no draft); a draft that starts from a short match
+        stops at :data:`SHORT_MATCH_DRAFT` tokens."""
         window = history[-ORDERS[0]:]
         out: list[int] = []
+        first = 0
         while len(out) < length:
             nxt, order = self.next_token(window)
             if nxt is None:
                 break
-            if not out and order < ORDERS[0]:
-                length = min(length, SHORT_MATCH_DRAFT)
+            if not out:
+                first = order
+                if order < ORDERS[0]:
+                    length = min(length, SHORT_MATCH_DRAFT)
             out.append(nxt)
             window = window[1:] + [nxt] if len(window) >= ORDERS[0] else window + [nxt]
-        return out
+        return out, first
 
 
 @dataclass
@@ -284,8 +284,7 @@ class Drafter:
     def _copy_draft(self, st: DraftLength, history: list[int], want: int) -> list[int]:
         """The n-gram draft for a slot, cut to the length its copy rate and the measured costs say pays;
         a draft that does not pay at all is watched instead."""
-        order = self.table.order(history)
-        draft = self.table.draft(history, want) if order else []
+        draft, order = self.table.draft(history, want)
         if not draft:
             return []
         k = self.costs.copy_length(len(draft), st.copies[order].rate(), self.min_gain)
